@@ -1,0 +1,128 @@
+// Package broker is the seam between herald and a message transport. A
+// transport moves envelopes in CloudEvents binary mode; everything above it
+// (outbox relay, inbox, retries, dead letters, ordering) lives in herald and
+// is the same on every transport. brokertest holds the conformance suite that
+// every transport must pass.
+package broker
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/heraldhq/herald/envelope"
+)
+
+// Sentinel errors a transport wraps so callers can test with errors.Is.
+var (
+	// ErrClosed is returned by every call on a closed broker.
+	ErrClosed = errors.New("herald/broker: closed")
+	// ErrNotProvisioned is returned when publishing to or consuming from a
+	// stream or subscription that Provision did not create.
+	ErrNotProvisioned = errors.New("herald/broker: not provisioned")
+	// ErrTransient marks a publish failure worth retrying (timeouts, a
+	// stalled async-publish window, a broker that is restarting).
+	ErrTransient = errors.New("herald/broker: transient failure")
+)
+
+// Subscription names one durable, shared consumer: every instance of Service
+// that consumes Name competes for the same events.
+type Subscription struct {
+	Service string   // consuming service
+	Name    string   // subscription name, unique within the service
+	Types   []string // integration or notification event types it receives
+	Kind    envelope.Kind
+	// AckWait is how long the broker waits for an ack before redelivering.
+	AckWait time.Duration
+	// MaxAckPending bounds the events in flight to this subscription.
+	MaxAckPending int
+}
+
+// Topology is what a service publishes and consumes; Provision creates the
+// streams and durable consumers for it once, at start.
+type Topology struct {
+	Service       string
+	Publishes     []TypeRef // event types this service publishes
+	Subscriptions []Subscription
+}
+
+// TypeRef names an event type and its kind.
+type TypeRef struct {
+	Type string
+	Kind envelope.Kind
+}
+
+// Publisher sends envelopes to the broker.
+type Publisher interface {
+	// Publish sends every envelope asynchronously, with a bounded number in
+	// flight, and waits until the broker has acknowledged (stored) each one or
+	// ctx ends. errs[i] is the outcome of events[i]: nil once stored. The
+	// transport deduplicates by envelope ID, so re-publishing an event that
+	// was already stored is harmless.
+	Publish(ctx context.Context, events []*envelope.Envelope) (errs []error)
+}
+
+// Delivery is one event handed to a consumer. It must be settled exactly once
+// with Ack, Nak or Term.
+type Delivery interface {
+	// Header is the CloudEvents binary-mode header set, keys in lower case.
+	Header() map[string]string
+	// Data is the message body.
+	Data() []byte
+	// Subject is the transport subject the message arrived on.
+	Subject() string
+	// NumDelivered counts deliveries of this message, starting at 1.
+	NumDelivered() uint64
+	// Ack settles the message as processed; it returns once the broker
+	// confirmed the ack.
+	Ack(ctx context.Context) error
+	// Nak asks for redelivery after at least delay.
+	Nak(delay time.Duration) error
+	// InProgress extends the ack deadline while work goes on.
+	InProgress() error
+	// Term settles the message as never to be redelivered.
+	Term() error
+}
+
+// Handler receives a batch of deliveries (at most the requested batch size,
+// in stream order) and settles each one.
+type Handler func(ctx context.Context, batch []Delivery)
+
+// Subscriber consumes durable subscriptions.
+type Subscriber interface {
+	// Consume delivers the subscription's events to h in batches of at most
+	// batch until ctx ends or the broker closes. It blocks; the caller owns
+	// the goroutine. Several Consume calls on the same subscription, in one
+	// process or many, compete for its events.
+	Consume(ctx context.Context, sub Subscription, batch int, h Handler) error
+}
+
+// DeadLetter is an event a subscription gave up on, with why.
+type DeadLetter struct {
+	Event        *envelope.Envelope // nil when the message could not be decoded
+	RawHeader    map[string]string  // the original headers, always kept
+	RawData      []byte             // the original body, always kept
+	Service      string
+	Subscription string
+	Reason       string // malformed, unknown-type, version, exhausted, permanent
+	LastError    string
+	Attempts     int
+	Time         time.Time
+}
+
+// Broker is a transport: provisioning, publishing, consuming, dead letters
+// and replay.
+type Broker interface {
+	Publisher
+	Subscriber
+	// Provision creates (or updates) streams and durable consumers for t. It
+	// is called once per service at start, never per message.
+	Provision(ctx context.Context, t Topology) error
+	// PublishDeadLetter records d on the transport's dead-letter subject so
+	// operators can follow dead letters live.
+	PublishDeadLetter(ctx context.Context, d DeadLetter) error
+	// Replay re-delivers e to the one subscription named, and to no other.
+	Replay(ctx context.Context, service, subscription string, e *envelope.Envelope) error
+	// Close releases the transport; an embedded server is shut down cleanly.
+	Close() error
+}

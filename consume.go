@@ -1,0 +1,405 @@
+package herald
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/heraldhq/herald/broker"
+	"github.com/heraldhq/herald/envelope"
+	"github.com/heraldhq/herald/store"
+)
+
+// item is one delivery held by a consumer until it is settled.
+type item struct {
+	seq      uint64 // arrival order in this consumer
+	d        broker.Delivery
+	env      *envelope.Envelope // nil when undecodable
+	val      any
+	key      string // ordering key
+	reason   string // set when the event must be dead-lettered at once
+	lastErr  string
+	attempts int
+	due      time.Time // not before (retries)
+	touched  time.Time // last time the broker heard of it
+}
+
+// consumer runs one subscription: it keeps per-key FIFO queues so that a
+// retrying event holds back only later events of its own key, handles ready
+// events in batched transactions with one savepoint each, and acknowledges
+// only after commit.
+type consumer struct {
+	svc    *Service
+	sub    *subscription
+	queues map[string][]*item
+	held   int
+	seq    uint64
+}
+
+func (s *Service) consume(ctx context.Context, sub *subscription) {
+	c := &consumer{svc: s, sub: sub, queues: map[string][]*item{}}
+	in := make(chan []broker.Delivery, 8)
+	bsub := s.brokerSubscription(sub)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for ctx.Err() == nil {
+			err := s.broker.Consume(ctx, bsub, sub.cfg.batch, func(ctx context.Context, batch []broker.Delivery) {
+				select {
+				case in <- batch:
+				case <-ctx.Done():
+					for _, d := range batch {
+						_ = d.Nak(0)
+					}
+				}
+			})
+			if ctx.Err() != nil || errors.Is(err, broker.ErrClosed) {
+				return
+			}
+			s.log.Warn("consume", "subscription", sub.name, "err", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}()
+	defer func() {
+		<-done
+		c.releaseAll()
+	}()
+
+	tick := time.NewTicker(min(sub.cfg.ackWait/4, time.Second))
+	defer tick.Stop()
+	var timer <-chan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case batch := <-in:
+			c.accept(batch)
+			// take what else is already waiting, to fill the transaction
+		more:
+			for c.held < sub.cfg.batch {
+				select {
+				case b := <-in:
+					c.accept(b)
+				default:
+					break more
+				}
+			}
+		case <-tick.C:
+			c.heartbeat()
+		case <-timer:
+		}
+		next := c.round(ctx)
+		timer = nil
+		if !next.IsZero() {
+			timer = time.After(time.Until(next))
+		}
+	}
+}
+
+// accept decodes deliveries and queues them by key.
+func (c *consumer) accept(batch []broker.Delivery) {
+	now := time.Now()
+	for _, d := range batch {
+		c.seq++
+		it := &item{seq: c.seq, d: d, touched: now}
+		c.classify(it)
+		if it.key == "" {
+			it.key = fmt.Sprintf("\x00%d", it.seq) // keyless events are not ordered
+		}
+		c.queues[it.key] = append(c.queues[it.key], it)
+		c.held++
+	}
+}
+
+// classify decodes it, or marks why it must be dead-lettered.
+func (c *consumer) classify(it *item) {
+	e, err := envelope.FromBinary(it.d.Header(), it.d.Data())
+	if err != nil {
+		it.reason, it.lastErr = store.ReasonMalformed, err.Error()
+		return
+	}
+	it.env = e
+	it.key = e.Key
+	switch {
+	case e.Kind != KindIntegration:
+		it.reason, it.lastErr = store.ReasonMalformed, fmt.Sprintf("kind %q on an integration subscription", e.Kind)
+		return
+	case e.Type != c.sub.contract.Name():
+		it.reason, it.lastErr = store.ReasonUnknownType, fmt.Sprintf("type %q: subscription %s takes %q", e.Type, c.sub.name, c.sub.contract.Name())
+		return
+	}
+	v, err := c.sub.decode(e)
+	var ve versionError
+	switch {
+	case errors.As(err, &ve):
+		it.reason, it.lastErr = store.ReasonVersion, err.Error()
+	case err != nil:
+		it.reason, it.lastErr = store.ReasonMalformed, fmt.Sprintf("decode %s v%d data: %v", e.Type, e.Version, err)
+	default:
+		it.val = v
+	}
+}
+
+// ready returns, in arrival order, the due prefix of every key's queue.
+func (c *consumer) ready(now time.Time, limit int) ([]*item, time.Time) {
+	var out []*item
+	var next time.Time
+	for _, q := range c.queues {
+		for _, it := range q {
+			if it.due.After(now) {
+				if next.IsZero() || it.due.Before(next) {
+					next = it.due
+				}
+				break
+			}
+			out = append(out, it)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].seq < out[j].seq })
+	if len(out) > limit {
+		out = out[:limit]
+		next = now
+	}
+	return out, next
+}
+
+// round handles every ready event in one transaction and returns when the
+// next held event becomes due (zero if none).
+func (c *consumer) round(ctx context.Context) time.Time {
+	for ctx.Err() == nil {
+		now := time.Now()
+		batch, next := c.ready(now, c.sub.cfg.batch)
+		if len(batch) == 0 {
+			return next
+		}
+		settled, err := c.handleBatch(ctx, batch)
+		if err != nil {
+			// The transaction itself failed (database down, commit error):
+			// nothing is settled, every event of the batch waits and retries.
+			if ctx.Err() != nil {
+				return time.Time{}
+			}
+			c.svc.log.Warn("subscription transaction", "subscription", c.sub.name, "err", err)
+			d := backoff(2, c.sub.cfg.retry.BaseDelay, c.sub.cfg.retry.MaxDelay)
+			for _, it := range batch {
+				it.due = now.Add(d)
+			}
+			continue
+		}
+		for _, it := range settled {
+			if err := it.d.Ack(ctx); err != nil && ctx.Err() == nil {
+				// The effect is committed; a redelivery finds the inbox row.
+				c.svc.log.Debug("ack", "subscription", c.sub.name, "err", err)
+			}
+			c.remove(it)
+		}
+		// Loop: settled events left their queues and failed ones wait for
+		// their due time, so the next ready() sees only what can run now.
+	}
+	return time.Time{}
+}
+
+// remove drops a settled item from the head of its key's queue.
+func (c *consumer) remove(it *item) {
+	q := c.queues[it.key]
+	for i, x := range q {
+		if x == it {
+			q = append(q[:i], q[i+1:]...)
+			break
+		}
+	}
+	if len(q) == 0 {
+		delete(c.queues, it.key)
+	} else {
+		c.queues[it.key] = q
+	}
+	c.held--
+}
+
+// handleBatch runs the batch in one transaction. It returns the items that
+// are settled (handled, duplicate, or dead-lettered) once it committed;
+// items whose handler failed get their next due time.
+func (c *consumer) handleBatch(ctx context.Context, batch []*item) ([]*item, error) {
+	s := c.svc
+	st := s.store
+	sqlTx, err := st.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	t := &txn{svc: s, sql: sqlTx}
+	settled := make([]*item, 0, len(batch))
+	var deadLettered []*item
+	blocked := map[string]bool{}
+	for _, it := range batch {
+		if blocked[it.key] {
+			continue
+		}
+		if it.reason != "" {
+			if err := c.deadLetter(ctx, t, it); err != nil {
+				return nil, c.abort(t, err)
+			}
+			settled = append(settled, it)
+			deadLettered = append(deadLettered, it)
+			continue
+		}
+		if _, err := sqlTx.ExecContext(ctx, "SAVEPOINT herald_event"); err != nil {
+			return nil, c.abort(t, err)
+		}
+		fresh, err := st.ClaimInbox(ctx, sqlTx, c.sub.inbox, it.env.ID)
+		if err != nil {
+			return nil, c.abort(t, err)
+		}
+		var herr error
+		nlog, nout := len(t.log), len(t.outbox)
+		if fresh {
+			it.attempts++
+			scope := &txScope{t: t, ctx: withEvent(ctx, it.env), cause: it.env, depth: 1}
+			herr = runGuarded(func() error { return c.sub.handle(scope.ctx, scope, it.val) })
+			if herr == nil && t.failed != nil {
+				herr = t.failed
+			}
+		}
+		if herr == nil {
+			if _, err := sqlTx.ExecContext(ctx, "RELEASE SAVEPOINT herald_event"); err != nil {
+				return nil, c.abort(t, err)
+			}
+			settled = append(settled, it)
+			continue
+		}
+		// Undo this event only: its rows, its inbox claim and the events
+		// its handler recorded.
+		if _, err := sqlTx.ExecContext(ctx, "ROLLBACK TO SAVEPOINT herald_event"); err != nil {
+			return nil, c.abort(t, err)
+		}
+		if _, err := sqlTx.ExecContext(ctx, "RELEASE SAVEPOINT herald_event"); err != nil {
+			return nil, c.abort(t, err)
+		}
+		t.log, t.outbox, t.failed = t.log[:nlog], t.outbox[:nout], nil
+		it.lastErr = herr.Error()
+		switch {
+		case IsPermanent(herr):
+			it.reason = store.ReasonPermanent
+		case it.attempts >= c.sub.cfg.retry.MaxAttempts:
+			it.reason = store.ReasonExhausted
+		}
+		if it.reason != "" {
+			if err := c.deadLetter(ctx, t, it); err != nil {
+				return nil, c.abort(t, err)
+			}
+			settled = append(settled, it)
+			deadLettered = append(deadLettered, it)
+			continue
+		}
+		it.due = time.Now().Add(backoff(it.attempts, c.sub.cfg.retry.BaseDelay, c.sub.cfg.retry.MaxDelay))
+		blocked[it.key] = true
+		s.log.Debug("handler failed, will retry", "subscription", c.sub.name, "event", it.env.ID,
+			"attempt", it.attempts, "retry_at", it.due, "err", herr)
+	}
+	if err := s.flush(ctx, t); err != nil {
+		return nil, c.abort(t, err)
+	}
+	if err := sqlTx.Commit(); err != nil {
+		t.done = true
+		return nil, err
+	}
+	t.done = true
+	if len(t.outbox) > 0 {
+		s.signal()
+	}
+	for _, it := range deadLettered {
+		c.publishDeadLetter(ctx, it)
+	}
+	return settled, nil
+}
+
+func (c *consumer) abort(t *txn, err error) error {
+	t.done = true
+	_ = t.sql.Rollback()
+	return err
+}
+
+// deadLetter stores it as a dead letter inside t, with the inbox row that
+// keeps a redelivery from dead-lettering it twice.
+func (c *consumer) deadLetter(ctx context.Context, t *txn, it *item) error {
+	dl := store.DeadLetter{
+		Service:      c.svc.name,
+		Subscription: c.sub.name,
+		Reason:       it.reason,
+		LastError:    it.lastErr,
+		Attempts:     it.attempts,
+		Header:       it.d.Header(),
+		Data:         it.d.Data(),
+		Time:         time.Now(),
+	}
+	if it.env != nil {
+		dl.EventID, dl.Type, dl.Version = it.env.ID, it.env.Type, it.env.Version
+		if _, err := c.svc.store.ClaimInbox(ctx, t.sql, c.sub.inbox, it.env.ID); err != nil {
+			return err
+		}
+	}
+	if dl.Data == nil {
+		dl.Data = []byte{}
+	}
+	_, err := c.svc.store.AddDeadLetter(ctx, t.sql, dl)
+	if err == nil {
+		c.svc.log.Warn("dead-lettered", "subscription", c.sub.name, "event", dl.EventID, "type", dl.Type,
+			"reason", dl.Reason, "err", dl.LastError, "attempts", dl.Attempts)
+	}
+	return err
+}
+
+// publishDeadLetter tells the broker's dead-letter subject, best effort: the
+// store row is the record.
+func (c *consumer) publishDeadLetter(ctx context.Context, it *item) {
+	err := c.svc.broker.PublishDeadLetter(ctx, broker.DeadLetter{
+		Event: it.env, RawHeader: it.d.Header(), RawData: it.d.Data(),
+		Service: c.svc.name, Subscription: c.sub.name, Reason: it.reason,
+		LastError: it.lastErr, Attempts: it.attempts, Time: time.Now(),
+	})
+	if err != nil && ctx.Err() == nil {
+		c.svc.log.Debug("publish dead letter", "err", err)
+	}
+}
+
+// heartbeat keeps the broker from redelivering events held back for
+// ordering or retry.
+func (c *consumer) heartbeat() {
+	limit := time.Now().Add(-c.sub.cfg.ackWait / 3)
+	for _, q := range c.queues {
+		for _, it := range q {
+			if it.touched.Before(limit) {
+				if err := it.d.InProgress(); err == nil {
+					it.touched = time.Now()
+				}
+			}
+		}
+	}
+}
+
+// releaseAll hands every held event back to the broker at shutdown, so
+// another instance takes it at once.
+func (c *consumer) releaseAll() {
+	for _, q := range c.queues {
+		for _, it := range q {
+			_ = it.d.Nak(0)
+		}
+	}
+	c.queues = map[string][]*item{}
+	c.held = 0
+}
+
+func (s *Service) brokerSubscription(sub *subscription) broker.Subscription {
+	return broker.Subscription{
+		Service:       s.name,
+		Name:          sub.name,
+		Types:         []string{sub.contract.Name()},
+		Kind:          KindIntegration,
+		AckWait:       sub.cfg.ackWait,
+		MaxAckPending: sub.cfg.maxAckPending,
+	}
+}

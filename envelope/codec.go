@@ -1,0 +1,28 @@
+package envelope
+
+import (
+	"encoding/json"
+	"fmt"
+)
+
+// Codec encodes event payloads. ContentType is recorded in every envelope so
+// a consumer picks the matching codec.
+type Codec interface {
+	ContentType() string
+	Marshal(v any) ([]byte, error)
+	Unmarshal(data []byte, v any) error
+}
+
+// JSON is the default codec (encoding/json).
+var JSON Codec = jsonCodec{}
+
+type jsonCodec struct{}
+
+func (jsonCodec) ContentType() string           { return "application/json" }
+func (jsonCodec) Marshal(v any) ([]byte, error) { return json.Marshal(v) }
+func (jsonCodec) Unmarshal(data []byte, v any) error {
+	if err := json.Unmarshal(data, v); err != nil {
+		return fmt.Errorf("decode %s: %w", "application/json", err)
+	}
+	return nil
+}

@@ -1,0 +1,137 @@
+package herald
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/heraldhq/herald/broker"
+	"github.com/heraldhq/herald/envelope"
+)
+
+// runState is what a started service runs; Close stops it.
+type runState struct {
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// Start provisions the service's streams and consumers on the broker (once,
+// from the registered contracts), then runs its outbox relay, its
+// subscriptions and the retention janitor until Close. Registrations
+// (Handle, Translate, Subscribe, Upcast) must come before Start.
+func (s *Service) Start(ctx context.Context) error {
+	if ctx == nil {
+		return fmt.Errorf("%w: service %s: Start", ErrNilContext, s.name)
+	}
+	s.life.Lock()
+	defer s.life.Unlock()
+	switch {
+	case s.closed:
+		return fmt.Errorf("%w: %s", ErrClosed, s.name)
+	case s.started:
+		return fmt.Errorf("%w: %s", ErrStarted, s.name)
+	}
+	s.mu.RLock()
+	subs := append([]*subscription(nil), s.subs...)
+	s.mu.RUnlock()
+	if s.broker != nil {
+		if err := s.broker.Provision(ctx, s.topology()); err != nil {
+			return fmt.Errorf("service %s: provision: %w", s.name, err)
+		}
+	} else if len(subs) > 0 || s.publishes() {
+		return fmt.Errorf("%w: service %s translates, notifies or subscribes but has no broker: pass herald.WithBroker",
+			ErrInvalidOption, s.name)
+	}
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	r := &runState{cancel: cancel}
+	holder := envelope.NewID(time.Now()) // this instance, for the relay lease
+	if s.broker != nil {
+		r.wg.Go(func() { s.relay(runCtx, holder) })
+		for _, sub := range subs {
+			r.wg.Go(func() { s.consume(runCtx, sub) })
+		}
+	}
+	r.wg.Go(func() { s.janitor(runCtx) })
+	s.run = r
+	s.started = true
+	return nil
+}
+
+// Close stops the service: new Do calls fail with ErrClosed, running ones
+// finish, then the relay, the subscriptions and the janitor stop (events held
+// by a subscription go back to the broker). It does not close the store or
+// the broker, which the caller owns. Close is idempotent.
+func (s *Service) Close() error {
+	s.life.Lock()
+	if s.closed {
+		s.life.Unlock()
+		return nil
+	}
+	s.closed = true
+	r := s.run
+	s.life.Unlock()
+	s.inDo.Wait()
+	if r != nil {
+		r.cancel()
+		r.wg.Wait()
+	}
+	return nil
+}
+
+// publishes reports whether the service has anything for the outbox.
+func (s *Service) publishes() bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if len(s.translations) > 0 {
+		return true
+	}
+	for _, c := range s.reg.Contracts() {
+		if c.Kind() == KindNotification {
+			return true
+		}
+	}
+	return false
+}
+
+// topology is what the service publishes and consumes.
+func (s *Service) topology() broker.Topology {
+	t := broker.Topology{Service: s.name}
+	for _, c := range s.reg.Contracts() {
+		if c.Kind() != KindDomain {
+			t.Publishes = append(t.Publishes, broker.TypeRef{Type: c.Name(), Kind: c.Kind()})
+		}
+	}
+	s.mu.RLock()
+	for _, sub := range s.subs {
+		t.Subscriptions = append(t.Subscriptions, s.brokerSubscription(sub))
+	}
+	s.mu.RUnlock()
+	return t
+}
+
+// janitor applies the retention of the event log, the published outbox rows
+// and the inbox.
+func (s *Service) janitor(ctx context.Context) {
+	every := time.Minute
+	t := time.NewTimer(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		if _, err := s.PruneEventLog(ctx); err != nil && ctx.Err() == nil {
+			s.log.Warn("prune event log", "err", err)
+		}
+		if _, err := s.store.PruneOutbox(ctx, now.Add(-s.cfg.outboxRetention)); err != nil && ctx.Err() == nil {
+			s.log.Warn("prune outbox", "err", err)
+		}
+		if _, err := s.store.PruneInbox(ctx, now.Add(-s.cfg.inboxRetention)); err != nil && ctx.Err() == nil {
+			s.log.Warn("prune inbox", "err", err)
+		}
+		t.Reset(every)
+	}
+}

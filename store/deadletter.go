@@ -1,0 +1,176 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Reasons a subscription dead-letters an event.
+const (
+	ReasonMalformed   = "malformed"    // headers or data could not be decoded
+	ReasonUnknownType = "unknown-type" // no handler for the event type
+	ReasonVersion     = "version"      // a version the subscription does not accept
+	ReasonExhausted   = "exhausted"    // the handler failed on every attempt
+	ReasonPermanent   = "permanent"    // the handler returned a permanent error
+)
+
+// DeadLetter is an event a subscription gave up on. Header and Data are the
+// message exactly as it arrived, so a dead letter can be replayed even when
+// it could not be decoded.
+type DeadLetter struct {
+	ID           int64
+	Service      string
+	Subscription string
+	EventID      string // empty when the message had none
+	Type         string
+	Version      int
+	Reason       string
+	LastError    string
+	Attempts     int
+	Header       map[string]string
+	Data         []byte
+	Time         time.Time
+}
+
+// DeadLetterFilter selects dead letters; empty fields match everything.
+type DeadLetterFilter struct {
+	Service      string
+	Subscription string
+	Type         string
+	Reason       string
+	IDs          []int64
+	Limit        int // 0 means no limit
+}
+
+func (f DeadLetterFilter) where() (string, []any) {
+	var conds []string
+	var args []any
+	add := func(col, v string) {
+		if v != "" {
+			conds = append(conds, col+" = ?")
+			args = append(args, v)
+		}
+	}
+	add("service", f.Service)
+	add("subscription", f.Subscription)
+	add("type", f.Type)
+	add("reason", f.Reason)
+	if len(f.IDs) > 0 {
+		conds = append(conds, "id IN "+int64List(f.IDs))
+	}
+	if len(conds) == 0 {
+		return "", nil
+	}
+	return " WHERE " + strings.Join(conds, " AND "), args
+}
+
+// execer is satisfied by *sql.DB and *sql.Tx.
+type execer interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+}
+
+// AddDeadLetter stores d and returns its id. With a non-nil tx it is written
+// inside that transaction (together with the inbox row that settles the
+// event), otherwise on its own.
+func (s *Store) AddDeadLetter(ctx context.Context, tx *sql.Tx, d DeadLetter) (int64, error) {
+	hdr, err := json.Marshal(d.Header)
+	if err != nil {
+		return 0, fmt.Errorf("herald/store: dead letter header: %w", err)
+	}
+	if d.Time.IsZero() {
+		d.Time = time.Now()
+	}
+	var ex execer = s.db
+	if tx != nil {
+		ex = tx
+	}
+	args := []any{d.Service, d.Subscription, d.EventID, d.Type, d.Version, d.Reason, d.LastError, d.Attempts,
+		string(hdr), d.Data, d.Time.UTC().UnixNano()}
+	if s.d.Name() == "postgres" {
+		// PostgreSQL's driver has no LastInsertId.
+		q := s.queries.dlInsert + " RETURNING id"
+		var id int64
+		var row *sql.Row
+		if tx != nil {
+			row = tx.QueryRowContext(ctx, q, args...)
+		} else {
+			row = s.db.QueryRowContext(ctx, q, args...)
+		}
+		if err := row.Scan(&id); err != nil {
+			return 0, fmt.Errorf("herald/store: add dead letter: %w", err)
+		}
+		return id, nil
+	}
+	res, err := ex.ExecContext(ctx, s.queries.dlInsert, args...)
+	if err != nil {
+		return 0, fmt.Errorf("herald/store: add dead letter: %w", err)
+	}
+	return res.LastInsertId()
+}
+
+func scanDeadLetter(sc scanner) (DeadLetter, error) {
+	var d DeadLetter
+	var hdr string
+	var t int64
+	if err := sc.Scan(&d.ID, &d.Service, &d.Subscription, &d.EventID, &d.Type, &d.Version, &d.Reason, &d.LastError,
+		&d.Attempts, &hdr, &d.Data, &t); err != nil {
+		return d, err
+	}
+	d.Time = time.Unix(0, t).UTC()
+	if err := json.Unmarshal([]byte(hdr), &d.Header); err != nil {
+		return d, fmt.Errorf("dead letter %d header: %w", d.ID, err)
+	}
+	return d, nil
+}
+
+// DeadLetter returns the dead letter with id.
+func (s *Store) DeadLetter(ctx context.Context, id int64) (DeadLetter, error) {
+	d, err := scanDeadLetter(s.db.QueryRowContext(ctx, s.queries.dlGet, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return d, fmt.Errorf("herald/store: dead letter %d: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return d, fmt.Errorf("herald/store: dead letter %d: %w", id, err)
+	}
+	return d, nil
+}
+
+// DeadLetters lists the dead letters matching f, oldest first.
+func (s *Store) DeadLetters(ctx context.Context, f DeadLetterFilter) ([]DeadLetter, error) {
+	where, args := f.where()
+	q := "SELECT id, service, subscription, event_id, type, version, reason, last_error, attempts, header, data, created_at FROM herald_dead_letters" +
+		where + " ORDER BY id"
+	if f.Limit > 0 {
+		q += fmt.Sprintf(" LIMIT %d", f.Limit)
+	}
+	rows, err := s.db.QueryContext(ctx, s.d.Rebind(q), args...)
+	if err != nil {
+		return nil, fmt.Errorf("herald/store: list dead letters: %w", err)
+	}
+	defer rows.Close()
+	var out []DeadLetter
+	for rows.Next() {
+		d, err := scanDeadLetter(rows)
+		if err != nil {
+			return nil, fmt.Errorf("herald/store: scan dead letter: %w", err)
+		}
+		out = append(out, d)
+	}
+	return out, rows.Err()
+}
+
+// DeleteDeadLetters purges the dead letters matching f and returns how many
+// it removed. An empty filter purges them all.
+func (s *Store) DeleteDeadLetters(ctx context.Context, f DeadLetterFilter) (int64, error) {
+	where, args := f.where()
+	res, err := s.db.ExecContext(ctx, s.d.Rebind("DELETE FROM herald_dead_letters"+where), args...)
+	if err != nil {
+		return 0, fmt.Errorf("herald/store: purge dead letters: %w", err)
+	}
+	return res.RowsAffected()
+}

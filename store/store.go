@@ -1,0 +1,368 @@
+// Package store is herald's SQL persistence: the event log (the audit trail
+// of domain events), the transactional outbox, the idempotent inbox and the
+// dead letters. One Store type runs on every dialect; store/sqlite (the
+// embedded default, modernc.org/sqlite) and store/postgres (pgx/v5) open it
+// and apply their embedded, versioned migrations.
+//
+// Methods that take a *sql.Tx work inside the caller's transaction, which is
+// how herald makes events atomic with the state change that caused them.
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/heraldhq/herald/envelope"
+)
+
+// Sentinel errors, testable with errors.Is.
+var (
+	// ErrNotFound is returned when a looked-up row does not exist.
+	ErrNotFound = errors.New("herald/store: not found")
+	// ErrClosed is returned after Close.
+	ErrClosed = errors.New("herald/store: closed")
+)
+
+// Dialect is what differs between SQL engines. Implementations live in the
+// dialect packages; users never implement it.
+type Dialect interface {
+	// Name is "sqlite" or "postgres".
+	Name() string
+	// Rebind turns a query written with ? placeholders into the dialect's.
+	Rebind(query string) string
+	// Migrate brings the schema up to date; it must be safe to run from
+	// several processes at once.
+	Migrate(ctx context.Context, db *sql.DB) error
+	// PendingCondition is an extra WHERE clause (or "") that makes
+	// PendingOutbox return only rows whose position in commit order is final:
+	// no transaction still in flight can commit a row that sorts before them.
+	PendingCondition() string
+}
+
+// Store is herald's persistence on one database.
+type Store struct {
+	db      *sql.DB
+	d       Dialect
+	ownsDB  bool
+	queries queries
+}
+
+// New wraps an open database. The dialect packages call it; most users call
+// sqlite.Open or postgres.Open instead. ownsDB says whether Close closes db.
+func New(ctx context.Context, db *sql.DB, d Dialect, ownsDB bool) (*Store, error) {
+	if err := d.Migrate(ctx, db); err != nil {
+		return nil, fmt.Errorf("herald/store: migrate %s: %w", d.Name(), err)
+	}
+	s := &Store{db: db, d: d, ownsDB: ownsDB}
+	s.queries = buildQueries(d)
+	return s, nil
+}
+
+// DB is the underlying database handle, shared with the user's own tables.
+func (s *Store) DB() *sql.DB { return s.db }
+
+// Dialect names the SQL engine: "sqlite" or "postgres".
+func (s *Store) Dialect() string { return s.d.Name() }
+
+// Rebind turns a query written with ? placeholders into the dialect's.
+func (s *Store) Rebind(query string) string { return s.d.Rebind(query) }
+
+// Close closes the database if the store opened it.
+func (s *Store) Close() error {
+	if s.ownsDB {
+		return s.db.Close()
+	}
+	return nil
+}
+
+// Begin starts a read-write transaction. On SQLite it is an immediate
+// transaction (the write lock is taken at BEGIN, so it never fails half-way
+// with SQLITE_BUSY on upgrade).
+func (s *Store) Begin(ctx context.Context) (*sql.Tx, error) {
+	return s.db.BeginTx(ctx, nil)
+}
+
+const eventCols = "id, service, type, version, kind, partition_key, event_time, correlation_id, causation_id, traceparent, tracestate, content_type, data"
+
+type queries struct {
+	eventLogInsert  string // one row; multi-row built on demand
+	outboxInsert    string
+	outboxPending   string
+	outboxMark      string
+	outboxPrune     string
+	outboxStats     string
+	inboxClaim      string
+	inboxPrune      string
+	eventLogPrune   string
+	dlInsert        string
+	dlGet           string
+	eventLogByID    string
+	eventLogByCorr  string
+	outboxUnpublish string
+}
+
+func buildQueries(d Dialect) queries {
+	cond := d.PendingCondition()
+	if cond != "" {
+		cond = " AND " + cond
+	}
+	r := d.Rebind
+	return queries{
+		eventLogInsert: "INSERT INTO herald_event_log (" + eventCols + ") VALUES ",
+		outboxInsert:   "INSERT INTO herald_outbox (" + eventCols + ") VALUES ",
+		outboxPending: r("SELECT seq, " + eventCols + " FROM herald_outbox WHERE service = ? AND published_at IS NULL" +
+			cond + " ORDER BY seq LIMIT ?"),
+		outboxMark:      "UPDATE herald_outbox SET published_at = ? WHERE seq IN ",
+		outboxPrune:     r("DELETE FROM herald_outbox WHERE published_at IS NOT NULL AND published_at < ?"),
+		outboxStats:     r("SELECT COUNT(*), MIN(event_time) FROM herald_outbox WHERE service = ? AND published_at IS NULL"),
+		outboxUnpublish: r("UPDATE herald_outbox SET published_at = NULL WHERE service = ? AND published_at IS NOT NULL AND published_at >= ?"),
+		inboxClaim:      r("INSERT INTO herald_inbox (subscription, event_id, processed_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"),
+		inboxPrune:      r("DELETE FROM herald_inbox WHERE processed_at < ?"),
+		eventLogPrune:   r("DELETE FROM herald_event_log WHERE event_time < ?"),
+		dlInsert: r("INSERT INTO herald_dead_letters (service, subscription, event_id, type, version, reason, last_error, attempts, header, data, created_at)" +
+			" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+		dlGet:          r("SELECT id, service, subscription, event_id, type, version, reason, last_error, attempts, header, data, created_at FROM herald_dead_letters WHERE id = ?"),
+		eventLogByID:   r("SELECT " + eventCols + " FROM herald_event_log WHERE id = ?"),
+		eventLogByCorr: r("SELECT " + eventCols + " FROM herald_event_log WHERE correlation_id = ? ORDER BY seq"),
+	}
+}
+
+// placeholders returns "(?, ?, …), (…)" for rows×cols, rebound.
+func (s *Store) values(rows, cols int) string {
+	var b strings.Builder
+	one := "(" + strings.TrimSuffix(strings.Repeat("?, ", cols), ", ") + ")"
+	for i := 0; i < rows; i++ {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(one)
+	}
+	return b.String()
+}
+
+func eventArgs(args []any, e *envelope.Envelope) []any {
+	return append(args, e.ID, e.Source, e.Type, e.Version, string(e.Kind), e.Key, e.Time.UTC().UnixNano(),
+		e.CorrelationID, e.CausationID, e.TraceParent, e.TraceState, e.DataContentType, e.Data)
+}
+
+const nEventCols = 13
+
+// maxRowsPerInsert keeps multi-row INSERTs under every engine's limit on
+// bound parameters (SQLite: 32766, PostgreSQL: 65535).
+const maxRowsPerInsert = 500
+
+func (s *Store) insertEvents(ctx context.Context, tx *sql.Tx, prefix string, events []*envelope.Envelope) error {
+	for len(events) > 0 {
+		n := min(len(events), maxRowsPerInsert)
+		args := make([]any, 0, n*nEventCols)
+		for _, e := range events[:n] {
+			args = eventArgs(args, e)
+		}
+		if _, err := tx.ExecContext(ctx, s.d.Rebind(prefix+s.values(n, nEventCols)), args...); err != nil {
+			return err
+		}
+		events = events[n:]
+	}
+	return nil
+}
+
+// AppendEventLog appends domain events to the event log inside tx.
+func (s *Store) AppendEventLog(ctx context.Context, tx *sql.Tx, events []*envelope.Envelope) error {
+	if len(events) == 0 {
+		return nil
+	}
+	if err := s.insertEvents(ctx, tx, s.queries.eventLogInsert, events); err != nil {
+		return fmt.Errorf("herald/store: append event log: %w", err)
+	}
+	return nil
+}
+
+// AppendOutbox writes events to the outbox inside tx; the relay of each
+// event's Source service publishes them after commit, in commit order. On
+// PostgreSQL a trigger sends NOTIFY herald_outbox with the service name, so
+// relays in other processes wake at once.
+func (s *Store) AppendOutbox(ctx context.Context, tx *sql.Tx, events []*envelope.Envelope) error {
+	if len(events) == 0 {
+		return nil
+	}
+	if err := s.insertEvents(ctx, tx, s.queries.outboxInsert, events); err != nil {
+		return fmt.Errorf("herald/store: append outbox: %w", err)
+	}
+	return nil
+}
+
+// OutboxRow is one outbox entry: its position in commit order and the event.
+type OutboxRow struct {
+	Seq   int64
+	Event *envelope.Envelope
+}
+
+type scanner interface{ Scan(dest ...any) error }
+
+func scanEvent(sc scanner, pre ...any) (*envelope.Envelope, error) {
+	e := &envelope.Envelope{}
+	var kind string
+	var t int64
+	dest := append(pre, &e.ID, &e.Source, &e.Type, &e.Version, &kind, &e.Key, &t,
+		&e.CorrelationID, &e.CausationID, &e.TraceParent, &e.TraceState, &e.DataContentType, &e.Data)
+	if err := sc.Scan(dest...); err != nil {
+		return nil, err
+	}
+	e.Kind = envelope.Kind(kind)
+	e.Time = time.Unix(0, t).UTC()
+	return e, nil
+}
+
+// PendingOutbox returns up to limit unpublished rows of service in commit
+// order.
+func (s *Store) PendingOutbox(ctx context.Context, service string, limit int) ([]OutboxRow, error) {
+	rows, err := s.db.QueryContext(ctx, s.queries.outboxPending, service, limit)
+	if err != nil {
+		return nil, fmt.Errorf("herald/store: pending outbox: %w", err)
+	}
+	defer rows.Close()
+	var out []OutboxRow
+	for rows.Next() {
+		var r OutboxRow
+		e, err := scanEvent(rows, &r.Seq)
+		if err != nil {
+			return nil, fmt.Errorf("herald/store: scan outbox: %w", err)
+		}
+		r.Event = e
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("herald/store: pending outbox: %w", err)
+	}
+	return out, nil
+}
+
+func int64List(ids []int64) string {
+	var b strings.Builder
+	b.WriteByte('(')
+	for i, id := range ids {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(strconv.FormatInt(id, 10))
+	}
+	b.WriteByte(')')
+	return b.String()
+}
+
+// MarkPublished records that the broker acknowledged the rows seqs. Rows are
+// kept until PruneOutbox removes them, so that a broker which lost its last
+// writes can be refilled with RepublishSince.
+func (s *Store) MarkPublished(ctx context.Context, seqs []int64, at time.Time) error {
+	if len(seqs) == 0 {
+		return nil
+	}
+	q := s.d.Rebind(s.queries.outboxMark + int64List(seqs))
+	if _, err := s.db.ExecContext(ctx, q, at.UTC().UnixNano()); err != nil {
+		return fmt.Errorf("herald/store: mark published: %w", err)
+	}
+	return nil
+}
+
+// RepublishSince marks the rows of service published at or after since as
+// unpublished again, so the relay sends them once more (the broker drops
+// the duplicates by event id). It returns how many rows it reset.
+func (s *Store) RepublishSince(ctx context.Context, service string, since time.Time) (int64, error) {
+	res, err := s.db.ExecContext(ctx, s.queries.outboxUnpublish, service, since.UTC().UnixNano())
+	if err != nil {
+		return 0, fmt.Errorf("herald/store: republish: %w", err)
+	}
+	return res.RowsAffected()
+}
+
+// PruneOutbox deletes rows published before before.
+func (s *Store) PruneOutbox(ctx context.Context, before time.Time) (int64, error) {
+	res, err := s.db.ExecContext(ctx, s.queries.outboxPrune, before.UTC().UnixNano())
+	if err != nil {
+		return 0, fmt.Errorf("herald/store: prune outbox: %w", err)
+	}
+	return res.RowsAffected()
+}
+
+// OutboxStats reports the unpublished backlog of service and the creation
+// time of its oldest row (zero when empty).
+func (s *Store) OutboxStats(ctx context.Context, service string) (backlog int64, oldest time.Time, err error) {
+	var minCreated sql.NullInt64
+	if err := s.db.QueryRowContext(ctx, s.queries.outboxStats, service).Scan(&backlog, &minCreated); err != nil {
+		return 0, time.Time{}, fmt.Errorf("herald/store: outbox stats: %w", err)
+	}
+	if minCreated.Valid {
+		oldest = time.Unix(0, minCreated.Int64).UTC()
+	}
+	return backlog, oldest, nil
+}
+
+// ClaimInbox records inside tx that subscription processed eventID. It
+// returns false when the event was already processed (a redelivery): the
+// caller must then skip the handler and just acknowledge.
+func (s *Store) ClaimInbox(ctx context.Context, tx *sql.Tx, subscription, eventID string) (bool, error) {
+	res, err := tx.ExecContext(ctx, s.queries.inboxClaim, subscription, eventID, time.Now().UTC().UnixNano())
+	if err != nil {
+		return false, fmt.Errorf("herald/store: claim inbox %s/%s: %w", subscription, eventID, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return false, fmt.Errorf("herald/store: claim inbox %s/%s: %w", subscription, eventID, err)
+	}
+	return n == 1, nil
+}
+
+// PruneInbox deletes inbox rows processed before before. Keep them longer
+// than the broker can redeliver an event.
+func (s *Store) PruneInbox(ctx context.Context, before time.Time) (int64, error) {
+	res, err := s.db.ExecContext(ctx, s.queries.inboxPrune, before.UTC().UnixNano())
+	if err != nil {
+		return 0, fmt.Errorf("herald/store: prune inbox: %w", err)
+	}
+	return res.RowsAffected()
+}
+
+// PruneEventLog deletes event-log rows recorded before before (retention).
+func (s *Store) PruneEventLog(ctx context.Context, before time.Time) (int64, error) {
+	res, err := s.db.ExecContext(ctx, s.queries.eventLogPrune, before.UTC().UnixNano())
+	if err != nil {
+		return 0, fmt.Errorf("herald/store: prune event log: %w", err)
+	}
+	return res.RowsAffected()
+}
+
+// Event returns the event-log entry with id.
+func (s *Store) Event(ctx context.Context, id string) (*envelope.Envelope, error) {
+	e, err := scanEvent(s.db.QueryRowContext(ctx, s.queries.eventLogByID, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("herald/store: event %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("herald/store: event %s: %w", id, err)
+	}
+	return e, nil
+}
+
+// EventsByCorrelation returns the event-log entries of one business flow in
+// the order they were recorded.
+func (s *Store) EventsByCorrelation(ctx context.Context, correlationID string) ([]*envelope.Envelope, error) {
+	rows, err := s.db.QueryContext(ctx, s.queries.eventLogByCorr, correlationID)
+	if err != nil {
+		return nil, fmt.Errorf("herald/store: events of %s: %w", correlationID, err)
+	}
+	defer rows.Close()
+	var out []*envelope.Envelope
+	for rows.Next() {
+		e, err := scanEvent(rows)
+		if err != nil {
+			return nil, fmt.Errorf("herald/store: scan event: %w", err)
+		}
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}

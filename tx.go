@@ -1,0 +1,344 @@
+package herald
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"time"
+
+	"github.com/heraldhq/herald/envelope"
+)
+
+// Tx is one database transaction of a service. Inside Do (and inside
+// integration handlers) the user changes their own tables through SQL and
+// records events with Record and Notify; everything commits or rolls back
+// together. A Tx is not safe for concurrent use and is dead once Do returns.
+type Tx interface {
+	// Context is the context of the transaction.
+	Context() context.Context
+	// SQL is the database transaction, for the user's own tables.
+	SQL() *sql.Tx
+	// Service is the name of the service the transaction belongs to.
+	Service() string
+
+	scope() *txScope
+}
+
+// txn is the state of one transaction, shared by every scope in it.
+type txn struct {
+	svc         *Service
+	sql         *sql.Tx
+	done        bool
+	failed      error                // first error of a handler or translation
+	log         []*envelope.Envelope // domain events → event log at commit
+	outbox      []*envelope.Envelope // integration/notification events → outbox at commit
+	correlation string
+}
+
+// txScope is a view of a txn with the event that caused what is recorded
+// through it (nil at the root of Do).
+type txScope struct {
+	t     *txn
+	ctx   context.Context
+	cause *envelope.Envelope
+	depth int
+}
+
+func (s *txScope) Context() context.Context { return s.ctx }
+func (s *txScope) SQL() *sql.Tx             { return s.t.sql }
+func (s *txScope) Service() string          { return s.t.svc.name }
+func (s *txScope) scope() *txScope          { return s }
+
+// Do runs fn in one database transaction. Events recorded in fn, the domain
+// handlers they trigger, and the outbox rows of their translations commit
+// with the user's changes, or not at all: an error or a panic in fn or in any
+// handler rolls everything back, and Do returns it (a panic as a
+// *PanicError carrying the stack).
+func (s *Service) Do(ctx context.Context, fn func(tx Tx) error) (err error) {
+	if ctx == nil {
+		return fmt.Errorf("%w: service %s: Do", ErrNilContext, s.name)
+	}
+	if err := s.enter(); err != nil {
+		return err
+	}
+	defer s.inDo.Done()
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("service %s: Do: %w", s.name, err)
+	}
+	sqlTx, err := s.store.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("service %s: begin: %w", s.name, err)
+	}
+	t := &txn{svc: s, sql: sqlTx, correlation: CorrelationID(ctx)}
+	return s.finish(ctx, t, runGuarded(func() error { return fn(&txScope{t: t, ctx: ctx}) }))
+}
+
+// runGuarded calls fn, turning a panic into a *PanicError.
+func runGuarded(fn func() error) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = recovered(p)
+		}
+	}()
+	return fn()
+}
+
+// finish commits t if err and every handler succeeded, else rolls back.
+func (s *Service) finish(ctx context.Context, t *txn, err error) error {
+	if err == nil && t.failed != nil {
+		err = t.failed
+	}
+	if err == nil {
+		err = s.flush(ctx, t)
+	}
+	t.done = true
+	if err != nil {
+		if rbErr := t.sql.Rollback(); rbErr != nil && rbErr != sql.ErrTxDone {
+			s.log.Warn("rollback failed", "err", rbErr)
+		}
+		return err
+	}
+	if err := t.sql.Commit(); err != nil {
+		return fmt.Errorf("service %s: commit: %w", s.name, err)
+	}
+	if len(t.outbox) > 0 {
+		s.signal()
+	}
+	return nil
+}
+
+// flush writes the transaction's events: one statement for the event log,
+// one for the outbox.
+func (s *Service) flush(ctx context.Context, t *txn) error {
+	if err := s.store.AppendEventLog(ctx, t.sql, t.log); err != nil {
+		return fmt.Errorf("service %s: %w", s.name, err)
+	}
+	if err := s.store.AppendOutbox(ctx, t.sql, t.outbox); err != nil {
+		return fmt.Errorf("service %s: %w", s.name, err)
+	}
+	return nil
+}
+
+// check validates that tx can record an event of contract c.
+func check(tx Tx, c Contract) (*txScope, error) {
+	if tx == nil {
+		return nil, fmt.Errorf("%w: recording %s needs the Tx of Service.Do or of a handler", ErrNoTx, describe(c))
+	}
+	sc := tx.scope()
+	if sc.t.done {
+		return nil, fmt.Errorf("%w: recording %s after its Do returned", ErrTxDone, describe(c))
+	}
+	if c == nil {
+		return nil, fmt.Errorf("%w: nil contract", ErrInvalidContract)
+	}
+	if err := sc.ctx.Err(); err != nil {
+		return nil, fmt.Errorf("recording %s: %w", describe(c), err)
+	}
+	if !sc.t.svc.reg.has(c) {
+		return nil, fmt.Errorf("%w: %s on service %s (register it with Register, Handle, Translate or Subscribe)",
+			ErrUnregistered, describe(c), sc.t.svc.name)
+	}
+	return sc, nil
+}
+
+func describe(c Contract) string {
+	if c == nil {
+		return "nil contract"
+	}
+	return c.base().String()
+}
+
+// newEnvelope builds the envelope of an event recorded through sc.
+func (sc *txScope) newEnvelope(c Contract, v any, key string) (*envelope.Envelope, error) {
+	b := c.base()
+	data, err := b.codec.Marshal(v)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrEncode, b, err)
+	}
+	now := time.Now().UTC()
+	e := &envelope.Envelope{
+		ID:              envelope.NewID(now),
+		Type:            b.name,
+		Version:         b.version,
+		Kind:            b.kind,
+		Source:          sc.t.svc.name,
+		Key:             key,
+		Time:            now,
+		DataContentType: b.codec.ContentType(),
+		Data:            data,
+	}
+	if sc.cause != nil {
+		e.CausationID = sc.cause.ID
+		e.CorrelationID = sc.cause.CorrelationID
+		e.TraceParent, e.TraceState = sc.cause.TraceParent, sc.cause.TraceState
+	} else {
+		if sc.t.correlation == "" {
+			sc.t.correlation = e.ID
+		}
+		e.CorrelationID = sc.t.correlation
+		e.TraceParent, e.TraceState = traceParent(sc.ctx)
+	}
+	if e.CorrelationID == "" {
+		e.CorrelationID = e.ID
+	}
+	return e, nil
+}
+
+// fail remembers the first failure of a handler or translation, so that Do
+// rolls back even if the caller ignores the error Record returned.
+func (t *txn) fail(err error) error {
+	if t.failed == nil {
+		t.failed = err
+	}
+	return err
+}
+
+// Record records a domain event in tx: it is appended to the event log,
+// the service's handlers of c run now, in registration order, inside the
+// same transaction, and c's translations write their integration events to
+// the outbox. Any failure fails the whole transaction.
+func Record[T any](tx Tx, c *DomainEvent[T], v T) error {
+	if c == nil {
+		return fmt.Errorf("%w: nil domain contract", ErrInvalidContract)
+	}
+	sc, err := check(tx, c)
+	if err != nil {
+		return err
+	}
+	t := sc.t
+	if sc.depth >= t.svc.cfg.maxDepth {
+		return t.fail(fmt.Errorf("%w: recording %s at depth %d", ErrTooDeep, describe(c), sc.depth))
+	}
+	e, err := sc.newEnvelope(c, v, "")
+	if err != nil {
+		return t.fail(err)
+	}
+	t.log = append(t.log, e)
+
+	svc := t.svc
+	svc.mu.RLock()
+	hs, trs := svc.handlers[c], svc.translations[c]
+	svc.mu.RUnlock()
+
+	child := &txScope{t: t, ctx: withEvent(sc.ctx, e), cause: e, depth: sc.depth + 1}
+	for _, h := range hs {
+		if err := runGuarded(func() error { return h.fn(child.ctx, child, v) }); err != nil {
+			return t.fail(fmt.Errorf("service %s: handler %q of %s: %w", svc.name, h.name, describe(c), err))
+		}
+	}
+	for _, tr := range trs {
+		out, err := tr.fn(child, v)
+		if err != nil {
+			return t.fail(fmt.Errorf("service %s: translation %s → %s: %w", svc.name, describe(c), tr.to, err))
+		}
+		if out != nil {
+			t.outbox = append(t.outbox, out)
+		}
+	}
+	return nil
+}
+
+// Notify emits a notification event in tx. It leaves through the outbox
+// after commit, so the business transaction never waits for a provider.
+func Notify[T any](tx Tx, c *NotificationEvent[T], v T) error {
+	if c == nil {
+		return fmt.Errorf("%w: nil notification contract", ErrInvalidContract)
+	}
+	sc, err := check(tx, c)
+	if err != nil {
+		return err
+	}
+	e, err := sc.newEnvelope(c, v, "")
+	if err != nil {
+		return sc.t.fail(err)
+	}
+	sc.t.outbox = append(sc.t.outbox, e)
+	return nil
+}
+
+type domainHandler struct {
+	name string
+	fn   func(ctx context.Context, tx Tx, v any) error
+}
+
+// Handle registers a domain handler: fn runs inside the transaction that
+// records an event of c, after the handlers registered before it. Its
+// error or panic rolls the transaction back.
+func Handle[T any](svc *Service, c *DomainEvent[T], name string, fn func(ctx context.Context, tx Tx, e T) error) error {
+	if err := svc.beforeStart("Handle"); err != nil {
+		return err
+	}
+	if c == nil || fn == nil {
+		return fmt.Errorf("%w: service %s: Handle %q needs a contract and a function", ErrInvalidOption, svc.name, name)
+	}
+	if name == "" {
+		return fmt.Errorf("%w: service %s: handler of %s needs a name", ErrInvalidOption, svc.name, describe(c))
+	}
+	if err := svc.Register(c); err != nil {
+		return err
+	}
+	svc.mu.Lock()
+	defer svc.mu.Unlock()
+	for _, h := range svc.handlers[c] {
+		if h.name == name {
+			return fmt.Errorf("%w: service %s: handler %q of %s registered twice", ErrInvalidOption, svc.name, name, describe(c))
+		}
+	}
+	svc.handlers[c] = append(svc.handlers[c], domainHandler{name: name, fn: func(ctx context.Context, tx Tx, v any) error {
+		return fn(ctx, tx, v.(T))
+	}})
+	return nil
+}
+
+type translation struct {
+	to string
+	fn func(sc *txScope, v any) (*envelope.Envelope, error)
+}
+
+// ErrSkip, returned by a translation function, publishes nothing for this
+// event without failing the transaction.
+var ErrSkip = fmt.Errorf("herald: skip translation")
+
+// Translate declares the only way a domain event leaves the service: each
+// event of from is turned by fn into an integration event of to, written to
+// the outbox in the same transaction. fn may return ErrSkip.
+func Translate[D, I any](svc *Service, from *DomainEvent[D], to *IntegrationEvent[I], fn func(ctx context.Context, e D) (I, error)) error {
+	if err := svc.beforeStart("Translate"); err != nil {
+		return err
+	}
+	if from == nil || to == nil || fn == nil {
+		return fmt.Errorf("%w: service %s: Translate needs two contracts and a function", ErrInvalidOption, svc.name)
+	}
+	if err := svc.Register(from, to); err != nil {
+		return err
+	}
+	svc.mu.Lock()
+	defer svc.mu.Unlock()
+	svc.translations[from] = append(svc.translations[from], translation{
+		to: describe(to),
+		fn: func(sc *txScope, v any) (*envelope.Envelope, error) {
+			out, err := fn(sc.ctx, v.(D))
+			if err == ErrSkip {
+				return nil, nil
+			}
+			if err != nil {
+				return nil, err
+			}
+			return sc.newEnvelope(to, out, to.key(out))
+		},
+	})
+	return nil
+}
+
+// beforeStart refuses registrations on a started or closed service.
+func (s *Service) beforeStart(what string) error {
+	s.life.Lock()
+	defer s.life.Unlock()
+	if s.closed {
+		return fmt.Errorf("%w: service %s: %s", ErrClosed, s.name, what)
+	}
+	if s.started {
+		return fmt.Errorf("%w: service %s: %s must come before Start", ErrStarted, s.name, what)
+	}
+	return nil
+}
