@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/heraldhq/herald"
+	"github.com/heraldhq/herald/envelope"
 	"github.com/heraldhq/herald/internal/testdb"
 	"github.com/heraldhq/herald/store"
 )
@@ -352,8 +353,8 @@ func TestEventLogRetention(t *testing.T) {
 	ev := herald.Domain[int]("keep.tick")
 	must(t, svc.Register(ev))
 	must(t, svc.Do(context.Background(), func(tx herald.Tx) error { return herald.Record(tx, ev, 1) }))
-	// Age the row by two hours.
-	if _, err := st.DB().Exec(`UPDATE herald_event_log SET event_time = event_time - ?`, int64(2*time.Hour)); err != nil {
+	// Age the row by two hours: event ids are ULIDs, which carry the time.
+	if _, err := st.DB().Exec(`UPDATE herald_event_log SET id = ?`, envelope.NewID(time.Now().Add(-2*time.Hour))); err != nil {
 		t.Fatal(err)
 	}
 	must(t, svc.Do(context.Background(), func(tx herald.Tx) error { return herald.Record(tx, ev, 2) }))

@@ -107,13 +107,9 @@ func (s *Service) finish(ctx context.Context, t *txn, err error) error {
 	return nil
 }
 
-// flush writes the transaction's events: one statement for the event log,
-// one for the outbox.
+// flush writes the transaction's events to the event log and the outbox.
 func (s *Service) flush(ctx context.Context, t *txn) error {
-	if err := s.store.AppendEventLog(ctx, t.sql, t.log); err != nil {
-		return fmt.Errorf("service %s: %w", s.name, err)
-	}
-	if err := s.store.AppendOutbox(ctx, t.sql, t.outbox); err != nil {
+	if err := s.store.Append(ctx, t.sql, t.log, t.outbox); err != nil {
 		return fmt.Errorf("service %s: %w", s.name, err)
 	}
 	return nil

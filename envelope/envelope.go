@@ -84,3 +84,13 @@ func NewID(t time.Time) string {
 	entropyMu.Unlock()
 	return id.String()
 }
+
+// MinID returns the smallest ID NewID can return for a time in t's
+// millisecond: every ID of an earlier millisecond sorts below it.
+func MinID(t time.Time) string {
+	var id ulid.ULID
+	if err := id.SetTime(ulid.Timestamp(t)); err != nil {
+		return ulid.ULID{}.String()
+	}
+	return id.String()
+}

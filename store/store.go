@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/heraldhq/herald/envelope"
@@ -50,6 +51,8 @@ type Store struct {
 	d       Dialect
 	ownsDB  bool
 	queries queries
+	stmts   stmtCache
+	closed  atomic.Bool
 }
 
 // New wraps an open database. The dialect packages call it; most users call
@@ -60,6 +63,9 @@ func New(ctx context.Context, db *sql.DB, d Dialect, ownsDB bool) (*Store, error
 	}
 	s := &Store{db: db, d: d, ownsDB: ownsDB}
 	s.queries = buildQueries(d)
+	if err := s.prepareHot(ctx); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -72,10 +78,22 @@ func (s *Store) Dialect() string { return s.d.Name() }
 // Rebind turns a query written with ? placeholders into the dialect's.
 func (s *Store) Rebind(query string) string { return s.d.Rebind(query) }
 
-// Close closes the database if the store opened it.
+// Close closes the database if the store opened it. Every later call on the
+// store fails with ErrClosed; closing twice is a no-op.
 func (s *Store) Close() error {
+	if !s.closed.CompareAndSwap(false, true) {
+		return nil
+	}
 	if s.ownsDB {
 		return s.db.Close()
+	}
+	return nil
+}
+
+// live returns ErrClosed once Close has been called.
+func (s *Store) live() error {
+	if s.closed.Load() {
+		return ErrClosed
 	}
 	return nil
 }
@@ -84,6 +102,9 @@ func (s *Store) Close() error {
 // transaction (the write lock is taken at BEGIN, so it never fails half-way
 // with SQLITE_BUSY on upgrade).
 func (s *Store) Begin(ctx context.Context) (*sql.Tx, error) {
+	if err := s.live(); err != nil {
+		return nil, err
+	}
 	return s.db.BeginTx(ctx, nil)
 }
 
@@ -123,12 +144,12 @@ func buildQueries(d Dialect) queries {
 		outboxUnpublish: r("UPDATE herald_outbox SET published_at = NULL WHERE service = ? AND published_at IS NOT NULL AND published_at >= ?"),
 		inboxClaim:      r("INSERT INTO herald_inbox (subscription, event_id, processed_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"),
 		inboxPrune:      r("DELETE FROM herald_inbox WHERE processed_at < ?"),
-		eventLogPrune:   r("DELETE FROM herald_event_log WHERE event_time < ?"),
+		eventLogPrune:   r("DELETE FROM herald_event_log WHERE id < ?"),
 		dlInsert: r("INSERT INTO herald_dead_letters (service, subscription, event_id, type, version, reason, last_error, attempts, header, data, created_at)" +
 			" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
 		dlGet:          r("SELECT id, service, subscription, event_id, type, version, reason, last_error, attempts, header, data, created_at FROM herald_dead_letters WHERE id = ?"),
 		eventLogByID:   r("SELECT " + eventCols + " FROM herald_event_log WHERE id = ?"),
-		eventLogByCorr: r("SELECT " + eventCols + " FROM herald_event_log WHERE correlation_id = ? ORDER BY seq"),
+		eventLogByCorr: r("SELECT " + eventCols + " FROM herald_event_log WHERE correlation_id = ? ORDER BY id"),
 	}
 }
 
@@ -147,7 +168,16 @@ func (s *Store) values(rows, cols int) string {
 
 func eventArgs(args []any, e *envelope.Envelope) []any {
 	return append(args, e.ID, e.Source, e.Type, e.Version, string(e.Kind), e.Key, e.Time.UTC().UnixNano(),
-		e.CorrelationID, e.CausationID, e.TraceParent, e.TraceState, e.DataContentType, e.Data)
+		e.CorrelationID, e.CausationID, e.TraceParent, e.TraceState, e.DataContentType, blob(e.Data))
+}
+
+// blob makes empty data bind as an empty BLOB/BYTEA: both drivers bind a nil
+// []byte as NULL, which the NOT NULL data columns reject.
+func blob(b []byte) []byte {
+	if b == nil {
+		return []byte{}
+	}
+	return b
 }
 
 const nEventCols = 13
@@ -173,6 +203,9 @@ func (s *Store) insertEvents(ctx context.Context, tx *sql.Tx, prefix string, eve
 
 // AppendEventLog appends domain events to the event log inside tx.
 func (s *Store) AppendEventLog(ctx context.Context, tx *sql.Tx, events []*envelope.Envelope) error {
+	if err := s.live(); err != nil {
+		return err
+	}
 	if len(events) == 0 {
 		return nil
 	}
@@ -187,6 +220,9 @@ func (s *Store) AppendEventLog(ctx context.Context, tx *sql.Tx, events []*envelo
 // PostgreSQL a trigger sends NOTIFY herald_outbox with the service name, so
 // relays in other processes wake at once.
 func (s *Store) AppendOutbox(ctx context.Context, tx *sql.Tx, events []*envelope.Envelope) error {
+	if err := s.live(); err != nil {
+		return err
+	}
 	if len(events) == 0 {
 		return nil
 	}
@@ -215,12 +251,18 @@ func scanEvent(sc scanner, pre ...any) (*envelope.Envelope, error) {
 	}
 	e.Kind = envelope.Kind(kind)
 	e.Time = time.Unix(0, t).UTC()
+	if len(e.Data) == 0 {
+		e.Data = nil // empty data reads back as nil on every driver
+	}
 	return e, nil
 }
 
 // PendingOutbox returns up to limit unpublished rows of service in commit
 // order.
 func (s *Store) PendingOutbox(ctx context.Context, service string, limit int) ([]OutboxRow, error) {
+	if err := s.live(); err != nil {
+		return nil, err
+	}
 	rows, err := s.db.QueryContext(ctx, s.queries.outboxPending, service, limit)
 	if err != nil {
 		return nil, fmt.Errorf("herald/store: pending outbox: %w", err)
@@ -259,6 +301,9 @@ func int64List(ids []int64) string {
 // kept until PruneOutbox removes them, so that a broker which lost its last
 // writes can be refilled with RepublishSince.
 func (s *Store) MarkPublished(ctx context.Context, seqs []int64, at time.Time) error {
+	if err := s.live(); err != nil {
+		return err
+	}
 	if len(seqs) == 0 {
 		return nil
 	}
@@ -273,6 +318,9 @@ func (s *Store) MarkPublished(ctx context.Context, seqs []int64, at time.Time) e
 // unpublished again, so the relay sends them once more (the broker drops
 // the duplicates by event id). It returns how many rows it reset.
 func (s *Store) RepublishSince(ctx context.Context, service string, since time.Time) (int64, error) {
+	if err := s.live(); err != nil {
+		return 0, err
+	}
 	res, err := s.db.ExecContext(ctx, s.queries.outboxUnpublish, service, since.UTC().UnixNano())
 	if err != nil {
 		return 0, fmt.Errorf("herald/store: republish: %w", err)
@@ -282,6 +330,9 @@ func (s *Store) RepublishSince(ctx context.Context, service string, since time.T
 
 // PruneOutbox deletes rows published before before.
 func (s *Store) PruneOutbox(ctx context.Context, before time.Time) (int64, error) {
+	if err := s.live(); err != nil {
+		return 0, err
+	}
 	res, err := s.db.ExecContext(ctx, s.queries.outboxPrune, before.UTC().UnixNano())
 	if err != nil {
 		return 0, fmt.Errorf("herald/store: prune outbox: %w", err)
@@ -292,6 +343,9 @@ func (s *Store) PruneOutbox(ctx context.Context, before time.Time) (int64, error
 // OutboxStats reports the unpublished backlog of service and the creation
 // time of its oldest row (zero when empty).
 func (s *Store) OutboxStats(ctx context.Context, service string) (backlog int64, oldest time.Time, err error) {
+	if err := s.live(); err != nil {
+		return 0, time.Time{}, err
+	}
 	var minCreated sql.NullInt64
 	if err := s.db.QueryRowContext(ctx, s.queries.outboxStats, service).Scan(&backlog, &minCreated); err != nil {
 		return 0, time.Time{}, fmt.Errorf("herald/store: outbox stats: %w", err)
@@ -306,6 +360,9 @@ func (s *Store) OutboxStats(ctx context.Context, service string) (backlog int64,
 // returns false when the event was already processed (a redelivery): the
 // caller must then skip the handler and just acknowledge.
 func (s *Store) ClaimInbox(ctx context.Context, tx *sql.Tx, subscription, eventID string) (bool, error) {
+	if err := s.live(); err != nil {
+		return false, err
+	}
 	res, err := tx.ExecContext(ctx, s.queries.inboxClaim, subscription, eventID, time.Now().UTC().UnixNano())
 	if err != nil {
 		return false, fmt.Errorf("herald/store: claim inbox %s/%s: %w", subscription, eventID, err)
@@ -320,6 +377,9 @@ func (s *Store) ClaimInbox(ctx context.Context, tx *sql.Tx, subscription, eventI
 // PruneInbox deletes inbox rows processed before before. Keep them longer
 // than the broker can redeliver an event.
 func (s *Store) PruneInbox(ctx context.Context, before time.Time) (int64, error) {
+	if err := s.live(); err != nil {
+		return 0, err
+	}
 	res, err := s.db.ExecContext(ctx, s.queries.inboxPrune, before.UTC().UnixNano())
 	if err != nil {
 		return 0, fmt.Errorf("herald/store: prune inbox: %w", err)
@@ -327,9 +387,15 @@ func (s *Store) PruneInbox(ctx context.Context, before time.Time) (int64, error)
 	return res.RowsAffected()
 }
 
-// PruneEventLog deletes event-log rows recorded before before (retention).
+// PruneEventLog deletes event-log rows recorded before before (retention),
+// to the millisecond.
 func (s *Store) PruneEventLog(ctx context.Context, before time.Time) (int64, error) {
-	res, err := s.db.ExecContext(ctx, s.queries.eventLogPrune, before.UTC().UnixNano())
+	if err := s.live(); err != nil {
+		return 0, err
+	}
+	// Event ids are ULIDs: every id below the smallest id of before's
+	// millisecond was recorded earlier.
+	res, err := s.db.ExecContext(ctx, s.queries.eventLogPrune, envelope.MinID(before))
 	if err != nil {
 		return 0, fmt.Errorf("herald/store: prune event log: %w", err)
 	}
@@ -338,6 +404,9 @@ func (s *Store) PruneEventLog(ctx context.Context, before time.Time) (int64, err
 
 // Event returns the event-log entry with id.
 func (s *Store) Event(ctx context.Context, id string) (*envelope.Envelope, error) {
+	if err := s.live(); err != nil {
+		return nil, err
+	}
 	e, err := scanEvent(s.db.QueryRowContext(ctx, s.queries.eventLogByID, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("herald/store: event %s: %w", id, ErrNotFound)
@@ -349,8 +418,13 @@ func (s *Store) Event(ctx context.Context, id string) (*envelope.Envelope, error
 }
 
 // EventsByCorrelation returns the event-log entries of one business flow in
-// the order they were recorded.
+// the order they were recorded. It scans the log (which has no index but its
+// key, to keep business transactions cheap): use it for audits and tools, not
+// on a hot path.
 func (s *Store) EventsByCorrelation(ctx context.Context, correlationID string) ([]*envelope.Envelope, error) {
+	if err := s.live(); err != nil {
+		return nil, err
+	}
 	rows, err := s.db.QueryContext(ctx, s.queries.eventLogByCorr, correlationID)
 	if err != nil {
 		return nil, fmt.Errorf("herald/store: events of %s: %w", correlationID, err)

@@ -1,6 +1,9 @@
+-- The event log is keyed by the event's ULID: time-ordered, so retention
+-- deletes a key range and no separate time index is needed. It has no other
+-- index: every index is paid on each business transaction, and the log is
+-- read rarely (audit, replaying projections).
 CREATE TABLE herald_event_log (
-    seq            BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    id             TEXT    NOT NULL UNIQUE,
+    id             TEXT    NOT NULL PRIMARY KEY,
     service        TEXT    NOT NULL,
     type           TEXT    NOT NULL,
     version        INTEGER NOT NULL,
@@ -14,8 +17,6 @@ CREATE TABLE herald_event_log (
     content_type   TEXT    NOT NULL,
     data           BYTEA   NOT NULL
 );
-CREATE INDEX herald_event_log_time ON herald_event_log (event_time);
-CREATE INDEX herald_event_log_correlation ON herald_event_log (correlation_id);
 
 -- txid lets the relay publish only rows whose place in commit order is
 -- final: rows of transactions older than every transaction still running.
@@ -41,14 +42,15 @@ CREATE INDEX herald_outbox_pending ON herald_outbox (service, seq) WHERE publish
 CREATE INDEX herald_outbox_published ON herald_outbox (published_at) WHERE published_at IS NOT NULL;
 
 -- Wake the relays of the services that just wrote outbox rows, without a
--- round trip of the writer's own.
+-- round trip of the writer's own. NOTIFY folds identical payloads of one
+-- transaction into one.
 CREATE FUNCTION herald_outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('herald_outbox', s.service) FROM (SELECT DISTINCT service FROM herald_new_rows) s;
+    PERFORM pg_notify('herald_outbox', NEW.service);
     RETURN NULL;
 END $$;
 CREATE TRIGGER herald_outbox_notify AFTER INSERT ON herald_outbox
-    REFERENCING NEW TABLE AS herald_new_rows FOR EACH STATEMENT EXECUTE FUNCTION herald_outbox_notify();
+    FOR EACH ROW EXECUTE FUNCTION herald_outbox_notify();
 
 CREATE TABLE herald_inbox (
     subscription TEXT   NOT NULL,

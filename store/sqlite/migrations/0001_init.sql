@@ -1,6 +1,9 @@
+-- The event log is keyed by the event's ULID: time-ordered, so retention
+-- deletes a key range and no separate time index is needed. It has no other
+-- index: every index is paid on each business transaction, and the log is
+-- read rarely (audit, replaying projections).
 CREATE TABLE herald_event_log (
-    seq            INTEGER PRIMARY KEY AUTOINCREMENT,
-    id             TEXT    NOT NULL UNIQUE,
+    id             TEXT    NOT NULL PRIMARY KEY,
     service        TEXT    NOT NULL,
     type           TEXT    NOT NULL,
     version        INTEGER NOT NULL,
@@ -12,10 +15,8 @@ CREATE TABLE herald_event_log (
     traceparent    TEXT    NOT NULL,
     tracestate     TEXT    NOT NULL,
     content_type   TEXT    NOT NULL,
-    data           BLOB    NOT NULL
-);
-CREATE INDEX herald_event_log_time ON herald_event_log (event_time);
-CREATE INDEX herald_event_log_correlation ON herald_event_log (correlation_id);
+    data           BLOB   NOT NULL
+) WITHOUT ROWID;
 
 CREATE TABLE herald_outbox (
     seq            INTEGER PRIMARY KEY AUTOINCREMENT,

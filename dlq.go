@@ -1,0 +1,84 @@
+package herald
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/heraldhq/herald/envelope"
+	"github.com/heraldhq/herald/store"
+)
+
+// DeadLetterFilter selects dead letters of a service; empty fields match
+// everything. It is store.DeadLetterFilter with the service set for you.
+type DeadLetterFilter = store.DeadLetterFilter
+
+// DeadLetter is an event a subscription gave up on, with the reason, the
+// attempts, the last error and the message exactly as it arrived.
+type DeadLetter = store.DeadLetter
+
+// DeadLetters lists the service's dead letters matching f, oldest first.
+func (s *Service) DeadLetters(ctx context.Context, f DeadLetterFilter) ([]DeadLetter, error) {
+	f.Service = s.name
+	return s.store.DeadLetters(ctx, f)
+}
+
+// DeadLetter returns one of the service's dead letters.
+func (s *Service) DeadLetter(ctx context.Context, id int64) (DeadLetter, error) {
+	d, err := s.store.DeadLetter(ctx, id)
+	if err == nil && d.Service != s.name {
+		return DeadLetter{}, fmt.Errorf("dead letter %d belongs to service %s, not %s: %w", id, d.Service, s.name, store.ErrNotFound)
+	}
+	return d, err
+}
+
+// PurgeDeadLetters deletes the service's dead letters matching f and
+// returns how many.
+func (s *Service) PurgeDeadLetters(ctx context.Context, f DeadLetterFilter) (int64, error) {
+	f.Service = s.name
+	return s.store.DeleteDeadLetters(ctx, f)
+}
+
+// ErrNotReplayable is returned for a dead letter whose message could not be
+// decoded: it can be inspected and purged, not replayed.
+var ErrNotReplayable = errors.New("herald: dead letter cannot be replayed")
+
+// ReplayDeadLetters re-delivers the service's dead letters matching f, each
+// to the subscription that dead-lettered it and to no other, and removes
+// them from the dead-letter table. With dryRun it only returns what it
+// would replay. Replay runs the handler again: the event's inbox row is
+// cleared first.
+func (s *Service) ReplayDeadLetters(ctx context.Context, f DeadLetterFilter, dryRun bool) ([]DeadLetter, error) {
+	if s.broker == nil {
+		return nil, fmt.Errorf("%w: service %s has no broker to replay through", ErrInvalidOption, s.name)
+	}
+	dls, err := s.DeadLetters(ctx, f)
+	if err != nil || dryRun {
+		return dls, err
+	}
+	var done []DeadLetter
+	var errs []error
+	for _, d := range dls {
+		if err := s.replay(ctx, d); err != nil {
+			errs = append(errs, fmt.Errorf("dead letter %d: %w", d.ID, err))
+			continue
+		}
+		done = append(done, d)
+	}
+	return done, errors.Join(errs...)
+}
+
+func (s *Service) replay(ctx context.Context, d DeadLetter) error {
+	e, err := envelope.FromBinary(d.Header, d.Data)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrNotReplayable, err)
+	}
+	if err := s.store.ReleaseInbox(ctx, s.name+"/"+d.Subscription, e.ID); err != nil {
+		return err
+	}
+	if err := s.broker.Replay(ctx, s.name, d.Subscription, e); err != nil {
+		return err
+	}
+	_, err = s.store.DeleteDeadLetters(ctx, store.DeadLetterFilter{IDs: []int64{d.ID}})
+	return err
+}
