@@ -1,8 +1,6 @@
 package herald_test
 
 import (
-	"os"
-	"strings"
 	"context"
 	"fmt"
 	"testing"
@@ -76,13 +74,6 @@ func benchStore(b *testing.B, dialect string) *store.Store {
 	st := testdb.For(b, dialect)
 	if _, err := st.DB().Exec(`CREATE TABLE orders (id TEXT PRIMARY KEY, amount INTEGER NOT NULL)`); err != nil {
 		b.Fatal(err)
-	}
-	if dialect == "postgres" && os.Getenv("XP") != "" {
-		for _, q := range strings.Split(os.Getenv("XP"), ";") {
-			if _, err := st.DB().Exec(q); err != nil {
-				b.Fatal(err)
-			}
-		}
 	}
 	return st
 }

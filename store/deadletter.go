@@ -78,6 +78,9 @@ type execer interface {
 // inside that transaction (together with the inbox row that settles the
 // event), otherwise on its own.
 func (s *Store) AddDeadLetter(ctx context.Context, tx *sql.Tx, d DeadLetter) (int64, error) {
+	if err := s.live(); err != nil {
+		return 0, err
+	}
 	hdr, err := json.Marshal(d.Header)
 	if err != nil {
 		return 0, fmt.Errorf("herald/store: dead letter header: %w", err)
@@ -90,7 +93,7 @@ func (s *Store) AddDeadLetter(ctx context.Context, tx *sql.Tx, d DeadLetter) (in
 		ex = tx
 	}
 	args := []any{d.Service, d.Subscription, d.EventID, d.Type, d.Version, d.Reason, d.LastError, d.Attempts,
-		string(hdr), d.Data, d.Time.UTC().UnixNano()}
+		string(hdr), blob(d.Data), d.Time.UTC().UnixNano()}
 	if s.d.Name() == "postgres" {
 		// PostgreSQL's driver has no LastInsertId.
 		q := s.queries.dlInsert + " RETURNING id"
@@ -122,6 +125,9 @@ func scanDeadLetter(sc scanner) (DeadLetter, error) {
 		return d, err
 	}
 	d.Time = time.Unix(0, t).UTC()
+	if len(d.Data) == 0 {
+		d.Data = nil
+	}
 	if err := json.Unmarshal([]byte(hdr), &d.Header); err != nil {
 		return d, fmt.Errorf("dead letter %d header: %w", d.ID, err)
 	}
@@ -130,6 +136,9 @@ func scanDeadLetter(sc scanner) (DeadLetter, error) {
 
 // DeadLetter returns the dead letter with id.
 func (s *Store) DeadLetter(ctx context.Context, id int64) (DeadLetter, error) {
+	if err := s.live(); err != nil {
+		return DeadLetter{}, err
+	}
 	d, err := scanDeadLetter(s.db.QueryRowContext(ctx, s.queries.dlGet, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return d, fmt.Errorf("herald/store: dead letter %d: %w", id, ErrNotFound)
@@ -142,6 +151,9 @@ func (s *Store) DeadLetter(ctx context.Context, id int64) (DeadLetter, error) {
 
 // DeadLetters lists the dead letters matching f, oldest first.
 func (s *Store) DeadLetters(ctx context.Context, f DeadLetterFilter) ([]DeadLetter, error) {
+	if err := s.live(); err != nil {
+		return nil, err
+	}
 	where, args := f.where()
 	q := "SELECT id, service, subscription, event_id, type, version, reason, last_error, attempts, header, data, created_at FROM herald_dead_letters" +
 		where + " ORDER BY id"
@@ -165,10 +177,19 @@ func (s *Store) DeadLetters(ctx context.Context, f DeadLetterFilter) ([]DeadLett
 }
 
 // DeleteDeadLetters purges the dead letters matching f and returns how many
-// it removed. An empty filter purges them all.
+// it removed. An empty filter purges them all. With a Limit it purges the
+// same dead letters DeadLetters(f) lists: the oldest Limit matching ones.
 func (s *Store) DeleteDeadLetters(ctx context.Context, f DeadLetterFilter) (int64, error) {
+	if err := s.live(); err != nil {
+		return 0, err
+	}
 	where, args := f.where()
-	res, err := s.db.ExecContext(ctx, s.d.Rebind("DELETE FROM herald_dead_letters"+where), args...)
+	q := "DELETE FROM herald_dead_letters" + where
+	if f.Limit > 0 {
+		// DELETE … LIMIT is not portable (PostgreSQL has none).
+		q = fmt.Sprintf("DELETE FROM herald_dead_letters WHERE id IN (SELECT id FROM herald_dead_letters%s ORDER BY id LIMIT %d)", where, f.Limit)
+	}
+	res, err := s.db.ExecContext(ctx, s.d.Rebind(q), args...)
 	if err != nil {
 		return 0, fmt.Errorf("herald/store: purge dead letters: %w", err)
 	}

@@ -11,6 +11,9 @@ import (
 // holder's. One lease per service makes exactly one outbox relay active
 // across all the service's instances; a crashed holder's lease expires.
 func (s *Store) AcquireLease(ctx context.Context, name, holder string, ttl time.Duration) (bool, error) {
+	if err := s.live(); err != nil {
+		return false, err
+	}
 	now := time.Now().UnixNano()
 	q := s.d.Rebind(`INSERT INTO herald_leases (name, holder, expires_at) VALUES (?, ?, ?)
 		ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
@@ -29,6 +32,9 @@ func (s *Store) AcquireLease(ctx context.Context, name, holder string, ttl time.
 // ReleaseLease gives the lease up if holder has it, so another instance can
 // take over at once instead of waiting for it to expire.
 func (s *Store) ReleaseLease(ctx context.Context, name, holder string) error {
+	if err := s.live(); err != nil {
+		return err
+	}
 	_, err := s.db.ExecContext(ctx, s.d.Rebind(`DELETE FROM herald_leases WHERE name = ? AND holder = ?`), name, holder)
 	if err != nil {
 		return fmt.Errorf("herald/store: release lease %s: %w", name, err)

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/heraldhq/herald/store"
@@ -94,7 +95,20 @@ func dsn(path string, c config) string {
 	q.Add("_pragma", "synchronous("+c.synchronous+")")
 	q.Add("_pragma", "foreign_keys(ON)")
 	q.Set("_txlock", "immediate")
-	return "file:" + path + "?" + q.Encode()
+	return "file:" + uriPath(path) + "?" + q.Encode()
+}
+
+// uriPath turns a file path into the path of an SQLite URI filename. The
+// driver cuts the DSN at the first '?', and SQLite decodes %HH escapes and
+// stops at '#', so those three are escaped; an absolute path gets an empty
+// authority ("file:///abs") so that one starting with "//" is not read as a
+// host name.
+func uriPath(path string) string {
+	path = strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23").Replace(path)
+	if strings.HasPrefix(path, "/") {
+		return "//" + path
+	}
+	return path
 }
 
 // Open opens (creating if needed) the SQLite database at path, applies
@@ -103,6 +117,10 @@ func dsn(path string, c config) string {
 func Open(ctx context.Context, path string, opts ...Option) (*store.Store, error) {
 	if path == "" {
 		return nil, fmt.Errorf("%w: empty database path", ErrInvalidOption)
+	}
+	if path == ":memory:" {
+		// Every pooled connection would open its own, empty database.
+		return nil, fmt.Errorf("%w: in-memory database %q is not supported: use a file (e.g. in a temp dir)", ErrInvalidOption, path)
 	}
 	c, err := newConfig(opts)
 	if err != nil {
