@@ -1,0 +1,36 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestDemo runs the demo for a short while and expects every order shipped.
+func TestDemo(t *testing.T) {
+	var out bytes.Buffer
+	cmd := newRoot()
+	cmd.SetOut(&out)
+	cmd.SetArgs([]string{"demo", "--duration", "2s", "--rate", "200", "--data-dir", t.TempDir()})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := cmd.ExecuteContext(ctx); err != nil {
+		t.Fatalf("demo: %v\n%s", err, out.String())
+	}
+	if !strings.Contains(out.String(), "every order was shipped exactly once") {
+		t.Fatalf("demo output:\n%s", out.String())
+	}
+}
+
+func TestDemoRejectsBadFlags(t *testing.T) {
+	for _, args := range [][]string{{"demo", "--rate", "0"}, {"demo", "--duration", "-1s"}} {
+		cmd := newRoot()
+		cmd.SetArgs(args)
+		err := cmd.Execute()
+		if err == nil || !strings.Contains(err.Error(), strings.TrimPrefix(args[1], "--")) {
+			t.Fatalf("%v: err = %v, want one naming the flag", args, err)
+		}
+	}
+}
