@@ -16,6 +16,7 @@ import (
 	"github.com/heraldhq/herald/envelope"
 	"github.com/heraldhq/herald/internal/testdb"
 	"github.com/heraldhq/herald/store"
+	"github.com/heraldhq/herald/store/postgres"
 	"github.com/nats-io/nats.go"
 )
 
@@ -364,4 +365,51 @@ func TestGarbageIsDeadLetteredAndValidEventsKeepFlowing(t *testing.T) {
 // subject is where the integration events of orderStepped travel.
 func (w *world) subject(t *testing.T) string {
 	return w.prefix + ".int.shop.order.stepped"
+}
+
+// TestNotifyWakesAnotherInstancesRelay: a commit in one instance of a
+// service wakes the relay running in another instance through PostgreSQL
+// NOTIFY — the relay's poll interval is an hour, so nothing else could.
+func TestNotifyWakesAnotherInstancesRelay(t *testing.T) {
+	url := testdb.PostgresURL(t)
+	ctx := context.Background()
+	b, err := natsjs.Embedded(ctx, natsjs.WithEphemeral())
+	must(t, err)
+	defer b.Close()
+	open := func() *store.Store {
+		st, err := postgres.Open(ctx, url)
+		must(t, err)
+		t.Cleanup(func() { st.Close() })
+		return st
+	}
+	newOrders := func(st *store.Store) *herald.Service {
+		svc, err := herald.New("orders", herald.WithStore(st), herald.WithBroker(b),
+			herald.WithRelay(herald.RelayConfig{PollInterval: time.Hour}))
+		must(t, err)
+		must(t, herald.Translate(svc, stepRecorded, orderStepped, func(ctx context.Context, s step) (stepped, error) { return stepped(s), nil }))
+		t.Cleanup(func() { svc.Close() })
+		return svc
+	}
+	running := newOrders(open())
+	must(t, running.Start(ctx))
+	time.Sleep(200 * time.Millisecond) // the relay takes its lease and goes idle
+	other := newOrders(open())          // never started: no relay of its own
+	cst := testdb.SQLite(t)
+	consumer, err := herald.New("audit", herald.WithStore(cst), herald.WithBroker(b))
+	must(t, err)
+	var got atomic.Int64
+	must(t, herald.Subscribe(consumer, orderStepped, "count", func(ctx context.Context, tx herald.Tx, s stepped) error {
+		got.Add(1)
+		return nil
+	}))
+	must(t, consumer.Start(ctx))
+	defer consumer.Close()
+	must(t, other.Do(ctx, func(tx herald.Tx) error { return herald.Record(tx, stepRecorded, step{OrderID: "x", N: 1}) }))
+	deadline := time.Now().Add(20 * time.Second)
+	for got.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got.Load() != 1 {
+		t.Fatal("the running relay was not woken by the other instance's commit")
+	}
 }

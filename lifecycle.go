@@ -48,6 +48,14 @@ func (s *Service) Start(ctx context.Context) error {
 	holder := envelope.NewID(time.Now()) // this instance, for the relay lease
 	if s.broker != nil {
 		r.wg.Go(func() { s.relay(runCtx, holder) })
+		r.wg.Go(func() {
+			// Commits of other processes (PostgreSQL) wake the relay too.
+			_ = s.store.Listen(runCtx, func(service string) {
+				if service == s.name {
+					s.signal()
+				}
+			})
+		})
 		for _, sub := range subs {
 			r.wg.Go(func() { s.consume(runCtx, sub) })
 		}

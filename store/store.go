@@ -45,6 +45,27 @@ type Dialect interface {
 	PendingCondition() string
 }
 
+// Listener is implemented by dialects that can tell other processes about
+// new outbox rows (PostgreSQL's LISTEN/NOTIFY).
+type Listener interface {
+	Listen(ctx context.Context, fn func(service string)) error
+}
+
+// ErrNoListen is returned by Listen on a dialect without notifications;
+// relays then rely on the in-process signal and polling.
+var ErrNoListen = errors.New("herald/store: dialect has no commit notifications")
+
+// Listen calls fn with the service of every commit that wrote outbox rows,
+// in any process, until ctx ends. Dialects without notifications return
+// ErrNoListen at once.
+func (s *Store) Listen(ctx context.Context, fn func(service string)) error {
+	l, ok := s.d.(Listener)
+	if !ok {
+		return ErrNoListen
+	}
+	return l.Listen(ctx, fn)
+}
+
 // Store is herald's persistence on one database.
 type Store struct {
 	db      *sql.DB

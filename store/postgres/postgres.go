@@ -44,7 +44,7 @@ func Open(ctx context.Context, url string) (*store.Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("herald/store/postgres: connect %s@%s:%d/%s: %w", cfg.User, cfg.Host, cfg.Port, cfg.Database, err)
 	}
-	s, err := store.New(ctx, db, Dialect(), true)
+	s, err := store.New(ctx, db, dialect{cfg: cfg}, true)
 	if err != nil {
 		db.Close()
 		return nil, err
@@ -56,7 +56,9 @@ func Open(ctx context.Context, url string) (*store.Store, error) {
 // (opened with the pgx stdlib driver).
 func Dialect() store.Dialect { return dialect{} }
 
-type dialect struct{}
+// dialect is PostgreSQL's store.Dialect. cfg, set by Open, lets Listen open
+// its own connection.
+type dialect struct{ cfg *pgx.ConnConfig }
 
 func (dialect) Name() string { return "postgres" }
 
