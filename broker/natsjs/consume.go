@@ -1,0 +1,240 @@
+package natsjs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/heraldhq/herald/broker"
+)
+
+// Consume pulls the events of sub's durable consumer and calls h with
+// batches of at most batch deliveries, in stream order: what is immediately
+// available is grouped, a lone event is not held back waiting for more. It
+// blocks until ctx ends (nil), the broker closes (an error wrapping
+// broker.ErrClosed) or the consumer disappears (broker.ErrNotProvisioned).
+// The consumer must exist: Provision creates it; Consume does not. Several
+// Consume calls on the same subscription share its events. h's context ends
+// when ctx ends or the broker closes. Events pulled but not yet handed to h
+// when Consume returns are nak'ed, so that another consumer gets them at once.
+func (b *Broker) Consume(ctx context.Context, sub broker.Subscription, batch int, h broker.Handler) error {
+	if err := b.enter(); err != nil {
+		return err
+	}
+	defer b.active.Done()
+	if h == nil {
+		return errors.New("herald/natsjs: consume: nil handler")
+	}
+	if batch < 1 {
+		return fmt.Errorf("herald/natsjs: consume: batch %d < 1", batch)
+	}
+	spec, err := b.consumerConfig(sub)
+	if err != nil {
+		return fmt.Errorf("herald/natsjs: consume: %w", err)
+	}
+	durable := spec.cfg.Durable
+	cons, err := b.consumer(ctx, spec.stream, durable)
+	if err != nil {
+		return fmt.Errorf("herald/natsjs: consume %s/%s: %w", sub.Service, sub.Name, err)
+	}
+	info := cons.CachedInfo()
+	if have, want := slices.Sorted(slices.Values(info.Config.FilterSubjects)), slices.Sorted(slices.Values(spec.cfg.FilterSubjects)); !slices.Equal(have, want) {
+		b.log.Warn("herald/natsjs: consumer subjects differ from the subscription's types; run Provision",
+			"consumer", durable, "provisioned", have, "subscription", want)
+	}
+
+	hctx, stop := b.bind(ctx)
+	defer stop()
+
+	msgs := make(chan jetstream.Msg, batch)
+	quit := make(chan struct{})
+	fatal := make(chan error, 1)
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		select {
+		case msgs <- m:
+		case <-quit:
+		}
+	},
+		jetstream.PullMaxMessages(pullSize(batch, info.Config.MaxAckPending)),
+		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+			if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrBadRequest) ||
+				errors.Is(err, jetstream.ErrConnectionClosed) {
+				select {
+				case fatal <- err:
+				default:
+				}
+				return
+			}
+			b.log.Debug("herald/natsjs: consume", "consumer", durable, "err", err)
+		}),
+	)
+	if err != nil {
+		return fmt.Errorf("herald/natsjs: consume %s/%s: %w", sub.Service, sub.Name, err)
+	}
+	stopped := cc.Closed()
+	defer func() {
+		close(quit)
+		cc.Stop()
+		// Hand back what was pulled but not handled, so another consumer
+		// gets it now rather than after AckWait.
+	drain:
+		for {
+			select {
+			case m := <-msgs:
+				_ = m.Nak()
+			default:
+				break drain
+			}
+		}
+		select {
+		case <-stopped:
+		case <-time.After(5 * time.Second):
+			b.log.Warn("herald/natsjs: consume: pull subscription slow to stop", "consumer", durable)
+		}
+	}()
+
+	for {
+		if ctx.Err() != nil {
+			return nil
+		}
+		if b.isClosed.Load() {
+			return errClosed
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-b.closed:
+			return errClosed
+		case err := <-fatal:
+			if errors.Is(err, jetstream.ErrConsumerDeleted) {
+				return fmt.Errorf("herald/natsjs: consume %s/%s: %w: %w", sub.Service, sub.Name, broker.ErrNotProvisioned, err)
+			}
+			if b.isClosed.Load() {
+				return errClosed
+			}
+			return fmt.Errorf("herald/natsjs: consume %s/%s: %w", sub.Service, sub.Name, err)
+		case <-stopped:
+			if b.isClosed.Load() {
+				return errClosed
+			}
+			return fmt.Errorf("herald/natsjs: consume %s/%s: pull subscription stopped", sub.Service, sub.Name)
+		case m := <-msgs:
+			ds := make([]broker.Delivery, 1, min(batch, 1+len(msgs)))
+			ds[0] = b.newDelivery(m)
+		fill:
+			for len(ds) < batch {
+				select {
+				case m := <-msgs:
+					ds = append(ds, b.newDelivery(m))
+				default:
+					break fill
+				}
+			}
+			h(hctx, ds)
+		}
+	}
+}
+
+// pullSize is how many messages a Consume keeps requested from the server:
+// enough to fill the next batches without a round trip, bounded by the
+// consumer's MaxAckPending.
+func pullSize(batch, maxAckPending int) int {
+	n := min(max(2*batch, 64), 1024)
+	if maxAckPending > 0 {
+		n = min(n, maxAckPending)
+	}
+	return max(n, 1)
+}
+
+// delivery is a broker.Delivery over a JetStream message.
+type delivery struct {
+	b   *Broker
+	m   jetstream.Msg
+	hdr map[string]string
+	num uint64
+}
+
+func (b *Broker) newDelivery(m jetstream.Msg) *delivery {
+	nh := m.Headers()
+	hdr := make(map[string]string, len(nh))
+	for k, v := range nh {
+		if len(v) > 0 {
+			hdr[strings.ToLower(k)] = v[0]
+		}
+	}
+	d := &delivery{b: b, m: m, hdr: hdr, num: 1}
+	if md, err := m.Metadata(); err == nil {
+		d.num = md.NumDelivered
+	}
+	return d
+}
+
+// Header returns the message headers with lower-case keys (first value of
+// each). The map is the delivery's own; do not modify it.
+func (d *delivery) Header() map[string]string { return d.hdr }
+
+// Data returns the message body.
+func (d *delivery) Data() []byte { return d.m.Data() }
+
+// Subject returns the subject the message was stored on: the event's subject,
+// or the subscription's replay subject for a replay.
+func (d *delivery) Subject() string { return d.m.Subject() }
+
+// NumDelivered counts deliveries of this message, starting at 1.
+func (d *delivery) NumDelivered() uint64 { return d.num }
+
+// Ack acknowledges the message and waits for the server to confirm it.
+func (d *delivery) Ack(ctx context.Context) error {
+	if d.b.isClosed.Load() {
+		return errClosed
+	}
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	return d.settleErr("ack", d.m.DoubleAck(ctx))
+}
+
+// Nak asks for redelivery after at least delay (at once when delay <= 0).
+func (d *delivery) Nak(delay time.Duration) error {
+	if d.b.isClosed.Load() {
+		return errClosed
+	}
+	if delay <= 0 {
+		return d.settleErr("nak", d.m.Nak())
+	}
+	return d.settleErr("nak", d.m.NakWithDelay(delay))
+}
+
+// InProgress resets the server's ack timer of the message.
+func (d *delivery) InProgress() error {
+	if d.b.isClosed.Load() {
+		return errClosed
+	}
+	return d.settleErr("in-progress", d.m.InProgress())
+}
+
+// Term settles the message as never to be redelivered.
+func (d *delivery) Term() error {
+	if d.b.isClosed.Load() {
+		return errClosed
+	}
+	return d.settleErr("term", d.m.Term())
+}
+
+func (d *delivery) settleErr(op string, err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case d.b.isClosed.Load():
+		return fmt.Errorf("herald/natsjs: %s: %w: %w", op, broker.ErrClosed, err)
+	case transient(d.b.nc, err):
+		return fmt.Errorf("herald/natsjs: %s: %w: %w", op, broker.ErrTransient, err)
+	default:
+		return fmt.Errorf("herald/natsjs: %s: %w", op, err)
+	}
+}

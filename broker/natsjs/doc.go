@@ -1,0 +1,76 @@
+// Package natsjs is herald's NATS JetStream transport: an implementation of
+// broker.Broker that stores integration and notification events in JetStream
+// streams and hands them to durable pull consumers.
+//
+// # Embedded or external
+//
+// [Embedded] starts a nats-server inside the process, with JetStream file
+// storage in a data directory ([WithDataDir], or a temporary directory that
+// Close removes with [WithEphemeral]). By default it opens no TCP port: the
+// broker talks to it through an in-process connection. [WithListen] opens a
+// client port (for the nats CLI or other processes); [Broker.URL] returns it.
+// Use it for a single-node deployment, for development and for tests.
+//
+// [Connect] talks to an external server or cluster. It reconnects forever,
+// buffering publishes while reconnecting, and supports user/password, token,
+// NKey seed file, credentials file and TLS. Use [WithReplicas] to replicate
+// the streams in a cluster.
+//
+// # Durability
+//
+// A Publish returns nil for an event once JetStream acknowledged it, that is
+// once it is in the stream. Whether it is also on disk depends on the server's
+// sync setting. The embedded server defaults to [WithSyncAlways](true): the
+// server fsyncs every write before acknowledging it, so an acknowledged event
+// survives a power loss or kernel crash, not only a process crash. That costs
+// throughput (one fsync per stored message, and per consumer ack). To trade it
+// for speed use WithSyncAlways(false) and [WithSyncInterval] (the server
+// default is 2 minutes): an acknowledged event then survives the process
+// dying, but events acknowledged since the last sync can be lost if the
+// machine dies. In a cluster with three replicas, acknowledged writes are on a
+// quorum of nodes, which is the usual way to get both. An external server's
+// sync setting is the server's own configuration
+// (jetstream { sync_interval: always }), so WithSyncAlways is rejected by
+// Connect.
+//
+// Delivery is at least once. Acks are confirmed by the server (Delivery.Ack
+// waits for it), but JetStream writes a consumer's ack state to disk
+// asynchronously (about every 100 ms) even with SyncAlways, so after a crash
+// of the server the events acked in its last moments are delivered again.
+// The tests show it: after kill -9 of an external server, every unacked
+// event is delivered, and some recently acked ones again. herald's inbox
+// deduplicates them.
+//
+// # Subjects and streams
+//
+// With the default prefix "herald" (see [WithPrefix]):
+//
+//	herald.int.<type>            integration events      stream HERALD_INT
+//	herald.rpl.int.<consumer>    replays to one integration subscription (HERALD_INT)
+//	herald.ntf.<type>            notification events     stream HERALD_NTF
+//	herald.rpl.ntf.<consumer>    replays to one notification subscription (HERALD_NTF)
+//	herald.dlq.<service>.<sub>   dead letters (JSON)     stream HERALD_DLQ, 14 days
+//
+// Domain events never travel on the broker: publishing one is an error.
+// Event types are dotted names of lower-case letters, digits, '-' and '_'
+// ("shop.order.confirmed").
+//
+// A JetStream consumer reads exactly one stream, so a replay subject lives in
+// the stream of the subscription's kind and carries the kind in its name.
+// <consumer> is the durable consumer name of the subscription, derived from
+// the service and subscription names (see [ConsumerName]); being one token it
+// cannot be confused between two subscriptions.
+//
+// Provision creates or updates the three streams (file storage, limits
+// retention, [WithMaxAge] for events, 14 days for dead letters, a duplicate
+// window of [WithDuplicateWindow]) and one durable pull consumer per
+// subscription, filtered on the subjects of its event types plus its own
+// replay subject, with explicit acks, unlimited deliveries (herald decides
+// when to give up) and the subscription's AckWait and MaxAckPending. Provision
+// is idempotent and may run in several processes at once. Publish and Consume
+// never create streams or consumers.
+//
+// Publish deduplicates by envelope ID (the Nats-Msg-Id header) within the
+// duplicate window. Replay publishes with a fresh message ID so that the
+// window does not swallow it.
+package natsjs

@@ -1,0 +1,29 @@
+package natsjs
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+)
+
+// serverLogger routes the nats-server's log lines to a *slog.Logger. It
+// implements server.Logger.
+type serverLogger struct {
+	l *slog.Logger
+}
+
+func (s serverLogger) log(level slog.Level, format string, v []any) {
+	ctx := context.Background()
+	if !s.l.Enabled(ctx, level) {
+		return
+	}
+	s.l.Log(ctx, level, strings.TrimSpace(fmt.Sprintf(format, v...)))
+}
+
+func (s serverLogger) Noticef(format string, v ...any) { s.log(slog.LevelInfo, format, v) }
+func (s serverLogger) Warnf(format string, v ...any)   { s.log(slog.LevelWarn, format, v) }
+func (s serverLogger) Fatalf(format string, v ...any)  { s.log(slog.LevelError+4, format, v) }
+func (s serverLogger) Errorf(format string, v ...any)  { s.log(slog.LevelError, format, v) }
+func (s serverLogger) Debugf(format string, v ...any)  { s.log(slog.LevelDebug, format, v) }
+func (s serverLogger) Tracef(format string, v ...any)  { s.log(slog.LevelDebug-4, format, v) }

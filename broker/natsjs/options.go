@@ -1,0 +1,523 @@
+package natsjs
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"time"
+)
+
+// ErrInvalidOption is wrapped by every error that reports a bad option or a
+// bad argument to Embedded or Connect.
+var ErrInvalidOption = errors.New("herald/natsjs: invalid option")
+
+// Defaults of the options.
+const (
+	DefaultPrefix            = "herald"
+	DefaultReplicas          = 1
+	DefaultMaxInFlight       = 4096
+	DefaultDuplicateWindow   = 2 * time.Minute
+	DefaultMaxAge            = 7 * 24 * time.Hour
+	DefaultDeadLetterMaxAge  = 14 * 24 * time.Hour
+	DefaultPublishTimeout    = 30 * time.Second
+	DefaultMaxMemory         = 256 << 20 // 256 MiB
+	DefaultMaxStore          = 8 << 30   // 8 GiB
+	DefaultReconnectBuffer   = 8 << 20   // 8 MiB
+	DefaultReconnectWait     = 2 * time.Second
+	DefaultDrainTimeout      = 30 * time.Second
+	DefaultSubscriptionAck   = 30 * time.Second // AckWait of a Subscription that sets none
+	DefaultMaxAckPending     = 1024             // MaxAckPending of a Subscription that sets none
+	defaultServerStartupWait = 10 * time.Second
+)
+
+type mode int
+
+const (
+	modeEmbedded mode = iota + 1
+	modeExternal
+)
+
+func (m mode) String() string {
+	if m == modeEmbedded {
+		return "Embedded"
+	}
+	return "Connect"
+}
+
+// Option configures Embedded or Connect. Each option validates its argument
+// and fails with an error wrapping ErrInvalidOption; options that make sense
+// for only one of the two constructors fail on the other.
+type Option func(*config) error
+
+type config struct {
+	mode mode
+
+	// shared
+	prefix          string
+	replicas        int
+	maxInFlight     int
+	dupWindow       time.Duration
+	maxAge          time.Duration
+	dlqMaxAge       time.Duration
+	publishTimeout  time.Duration
+	drainTimeout    time.Duration
+	logger          *slog.Logger
+	name            string
+	reconnectBuffer int
+	reconnectWait   time.Duration
+
+	// embedded
+	dataDir      string
+	ephemeral    bool
+	listen       string
+	host         string
+	port         int
+	maxMemory    int64
+	maxStore     int64
+	syncAlways   bool
+	syncSet      bool
+	syncInterval time.Duration
+
+	// external
+	user, password string
+	token          string
+	nkeySeedFile   string
+	credsFile      string
+	rootCAs        []string
+	certFile       string
+	keyFile        string
+	tlsConfig      *tls.Config
+}
+
+func defaultConfig(m mode) config {
+	return config{
+		mode:            m,
+		prefix:          DefaultPrefix,
+		replicas:        DefaultReplicas,
+		maxInFlight:     DefaultMaxInFlight,
+		dupWindow:       DefaultDuplicateWindow,
+		maxAge:          DefaultMaxAge,
+		dlqMaxAge:       DefaultDeadLetterMaxAge,
+		publishTimeout:  DefaultPublishTimeout,
+		drainTimeout:    DefaultDrainTimeout,
+		maxMemory:       DefaultMaxMemory,
+		maxStore:        DefaultMaxStore,
+		syncAlways:      true,
+		reconnectBuffer: DefaultReconnectBuffer,
+		reconnectWait:   DefaultReconnectWait,
+	}
+}
+
+func invalid(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{ErrInvalidOption}, args...)...)
+}
+
+func (c *config) only(m mode, opt string) error {
+	if c.mode != m {
+		return invalid("%s is an option of %s, not %s", opt, m, c.mode)
+	}
+	return nil
+}
+
+func (c *config) apply(opts []Option) error {
+	for _, o := range opts {
+		if o == nil {
+			return invalid("nil option")
+		}
+		if err := o(c); err != nil {
+			return err
+		}
+	}
+	if c.logger == nil {
+		c.logger = slog.Default()
+	}
+	if c.mode == modeEmbedded {
+		switch {
+		case c.dataDir == "" && !c.ephemeral:
+			return invalid("Embedded needs WithDataDir or WithEphemeral")
+		case c.dataDir != "" && c.ephemeral:
+			return invalid("WithDataDir and WithEphemeral exclude each other")
+		case c.replicas != 1:
+			return invalid("WithReplicas(%d): the embedded server is a single node, replicas must be 1", c.replicas)
+		case c.syncAlways && c.syncInterval > 0:
+			return invalid("WithSyncInterval needs WithSyncAlways(false)")
+		}
+	}
+	return nil
+}
+
+// WithPrefix sets the first subject token(s) and the stream name prefix
+// (default "herald"): subjects <prefix>.int.<type>, streams <PREFIX>_INT. It
+// is made of letters, digits, '-' and '_', optionally dotted.
+func WithPrefix(prefix string) Option {
+	return func(c *config) error {
+		if err := validPrefix(prefix); err != nil {
+			return invalid("WithPrefix(%q): %v", prefix, err)
+		}
+		c.prefix = prefix
+		return nil
+	}
+}
+
+// WithReplicas sets the number of replicas of every stream (1 to 5, default
+// 1). Values above 1 need a JetStream cluster, so Embedded rejects them.
+func WithReplicas(n int) Option {
+	return func(c *config) error {
+		if n < 1 || n > 5 {
+			return invalid("WithReplicas(%d): want 1 to 5", n)
+		}
+		c.replicas = n
+		return nil
+	}
+}
+
+// WithMaxInFlight bounds the asynchronous publishes awaiting their
+// acknowledgement, over all concurrent Publish calls (default 4096).
+func WithMaxInFlight(n int) Option {
+	return func(c *config) error {
+		if n < 1 {
+			return invalid("WithMaxInFlight(%d): want at least 1", n)
+		}
+		c.maxInFlight = n
+		return nil
+	}
+}
+
+// WithDuplicateWindow sets how long the streams remember message IDs to drop
+// re-published events (default 2 minutes).
+func WithDuplicateWindow(d time.Duration) Option {
+	return func(c *config) error {
+		if d <= 0 {
+			return invalid("WithDuplicateWindow(%v): want a positive duration", d)
+		}
+		c.dupWindow = d
+		return nil
+	}
+}
+
+// WithMaxAge sets how long integration and notification events are kept in
+// their streams (default 7 days). It bounds how far back a new subscription
+// or an operator's replay can reach.
+func WithMaxAge(d time.Duration) Option {
+	return func(c *config) error {
+		if d <= 0 {
+			return invalid("WithMaxAge(%v): want a positive duration", d)
+		}
+		c.maxAge = d
+		return nil
+	}
+}
+
+// WithPublishTimeout bounds the wait for the acknowledgement of one published
+// event, and the wait for room in the in-flight window (default 30 s). An
+// event that times out fails with an error wrapping broker.ErrTransient.
+func WithPublishTimeout(d time.Duration) Option {
+	return func(c *config) error {
+		if d <= 0 {
+			return invalid("WithPublishTimeout(%v): want a positive duration", d)
+		}
+		c.publishTimeout = d
+		return nil
+	}
+}
+
+// WithDrainTimeout bounds how long Close waits for running Consume calls and
+// for the connection to drain (default 30 s).
+func WithDrainTimeout(d time.Duration) Option {
+	return func(c *config) error {
+		if d <= 0 {
+			return invalid("WithDrainTimeout(%v): want a positive duration", d)
+		}
+		c.drainTimeout = d
+		return nil
+	}
+}
+
+// WithLogger sets the logger of the broker and, for Embedded, of the
+// nats-server (default slog.Default()).
+func WithLogger(l *slog.Logger) Option {
+	return func(c *config) error {
+		if l == nil {
+			return invalid("WithLogger(nil)")
+		}
+		c.logger = l
+		return nil
+	}
+}
+
+// WithName sets the NATS connection name shown in server monitoring
+// (default "herald").
+func WithName(name string) Option {
+	return func(c *config) error {
+		if name == "" {
+			return invalid("WithName: empty name")
+		}
+		c.name = name
+		return nil
+	}
+}
+
+// WithDataDir sets the directory of the embedded server's JetStream files.
+// Embedded only; it is created if missing.
+func WithDataDir(dir string) Option {
+	return func(c *config) error {
+		if err := c.only(modeEmbedded, "WithDataDir"); err != nil {
+			return err
+		}
+		if dir == "" {
+			return invalid("WithDataDir: empty directory")
+		}
+		c.dataDir = dir
+		return nil
+	}
+}
+
+// WithEphemeral stores the embedded server's data in a new temporary
+// directory that Close removes. For tests and experiments. Embedded only.
+func WithEphemeral() Option {
+	return func(c *config) error {
+		if err := c.only(modeEmbedded, "WithEphemeral"); err != nil {
+			return err
+		}
+		c.ephemeral = true
+		return nil
+	}
+}
+
+// WithListen opens a client port on the embedded server, e.g.
+// "127.0.0.1:4222" ("127.0.0.1:0" picks a free port); Broker.URL returns its
+// URL. Without it the embedded server does not listen at all. Embedded only.
+func WithListen(hostPort string) Option {
+	return func(c *config) error {
+		if err := c.only(modeEmbedded, "WithListen"); err != nil {
+			return err
+		}
+		host, ps, err := net.SplitHostPort(hostPort)
+		if err != nil {
+			return invalid("WithListen(%q): %v", hostPort, err)
+		}
+		port, err := strconv.Atoi(ps)
+		if err != nil || port < 0 || port > 65535 {
+			return invalid("WithListen(%q): bad port", hostPort)
+		}
+		if host == "" {
+			return invalid("WithListen(%q): give a host, e.g. 127.0.0.1", hostPort)
+		}
+		c.listen, c.host, c.port = hostPort, host, port
+		return nil
+	}
+}
+
+// WithMaxMemory bounds the embedded server's JetStream memory storage
+// (default 256 MiB). Embedded only.
+func WithMaxMemory(bytes int64) Option {
+	return func(c *config) error {
+		if err := c.only(modeEmbedded, "WithMaxMemory"); err != nil {
+			return err
+		}
+		if bytes <= 0 {
+			return invalid("WithMaxMemory(%d): want a positive size", bytes)
+		}
+		c.maxMemory = bytes
+		return nil
+	}
+}
+
+// WithMaxStore bounds the embedded server's JetStream file storage (default
+// 8 GiB). Embedded only.
+func WithMaxStore(bytes int64) Option {
+	return func(c *config) error {
+		if err := c.only(modeEmbedded, "WithMaxStore"); err != nil {
+			return err
+		}
+		if bytes <= 0 {
+			return invalid("WithMaxStore(%d): want a positive size", bytes)
+		}
+		c.maxStore = bytes
+		return nil
+	}
+}
+
+// WithSyncAlways makes the embedded server fsync every write before it
+// acknowledges it (default true: an acknowledged event survives the machine
+// dying). false trades that for throughput; see WithSyncInterval and the
+// package documentation. Embedded only: an external server's sync policy is
+// its own configuration.
+func WithSyncAlways(always bool) Option {
+	return func(c *config) error {
+		if err := c.only(modeEmbedded, "WithSyncAlways"); err != nil {
+			return err
+		}
+		c.syncAlways, c.syncSet = always, true
+		return nil
+	}
+}
+
+// WithSyncInterval sets how often the embedded server fsyncs when
+// WithSyncAlways(false) is set (server default 2 minutes). Embedded only.
+func WithSyncInterval(d time.Duration) Option {
+	return func(c *config) error {
+		if err := c.only(modeEmbedded, "WithSyncInterval"); err != nil {
+			return err
+		}
+		if d <= 0 {
+			return invalid("WithSyncInterval(%v): want a positive duration", d)
+		}
+		c.syncInterval = d
+		return nil
+	}
+}
+
+// WithUserPassword authenticates with a user and password. Connect only.
+func WithUserPassword(user, password string) Option {
+	return func(c *config) error {
+		if err := c.only(modeExternal, "WithUserPassword"); err != nil {
+			return err
+		}
+		if user == "" {
+			return invalid("WithUserPassword: empty user")
+		}
+		c.user, c.password = user, password
+		return nil
+	}
+}
+
+// WithToken authenticates with a token. Connect only.
+func WithToken(token string) Option {
+	return func(c *config) error {
+		if err := c.only(modeExternal, "WithToken"); err != nil {
+			return err
+		}
+		if token == "" {
+			return invalid("WithToken: empty token")
+		}
+		c.token = token
+		return nil
+	}
+}
+
+// WithNKeySeedFile authenticates with the NKey whose seed is in path.
+// Connect only.
+func WithNKeySeedFile(path string) Option {
+	return func(c *config) error {
+		if err := c.only(modeExternal, "WithNKeySeedFile"); err != nil {
+			return err
+		}
+		if err := readable(path); err != nil {
+			return invalid("WithNKeySeedFile: %v", err)
+		}
+		c.nkeySeedFile = path
+		return nil
+	}
+}
+
+// WithCredsFile authenticates with a JWT credentials file (user JWT and NKey
+// seed). Connect only.
+func WithCredsFile(path string) Option {
+	return func(c *config) error {
+		if err := c.only(modeExternal, "WithCredsFile"); err != nil {
+			return err
+		}
+		if err := readable(path); err != nil {
+			return invalid("WithCredsFile: %v", err)
+		}
+		c.credsFile = path
+		return nil
+	}
+}
+
+// WithRootCAs trusts the PEM certificate authorities in files for the
+// server's TLS certificate. Connect only.
+func WithRootCAs(files ...string) Option {
+	return func(c *config) error {
+		if err := c.only(modeExternal, "WithRootCAs"); err != nil {
+			return err
+		}
+		if len(files) == 0 {
+			return invalid("WithRootCAs: no file")
+		}
+		for _, f := range files {
+			if err := readable(f); err != nil {
+				return invalid("WithRootCAs: %v", err)
+			}
+		}
+		c.rootCAs = append(c.rootCAs, files...)
+		return nil
+	}
+}
+
+// WithClientCert presents a TLS client certificate (PEM files). Connect only.
+func WithClientCert(certFile, keyFile string) Option {
+	return func(c *config) error {
+		if err := c.only(modeExternal, "WithClientCert"); err != nil {
+			return err
+		}
+		for _, f := range []string{certFile, keyFile} {
+			if err := readable(f); err != nil {
+				return invalid("WithClientCert: %v", err)
+			}
+		}
+		c.certFile, c.keyFile = certFile, keyFile
+		return nil
+	}
+}
+
+// WithTLSConfig uses cfg for the TLS connection. Connect only.
+func WithTLSConfig(cfg *tls.Config) Option {
+	return func(c *config) error {
+		if err := c.only(modeExternal, "WithTLSConfig"); err != nil {
+			return err
+		}
+		if cfg == nil {
+			return invalid("WithTLSConfig(nil)")
+		}
+		c.tlsConfig = cfg
+		return nil
+	}
+}
+
+// WithReconnectBuffer sets how many bytes of publishes are buffered while the
+// connection is reconnecting (default 8 MiB). Connect only; the connection
+// always reconnects forever.
+func WithReconnectBuffer(bytes int) Option {
+	return func(c *config) error {
+		if err := c.only(modeExternal, "WithReconnectBuffer"); err != nil {
+			return err
+		}
+		if bytes <= 0 {
+			return invalid("WithReconnectBuffer(%d): want a positive size", bytes)
+		}
+		c.reconnectBuffer = bytes
+		return nil
+	}
+}
+
+// WithReconnectWait sets the pause between reconnect attempts to the same
+// server (default 2 s). Connect only.
+func WithReconnectWait(d time.Duration) Option {
+	return func(c *config) error {
+		if err := c.only(modeExternal, "WithReconnectWait"); err != nil {
+			return err
+		}
+		if d <= 0 {
+			return invalid("WithReconnectWait(%v): want a positive duration", d)
+		}
+		c.reconnectWait = d
+		return nil
+	}
+}
+
+func readable(path string) error {
+	if path == "" {
+		return errors.New("empty path")
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}

@@ -1,0 +1,179 @@
+package natsjs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/heraldhq/herald/broker"
+)
+
+// Provision creates or updates the three streams and one durable pull
+// consumer per subscription of t. It is idempotent and safe to run from
+// several processes at once; it never deletes anything.
+func (b *Broker) Provision(ctx context.Context, t broker.Topology) error {
+	if err := b.enter(); err != nil {
+		return err
+	}
+	defer b.active.Done()
+	ctx, stop := b.bind(ctx)
+	defer stop()
+
+	if err := validName("service", t.Service); err != nil {
+		return fmt.Errorf("herald/natsjs: provision: %w", err)
+	}
+	for _, p := range t.Publishes {
+		if _, err := b.names.eventSubject(p.Kind, p.Type); err != nil {
+			return fmt.Errorf("herald/natsjs: provision %s: publishes %q: %w", t.Service, p.Type, err)
+		}
+	}
+	cfgs := make([]consumerSpec, 0, len(t.Subscriptions))
+	for _, s := range t.Subscriptions {
+		spec, err := b.consumerConfig(s)
+		if err != nil {
+			return fmt.Errorf("herald/natsjs: provision %s: %w", t.Service, err)
+		}
+		cfgs = append(cfgs, spec)
+	}
+
+	if err := b.ensureStreams(ctx); err != nil {
+		return err
+	}
+	for _, c := range cfgs {
+		if _, err := b.js.CreateOrUpdateConsumer(ctx, c.stream, c.cfg); err != nil {
+			return fmt.Errorf("herald/natsjs: provision consumer %s on %s: %w", c.cfg.Durable, c.stream, err)
+		}
+	}
+	return nil
+}
+
+// bind returns a context that ends with ctx or when the broker closes.
+func (b *Broker) bind(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(b.baseCtx, cancel)
+	return ctx, func() { stop(); cancel() }
+}
+
+func (b *Broker) streamConfigs() []jetstream.StreamConfig {
+	p := b.names.prefix
+	base := func(name, desc string, maxAge time.Duration, subjects ...string) jetstream.StreamConfig {
+		return jetstream.StreamConfig{
+			Name:        name,
+			Description: desc,
+			Subjects:    subjects,
+			Retention:   jetstream.LimitsPolicy,
+			Discard:     jetstream.DiscardOld,
+			MaxAge:      maxAge,
+			MaxMsgs:     -1,
+			MaxBytes:    -1,
+			Storage:     jetstream.FileStorage,
+			Replicas:    b.cfg.replicas,
+			Duplicates:  min(b.cfg.dupWindow, maxAge),
+		}
+	}
+	return []jetstream.StreamConfig{
+		base(b.names.intStream, "herald integration events and their replays", b.cfg.maxAge,
+			p+"."+tokInt+".>", p+"."+tokRpl+"."+tokInt+".>"),
+		base(b.names.ntfStream, "herald notification events and their replays", b.cfg.maxAge,
+			p+"."+tokNtf+".>", p+"."+tokRpl+"."+tokNtf+".>"),
+		base(b.names.dlqStream, "herald dead letters", b.cfg.dlqMaxAge,
+			p+"."+tokDLQ+".>"),
+	}
+}
+
+// ensureStreams creates or updates the streams. Two processes may race to
+// create a stream; the loser retries as an update.
+func (b *Broker) ensureStreams(ctx context.Context) error {
+	for _, sc := range b.streamConfigs() {
+		var err error
+		for attempt := 0; attempt < 5; attempt++ {
+			_, err = b.js.CreateOrUpdateStream(ctx, sc)
+			if err == nil || !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("herald/natsjs: provision stream %s: %w", sc.Name, ctx.Err())
+			case <-time.After(time.Duration(attempt+1) * 20 * time.Millisecond):
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("herald/natsjs: provision stream %s: %w", sc.Name, err)
+		}
+	}
+	return nil
+}
+
+type consumerSpec struct {
+	stream string
+	cfg    jetstream.ConsumerConfig
+}
+
+// consumerConfig validates s and returns its stream and consumer config.
+func (b *Broker) consumerConfig(s broker.Subscription) (consumerSpec, error) {
+	if err := validName("service", s.Service); err != nil {
+		return consumerSpec{}, fmt.Errorf("subscription %q: %w", s.Name, err)
+	}
+	if err := validName("subscription", s.Name); err != nil {
+		return consumerSpec{}, fmt.Errorf("subscription of %s: %w", s.Service, err)
+	}
+	stream, err := b.names.stream(s.Kind)
+	if err != nil {
+		return consumerSpec{}, fmt.Errorf("subscription %s/%s: %w", s.Service, s.Name, err)
+	}
+	if len(s.Types) == 0 {
+		return consumerSpec{}, fmt.Errorf("subscription %s/%s: no event types", s.Service, s.Name)
+	}
+	durable := ConsumerName(s.Service, s.Name)
+	subjects := make([]string, 0, len(s.Types)+1)
+	for _, typ := range s.Types {
+		subj, err := b.names.eventSubject(s.Kind, typ)
+		if err != nil {
+			return consumerSpec{}, fmt.Errorf("subscription %s/%s: %w", s.Service, s.Name, err)
+		}
+		if !slices.Contains(subjects, subj) {
+			subjects = append(subjects, subj)
+		}
+	}
+	rpl, err := b.names.replaySubject(s.Kind, durable)
+	if err != nil {
+		return consumerSpec{}, err
+	}
+	subjects = append(subjects, rpl)
+	ackWait := s.AckWait
+	if ackWait <= 0 {
+		ackWait = DefaultSubscriptionAck
+	}
+	maxAckPending := s.MaxAckPending
+	if maxAckPending <= 0 {
+		maxAckPending = DefaultMaxAckPending
+	}
+	return consumerSpec{stream: stream, cfg: jetstream.ConsumerConfig{
+		Durable:        durable,
+		Description:    "herald subscription " + s.Service + "/" + s.Name + " (" + string(s.Kind) + ")",
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+		AckPolicy:      jetstream.AckExplicitPolicy,
+		AckWait:        ackWait,
+		MaxDeliver:     -1,
+		MaxAckPending:  maxAckPending,
+		FilterSubjects: subjects,
+	}}, nil
+}
+
+// consumer looks the durable consumer of s up; a missing stream or consumer
+// is reported as broker.ErrNotProvisioned.
+func (b *Broker) consumer(ctx context.Context, stream, durable string) (jetstream.Consumer, error) {
+	c, err := b.js.Consumer(ctx, stream, durable)
+	switch {
+	case err == nil:
+		return c, nil
+	case errors.Is(err, jetstream.ErrConsumerNotFound), errors.Is(err, jetstream.ErrStreamNotFound):
+		return nil, fmt.Errorf("herald/natsjs: consumer %s on stream %s: %w (%w)", durable, stream, broker.ErrNotProvisioned, err)
+	default:
+		return nil, fmt.Errorf("herald/natsjs: consumer %s on stream %s: %w", durable, stream, err)
+	}
+}

@@ -1,0 +1,383 @@
+package natsjs
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
+
+	"github.com/heraldhq/herald/broker"
+	"github.com/heraldhq/herald/envelope"
+)
+
+// Publish sends every envelope asynchronously, with at most WithMaxInFlight
+// unacknowledged publishes (over all concurrent calls), then waits for each
+// acknowledgement. errs[i] is nil once events[i] is stored. Events are
+// deduplicated by ID within the duplicate window. Failures worth retrying
+// (timeouts, a full in-flight window, a disconnected or restarting server)
+// wrap broker.ErrTransient; a missing stream wraps broker.ErrNotProvisioned;
+// a domain event, a malformed type or a header value that NATS cannot carry
+// unchanged fail without either.
+func (b *Broker) Publish(ctx context.Context, events []*envelope.Envelope) []error {
+	errs := make([]error, len(events))
+	if err := b.enter(); err != nil {
+		for i := range errs {
+			errs[i] = err
+		}
+		return errs
+	}
+	defer b.active.Done()
+
+	futures := make([]jetstream.PubAckFuture, len(events))
+	for i, e := range events {
+		if err := ctx.Err(); err != nil {
+			errs[i] = ctxErr("publish", eventID(e), err)
+			continue
+		}
+		m, err := b.eventMsg(e, "", "")
+		if err != nil {
+			errs[i] = fmt.Errorf("herald/natsjs: publish %s: %w", eventID(e), err)
+			continue
+		}
+		f, err := b.publishAsync(ctx, m)
+		if err != nil {
+			errs[i] = b.eventErr(ctx, e, err)
+			continue
+		}
+		futures[i] = f
+	}
+	for i, f := range futures {
+		if f == nil {
+			continue
+		}
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			errs[i] = b.eventErr(ctx, events[i], err)
+		case <-ctx.Done():
+			errs[i] = ctxErr("publish", eventID(events[i]), ctx.Err())
+		}
+	}
+	return errs
+}
+
+// publishAsync hands m to the asynchronous publisher, waiting (up to the
+// publish timeout, and while ctx lives) for room in the in-flight window.
+func (b *Broker) publishAsync(ctx context.Context, m *nats.Msg) (jetstream.PubAckFuture, error) {
+	var deadline time.Time
+	for {
+		f, err := b.js.PublishMsgAsync(m)
+		if !errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
+			return f, err
+		}
+		if deadline.IsZero() {
+			deadline = time.Now().Add(b.cfg.publishTimeout)
+		}
+		if ctx.Err() != nil || time.Now().After(deadline) || b.isClosed.Load() {
+			return nil, err
+		}
+	}
+}
+
+func eventID(e *envelope.Envelope) string {
+	if e == nil {
+		return "<nil>"
+	}
+	return e.ID
+}
+
+func ctxErr(op, id string, err error) error {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("herald/natsjs: %s %s: %w: %w", op, id, broker.ErrTransient, err)
+	}
+	return fmt.Errorf("herald/natsjs: %s %s: %w", op, id, err)
+}
+
+// publishErr classifies the failure of a publish of id to stream.
+func (b *Broker) publishErr(ctx context.Context, id, stream string, err error) error {
+	switch {
+	case b.isClosed.Load() && (errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, nats.ErrConnectionDraining) ||
+		errors.Is(err, jetstream.ErrJetStreamPublisherClosed)):
+		return fmt.Errorf("herald/natsjs: publish %s: %w: %w", id, broker.ErrClosed, err)
+	case errors.Is(err, jetstream.ErrNoStreamResponse), errors.Is(err, nats.ErrNoResponders):
+		if stream != "" && b.streamMissing(ctx, stream) {
+			return fmt.Errorf("herald/natsjs: publish %s: %w: no stream %s (%w)", id, broker.ErrNotProvisioned, stream, err)
+		}
+		return fmt.Errorf("herald/natsjs: publish %s: %w: %w", id, broker.ErrTransient, err)
+	case transient(b.nc, err):
+		return fmt.Errorf("herald/natsjs: publish %s: %w: %w", id, broker.ErrTransient, err)
+	default:
+		return fmt.Errorf("herald/natsjs: publish %s: %w", id, err)
+	}
+}
+
+// eventErr classifies the failure of a publish of e to its stream.
+func (b *Broker) eventErr(ctx context.Context, e *envelope.Envelope, err error) error {
+	stream := ""
+	if e != nil {
+		stream, _ = b.names.stream(e.Kind)
+	}
+	return b.publishErr(ctx, eventID(e), stream, err)
+}
+
+// transient reports whether a publish that failed with err is worth retrying.
+func transient(nc *nats.Conn, err error) bool {
+	switch {
+	case errors.Is(err, jetstream.ErrTooManyStalledMsgs),
+		errors.Is(err, jetstream.ErrAsyncPublishTimeout),
+		errors.Is(err, jetstream.ErrNoStreamResponse),
+		errors.Is(err, nats.ErrNoResponders),
+		errors.Is(err, nats.ErrTimeout),
+		errors.Is(err, context.DeadlineExceeded),
+		errors.Is(err, nats.ErrDisconnected),
+		errors.Is(err, nats.ErrConnectionReconnecting),
+		errors.Is(err, nats.ErrReconnectBufExceeded),
+		errors.Is(err, nats.ErrSlowConsumer),
+		errors.Is(err, nats.ErrStaleConnection):
+		return true
+	case errors.Is(err, nats.ErrConnectionClosed):
+		// Closed by a failed reconnect attempt but still reconnecting.
+		return nc != nil && !nc.IsClosed()
+	}
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && apiErr.Code >= 500 {
+		return true // e.g. "JetStream system temporarily unavailable", no quorum
+	}
+	return false
+}
+
+// streamMissing reports whether stream does not exist.
+func (b *Broker) streamMissing(ctx context.Context, stream string) bool {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	_, err := b.js.Stream(ctx, stream)
+	return errors.Is(err, jetstream.ErrStreamNotFound)
+}
+
+// eventMsg maps e onto a NATS message in CloudEvents binary mode: the
+// attributes as headers, Data as the body, and the envelope ID (or msgID) as
+// the Nats-Msg-Id deduplication header. subject "" means the event's own
+// subject.
+func (b *Broker) eventMsg(e *envelope.Envelope, subject, msgID string) (*nats.Msg, error) {
+	if e == nil {
+		return nil, errors.New("nil envelope")
+	}
+	if err := e.Validate(); err != nil {
+		return nil, err
+	}
+	if subject == "" {
+		s, err := b.names.eventSubject(e.Kind, e.Type)
+		if err != nil {
+			return nil, err
+		}
+		subject = s
+	} else if err := validType(e.Type); err != nil {
+		return nil, err
+	}
+	if msgID == "" {
+		msgID = e.ID
+	}
+	h, body := envelope.ToBinary(e)
+	vals := make([]string, 0, len(h)+1)
+	hdr := make(nats.Header, len(h)+1)
+	for k, v := range h {
+		if err := wireSafe(v); err != nil {
+			return nil, fmt.Errorf("header %s: %w", k, err)
+		}
+		vals = append(vals, v)
+		hdr[k] = vals[len(vals)-1 : len(vals) : len(vals)]
+	}
+	vals = append(vals, msgID)
+	hdr[jetstream.MsgIDHeader] = vals[len(vals)-1:]
+	return &nats.Msg{Subject: subject, Header: hdr, Data: body}, nil
+}
+
+// wireSafe rejects header values NATS would alter: it trims surrounding
+// spaces and turns CR and LF into spaces.
+func wireSafe(v string) error {
+	if v == "" {
+		return nil
+	}
+	if strings.ContainsAny(v, "\r\n") {
+		return errors.New("value contains CR or LF, which NATS headers cannot carry")
+	}
+	if c := v[0]; c == ' ' || c == '\t' {
+		return fmt.Errorf("value %q starts with white space, which NATS headers drop", v)
+	}
+	if c := v[len(v)-1]; c == ' ' || c == '\t' {
+		return fmt.Errorf("value %q ends with white space, which NATS headers drop", v)
+	}
+	return nil
+}
+
+// Replay publishes e on the replay subject of the subscription, which only
+// that subscription's consumer reads. The message gets a fresh Nats-Msg-Id
+// (the envelope ID plus ":replay:" and a unique suffix) so the duplicate
+// window does not drop it; the envelope itself is unchanged. e.Kind selects
+// the stream; a subscription that Provision did not create on it fails with
+// an error wrapping broker.ErrNotProvisioned.
+func (b *Broker) Replay(ctx context.Context, service, subscription string, e *envelope.Envelope) error {
+	if err := b.enter(); err != nil {
+		return err
+	}
+	defer b.active.Done()
+	ctx, stop := b.bind(ctx)
+	defer stop()
+
+	if err := validName("service", service); err != nil {
+		return fmt.Errorf("herald/natsjs: replay: %w", err)
+	}
+	if err := validName("subscription", subscription); err != nil {
+		return fmt.Errorf("herald/natsjs: replay: %w", err)
+	}
+	if e == nil {
+		return errors.New("herald/natsjs: replay: nil envelope")
+	}
+	stream, err := b.names.stream(e.Kind)
+	if err != nil {
+		return fmt.Errorf("herald/natsjs: replay %s: %w", e.ID, err)
+	}
+	durable := ConsumerName(service, subscription)
+	key := stream + "/" + durable
+	if _, ok := b.replayTargets.Load(key); !ok {
+		if _, err := b.consumer(ctx, stream, durable); err != nil {
+			return fmt.Errorf("herald/natsjs: replay %s to %s/%s: %w", e.ID, service, subscription, err)
+		}
+		b.replayTargets.Store(key, struct{}{})
+	}
+	subj, err := b.names.replaySubject(e.Kind, durable)
+	if err != nil {
+		return err
+	}
+	m, err := b.eventMsg(e, subj, e.ID+":replay:"+nuid.Next())
+	if err != nil {
+		return fmt.Errorf("herald/natsjs: replay %s: %w", e.ID, err)
+	}
+	if _, err := b.js.PublishMsg(ctx, m); err != nil {
+		return b.eventErr(ctx, e, err)
+	}
+	return nil
+}
+
+// deadLetterDoc is the JSON body of a dead letter.
+type deadLetterDoc struct {
+	Service      string            `json:"service"`
+	Subscription string            `json:"subscription"`
+	Reason       string            `json:"reason"`
+	LastError    string            `json:"last_error,omitempty"`
+	Attempts     int               `json:"attempts"`
+	Time         time.Time         `json:"time"`
+	Event        *eventDoc         `json:"event,omitempty"`
+	RawHeader    map[string]string `json:"raw_header"`
+	RawData      []byte            `json:"raw_data"` // base64
+}
+
+// eventDoc lists the attributes of a dead-lettered event (its data is in
+// RawData).
+type eventDoc struct {
+	ID              string    `json:"id"`
+	Type            string    `json:"type"`
+	Version         int       `json:"version"`
+	Kind            string    `json:"kind"`
+	Source          string    `json:"source"`
+	Key             string    `json:"partitionkey,omitempty"`
+	Time            time.Time `json:"time"`
+	CorrelationID   string    `json:"correlationid,omitempty"`
+	CausationID     string    `json:"causationid,omitempty"`
+	TraceParent     string    `json:"traceparent,omitempty"`
+	TraceState      string    `json:"tracestate,omitempty"`
+	DataContentType string    `json:"datacontenttype,omitempty"`
+}
+
+// Headers added to a dead letter, besides the original ones.
+const (
+	HeaderDLQReason       = "herald-dlq-reason"
+	HeaderDLQService      = "herald-dlq-service"
+	HeaderDLQSubscription = "herald-dlq-subscription"
+	HeaderDLQAttempts     = "herald-dlq-attempts"
+)
+
+// PublishDeadLetter stores d on <prefix>.dlq.<service>.<subscription> as a
+// JSON document (service, subscription, reason, last_error, attempts, time,
+// the event's attributes when it was decoded, raw_header, and raw_data in
+// base64). The original headers are copied onto the message too, except
+// content-type, which is application/json; herald-dlq-* headers carry
+// reason, service, subscription and attempts. Re-publishing the same
+// DeadLetter within the duplicate window is deduplicated.
+func (b *Broker) PublishDeadLetter(ctx context.Context, d broker.DeadLetter) error {
+	if err := b.enter(); err != nil {
+		return err
+	}
+	defer b.active.Done()
+	ctx, stop := b.bind(ctx)
+	defer stop()
+
+	if err := validName("service", d.Service); err != nil {
+		return fmt.Errorf("herald/natsjs: dead letter: %w", err)
+	}
+	if err := validName("subscription", d.Subscription); err != nil {
+		return fmt.Errorf("herald/natsjs: dead letter: %w", err)
+	}
+	if d.Time.IsZero() {
+		d.Time = time.Now()
+	}
+	doc := deadLetterDoc{
+		Service: d.Service, Subscription: d.Subscription, Reason: d.Reason, LastError: d.LastError,
+		Attempts: d.Attempts, Time: d.Time.UTC(), RawHeader: d.RawHeader, RawData: d.RawData,
+	}
+	if doc.RawHeader == nil {
+		doc.RawHeader = map[string]string{}
+	}
+	id := d.RawHeader[envelope.HeaderID]
+	if e := d.Event; e != nil {
+		id = e.ID
+		doc.Event = &eventDoc{
+			ID: e.ID, Type: e.Type, Version: e.Version, Kind: string(e.Kind), Source: e.Source, Key: e.Key,
+			Time: e.Time.UTC(), CorrelationID: e.CorrelationID, CausationID: e.CausationID,
+			TraceParent: e.TraceParent, TraceState: e.TraceState, DataContentType: e.DataContentType,
+		}
+	}
+	body, err := json.Marshal(doc)
+	if err != nil {
+		return fmt.Errorf("herald/natsjs: dead letter: %w", err)
+	}
+	hdr := make(nats.Header, len(d.RawHeader)+6)
+	for k, v := range d.RawHeader {
+		if validHeaderKey(k) {
+			hdr[k] = []string{v}
+		}
+	}
+	hdr[envelope.HeaderContentType] = []string{"application/json"}
+	hdr[HeaderDLQReason] = []string{d.Reason}
+	hdr[HeaderDLQService] = []string{d.Service}
+	hdr[HeaderDLQSubscription] = []string{d.Subscription}
+	hdr[HeaderDLQAttempts] = []string{strconv.Itoa(d.Attempts)}
+	hdr[jetstream.MsgIDHeader] = []string{"dlq:" + ConsumerName(d.Service, d.Subscription) + ":" + id + ":" +
+		strconv.FormatInt(d.Time.UnixNano(), 10)}
+	m := &nats.Msg{Subject: b.names.dlqSubject(d.Service, d.Subscription), Header: hdr, Data: body}
+	if _, err := b.js.PublishMsg(ctx, m); err != nil {
+		return b.publishErr(ctx, "dead letter of "+id, b.names.dlqStream, err)
+	}
+	return nil
+}
+
+// validHeaderKey mirrors the header keys nats.go accepts.
+func validHeaderKey(k string) bool {
+	if k == "" || strings.EqualFold(k, jetstream.MsgIDHeader) {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		c := k[i]
+		if c < 33 || c > 126 || strings.IndexByte("\"()/,:;<=>?@[\\]{}", c) >= 0 {
+			return false
+		}
+	}
+	return true
+}
