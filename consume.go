@@ -192,8 +192,9 @@ func (c *consumer) round(ctx context.Context) time.Time {
 			continue
 		}
 		for _, it := range settled {
-			if err := it.d.Ack(ctx); err != nil && ctx.Err() == nil {
-				// The effect is committed; a redelivery finds the inbox row.
+			// The effect is committed: a lost ack costs one redelivery,
+			// which finds the inbox row and is acked without the handler.
+			if err := it.d.AckNoWait(); err != nil && ctx.Err() == nil {
 				c.svc.log.Debug("ack", "subscription", c.sub.name, "err", err)
 			}
 			c.remove(it)
@@ -247,7 +248,7 @@ func (c *consumer) handleBatch(ctx context.Context, batch []*item) ([]*item, err
 			deadLettered = append(deadLettered, it)
 			continue
 		}
-		if _, err := sqlTx.ExecContext(ctx, "SAVEPOINT herald_event"); err != nil {
+		if err := st.Savepoint(ctx, sqlTx); err != nil {
 			return nil, c.abort(t, err)
 		}
 		fresh, err := st.ClaimInbox(ctx, sqlTx, c.sub.inbox, it.env.ID)
@@ -265,7 +266,7 @@ func (c *consumer) handleBatch(ctx context.Context, batch []*item) ([]*item, err
 			}
 		}
 		if herr == nil {
-			if _, err := sqlTx.ExecContext(ctx, "RELEASE SAVEPOINT herald_event"); err != nil {
+			if err := st.Release(ctx, sqlTx); err != nil {
 				return nil, c.abort(t, err)
 			}
 			settled = append(settled, it)
@@ -273,10 +274,7 @@ func (c *consumer) handleBatch(ctx context.Context, batch []*item) ([]*item, err
 		}
 		// Undo this event only: its rows, its inbox claim and the events
 		// its handler recorded.
-		if _, err := sqlTx.ExecContext(ctx, "ROLLBACK TO SAVEPOINT herald_event"); err != nil {
-			return nil, c.abort(t, err)
-		}
-		if _, err := sqlTx.ExecContext(ctx, "RELEASE SAVEPOINT herald_event"); err != nil {
+		if err := st.RollbackTo(ctx, sqlTx); err != nil {
 			return nil, c.abort(t, err)
 		}
 		t.log, t.outbox, t.failed = t.log[:nlog], t.outbox[:nout], nil

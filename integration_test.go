@@ -393,7 +393,7 @@ func TestNotifyWakesAnotherInstancesRelay(t *testing.T) {
 	running := newOrders(open())
 	must(t, running.Start(ctx))
 	time.Sleep(200 * time.Millisecond) // the relay takes its lease and goes idle
-	other := newOrders(open())          // never started: no relay of its own
+	other := newOrders(open())         // never started: no relay of its own
 	cst := testdb.SQLite(t)
 	consumer, err := herald.New("audit", herald.WithStore(cst), herald.WithBroker(b))
 	must(t, err)

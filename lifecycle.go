@@ -39,6 +39,9 @@ func (s *Service) Start(ctx context.Context) error {
 		if err := s.broker.Provision(ctx, s.topology()); err != nil {
 			return fmt.Errorf("service %s: provision: %w", s.name, err)
 		}
+		if err := s.refill(ctx); err != nil {
+			return err
+		}
 	} else if len(subs) > 0 || s.publishes() {
 		return fmt.Errorf("%w: service %s translates, notifies or subscribes but has no broker: pass herald.WithBroker",
 			ErrInvalidOption, s.name)
@@ -142,4 +145,32 @@ func (s *Service) janitor(ctx context.Context) {
 		}
 		t.Reset(every)
 	}
+}
+
+// refill re-publishes, at start, the outbox rows published within the
+// broker's loss window before the service's last publish: a broker that
+// fsyncs periodically may have lost them if the machine died. The broker
+// drops the ones it still has by id; consumers' inboxes drop the rest.
+func (s *Service) refill(ctx context.Context) error {
+	lw, ok := s.broker.(broker.LossWindower)
+	if !ok || lw.LossWindow() <= 0 {
+		return nil
+	}
+	w := lw.LossWindow()
+	if s.cfg.outboxRetention < 10*w {
+		return fmt.Errorf("%w: service %s: outbox retention %v must be at least 10× the broker's loss window %v",
+			ErrInvalidOption, s.name, s.cfg.outboxRetention, w)
+	}
+	last, err := s.store.LastPublished(ctx, s.name)
+	if err != nil || last.IsZero() {
+		return err
+	}
+	n, err := s.store.RepublishSince(ctx, s.name, last.Add(-2*w))
+	if err != nil {
+		return fmt.Errorf("service %s: refill the broker: %w", s.name, err)
+	}
+	if n > 0 {
+		s.log.Info("re-publishing events the broker may have lost", "events", n, "window", 2*w)
+	}
+	return nil
 }

@@ -76,6 +76,10 @@ type Delivery interface {
 	// Ack settles the message as processed; it returns once the broker
 	// confirmed the ack.
 	Ack(ctx context.Context) error
+	// AckNoWait settles the message as processed without waiting for the
+	// broker's confirmation. A lost ack costs one redelivery; use it where
+	// redeliveries are harmless (herald's inbox makes them so).
+	AckNoWait() error
 	// Nak asks for redelivery after at least delay.
 	Nak(delay time.Duration) error
 	// InProgress extends the ack deadline while work goes on.
@@ -125,4 +129,14 @@ type Broker interface {
 	Replay(ctx context.Context, service, subscription string, e *envelope.Envelope) error
 	// Close releases the transport; an embedded server is shut down cleanly.
 	Close() error
+}
+
+// LossWindower is implemented by transports that may lose the events they
+// acknowledged in the last LossWindow if the machine (not just the process)
+// dies — an embedded server that fsyncs periodically. herald keeps published
+// outbox rows longer than that and, when a service starts, re-publishes the
+// rows published within LossWindow of its last publish; the transport drops
+// the events it still has by their ids and consumers' inboxes drop the rest.
+type LossWindower interface {
+	LossWindow() time.Duration
 }

@@ -3,7 +3,6 @@ package envelope
 import (
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 )
 
@@ -29,13 +28,23 @@ const (
 )
 
 // maxHeaderValue bounds any decoded attribute, so a hostile message cannot
-// make herald keep megabytes of header text.
+// make herald keep megabytes of header text. Validate applies the same bound,
+// so every valid envelope can be decoded again.
 const maxHeaderValue = 4096
 
+// attributeHeaders lists every header FromBinary reads.
+var attributeHeaders = [...]string{
+	HeaderSpecVersion, HeaderID, HeaderSource, HeaderType, HeaderTime, HeaderVersion, HeaderKind,
+	HeaderContentType, HeaderPartitionKey, HeaderCorrelationID, HeaderCausationID, HeaderTraceParent, HeaderTraceState,
+}
+
 // ToBinary maps e onto CloudEvents 1.0 binary content mode: attributes in
-// headers, Data as the body. Optional attributes that are empty are omitted.
+// headers (keys in lower case, Time in UTC as RFC 3339 with nanoseconds),
+// Data as the body (not copied). Optional attributes that are empty are
+// omitted. ToBinary does not check e; for every e that Validates,
+// FromBinary(ToBinary(e)) returns an equal envelope, with Time in UTC.
 func ToBinary(e *Envelope) (map[string]string, []byte) {
-	h := make(map[string]string, 13)
+	h := make(map[string]string, len(attributeHeaders))
 	h[HeaderSpecVersion] = SpecVersion
 	h[HeaderID] = e.ID
 	h[HeaderSource] = e.Source
@@ -58,26 +67,25 @@ func ToBinary(e *Envelope) (map[string]string, []byte) {
 }
 
 // FromBinary rebuilds an envelope from CloudEvents binary content mode. It
-// fails with an error wrapping ErrInvalid that names the first bad attribute.
-// Header keys are matched case-insensitively.
+// fails with an error wrapping ErrInvalid that names the first bad attribute,
+// and accepts exactly the envelopes that Validate. Header keys are matched
+// case-insensitively (ASCII); when a key is present in lower case that value
+// is used, otherwise keys that differ only in case must agree. Headers it
+// does not know are ignored. The returned envelope's Data is body (not
+// copied) and its Time is in UTC.
 func FromBinary(header map[string]string, body []byte) (*Envelope, error) {
-	get := func(k string) string {
-		if v, ok := header[k]; ok {
-			return v
+	vals := make(map[string]string, len(attributeHeaders))
+	for _, k := range attributeHeaders {
+		v, err := lookupHeader(header, k)
+		if err != nil {
+			return nil, err
 		}
-		for hk, v := range header {
-			if strings.EqualFold(hk, k) {
-				return v
-			}
-		}
-		return ""
-	}
-	for _, k := range []string{HeaderSpecVersion, HeaderID, HeaderSource, HeaderType, HeaderTime, HeaderVersion, HeaderKind,
-		HeaderContentType, HeaderPartitionKey, HeaderCorrelationID, HeaderCausationID, HeaderTraceParent, HeaderTraceState} {
-		if len(get(k)) > maxHeaderValue {
+		if len(v) > maxHeaderValue {
 			return nil, fmt.Errorf("%w: header %s longer than %d bytes", ErrInvalid, k, maxHeaderValue)
 		}
+		vals[k] = v
 	}
+	get := func(k string) string { return vals[k] }
 	if sv := get(HeaderSpecVersion); sv != SpecVersion {
 		return nil, fmt.Errorf("%w: header %s is %q, want %q", ErrInvalid, HeaderSpecVersion, sv, SpecVersion)
 	}
@@ -110,4 +118,46 @@ func FromBinary(header map[string]string, body []byte) (*Envelope, error) {
 		return nil, err
 	}
 	return e, nil
+}
+
+// lookupHeader returns the value of header k (lower case): the exact key if
+// present, else the keys equal to k under ASCII case folding, which must all
+// carry the same value. A missing header reads as "".
+func lookupHeader(header map[string]string, k string) (string, error) {
+	if v, ok := header[k]; ok {
+		return v, nil
+	}
+	var val string
+	found := false
+	for hk, v := range header {
+		if !asciiEqualFold(hk, k) {
+			continue
+		}
+		if found && v != val {
+			return "", fmt.Errorf("%w: header %s given more than once, in different cases, with different values", ErrInvalid, k)
+		}
+		val, found = v, true
+	}
+	return val, nil
+}
+
+// asciiEqualFold reports whether s and t are equal under ASCII case folding
+// (unlike strings.EqualFold, "ce-heraldkind" does not match a Kelvin sign).
+func asciiEqualFold(s, t string) bool {
+	if len(s) != len(t) {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		a, b := s[i], t[i]
+		if 'A' <= a && a <= 'Z' {
+			a += 'a' - 'A'
+		}
+		if 'A' <= b && b <= 'Z' {
+			b += 'a' - 'A'
+		}
+		if a != b {
+			return false
+		}
+	}
+	return true
 }

@@ -6,14 +6,19 @@ import (
 )
 
 // Codec encodes event payloads. ContentType is recorded in every envelope so
-// a consumer picks the matching codec.
+// a consumer picks the matching codec. Implementations must be safe for
+// concurrent use.
 type Codec interface {
+	// ContentType is the media type of the encoded data, recorded as the
+	// envelope's DataContentType (e.g. "application/json").
 	ContentType() string
+	// Marshal encodes v.
 	Marshal(v any) ([]byte, error)
+	// Unmarshal decodes data into v, which must be a non-nil pointer.
 	Unmarshal(data []byte, v any) error
 }
 
-// JSON is the default codec (encoding/json).
+// JSON is the default codec (encoding/json, content type application/json).
 var JSON Codec = jsonCodec{}
 
 type jsonCodec struct{}

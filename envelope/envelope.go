@@ -50,13 +50,22 @@ type Envelope struct {
 	Data            []byte    // the encoded payload
 }
 
-// Validate reports the first attribute that makes e unusable on the wire.
+// Validate reports the first attribute that makes e unusable on the wire: an
+// empty ID, Type or Source, a Version below 1, an unknown Kind, a zero Time or
+// one whose UTC year is outside 0000-9999 (RFC 3339 cannot express it), or an
+// attribute longer than 4096 bytes. The error wraps ErrInvalid and names the
+// attribute. Every envelope that Validates survives ToBinary and FromBinary
+// unchanged.
 func (e *Envelope) Validate() error {
 	switch {
 	case e.ID == "":
 		return fmt.Errorf("%w: empty id", ErrInvalid)
+	case len(e.ID) > maxHeaderValue:
+		return fmt.Errorf("%w: id is %d bytes, longer than %d", ErrInvalid, len(e.ID), maxHeaderValue)
 	case e.Type == "":
 		return fmt.Errorf("%w: event %s: empty type", ErrInvalid, e.ID)
+	case len(e.Type) > maxHeaderValue:
+		return fmt.Errorf("%w: event %s: type is %d bytes, longer than %d", ErrInvalid, e.ID, len(e.Type), maxHeaderValue)
 	case e.Version < 1:
 		return fmt.Errorf("%w: event %s (%s): version %d < 1", ErrInvalid, e.ID, e.Type, e.Version)
 	case !e.Kind.Valid():
@@ -65,6 +74,22 @@ func (e *Envelope) Validate() error {
 		return fmt.Errorf("%w: event %s (%s): empty source", ErrInvalid, e.ID, e.Type)
 	case e.Time.IsZero():
 		return fmt.Errorf("%w: event %s (%s): zero time", ErrInvalid, e.ID, e.Type)
+	}
+	if y := e.Time.UTC().Year(); y < 0 || y > 9999 {
+		return fmt.Errorf("%w: event %s (%s): time %s is outside years 0000-9999 UTC", ErrInvalid, e.ID, e.Type, e.Time.UTC())
+	}
+	for _, a := range [...]struct{ name, value string }{
+		{"source", e.Source},
+		{"partitionkey", e.Key},
+		{"correlationid", e.CorrelationID},
+		{"causationid", e.CausationID},
+		{"traceparent", e.TraceParent},
+		{"tracestate", e.TraceState},
+		{"datacontenttype", e.DataContentType},
+	} {
+		if len(a.value) > maxHeaderValue {
+			return fmt.Errorf("%w: event %s (%s): %s is %d bytes, longer than %d", ErrInvalid, e.ID, e.Type, a.name, len(a.value), maxHeaderValue)
+		}
 	}
 	return nil
 }
@@ -76,21 +101,25 @@ var (
 	entropy   = ulid.Monotonic(rand.Reader, 0)
 )
 
-// NewID returns a new ULID string for t. IDs from one process are strictly
-// increasing, so they sort by creation time.
-func NewID(t time.Time) string {
-	entropyMu.Lock()
-	id := ulid.MustNew(ulid.Timestamp(t), entropy)
-	entropyMu.Unlock()
-	return id.String()
-}
+// The times a ULID can hold: [unixEpoch, ulidEnd).
+var (
+	unixEpoch = time.Unix(0, 0)
+	ulidEnd   = ulid.Time(ulid.MaxTime()).Add(time.Millisecond)
+)
 
-// MinID returns the smallest ID NewID can return for a time in t's
-// millisecond: every ID of an earlier millisecond sorts below it.
-func MinID(t time.Time) string {
-	var id ulid.ULID
-	if err := id.SetTime(ulid.Timestamp(t)); err != nil {
-		return ulid.ULID{}.String()
+// NewID returns a new ULID string (26 characters, Crockford base32) whose
+// timestamp is t in Unix milliseconds. It is safe for concurrent use. IDs
+// returned for the same or increasing times are strictly increasing, so they
+// sort by creation time; an ID for an earlier t sorts before those already
+// returned for later times. NewID panics if t is before the Unix epoch or
+// after ulid.MaxTime (year 10889).
+func NewID(t time.Time) string {
+	// ulid.Timestamp wraps around for times before 1970, which could turn an
+	// absurd time into a plausible one; reject the range explicitly.
+	if t.Before(unixEpoch) || !t.Before(ulidEnd) {
+		panic(fmt.Errorf("herald/envelope: NewID(%s): %w", t, ulid.ErrBigTime))
 	}
-	return id.String()
+	entropyMu.Lock()
+	defer entropyMu.Unlock()
+	return ulid.MustNew(ulid.Timestamp(t), entropy).String()
 }

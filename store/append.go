@@ -21,6 +21,8 @@ func (s *Store) prepareHot(ctx context.Context) error {
 	qs := []string{
 		s.d.Rebind(s.queries.eventLogInsert + s.values(1, nEventCols)),
 		s.d.Rebind(s.queries.outboxInsert + s.values(1, nEventCols)),
+		s.queries.inboxClaim,
+		sqlSavepoint, sqlRelease, sqlRollbackTo,
 	}
 	if s.d.Name() == "postgres" {
 		qs = append(qs, s.appendBoth(1, 1))
@@ -73,14 +75,19 @@ func (s *Store) Append(ctx context.Context, tx *sql.Tx, log, outbox []*envelope.
 }
 
 func (s *Store) appendTo(ctx context.Context, tx *sql.Tx, prefix string, events []*envelope.Envelope) error {
-	switch len(events) {
-	case 0:
-		return nil
-	case 1:
-		_, err := s.exec(ctx, tx, s.d.Rebind(prefix+s.values(1, nEventCols)), eventArgs(make([]any, 0, nEventCols), events[0]))
-		return err
+	if len(events) > 1 && s.d.Name() == "postgres" {
+		return s.insertEvents(ctx, tx, prefix, events) // one round trip
 	}
-	return s.insertEvents(ctx, tx, prefix, events)
+	// SQLite runs in process: a prepared one-row insert per event beats
+	// parsing a new multi-row statement.
+	q := s.d.Rebind(prefix + s.values(1, nEventCols))
+	args := make([]any, 0, nEventCols)
+	for _, e := range events {
+		if _, err := s.exec(ctx, tx, q, eventArgs(args[:0], e)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // exec runs q in tx, through its prepared statement when it is a hot one.
@@ -89,4 +96,32 @@ func (s *Store) exec(ctx context.Context, tx *sql.Tx, q string, args []any) (sql
 		return tx.StmtContext(ctx, st).ExecContext(ctx, args...)
 	}
 	return tx.ExecContext(ctx, q, args...)
+}
+
+// The savepoint that isolates one event of a batch.
+const (
+	sqlSavepoint  = "SAVEPOINT herald_event"
+	sqlRelease    = "RELEASE SAVEPOINT herald_event"
+	sqlRollbackTo = "ROLLBACK TO SAVEPOINT herald_event"
+)
+
+// Savepoint starts the savepoint that isolates one event of a batched
+// transaction; Release keeps its work, RollbackTo undoes it.
+func (s *Store) Savepoint(ctx context.Context, tx *sql.Tx) error {
+	_, err := s.exec(ctx, tx, sqlSavepoint, nil)
+	return err
+}
+
+// Release ends the savepoint, keeping its work.
+func (s *Store) Release(ctx context.Context, tx *sql.Tx) error {
+	_, err := s.exec(ctx, tx, sqlRelease, nil)
+	return err
+}
+
+// RollbackTo undoes the work since Savepoint and ends the savepoint.
+func (s *Store) RollbackTo(ctx context.Context, tx *sql.Tx) error {
+	if _, err := s.exec(ctx, tx, sqlRollbackTo, nil); err != nil {
+		return err
+	}
+	return s.Release(ctx, tx)
 }

@@ -384,7 +384,7 @@ func (s *Store) ClaimInbox(ctx context.Context, tx *sql.Tx, subscription, eventI
 	if err := s.live(); err != nil {
 		return false, err
 	}
-	res, err := tx.ExecContext(ctx, s.queries.inboxClaim, subscription, eventID, time.Now().UTC().UnixNano())
+	res, err := s.exec(ctx, tx, s.queries.inboxClaim, []any{subscription, eventID, time.Now().UTC().UnixNano()})
 	if err != nil {
 		return false, fmt.Errorf("herald/store: claim inbox %s/%s: %w", subscription, eventID, err)
 	}

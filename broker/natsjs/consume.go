@@ -199,6 +199,15 @@ func (d *delivery) Ack(ctx context.Context) error {
 	return d.settleErr("ack", d.m.DoubleAck(ctx))
 }
 
+// AckNoWait acknowledges the message without waiting for the server: a lost
+// ack means one more delivery, which herald's inbox absorbs.
+func (d *delivery) AckNoWait() error {
+	if d.b.isClosed.Load() {
+		return errClosed
+	}
+	return d.settleErr("ack", d.m.Ack())
+}
+
 // Nak asks for redelivery after at least delay (at once when delay <= 0).
 func (d *delivery) Nak(delay time.Duration) error {
 	if d.b.isClosed.Load() {

@@ -19,19 +19,21 @@
 // # Durability
 //
 // A Publish returns nil for an event once JetStream acknowledged it, that is
-// once it is in the stream. Whether it is also on disk depends on the server's
-// sync setting. The embedded server defaults to [WithSyncAlways](true): the
-// server fsyncs every write before acknowledging it, so an acknowledged event
-// survives a power loss or kernel crash, not only a process crash. That costs
-// throughput (one fsync per stored message, and per consumer ack). To trade it
-// for speed use WithSyncAlways(false) and [WithSyncInterval] (the server
-// default is 2 minutes): an acknowledged event then survives the process
-// dying, but events acknowledged since the last sync can be lost if the
-// machine dies. In a cluster with three replicas, acknowledged writes are on a
-// quorum of nodes, which is the usual way to get both. An external server's
-// sync setting is the server's own configuration
-// (jetstream { sync_interval: always }), so WithSyncAlways is rejected by
-// Connect.
+// once it is in the stream. Whether it is also on disk depends on the
+// server's sync setting. The embedded server fsyncs every [WithSyncInterval]
+// (default 1s) and reports that window through [Broker.LossWindow]: an
+// acknowledged event survives the process dying (the operating system has
+// it), and if the machine dies the events of the last window are re-published
+// by herald from the services' outboxes, which keep published rows for an
+// hour and whose own commits are fsynced. The broker drops the re-published
+// events it still has by their ids; the inboxes drop the rest.
+// [WithSyncAlways](true) instead fsyncs every write before acknowledging it —
+// durable on its own, for users of this package without herald's outbox, at
+// about a ninth of the throughput (one fsync per stored message and per
+// consumer ack). In a cluster with three replicas, acknowledged writes are on
+// a quorum of nodes. An external server's sync setting is the server's own
+// configuration (jetstream { sync_interval: always }), so WithSyncAlways is
+// rejected by Connect and LossWindow is 0.
 //
 // Delivery is at least once. Acks are confirmed by the server (Delivery.Ack
 // waits for it), but JetStream writes a consumer's ack state to disk

@@ -81,7 +81,7 @@ func Embedded(ctx context.Context, opts ...Option) (*Broker, error) {
 		JetStreamMaxMemory: cfg.maxMemory,
 		JetStreamMaxStore:  cfg.maxStore,
 		SyncAlways:         cfg.syncAlways,
-		SyncInterval:       cfg.syncInterval,
+		SyncInterval:       syncInterval(cfg),
 		NoSigs:             true,
 		DontListen:         cfg.listen == "",
 	}
@@ -297,6 +297,26 @@ func (b *Broker) start(ctx context.Context, nc *nats.Conn) error {
 	}
 	b.nc, b.js = nc, js
 	return nil
+}
+
+func syncInterval(cfg config) time.Duration {
+	if cfg.syncAlways {
+		return 0
+	}
+	return cfg.syncInterval
+}
+
+// LossWindow is how long an acknowledged event may stay only in the
+// operating system's cache: the embedded server's sync interval, or 0 with
+// WithSyncAlways(true) and for external servers (whose durability is their
+// own configuration). herald re-publishes the outbox rows published in that
+// window when a service starts, which makes the embedded default durable
+// against the machine dying. It implements broker.LossWindower.
+func (b *Broker) LossWindow() time.Duration {
+	if b.srv == nil {
+		return 0
+	}
+	return syncInterval(b.cfg)
 }
 
 // URL returns the client URL of the embedded server when it listens

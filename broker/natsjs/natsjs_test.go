@@ -408,7 +408,7 @@ func TestOptionValidation(t *testing.T) {
 		{"bad listen port", []Option{WithEphemeral(), WithListen("127.0.0.1:99999")}},
 		{"zero max memory", []Option{WithEphemeral(), WithMaxMemory(0)}},
 		{"negative max store", []Option{WithEphemeral(), WithMaxStore(-1)}},
-		{"sync interval with sync always", []Option{WithEphemeral(), WithSyncInterval(time.Second)}},
+		{"sync interval with sync always", []Option{WithEphemeral(), WithSyncAlways(true), WithSyncInterval(time.Second)}},
 		{"zero sync interval", []Option{WithEphemeral(), WithSyncAlways(false), WithSyncInterval(0)}},
 		{"nil logger", []Option{WithEphemeral(), WithLogger(nil)}},
 		{"nil option", []Option{WithEphemeral(), nil}},

@@ -1,0 +1,121 @@
+package herald_test
+
+import (
+	"context"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/heraldhq/herald"
+	"github.com/heraldhq/herald/broker/natsjs"
+	"github.com/heraldhq/herald/internal/testdb"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// TestBrokerLostTailIsRefilledFromOutbox: the embedded default fsyncs the
+// broker once a second, so if the machine dies the broker may lose the
+// events it acknowledged last. The test makes the broker lose its last 300
+// of 1000 events (deleting them, then restarting it so its state is rebuilt
+// from disk, as after a crash), restarts the producer service, and expects
+// a consumer to receive all 1000 exactly once: the outbox kept the published
+// rows and re-published the recent ones at start.
+func TestBrokerLostTailIsRefilledFromOutbox(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	const prefix = "durable"
+	openBroker := func() *natsjs.Broker {
+		b, err := natsjs.Embedded(ctx, natsjs.WithDataDir(filepath.Join(dir, "nats")), natsjs.WithListen("127.0.0.1:0"),
+			natsjs.WithPrefix(prefix), natsjs.WithLogger(quiet))
+		must(t, err)
+		if b.LossWindow() != time.Second {
+			t.Fatalf("embedded default loss window = %v, want 1s", b.LossWindow())
+		}
+		return b
+	}
+	ost := testdb.SQLite(t)
+	newOrders := func(b *natsjs.Broker) *herald.Service {
+		svc, err := herald.New("orders", herald.WithStore(ost), herald.WithBroker(b), herald.WithLogger(quiet))
+		must(t, err)
+		must(t, herald.Translate(svc, stepRecorded, orderStepped, func(ctx context.Context, s step) (stepped, error) { return stepped(s), nil }))
+		return svc
+	}
+
+	b := openBroker()
+	orders := newOrders(b)
+	must(t, orders.Start(ctx))
+	for i := range 1000 {
+		must(t, orders.Do(ctx, func(tx herald.Tx) error {
+			return herald.Record(tx, stepRecorded, step{OrderID: "k" + string(rune('a'+i%20)), N: i})
+		}))
+	}
+	waitBacklog(t, orders, 0)
+	must(t, orders.Close())
+
+	// Lose the tail, as a machine crash before the broker's fsync would.
+	nc, err := nats.Connect(b.URL())
+	must(t, err)
+	js, err := jetstream.New(nc)
+	must(t, err)
+	stream, err := js.Stream(ctx, strings.ToUpper(prefix)+"_INT")
+	must(t, err)
+	info, err := stream.Info(ctx)
+	must(t, err)
+	if info.State.Msgs != 1000 {
+		t.Fatalf("stream has %d events, want 1000", info.State.Msgs)
+	}
+	for seq := info.State.LastSeq - 299; seq <= info.State.LastSeq; seq++ {
+		must(t, stream.DeleteMsg(ctx, seq))
+	}
+	nc.Close()
+	must(t, b.Close())
+
+	b = openBroker()
+	defer b.Close()
+	orders = newOrders(b)
+	must(t, orders.Start(ctx)) // re-publishes the recent rows
+	defer orders.Close()
+
+	cst := testdb.SQLite(t)
+	consumer, err := herald.New("audit", herald.WithStore(cst), herald.WithBroker(b), herald.WithLogger(quiet))
+	must(t, err)
+	if _, err := cst.DB().Exec(`CREATE TABLE seen (n INTEGER NOT NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	var got atomic.Int64
+	must(t, herald.Subscribe(consumer, orderStepped, "count", func(ctx context.Context, tx herald.Tx, s stepped) error {
+		got.Add(1)
+		_, err := tx.SQL().ExecContext(ctx, `INSERT INTO seen (n) VALUES (?)`, s.N)
+		return err
+	}))
+	must(t, consumer.Start(ctx))
+	defer consumer.Close()
+	deadline := time.Now().Add(30 * time.Second)
+	for testdb.Count(t, cst, "seen", "") < 1000 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond) // a duplicate would show now
+	var rows, distinct int
+	must(t, cst.DB().QueryRow(`SELECT COUNT(*), COUNT(DISTINCT n) FROM seen`).Scan(&rows, &distinct))
+	if rows != 1000 || distinct != 1000 {
+		t.Fatalf("consumer saw %d events (%d distinct), want 1000 exactly once", rows, distinct)
+	}
+}
+
+func waitBacklog(t *testing.T, svc *herald.Service, want int64) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		n, _, err := svc.OutboxStats(context.Background())
+		must(t, err)
+		if n == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("outbox backlog %d, want %d", n, want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -1,0 +1,128 @@
+package envelope
+
+import (
+	"errors"
+	"sort"
+	"strings"
+	"testing"
+)
+
+// encodeExtra renders headers as "key:value" lines, the form FuzzFromBinary
+// reads its free-form headers in. Keys are sorted so seeds are stable.
+func encodeExtra(h map[string]string) string {
+	keys := make([]string, 0, len(h))
+	for k := range h {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	for _, k := range keys {
+		b.WriteString(k)
+		b.WriteByte(':')
+		b.WriteString(h[k])
+		b.WriteByte('\n')
+	}
+	return b.String()
+}
+
+// fuzzHeader builds the header map for one fuzz input. The required
+// attributes get their own arguments so the fuzzer reaches valid envelopes
+// quickly; extra holds any other headers, one "key:value" a line (later lines
+// win; keys may differ only in case from the fixed ones).
+func fuzzHeader(specversion, id, source, typ, tm, version, kind, extra string) map[string]string {
+	h := map[string]string{
+		HeaderSpecVersion: specversion,
+		HeaderID:          id,
+		HeaderSource:      source,
+		HeaderType:        typ,
+		HeaderTime:        tm,
+		HeaderVersion:     version,
+		HeaderKind:        kind,
+	}
+	for line := range strings.SplitSeq(extra, "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		h[k] = v
+	}
+	return h
+}
+
+// addFuzzSeed adds a header map (as ToBinary or a broken producer would emit
+// it) to the seed corpus of FuzzFromBinary.
+func addFuzzSeed(f *testing.F, h map[string]string, body []byte) {
+	h = cloneHeader(h)
+	fixed := []string{HeaderSpecVersion, HeaderID, HeaderSource, HeaderType, HeaderTime, HeaderVersion, HeaderKind}
+	args := make([]any, 0, 9)
+	for _, k := range fixed {
+		args = append(args, h[k])
+		delete(h, k)
+	}
+	args = append(args, encodeExtra(h), body)
+	f.Add(args...)
+}
+
+func FuzzFromBinary(f *testing.F) {
+	for _, e := range roundTripCases() {
+		h, body := ToBinary(e.env)
+		addFuzzSeed(f, h, body)
+	}
+	for _, tc := range fromBinaryErrorCases() {
+		addFuzzSeed(f, tc.header, []byte("{}"))
+	}
+	// Header names in other cases, and a key given twice in different cases.
+	h, body := ToBinary(validEnvelope())
+	mixed := map[string]string{}
+	for k, v := range h {
+		mixed[strings.ToUpper(k[:1])+k[1:]] = v
+	}
+	mixed["CE-ID"] = "01HXZ0000000000000000000ZZ"
+	addFuzzSeed(f, mixed, body)
+	// Times with offsets near the ends of the RFC 3339 range.
+	for _, tm := range []string{
+		"9999-12-31T23:59:59.999999999-23:59",
+		"0000-01-01T00:00:00+23:59",
+		"2024-05-17T09:30:15,5Z",
+		"2024-05-17T09:30:15.000000000+00:00",
+	} {
+		h := validHeader()
+		h[HeaderTime] = tm
+		addFuzzSeed(f, h, nil)
+	}
+
+	f.Fuzz(func(t *testing.T, specversion, id, source, typ, tm, version, kind, extra string, body []byte) {
+		h := fuzzHeader(specversion, id, source, typ, tm, version, kind, extra)
+		e, err := FromBinary(h, body)
+		if err != nil {
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("FromBinary error does not wrap ErrInvalid: %v", err)
+			}
+			if e != nil {
+				t.Fatalf("FromBinary returned both an envelope and an error: %v", err)
+			}
+			return
+		}
+		// Decoding must not depend on map iteration order.
+		for range 3 {
+			again, err := FromBinary(h, body)
+			if err != nil {
+				t.Fatalf("second FromBinary of the same input failed: %v", err)
+			}
+			if diff := envelopeDiff(e, again); diff != "" {
+				t.Fatalf("FromBinary of the same input differs:\n%s", diff)
+			}
+		}
+		if err := e.Validate(); err != nil {
+			t.Fatalf("FromBinary accepted an envelope that does not validate: %v", err)
+		}
+		h2, body2 := ToBinary(e)
+		e2, err := FromBinary(h2, body2)
+		if err != nil {
+			t.Fatalf("FromBinary(ToBinary(e)) failed: %v\nheader: %q", err, h2)
+		}
+		if diff := envelopeDiff(e, e2); diff != "" {
+			t.Fatalf("round trip not stable:\n%s", diff)
+		}
+	})
+}
