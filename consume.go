@@ -126,8 +126,8 @@ func (c *consumer) classify(it *item) {
 	it.env = e
 	it.key = e.Key
 	switch {
-	case e.Kind != KindIntegration:
-		it.reason, it.lastErr = store.ReasonMalformed, fmt.Sprintf("kind %q on an integration subscription", e.Kind)
+	case e.Kind != c.sub.contract.Kind():
+		it.reason, it.lastErr = store.ReasonMalformed, fmt.Sprintf("kind %q on a %s subscription", e.Kind, c.sub.contract.Kind())
 		return
 	case e.Type != c.sub.contract.Name():
 		it.reason, it.lastErr = store.ReasonUnknownType, fmt.Sprintf("type %q: subscription %s takes %q", e.Type, c.sub.name, c.sub.contract.Name())
@@ -396,7 +396,7 @@ func (s *Service) brokerSubscription(sub *subscription) broker.Subscription {
 		Service:       s.name,
 		Name:          sub.name,
 		Types:         []string{sub.contract.Name()},
-		Kind:          KindIntegration,
+		Kind:          sub.contract.Kind(),
 		AckWait:       sub.cfg.ackWait,
 		MaxAckPending: sub.cfg.maxAckPending,
 	}

@@ -2,6 +2,7 @@ package herald
 
 import (
 	"context"
+	"time"
 
 	"github.com/heraldhq/herald/envelope"
 )
@@ -54,3 +55,7 @@ func EventFrom(ctx context.Context) (envelope.Envelope, bool) {
 func withEvent(ctx context.Context, e *envelope.Envelope) context.Context {
 	return context.WithValue(ctx, eventKey, e)
 }
+
+// NewID returns a new time-sortable unique id (a ULID), handy for the
+// ids of the rows a service creates along with its events.
+func NewID() string { return envelope.NewID(time.Now()) }

@@ -124,12 +124,33 @@ func (e versionError) Error() string { return e.msg }
 // upcasters registered with Upcast; newer or unconvertible versions are
 // dead-lettered at once.
 func Subscribe[T any](svc *Service, c *IntegrationEvent[T], name string, fn func(ctx context.Context, tx Tx, e T) error, opts ...SubscribeOption) error {
+	if c == nil {
+		return fmt.Errorf("%w: service %s: Subscribe %q needs a contract", ErrInvalidOption, svc.name, name)
+	}
+	return subscribe(svc, c, name, fn, opts)
+}
+
+// Receive registers fn as the subscription name of svc to the notification
+// events of c: the notifier's side of the notification tier. It works like
+// Subscribe — a durable consumer shared by the service's instances, the
+// handler in a transaction with an inbox row, retries and dead letters —
+// so a notifier records what it must deliver exactly once and sends it
+// outside the business flow.
+func Receive[T any](svc *Service, c *NotificationEvent[T], name string, fn func(ctx context.Context, tx Tx, e T) error, opts ...SubscribeOption) error {
+	if c == nil {
+		return fmt.Errorf("%w: service %s: Receive %q needs a contract", ErrInvalidOption, svc.name, name)
+	}
+	return subscribe(svc, c, name, fn, opts)
+}
+
+func subscribe[T any](svc *Service, c Contract, name string, fn func(ctx context.Context, tx Tx, e T) error, opts []SubscribeOption) error {
 	if err := svc.beforeStart("Subscribe"); err != nil {
 		return err
 	}
-	if c == nil || fn == nil {
-		return fmt.Errorf("%w: service %s: Subscribe %q needs a contract and a function", ErrInvalidOption, svc.name, name)
+	if fn == nil {
+		return fmt.Errorf("%w: service %s: subscription %q needs a function", ErrInvalidOption, svc.name, name)
 	}
+	codec := c.base().codec
 	if !serviceName.MatchString(name) {
 		return fmt.Errorf("%w: service %s: subscription name %q: want lower-case letters, digits, '-' or '_'", ErrInvalidOption, svc.name, name)
 	}
@@ -159,7 +180,7 @@ func Subscribe[T any](svc *Service, c *IntegrationEvent[T], name string, fn func
 		decode: func(e *envelope.Envelope) (any, error) {
 			if e.Version == target {
 				var v T
-				if err := c.codec.Unmarshal(e.Data, &v); err != nil {
+				if err := codec.Unmarshal(e.Data, &v); err != nil {
 					return nil, err
 				}
 				return v, nil

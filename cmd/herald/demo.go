@@ -1,85 +1,79 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
+	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/broker/natsjs"
-	"github.com/heraldhq/herald/store"
-	"github.com/heraldhq/herald/store/sqlite"
+	"github.com/heraldhq/herald/examples/shop/service/orders"
+	"github.com/heraldhq/herald/examples/shop/shop"
 	"github.com/spf13/cobra"
 )
 
 type demoFlags struct {
-	rate     int
-	duration time.Duration
-	dataDir  string
-	keep     bool
-	timeout  time.Duration
+	rate      int
+	duration  time.Duration
+	customers int
+	dataDir   string
+	keep      bool
+	drain     time.Duration
 }
 
 func newDemo() *cobra.Command {
 	var f demoFlags
 	cmd := &cobra.Command{
 		Use:   "demo",
-		Short: "Run an event-driven system on the embedded defaults, with a load generator",
-		Long: `demo starts an in-process NATS JetStream and two services with their own SQLite
-databases: orders records OrderPlaced with each order and translates it to the
-integration event shop.order.confirmed; shipping schedules a shipment for each
-one, exactly once. A load generator places orders at --rate for --duration,
-then demo checks that every order was shipped and exits non-zero if not.`,
+		Short: "Run the shop — orders, shipping, notifications, reviews — on the embedded defaults",
+		Long: `demo needs no set-up. It starts an in-process NATS JetStream and the shop's
+services in this process, each with its own SQLite database and HTTP API on
+loopback, then places orders over HTTP at --rate for --duration:
+
+  orders     records OrderPlaced with each order and translates it to the
+             integration event shop.order.confirmed;
+  shipping   schedules a shipment (shop.shipment.scheduled) and dispatches
+             it shortly after (shop.shipment.dispatched);
+  reviews    marks the customer a verified buyer of each product.
+
+It prints progress every second and, at the end, checks from each service's
+own tables that every order was shipped and every buyer verified, exiting
+non-zero if anything is missing. Ctrl-C stops the load early and still checks.`,
 		Example: `  herald demo
-  herald demo --rate 500 --duration 30s
+  herald demo --rate 200 --duration 30s --customers 500
   herald demo --data-dir ./demo-data --keep`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if f.rate < 1 {
+			switch {
+			case f.rate < 1:
 				return fmt.Errorf("--rate %d: want at least 1 order per second", f.rate)
-			}
-			if f.duration <= 0 {
+			case f.duration <= 0:
 				return fmt.Errorf("--duration %v: want a positive duration", f.duration)
+			case f.customers < 1:
+				return fmt.Errorf("--customers %d: want at least 1", f.customers)
 			}
 			return runDemo(cmd.Context(), cmd.OutOrStdout(), f)
 		},
 	}
-	cmd.Flags().IntVar(&f.rate, "rate", 100, "orders placed per second")
+	cmd.Flags().IntVar(&f.rate, "rate", 50, "orders placed per second")
 	cmd.Flags().DurationVar(&f.duration, "duration", 10*time.Second, "how long to place orders")
-	cmd.Flags().StringVar(&f.dataDir, "data-dir", "", "where the databases and the JetStream files go (default: a temporary directory)")
-	cmd.Flags().BoolVar(&f.keep, "keep", false, "keep the data directory afterwards")
-	cmd.Flags().DurationVar(&f.timeout, "drain-timeout", 30*time.Second, "how long to wait for the last orders to be shipped")
+	cmd.Flags().IntVar(&f.customers, "customers", 100, "how many different customers order")
+	cmd.Flags().StringVar(&f.dataDir, "data-dir", "", "where the databases and the JetStream files go (default: a temporary directory, removed afterwards)")
+	cmd.Flags().BoolVar(&f.keep, "keep", false, "keep the temporary data directory")
+	cmd.Flags().DurationVar(&f.drain, "drain-timeout", time.Minute, "how long to wait, after the load, for every order to be shipped")
 	return cmd
 }
-
-type orderPlaced struct {
-	OrderID  string `json:"order_id"`
-	Customer string `json:"customer"`
-	Total    int    `json:"total"`
-}
-
-type orderConfirmed struct {
-	OrderID  string `json:"order_id"`
-	Customer string `json:"customer"`
-	Total    int    `json:"total"`
-}
-
-type shipmentScheduled struct {
-	OrderID string `json:"order_id"`
-}
-
-var (
-	demoOrderPlaced    = herald.Domain[orderPlaced]("orders.placed")
-	demoOrderConfirmed = herald.Integration[orderConfirmed]("shop.order.confirmed",
-		herald.KeyBy(func(e orderConfirmed) string { return e.OrderID }))
-	demoShipmentScheduled = herald.Domain[shipmentScheduled]("shipping.scheduled")
-)
 
 func runDemo(ctx context.Context, out io.Writer, f demoFlags) error {
 	dir := f.dataDir
@@ -89,124 +83,101 @@ func runDemo(ctx context.Context, out io.Writer, f demoFlags) error {
 			return err
 		}
 		dir = d
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+		if !f.keep {
+			defer os.RemoveAll(dir)
+		}
+	} else if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
-	}
-	if !f.keep && f.dataDir == "" {
-		defer os.RemoveAll(dir)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-
 	b, err := natsjs.Embedded(ctx, natsjs.WithDataDir(filepath.Join(dir, "nats")), natsjs.WithLogger(log))
 	if err != nil {
-		return fmt.Errorf("start embedded NATS JetStream: %w", err)
+		return fmt.Errorf("start the embedded NATS JetStream: %w", err)
 	}
 	defer b.Close()
-
-	open := func(name, schema string) (*store.Store, error) {
-		st, err := sqlite.Open(ctx, filepath.Join(dir, name+".db"))
-		if err != nil {
-			return nil, err
-		}
-		if _, err := st.DB().ExecContext(ctx, schema); err != nil {
-			st.Close()
-			return nil, err
-		}
-		return st, nil
-	}
-	ordersDB, err := open("orders", `CREATE TABLE IF NOT EXISTS orders (id TEXT PRIMARY KEY, customer TEXT NOT NULL, total INTEGER NOT NULL)`)
+	sys, err := shop.Start(ctx, shop.Config{Broker: b, DataDir: dir, Logger: log})
 	if err != nil {
 		return err
 	}
-	defer ordersDB.Close()
-	shippingDB, err := open("shipping", `CREATE TABLE IF NOT EXISTS shipments (order_id TEXT PRIMARY KEY, scheduled_at INTEGER NOT NULL)`)
-	if err != nil {
-		return err
-	}
-	defer shippingDB.Close()
+	defer sys.Close()
 
-	orders, err := herald.New("orders", herald.WithStore(ordersDB), herald.WithBroker(b), herald.WithLogger(log))
-	if err != nil {
-		return err
+	fmt.Fprintf(out, "herald demo — embedded NATS JetStream and SQLite in %s\n", dir)
+	for _, name := range shop.Services {
+		fmt.Fprintf(out, "  %-13s http://%s\n", name, sys.Addr[name])
 	}
-	defer orders.Close()
-	if err := herald.Translate(orders, demoOrderPlaced, demoOrderConfirmed, func(ctx context.Context, e orderPlaced) (orderConfirmed, error) {
-		return orderConfirmed(e), nil
-	}); err != nil {
-		return err
-	}
+	fmt.Fprintf(out, "placing %d orders/s for %v from %d customers (Ctrl-C stops early)\n\n", f.rate, f.duration, f.customers)
 
-	var shipped atomic.Int64
-	shipping, err := herald.New("shipping", herald.WithStore(shippingDB), herald.WithBroker(b), herald.WithLogger(log))
-	if err != nil {
-		return err
-	}
-	defer shipping.Close()
-	if err := shipping.Register(demoShipmentScheduled); err != nil {
-		return err
-	}
-	if err := herald.Subscribe(shipping, demoOrderConfirmed, "schedule-shipment", func(ctx context.Context, tx herald.Tx, e orderConfirmed) error {
-		if _, err := tx.SQL().ExecContext(ctx, `INSERT INTO shipments (order_id, scheduled_at) VALUES (?, ?)`, e.OrderID, time.Now().UnixNano()); err != nil {
-			return err
-		}
-		shipped.Add(1)
-		return herald.Record(tx, demoShipmentScheduled, shipmentScheduled{OrderID: e.OrderID})
-	}); err != nil {
-		return err
-	}
-	for _, s := range []*herald.Service{orders, shipping} {
-		if err := s.Start(ctx); err != nil {
-			return err
-		}
-	}
-	fmt.Fprintf(out, "herald demo: embedded NATS JetStream + SQLite in %s\n", dir)
-	fmt.Fprintf(out, "placing %d orders/s for %v (Ctrl-C stops early)\n", f.rate, f.duration)
-
-	var placed atomic.Int64
+	load := &loadGen{url: "http://" + sys.Addr["orders"] + "/orders", customers: f.customers}
 	loadCtx, stopLoad := context.WithTimeout(ctx, f.duration)
 	defer stopLoad()
-	loadErr := make(chan error, 1)
-	go func() { loadErr <- placeOrders(loadCtx, orders, f.rate, &placed) }()
+	loadDone := make(chan error, 1)
+	go func() { loadDone <- load.run(loadCtx, f.rate) }()
 
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
+	bg := context.WithoutCancel(ctx)
 	start := time.Now()
 	report := func() {
-		backlog, age, _ := orders.OutboxStats(context.WithoutCancel(ctx))
-		dls, _ := shipping.DeadLetters(context.WithoutCancel(ctx), herald.DeadLetterFilter{})
-		fmt.Fprintf(out, "%5.1fs  placed %6d  shipped %6d  outbox %4d (oldest %v)  dead letters %d\n",
-			time.Since(start).Seconds(), placed.Load(), shipped.Load(), backlog, age.Round(time.Millisecond), len(dls))
+		counts, _ := sys.Orders.CountByStatus(bg)
+		shipped := counts[orders.StatusShipped]
+		fmt.Fprintf(out, "%5.1fs  placed %6d  confirmed %6d  scheduled %6d  shipped %6d  rejected %d  dead letters %d\n",
+			time.Since(start).Seconds(), load.placed.Load(), counts[orders.StatusConfirmed]+counts[orders.StatusScheduled]+shipped,
+			counts[orders.StatusScheduled]+shipped, shipped, load.failed.Load(), deadLetters(bg, sys))
 	}
-	for done := false; !done; {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for waiting := true; waiting; {
 		select {
-		case err := <-loadErr:
+		case err := <-loadDone:
 			if err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
 				return err
 			}
-			done = true
+			waiting = false
 		case <-tick.C:
 			report()
 		}
 	}
-	// Drain: wait for the last orders to reach shipping.
-	drainCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), f.timeout)
-	defer cancel()
-	for shipped.Load() < placed.Load() && drainCtx.Err() == nil {
+	fmt.Fprintln(out, "load done; waiting for the last orders to be shipped")
+	deadline := time.Now().Add(f.drain)
+	for time.Now().Before(deadline) {
+		counts, _ := sys.Orders.CountByStatus(bg)
+		if counts[orders.StatusShipped] >= int(load.placed.Load()) {
+			break
+		}
 		select {
-		case <-drainCtx.Done():
-		case <-time.After(20 * time.Millisecond):
+		case <-tick.C:
+			report()
+		case <-time.After(50 * time.Millisecond):
 		}
 	}
 	report()
-	return verifyDemo(context.WithoutCancel(ctx), out, ordersDB, shippingDB, shipping, time.Since(start))
+	return verifyDemo(bg, out, sys, load, time.Since(start))
 }
 
-// placeOrders places rate orders per second until ctx ends.
-func placeOrders(ctx context.Context, orders *herald.Service, rate int, placed *atomic.Int64) error {
+// loadGen places orders over HTTP, the way a client would.
+type loadGen struct {
+	url       string
+	customers int
+	placed    atomic.Int64
+	failed    atomic.Int64
+	mu        sync.Mutex
+	bought    map[[2]string]bool // (customer, product) pairs ordered
+}
+
+var products = func() []string {
+	var ps []string
+	for p := range orders.Catalog {
+		ps = append(ps, p)
+	}
+	return ps
+}()
+
+func (l *loadGen) run(ctx context.Context, rate int) error {
+	client := &http.Client{Timeout: 10 * time.Second}
 	interval := time.Second / time.Duration(rate)
 	next := time.Now()
-	for i := 1; ; i++ {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	sem := make(chan struct{}, 64) // bounded concurrency
+	for {
 		next = next.Add(interval)
 		if d := time.Until(next); d > 0 {
 			select {
@@ -217,69 +188,121 @@ func placeOrders(ctx context.Context, orders *herald.Service, rate int, placed *
 		} else if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		id := fmt.Sprintf("order-%06d", i)
-		customer := fmt.Sprintf("customer-%03d", i%50)
-		err := orders.Do(ctx, func(tx herald.Tx) error {
-			if _, err := tx.SQL().ExecContext(ctx, `INSERT INTO orders (id, customer, total) VALUES (?, ?, ?)`, id, customer, 1000+i%97); err != nil {
-				return err
-			}
-			return herald.Record(tx, demoOrderPlaced, orderPlaced{OrderID: id, Customer: customer, Total: 1000 + i%97})
-		})
-		if err != nil {
-			return err
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
 		}
-		placed.Add(1)
+		wg.Go(func() {
+			defer func() { <-sem }()
+			l.placeOne(context.WithoutCancel(ctx), client)
+		})
 	}
 }
 
-// verifyDemo checks, from the services' own tables, that every order was
-// shipped exactly once.
-func verifyDemo(ctx context.Context, out io.Writer, ordersDB, shippingDB *store.Store, shipping *herald.Service, elapsed time.Duration) error {
-	var nOrders, nShipments, missing int
-	if err := ordersDB.DB().QueryRowContext(ctx, `SELECT COUNT(*) FROM orders`).Scan(&nOrders); err != nil {
-		return err
+func (l *loadGen) placeOne(ctx context.Context, client *http.Client) {
+	c := rand.IntN(l.customers)
+	req := orders.PlaceRequest{CustomerID: fmt.Sprintf("c-%04d", c), Email: fmt.Sprintf("customer%04d@example.com", c)}
+	perm := rand.Perm(len(products))
+	for _, i := range perm[:1+rand.IntN(3)] {
+		req.Items = append(req.Items, struct {
+			ProductID string `json:"product_id"`
+			Quantity  int    `json:"quantity"`
+		}{products[i], 1 + rand.IntN(3)})
 	}
-	if err := shippingDB.DB().QueryRowContext(ctx, `SELECT COUNT(*) FROM shipments`).Scan(&nShipments); err != nil {
-		return err
+	body, _ := json.Marshal(req)
+	hreq, _ := http.NewRequestWithContext(ctx, http.MethodPost, l.url, bytes.NewReader(body))
+	hreq.Header.Set("Content-Type", "application/json")
+	resp, err := client.Do(hreq)
+	if err != nil {
+		l.failed.Add(1)
+		return
 	}
-	// orders and shipping have separate databases: compare the id sets.
-	rows, err := ordersDB.DB().QueryContext(ctx, `SELECT id FROM orders`)
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		l.failed.Add(1)
+		return
+	}
+	l.placed.Add(1)
+	l.mu.Lock()
+	if l.bought == nil {
+		l.bought = map[[2]string]bool{}
+	}
+	for _, it := range req.Items {
+		l.bought[[2]string{req.CustomerID, it.ProductID}] = true
+	}
+	l.mu.Unlock()
+}
+
+func deadLetters(ctx context.Context, sys *shop.System) int {
+	n := 0
+	for _, s := range []*herald.Service{sys.Orders.Service, sys.Shipping.Service, sys.Reviews.Service} {
+		dls, _ := s.DeadLetters(ctx, herald.DeadLetterFilter{})
+		n += len(dls)
+	}
+	return n
+}
+
+// verifyDemo checks, from each service's own tables, that every order
+// reached every expected state.
+func verifyDemo(ctx context.Context, out io.Writer, sys *shop.System, load *loadGen, elapsed time.Duration) error {
+	counts, err := sys.Orders.CountByStatus(ctx)
 	if err != nil {
 		return err
 	}
-	ids := map[string]bool{}
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			rows.Close()
+	total := 0
+	for _, n := range counts {
+		total += n
+	}
+	dispatched, err := sys.Shipping.Count(ctx, "dispatched")
+	if err != nil {
+		return err
+	}
+	unverified := 0
+	load.mu.Lock()
+	pairs := len(load.bought)
+	for p := range load.bought {
+		ok, err := sys.Reviews.IsVerified(ctx, p[0], p[1])
+		if err != nil {
+			load.mu.Unlock()
 			return err
 		}
-		ids[id] = true
-	}
-	rows.Close()
-	rows, err = shippingDB.DB().QueryContext(ctx, `SELECT order_id FROM shipments`)
-	if err != nil {
-		return err
-	}
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			rows.Close()
-			return err
+		if !ok {
+			unverified++
 		}
-		delete(ids, id)
 	}
-	rows.Close()
-	missing = len(ids)
-	dls, err := shipping.DeadLetters(ctx, herald.DeadLetterFilter{})
-	if err != nil {
-		return err
+	load.mu.Unlock()
+	dl := deadLetters(ctx, sys)
+	placed := int(load.placed.Load())
+	fmt.Fprintf(out, "\nsummary after %.1fs:\n", elapsed.Seconds())
+	fmt.Fprintf(out, "  orders placed over HTTP  %d (%d requests failed)\n", placed, load.failed.Load())
+	fmt.Fprintf(out, "  orders in orders' table  %d, shipped %d\n", total, counts[orders.StatusShipped])
+	fmt.Fprintf(out, "  shipments dispatched     %d\n", dispatched)
+	fmt.Fprintf(out, "  verified buyers          %d of %d (customer, product) pairs\n", pairs-unverified, pairs)
+	fmt.Fprintf(out, "  dead letters             %d\n", dl)
+	var problems []string
+	if total != placed {
+		problems = append(problems, fmt.Sprintf("%d orders accepted but %d in the table", placed, total))
 	}
-	fmt.Fprintf(out, "\nsummary: %d orders placed, %d shipments scheduled, %d missing, %d dead letters, %.0f orders/s\n",
-		nOrders, nShipments, missing, len(dls), float64(nOrders)/elapsed.Seconds())
-	if missing > 0 || nShipments != nOrders || len(dls) > 0 {
-		return fmt.Errorf("demo incomplete: %d of %d orders not shipped, %d dead letters", missing, nOrders, len(dls))
+	if counts[orders.StatusShipped] != placed {
+		problems = append(problems, fmt.Sprintf("%d of %d orders not shipped", placed-counts[orders.StatusShipped], placed))
 	}
-	fmt.Fprintln(out, "every order was shipped exactly once")
+	if dispatched != placed {
+		problems = append(problems, fmt.Sprintf("%d shipments dispatched for %d orders", dispatched, placed))
+	}
+	if unverified > 0 {
+		problems = append(problems, fmt.Sprintf("%d buyers not verified", unverified))
+	}
+	if dl > 0 {
+		problems = append(problems, fmt.Sprintf("%d dead letters", dl))
+	}
+	if load.failed.Load() > 0 {
+		problems = append(problems, fmt.Sprintf("%d order requests failed", load.failed.Load()))
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("demo incomplete: %v", problems)
+	}
+	fmt.Fprintln(out, "every order was confirmed, scheduled, dispatched and shipped; every buyer verified")
 	return nil
 }

@@ -1,0 +1,167 @@
+// Package shop runs the reference system — orders, shipping, notifications
+// and reviews — in one process, each service with its own database and HTTP
+// API on loopback, all on one broker. herald demo and the tests use it; each
+// service also runs as its own process (examples/shop/<service>).
+package shop
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"time"
+
+	"github.com/heraldhq/herald"
+	"github.com/heraldhq/herald/broker"
+	"github.com/heraldhq/herald/examples/shop/service/orders"
+	"github.com/heraldhq/herald/examples/shop/service/reviews"
+	"github.com/heraldhq/herald/examples/shop/service/shipping"
+	"github.com/heraldhq/herald/store"
+	"github.com/heraldhq/herald/store/postgres"
+	"github.com/heraldhq/herald/store/sqlite"
+)
+
+// Config says where the system keeps its state and how it behaves.
+type Config struct {
+	// Broker carries the integration and notification events (required).
+	Broker broker.Broker
+	// DataDir holds one SQLite file per service (used unless Postgres is set).
+	DataDir string
+	// Postgres, when set, maps each service name to its own database URL.
+	Postgres map[string]string
+	// DispatchDelay is how long shipping waits before dispatching (default 200ms).
+	DispatchDelay time.Duration
+	// Logger (default: warnings and errors to slog.Default()).
+	Logger *slog.Logger
+	// Listen is the host the HTTP APIs listen on (default 127.0.0.1, random ports).
+	Listen string
+}
+
+// System is the running shop.
+type System struct {
+	Orders   *orders.Service
+	Shipping *shipping.Service
+	Reviews  *reviews.Service
+	// Addr maps each service name to its HTTP address (host:port).
+	Addr map[string]string
+
+	stores  []*store.Store
+	servers []*http.Server
+	closers []func() error
+}
+
+// Services names the shop's services in start order.
+var Services = []string{"orders", "shipping", "reviews"}
+
+// OpenStore opens the database of service as cfg says.
+func OpenStore(ctx context.Context, cfg Config, service string) (*store.Store, error) {
+	if url, ok := cfg.Postgres[service]; ok {
+		return postgres.Open(ctx, url)
+	}
+	if cfg.DataDir == "" {
+		return nil, errors.New("shop: set DataDir or Postgres")
+	}
+	return sqlite.Open(ctx, filepath.Join(cfg.DataDir, service+".db"))
+}
+
+// Start opens the databases, builds and starts the services and their HTTP
+// APIs. Close stops everything.
+func Start(ctx context.Context, cfg Config) (_ *System, err error) {
+	if cfg.Broker == nil {
+		return nil, errors.New("shop: Config.Broker is required")
+	}
+	if cfg.DispatchDelay == 0 {
+		cfg.DispatchDelay = 200 * time.Millisecond
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Listen == "" {
+		cfg.Listen = "127.0.0.1"
+	}
+	s := &System{Addr: map[string]string{}}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	open := func(name string) (*store.Store, error) {
+		st, err := OpenStore(ctx, cfg, name)
+		if err == nil {
+			s.stores = append(s.stores, st)
+		}
+		return st, err
+	}
+	opts := []herald.Option{herald.WithBroker(cfg.Broker), herald.WithLogger(cfg.Logger)}
+
+	st, err := open("orders")
+	if err != nil {
+		return nil, err
+	}
+	if s.Orders, err = orders.New(ctx, st, opts...); err != nil {
+		return nil, err
+	}
+	if st, err = open("shipping"); err != nil {
+		return nil, err
+	}
+	if s.Shipping, err = shipping.New(ctx, st, cfg.DispatchDelay, opts...); err != nil {
+		return nil, err
+	}
+	if st, err = open("reviews"); err != nil {
+		return nil, err
+	}
+	if s.Reviews, err = reviews.New(ctx, st, opts...); err != nil {
+		return nil, err
+	}
+	type runner interface {
+		Start(context.Context) error
+		Close() error
+		Handler() http.Handler
+	}
+	for _, r := range []struct {
+		name string
+		svc  runner
+	}{{"orders", s.Orders}, {"shipping", s.Shipping}, {"reviews", s.Reviews}} {
+		if err := r.svc.Start(ctx); err != nil {
+			return nil, fmt.Errorf("shop: start %s: %w", r.name, err)
+		}
+		s.closers = append(s.closers, r.svc.Close)
+		addr, err := s.serve(cfg.Listen, r.svc.Handler())
+		if err != nil {
+			return nil, fmt.Errorf("shop: %s HTTP: %w", r.name, err)
+		}
+		s.Addr[r.name] = addr
+	}
+	return s, nil
+}
+
+func (s *System) serve(host string, h http.Handler) (string, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		return "", err
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	s.servers = append(s.servers, srv)
+	go func() { _ = srv.Serve(l) }()
+	return l.Addr().String(), nil
+}
+
+// Close stops the HTTP servers, the services and closes the databases.
+func (s *System) Close() error {
+	var errs []error
+	for _, srv := range s.servers {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		errs = append(errs, srv.Shutdown(ctx))
+		cancel()
+	}
+	for i := len(s.closers) - 1; i >= 0; i-- {
+		errs = append(errs, s.closers[i]())
+	}
+	for _, st := range s.stores {
+		errs = append(errs, st.Close())
+	}
+	return errors.Join(errs...)
+}
