@@ -105,3 +105,6 @@ func Count(t testing.TB, s *store.Store, table, where string, args ...any) int {
 	}
 	return n
 }
+
+// PostgresEnabled reports whether HERALD_TEST_POSTGRES_URL is set.
+func PostgresEnabled() bool { return os.Getenv(EnvPostgres) != "" }

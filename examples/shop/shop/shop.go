@@ -67,21 +67,26 @@ func OpenStore(ctx context.Context, cfg Config, service string) (*store.Store, e
 	return sqlite.Open(ctx, filepath.Join(cfg.DataDir, service+".db"))
 }
 
+func (c Config) withDefaults() Config {
+	if c.DispatchDelay == 0 {
+		c.DispatchDelay = 200 * time.Millisecond
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Listen == "" {
+		c.Listen = "127.0.0.1"
+	}
+	return c
+}
+
 // Start opens the databases, builds and starts the services and their HTTP
 // APIs. Close stops everything.
 func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 	if cfg.Broker == nil {
 		return nil, errors.New("shop: Config.Broker is required")
 	}
-	if cfg.DispatchDelay == 0 {
-		cfg.DispatchDelay = 200 * time.Millisecond
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
-	if cfg.Listen == "" {
-		cfg.Listen = "127.0.0.1"
-	}
+	cfg = cfg.withDefaults()
 	s := &System{Addr: map[string]string{}}
 	defer func() {
 		if err != nil {
@@ -95,51 +100,59 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 		}
 		return st, err
 	}
-	opts := []herald.Option{herald.WithBroker(cfg.Broker), herald.WithLogger(cfg.Logger)}
-
-	st, err := open("orders")
-	if err != nil {
-		return nil, err
-	}
-	if s.Orders, err = orders.New(ctx, st, opts...); err != nil {
-		return nil, err
-	}
-	if st, err = open("shipping"); err != nil {
-		return nil, err
-	}
-	if s.Shipping, err = shipping.New(ctx, st, cfg.DispatchDelay, opts...); err != nil {
-		return nil, err
-	}
-	if st, err = open("reviews"); err != nil {
-		return nil, err
-	}
-	if s.Reviews, err = reviews.New(ctx, st, opts...); err != nil {
-		return nil, err
-	}
-	type runner interface {
-		Start(context.Context) error
-		Close() error
-		Handler() http.Handler
-	}
-	for _, r := range []struct {
-		name string
-		svc  runner
-	}{{"orders", s.Orders}, {"shipping", s.Shipping}, {"reviews", s.Reviews}} {
-		if err := r.svc.Start(ctx); err != nil {
-			return nil, fmt.Errorf("shop: start %s: %w", r.name, err)
-		}
-		s.closers = append(s.closers, r.svc.Close)
-		addr, err := s.serve(cfg.Listen, r.svc.Handler())
+	for _, name := range Services {
+		st, err := open(name)
 		if err != nil {
-			return nil, fmt.Errorf("shop: %s HTTP: %w", r.name, err)
+			return nil, err
 		}
-		s.Addr[r.name] = addr
+		svc, err := NewService(ctx, name, st, cfg)
+		if err != nil {
+			return nil, err
+		}
+		switch v := svc.(type) {
+		case *orders.Service:
+			s.Orders = v
+		case *shipping.Service:
+			s.Shipping = v
+		case *reviews.Service:
+			s.Reviews = v
+		}
+		if err := svc.Start(ctx); err != nil {
+			return nil, fmt.Errorf("shop: start %s: %w", name, err)
+		}
+		s.closers = append(s.closers, svc.Close)
+		addr, err := s.serve(cfg.Listen+":0", svc.Handler())
+		if err != nil {
+			return nil, fmt.Errorf("shop: %s HTTP: %w", name, err)
+		}
+		s.Addr[name] = addr
 	}
 	return s, nil
 }
 
-func (s *System) serve(host string, h http.Handler) (string, error) {
-	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+// Runner is one shop service.
+type Runner interface {
+	Start(context.Context) error
+	Close() error
+	Handler() http.Handler
+}
+
+// NewService builds the shop service name on st.
+func NewService(ctx context.Context, name string, st *store.Store, cfg Config) (Runner, error) {
+	opts := []herald.Option{herald.WithBroker(cfg.Broker), herald.WithLogger(cfg.Logger)}
+	switch name {
+	case "orders":
+		return orders.New(ctx, st, opts...)
+	case "shipping":
+		return shipping.New(ctx, st, cfg.DispatchDelay, opts...)
+	case "reviews":
+		return reviews.New(ctx, st, opts...)
+	}
+	return nil, fmt.Errorf("shop: unknown service %q (want one of %v)", name, Services)
+}
+
+func (s *System) serve(addr string, h http.Handler) (string, error) {
+	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return "", err
 	}
