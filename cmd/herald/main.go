@@ -32,7 +32,7 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newDemo(), newDev(), newVersion())
+	root.AddCommand(newDemo(), newDev(), newDLQ(), newVersion())
 	return root
 }
 

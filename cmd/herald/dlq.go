@@ -1,0 +1,310 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+	"unicode/utf8"
+
+	"github.com/heraldhq/herald"
+	"github.com/heraldhq/herald/broker/natsjs"
+	"github.com/heraldhq/herald/store"
+	"github.com/heraldhq/herald/store/postgres"
+	"github.com/heraldhq/herald/store/sqlite"
+	"github.com/spf13/cobra"
+)
+
+// storeFlags are the flags every command that reads a service's database
+// shares, with their environment variables.
+type storeFlags struct {
+	service  string
+	db       string
+	postgres string
+	nats     string
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+func (f *storeFlags) register(cmd *cobra.Command) {
+	p := cmd.PersistentFlags()
+	p.StringVar(&f.service, "service", envOr("HERALD_SERVICE", ""), "the service whose dead letters to use (env HERALD_SERVICE)")
+	p.StringVar(&f.db, "db", envOr("HERALD_DB", ""), "the service's SQLite database file (env HERALD_DB)")
+	p.StringVar(&f.postgres, "postgres", envOr("HERALD_POSTGRES_URL", ""), "the service's PostgreSQL URL, instead of --db (env HERALD_POSTGRES_URL)")
+	p.StringVar(&f.nats, "nats", envOr("HERALD_NATS_URL", ""), "NATS URLs, comma-separated, for replay (env HERALD_NATS_URL)")
+}
+
+func (f *storeFlags) openStore(ctx context.Context) (*store.Store, error) {
+	switch {
+	case f.service == "":
+		return nil, errors.New("which service? pass --service NAME (or set HERALD_SERVICE)")
+	case f.postgres != "" && f.db != "":
+		return nil, errors.New("pass --db or --postgres, not both")
+	case f.postgres != "":
+		return postgres.Open(ctx, f.postgres)
+	case f.db != "":
+		if _, err := os.Stat(f.db); err != nil {
+			return nil, fmt.Errorf("--db %s: %w (pass the service's database file)", f.db, err)
+		}
+		return sqlite.Open(ctx, f.db)
+	}
+	return nil, errors.New("where is the service's database? pass --db FILE or --postgres URL (or set HERALD_DB / HERALD_POSTGRES_URL)")
+}
+
+type dlqFilter struct {
+	subscription, typ, reason string
+	ids                       []int64
+	limit                     int
+	all                       bool
+}
+
+func (d *dlqFilter) register(cmd *cobra.Command, withAll bool) {
+	fl := cmd.Flags()
+	fl.StringVar(&d.subscription, "subscription", "", "only this subscription")
+	fl.StringVar(&d.typ, "type", "", "only this event type")
+	fl.StringVar(&d.reason, "reason", "", "only this reason: malformed, unknown-type, version, exhausted, permanent")
+	fl.Int64SliceVar(&d.ids, "id", nil, "only these dead-letter ids (repeatable)")
+	fl.IntVar(&d.limit, "limit", 0, "at most this many (0: no limit)")
+	if withAll {
+		fl.BoolVar(&d.all, "all", false, "every dead letter of the service (required when no other filter is given)")
+	}
+}
+
+func (d *dlqFilter) filter(requireSome bool) (herald.DeadLetterFilter, error) {
+	f := herald.DeadLetterFilter{Subscription: d.subscription, Type: d.typ, Reason: d.reason, IDs: d.ids, Limit: d.limit}
+	empty := d.subscription == "" && d.typ == "" && d.reason == "" && len(d.ids) == 0
+	if requireSome && empty && !d.all {
+		return f, errors.New("say which dead letters: --id, --subscription, --type, --reason, or --all")
+	}
+	return f, nil
+}
+
+func newDLQ() *cobra.Command {
+	var sf storeFlags
+	cmd := &cobra.Command{
+		Use:   "dlq",
+		Short: "List, inspect, replay and purge a service's dead letters",
+		Long: `dlq works on the dead letters of one service, read from its database. A dead
+letter keeps the message exactly as it arrived, the reason (malformed,
+unknown-type, version, exhausted, permanent), the attempts and the last error.
+Replay re-delivers each dead letter to the subscription that gave up on it, and
+to no other, through the broker; purge deletes them.`,
+		Example: `  herald dlq list --service shipping --db shipping.db
+  herald dlq show 42 --service shipping --db shipping.db
+  herald dlq replay --service shipping --db shipping.db --reason exhausted --dry-run
+  herald dlq replay --service shipping --db shipping.db --all --nats nats://127.0.0.1:4333
+  herald dlq purge --service shipping --postgres postgres://... --reason malformed`,
+	}
+	sf.register(cmd)
+
+	var lf dlqFilter
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List dead letters, oldest first",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			svc, closeFn, err := openService(cmd.Context(), &sf, false)
+			if err != nil {
+				return err
+			}
+			defer closeFn()
+			f, _ := lf.filter(false)
+			dls, err := svc.DeadLetters(cmd.Context(), f)
+			if err != nil {
+				return err
+			}
+			printDeadLetters(cmd.OutOrStdout(), dls)
+			return nil
+		},
+	}
+	lf.register(list, false)
+
+	show := &cobra.Command{
+		Use:   "show ID",
+		Short: "Show one dead letter with its headers and data",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := strconv.ParseInt(args[0], 10, 64)
+			if err != nil {
+				return fmt.Errorf("dead-letter id %q is not a number", args[0])
+			}
+			svc, closeFn, err := openService(cmd.Context(), &sf, false)
+			if err != nil {
+				return err
+			}
+			defer closeFn()
+			d, err := svc.DeadLetter(cmd.Context(), id)
+			if err != nil {
+				return err
+			}
+			return showDeadLetter(cmd.OutOrStdout(), d)
+		},
+	}
+
+	var rf dlqFilter
+	var dry bool
+	replay := &cobra.Command{
+		Use:   "replay",
+		Short: "Re-deliver dead letters to their subscriptions (--dry-run shows what would be replayed)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			f, err := rf.filter(true)
+			if err != nil {
+				return err
+			}
+			svc, closeFn, err := openService(cmd.Context(), &sf, !dry)
+			if err != nil {
+				return err
+			}
+			defer closeFn()
+			if dry {
+				dls, err := svc.DeadLetters(cmd.Context(), f)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "would replay %d dead letters:\n", len(dls))
+				printDeadLetters(cmd.OutOrStdout(), dls)
+				return nil
+			}
+			done, err := svc.ReplayDeadLetters(cmd.Context(), f, false)
+			fmt.Fprintf(cmd.OutOrStdout(), "replayed %d dead letters\n", len(done))
+			return err
+		},
+	}
+	rf.register(replay, true)
+	replay.Flags().BoolVar(&dry, "dry-run", false, "only show what would be replayed")
+
+	var pf dlqFilter
+	var pdry bool
+	purge := &cobra.Command{
+		Use:   "purge",
+		Short: "Delete dead letters (--dry-run shows what would be deleted)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			f, err := pf.filter(true)
+			if err != nil {
+				return err
+			}
+			svc, closeFn, err := openService(cmd.Context(), &sf, false)
+			if err != nil {
+				return err
+			}
+			defer closeFn()
+			if pdry {
+				dls, err := svc.DeadLetters(cmd.Context(), f)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "would purge %d dead letters:\n", len(dls))
+				printDeadLetters(cmd.OutOrStdout(), dls)
+				return nil
+			}
+			n, err := svc.PurgeDeadLetters(cmd.Context(), f)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "purged %d dead letters\n", n)
+			return nil
+		},
+	}
+	pf.register(purge, true)
+	purge.Flags().BoolVar(&pdry, "dry-run", false, "only show what would be purged")
+
+	cmd.AddCommand(list, show, replay, purge)
+	return cmd
+}
+
+// openService opens the service's store (and, for replay, its broker) and
+// returns a herald.Service on them that is never started.
+func openService(ctx context.Context, sf *storeFlags, withBroker bool) (*herald.Service, func(), error) {
+	st, err := sf.openStore(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	opts := []herald.Option{herald.WithStore(st)}
+	var b *natsjs.Broker
+	if withBroker {
+		if sf.nats == "" {
+			st.Close()
+			return nil, nil, errors.New("replay goes through the broker: pass --nats nats://HOST:PORT (or set HERALD_NATS_URL)")
+		}
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		b, err = natsjs.Connect(cctx, strings.Split(sf.nats, ","))
+		if err != nil {
+			st.Close()
+			return nil, nil, fmt.Errorf("connect to NATS at %s: %w", sf.nats, err)
+		}
+		opts = append(opts, herald.WithBroker(b))
+	}
+	svc, err := herald.New(sf.service, opts...)
+	if err != nil {
+		st.Close()
+		if b != nil {
+			b.Close()
+		}
+		return nil, nil, err
+	}
+	return svc, func() {
+		svc.Close()
+		if b != nil {
+			b.Close()
+		}
+		st.Close()
+	}, nil
+}
+
+func printDeadLetters(w io.Writer, dls []herald.DeadLetter) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tTIME\tSUBSCRIPTION\tTYPE\tVERSION\tREASON\tATTEMPTS\tLAST ERROR")
+	for _, d := range dls {
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\t%d\t%s\n", d.ID, d.Time.Format(time.RFC3339), d.Subscription, orDash(d.Type),
+			d.Version, d.Reason, d.Attempts, clip(d.LastError, 80))
+	}
+	tw.Flush()
+	if len(dls) == 0 {
+		fmt.Fprintln(w, "(no dead letters)")
+	}
+}
+
+func showDeadLetter(w io.Writer, d herald.DeadLetter) error {
+	data := any(string(d.Data))
+	if !utf8.Valid(d.Data) {
+		data = d.Data // JSON encodes it as base64
+	} else if json.Valid(d.Data) {
+		data = json.RawMessage(d.Data)
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(map[string]any{
+		"id": d.ID, "service": d.Service, "subscription": d.Subscription, "event_id": d.EventID,
+		"type": d.Type, "version": d.Version, "reason": d.Reason, "last_error": d.LastError,
+		"attempts": d.Attempts, "time": d.Time, "header": d.Header, "data": data,
+	})
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func clip(s string, n int) string {
+	s = strings.ReplaceAll(s, "\n", " ")
+	if len(s) > n {
+		return s[:n-1] + "…"
+	}
+	return s
+}

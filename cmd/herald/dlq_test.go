@@ -1,0 +1,85 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/heraldhq/herald/envelope"
+	"github.com/heraldhq/herald/store"
+	"github.com/heraldhq/herald/store/sqlite"
+)
+
+func runCLI(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	var out bytes.Buffer
+	cmd := newRoot()
+	cmd.SetOut(&out)
+	cmd.SetErr(&out)
+	cmd.SetArgs(args)
+	err := cmd.ExecuteContext(context.Background())
+	return out.String(), err
+}
+
+func TestDLQCommands(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "shipping.db")
+	ctx := context.Background()
+	st, err := sqlite.Open(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &envelope.Envelope{ID: envelope.NewID(time.Now()), Type: "shop.order.confirmed", Version: 1, Kind: envelope.KindIntegration,
+		Source: "orders", Time: time.Now(), DataContentType: "application/json", Data: []byte(`{"order_id":"o-1"}`)}
+	h, body := envelope.ToBinary(e)
+	for _, d := range []store.DeadLetter{
+		{Service: "shipping", Subscription: "schedule", EventID: e.ID, Type: e.Type, Version: 1, Reason: store.ReasonExhausted, LastError: "db down", Attempts: 5, Header: h, Data: body},
+		{Service: "shipping", Subscription: "schedule", Reason: store.ReasonMalformed, LastError: "bad specversion", Header: map[string]string{}, Data: []byte{0xff, 0x00}},
+		{Service: "orders", Subscription: "track", Reason: store.ReasonPermanent, LastError: "other service", Header: map[string]string{}, Data: []byte("x")},
+	} {
+		if _, err := st.AddDeadLetter(ctx, nil, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st.Close()
+	base := []string{"--service", "shipping", "--db", db}
+
+	out, err := runCLI(t, append([]string{"dlq", "list"}, base...)...)
+	if err != nil || !strings.Contains(out, "exhausted") || !strings.Contains(out, "malformed") || strings.Contains(out, "other service") {
+		t.Fatalf("list: %v\n%s", err, out)
+	}
+	out, err = runCLI(t, append([]string{"dlq", "show", "1"}, base...)...)
+	if err != nil || !strings.Contains(out, `"order_id": "o-1"`) || !strings.Contains(out, `"ce-type": "shop.order.confirmed"`) {
+		t.Fatalf("show: %v\n%s", err, out)
+	}
+	out, err = runCLI(t, append([]string{"dlq", "show", "3"}, base...)...) // belongs to orders
+	if err == nil {
+		t.Fatalf("show of another service's dead letter succeeded:\n%s", out)
+	}
+	out, err = runCLI(t, append([]string{"dlq", "replay", "--dry-run", "--reason", "exhausted"}, base...)...)
+	if err != nil || !strings.Contains(out, "would replay 1 dead letters") {
+		t.Fatalf("replay --dry-run: %v\n%s", err, out)
+	}
+	if _, err = runCLI(t, append([]string{"dlq", "replay", "--all"}, base...)...); err == nil || !strings.Contains(err.Error(), "--nats") {
+		t.Fatalf("replay without --nats: %v", err)
+	}
+	if _, err = runCLI(t, append([]string{"dlq", "purge"}, base...)...); err == nil || !strings.Contains(err.Error(), "--all") {
+		t.Fatalf("purge without a filter: %v", err)
+	}
+	out, err = runCLI(t, append([]string{"dlq", "purge", "--reason", "malformed"}, base...)...)
+	if err != nil || !strings.Contains(out, "purged 1 dead letters") {
+		t.Fatalf("purge: %v\n%s", err, out)
+	}
+	out, err = runCLI(t, append([]string{"dlq", "list"}, base...)...)
+	if err != nil || strings.Contains(out, "malformed") || !strings.Contains(out, "exhausted") {
+		t.Fatalf("list after purge: %v\n%s", err, out)
+	}
+	if _, err = runCLI(t, "dlq", "list", "--service", "shipping"); err == nil || !strings.Contains(err.Error(), "--db") {
+		t.Fatalf("list without a database: %v", err)
+	}
+	if _, err = runCLI(t, "dlq", "list", "--service", "shipping", "--db", filepath.Join(t.TempDir(), "missing.db")); err == nil || !strings.Contains(err.Error(), "missing.db") {
+		t.Fatalf("list of a missing file: %v", err)
+	}
+}
