@@ -26,6 +26,14 @@ type item struct {
 	touched  time.Time // last time the broker heard of it
 }
 
+// handledItem is the outcome of one handler run, reported after commit.
+type handledItem struct {
+	it      *item
+	outcome string
+	d       time.Duration
+	err     error
+}
+
 // consumer runs one subscription: it keeps per-key FIFO queues so that a
 // retrying event holds back only later events of its own key, handles ready
 // events in batched transactions with one savepoint each, and acknowledges
@@ -108,6 +116,9 @@ func (c *consumer) accept(batch []broker.Delivery) {
 		c.seq++
 		it := &item{seq: c.seq, d: d, touched: now}
 		c.classify(it)
+		if c.svc.observing() && it.env != nil {
+			c.svc.observe(context.Background(), Observation{Hop: HopConsume, Subscription: c.sub.name, Event: *it.env, Start: now, Outcome: OutcomeOK})
+		}
 		if it.key == "" {
 			it.key = fmt.Sprintf("\x00%d", it.seq) // keyless events are not ordered
 		}
@@ -235,6 +246,7 @@ func (c *consumer) handleBatch(ctx context.Context, batch []*item) ([]*item, err
 	t := &txn{svc: s, sql: sqlTx}
 	settled := make([]*item, 0, len(batch))
 	var deadLettered []*item
+	var handled []handledItem
 	blocked := map[string]bool{}
 	for _, it := range batch {
 		if blocked[it.key] {
@@ -256,6 +268,7 @@ func (c *consumer) handleBatch(ctx context.Context, batch []*item) ([]*item, err
 			return nil, c.abort(t, err)
 		}
 		var herr error
+		hstart := time.Now()
 		nlog, nout := len(t.log), len(t.outbox)
 		if fresh {
 			it.attempts++
@@ -270,6 +283,13 @@ func (c *consumer) handleBatch(ctx context.Context, batch []*item) ([]*item, err
 				return nil, c.abort(t, err)
 			}
 			settled = append(settled, it)
+			if c.svc.observing() {
+				outcome := OutcomeOK
+				if !fresh {
+					outcome = OutcomeDuplicate
+				}
+				handled = append(handled, handledItem{it, outcome, time.Since(hstart), nil})
+			}
 			continue
 		}
 		// Undo this event only: its rows, its inbox claim and the events
@@ -295,6 +315,9 @@ func (c *consumer) handleBatch(ctx context.Context, batch []*item) ([]*item, err
 		}
 		it.due = time.Now().Add(backoff(it.attempts, c.sub.cfg.retry.BaseDelay, c.sub.cfg.retry.MaxDelay))
 		blocked[it.key] = true
+		if c.svc.observing() {
+			handled = append(handled, handledItem{it, OutcomeRetry, time.Since(hstart), herr})
+		}
 		s.log.Debug("handler failed, will retry", "subscription", c.sub.name, "event", it.env.ID,
 			"attempt", it.attempts, "retry_at", it.due, "err", herr)
 	}
@@ -311,6 +334,21 @@ func (c *consumer) handleBatch(ctx context.Context, batch []*item) ([]*item, err
 	}
 	for _, it := range deadLettered {
 		c.publishDeadLetter(ctx, it)
+	}
+	if c.svc.observing() {
+		now := time.Now()
+		for _, h := range handled {
+			c.svc.observe(ctx, Observation{Hop: HopHandle, Subscription: c.sub.name, Event: *h.it.env, Start: now.Add(-h.d),
+				Duration: h.d, Outcome: h.outcome, Attempt: h.it.attempts, Err: h.err})
+		}
+		for _, it := range deadLettered {
+			o := Observation{Hop: HopDeadLetter, Subscription: c.sub.name, Start: now, Outcome: OutcomeError,
+				Reason: it.reason, Attempt: it.attempts, Err: fmt.Errorf("%s", it.lastErr)}
+			if it.env != nil {
+				o.Event = *it.env
+			}
+			c.svc.observe(ctx, o)
+		}
 	}
 	return settled, nil
 }

@@ -156,7 +156,18 @@ func (s *Service) relayOnce(ctx context.Context, batch int) (int, error) {
 	for i, r := range rows {
 		events[i] = r.Event
 	}
+	start := time.Now()
 	errs := s.broker.Publish(ctx, events)
+	if s.observing() {
+		d := time.Since(start)
+		for i, e := range events {
+			o := Observation{Hop: HopPublish, Event: *e, Start: start, Duration: d, Outcome: OutcomeOK}
+			if errs[i] != nil {
+				o.Outcome, o.Err = OutcomeError, errs[i]
+			}
+			s.observe(ctx, o)
+		}
+	}
 	acked := make([]int64, 0, len(rows))
 	var firstErr error
 	for i, r := range rows {

@@ -49,6 +49,7 @@ type config struct {
 	retry           RetryPolicy
 	inboxRetention  time.Duration
 	outboxRetention time.Duration
+	observers       []Observer
 }
 
 // Option configures a Service.

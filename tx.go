@@ -104,7 +104,26 @@ func (s *Service) finish(ctx context.Context, t *txn, err error) error {
 	if len(t.outbox) > 0 {
 		s.signal()
 	}
+	s.observeCommit(ctx, t)
 	return nil
+}
+
+// observeCommit reports the events a transaction committed.
+func (s *Service) observeCommit(ctx context.Context, t *txn) {
+	if !s.observing() {
+		return
+	}
+	now := time.Now()
+	for _, e := range t.log {
+		s.observe(ctx, Observation{Hop: HopRecord, Event: *e, Start: e.Time, Duration: now.Sub(e.Time), Outcome: OutcomeOK})
+	}
+	for _, e := range t.outbox {
+		hop := HopTranslate
+		if e.Kind == KindNotification {
+			hop = HopNotify
+		}
+		s.observe(ctx, Observation{Hop: hop, Event: *e, Start: e.Time, Duration: now.Sub(e.Time), Outcome: OutcomeOK})
+	}
 }
 
 // flush writes the transaction's events to the event log and the outbox.
