@@ -1,0 +1,88 @@
+package herald_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/heraldhq/herald"
+	"github.com/heraldhq/herald/broker/natsjs"
+	"github.com/heraldhq/herald/internal/testdb"
+)
+
+type hopLog struct {
+	mu   sync.Mutex
+	hops map[string][]string // correlation id → "service:hop:outcome"
+}
+
+func (h *hopLog) Observe(_ context.Context, o herald.Observation) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.hops[o.Event.CorrelationID] = append(h.hops[o.Event.CorrelationID], o.Service+":"+string(o.Hop)+":"+o.Outcome)
+}
+
+func TestObserversSeeEveryHop(t *testing.T) {
+	ctx := context.Background()
+	b, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithLogger(quiet))
+	must(t, err)
+	defer b.Close()
+	log := &hopLog{hops: map[string][]string{}}
+	obs := herald.WithObserver(log)
+	prod, err := herald.New("orders", herald.WithStore(testdb.SQLite(t)), herald.WithBroker(b), obs, herald.WithLogger(quiet))
+	must(t, err)
+	must(t, herald.Translate(prod, stepRecorded, orderStepped, func(ctx context.Context, s step) (stepped, error) { return stepped(s), nil }))
+	cons, err := herald.New("shipping", herald.WithStore(testdb.SQLite(t)), herald.WithBroker(b), obs, herald.WithLogger(quiet),
+		herald.WithRetry(herald.RetryPolicy{MaxAttempts: 2, BaseDelay: time.Millisecond, MaxDelay: time.Millisecond}))
+	must(t, err)
+	must(t, herald.Subscribe(cons, orderStepped, "track", func(ctx context.Context, tx herald.Tx, s stepped) error {
+		if s.OrderID == "bad" {
+			return errors.New("nope")
+		}
+		return nil
+	}))
+	must(t, prod.Start(ctx))
+	defer prod.Close()
+	must(t, cons.Start(ctx))
+	defer cons.Close()
+	for _, id := range []string{"good", "bad"} {
+		must(t, prod.Do(herald.WithCorrelationID(ctx, id), func(tx herald.Tx) error {
+			return herald.Record(tx, stepRecorded, step{OrderID: id, N: 1})
+		}))
+	}
+	want := map[string][]string{
+		"good": {"orders:record:ok", "orders:translate:ok", "orders:publish:ok", "shipping:consume:ok", "shipping:handle:ok"},
+		"bad": {"orders:record:ok", "orders:translate:ok", "orders:publish:ok", "shipping:consume:ok", "shipping:handle:retry",
+			"shipping:dead-letter:error"},
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		log.mu.Lock()
+		done := len(log.hops["good"]) >= len(want["good"]) && len(log.hops["bad"]) >= len(want["bad"])
+		log.mu.Unlock()
+		if done || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	log.mu.Lock()
+	defer log.mu.Unlock()
+	for corr, hops := range want {
+		if got := log.hops[corr]; !equal(got, hops) {
+			t.Errorf("%s: hops\n got %v\nwant %v", corr, got, hops)
+		}
+	}
+}
+
+func equal(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
