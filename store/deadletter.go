@@ -43,8 +43,8 @@ type DeadLetterFilter struct {
 	Subscription string
 	Type         string
 	Reason       string
-	IDs          []int64
-	Limit        int // 0 means no limit
+	IDs          []int64 // nil: any id; empty but non-nil: none
+	Limit        int     // 0 means no limit
 }
 
 func (f DeadLetterFilter) where() (string, []any) {
@@ -60,7 +60,10 @@ func (f DeadLetterFilter) where() (string, []any) {
 	add("subscription", f.Subscription)
 	add("type", f.Type)
 	add("reason", f.Reason)
-	if len(f.IDs) > 0 {
+	switch {
+	case f.IDs != nil && len(f.IDs) == 0:
+		conds = append(conds, "1 = 0") // an empty id list selects nothing, never everything
+	case len(f.IDs) > 0:
 		conds = append(conds, "id IN "+int64List(f.IDs))
 	}
 	if len(conds) == 0 {

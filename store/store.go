@@ -59,6 +59,9 @@ var ErrNoListen = errors.New("herald/store: dialect has no commit notifications"
 // in any process, until ctx ends. Dialects without notifications return
 // ErrNoListen at once.
 func (s *Store) Listen(ctx context.Context, fn func(service string)) error {
+	if err := s.live(); err != nil {
+		return err
+	}
 	l, ok := s.d.(Listener)
 	if !ok {
 		return ErrNoListen
@@ -104,6 +107,9 @@ func (s *Store) Rebind(query string) string { return s.d.Rebind(query) }
 func (s *Store) Close() error {
 	if !s.closed.CompareAndSwap(false, true) {
 		return nil
+	}
+	for _, st := range s.stmts {
+		st.Close() // on a shared db they would outlive the store
 	}
 	if s.ownsDB {
 		return s.db.Close()

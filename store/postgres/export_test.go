@@ -1,0 +1,4 @@
+package postgres
+
+// MigrationsFS exposes the embedded migrations to the external tests.
+var MigrationsFS = migrationsFS
