@@ -14,7 +14,8 @@ import (
 
 // item is one delivery held by a consumer until it is settled.
 type item struct {
-	seq      uint64 // arrival order in this consumer
+	seq      uint64 // stream sequence: publish order
+	held     bool   // a first delivery held back while a crashed instance's events return
 	d        broker.Delivery
 	env      *envelope.Envelope // nil when undecodable
 	val      any
@@ -41,15 +42,31 @@ type handledItem struct {
 type consumer struct {
 	svc    *Service
 	sub    *subscription
-	queues map[string][]*item
+	queues map[string][]*item // per key, in stream order
 	held   int
-	seq    uint64
+	seq    uint64 // arrival counter, for transports without sequences
+
+	// After a crash the broker redelivers the dead instance's unacked events
+	// only when their ack wait ends, while new events flow at once. Until
+	// those redeliveries are back (or the wait is surely over), first
+	// deliveries are held so that no event overtakes an older one of its key.
+	recovering   bool
+	awaiting     int
+	recoverUntil time.Time
 }
 
 func (s *Service) consume(ctx context.Context, sub *subscription) {
 	c := &consumer{svc: s, sub: sub, queues: map[string][]*item{}}
 	in := make(chan []broker.Delivery, 8)
 	bsub := s.brokerSubscription(sub)
+	if pc, ok := s.broker.(broker.PendingCounter); ok {
+		if n, err := pc.Pending(ctx, bsub); err == nil && n > 0 {
+			c.recovering, c.awaiting = true, n
+			c.recoverUntil = time.Now().Add(sub.cfg.ackWait + time.Second)
+			s.log.Info("subscription recovering: holding new events until earlier ones are redelivered",
+				"subscription", sub.name, "pending", n, "at_most", sub.cfg.ackWait+time.Second)
+		}
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -99,6 +116,7 @@ func (s *Service) consume(ctx context.Context, sub *subscription) {
 			}
 		case <-tick.C:
 			c.heartbeat()
+			c.checkRecovery()
 		case <-timer:
 		}
 		next := c.round(ctx)
@@ -109,12 +127,22 @@ func (s *Service) consume(ctx context.Context, sub *subscription) {
 	}
 }
 
-// accept decodes deliveries and queues them by key.
+// accept decodes deliveries and queues them by key, in stream order.
 func (c *consumer) accept(batch []broker.Delivery) {
 	now := time.Now()
 	for _, d := range batch {
 		c.seq++
-		it := &item{seq: c.seq, d: d, touched: now}
+		it := &item{seq: d.Sequence(), d: d, touched: now}
+		if it.seq == 0 {
+			it.seq = c.seq
+		}
+		if c.recovering {
+			if d.NumDelivered() > 1 {
+				c.awaiting--
+			} else {
+				it.held = true
+			}
+		}
 		c.classify(it)
 		if c.svc.observing() && it.env != nil {
 			c.svc.observe(context.Background(), Observation{Hop: HopConsume, Subscription: c.sub.name, Event: *it.env, Start: now, Outcome: OutcomeOK})
@@ -122,8 +150,27 @@ func (c *consumer) accept(batch []broker.Delivery) {
 		if it.key == "" {
 			it.key = fmt.Sprintf("\x00%d", it.seq) // keyless events are not ordered
 		}
-		c.queues[it.key] = append(c.queues[it.key], it)
+		q := append(c.queues[it.key], it)
+		for i := len(q) - 1; i > 0 && q[i-1].seq > q[i].seq; i-- {
+			q[i-1], q[i] = q[i], q[i-1] // a redelivery goes back before newer events
+		}
+		c.queues[it.key] = q
 		c.held++
+	}
+	c.checkRecovery()
+}
+
+// checkRecovery ends the hold on first deliveries once the crashed
+// instance's events are back, or their ack wait has surely run out.
+func (c *consumer) checkRecovery() {
+	if !c.recovering || (c.awaiting > 0 && time.Now().Before(c.recoverUntil)) {
+		return
+	}
+	c.recovering = false
+	for _, q := range c.queues {
+		for _, it := range q {
+			it.held = false
+		}
 	}
 }
 
@@ -162,6 +209,9 @@ func (c *consumer) ready(now time.Time, limit int) ([]*item, time.Time) {
 	var next time.Time
 	for _, q := range c.queues {
 		for _, it := range q {
+			if it.held {
+				break
+			}
 			if it.due.After(now) {
 				if next.IsZero() || it.due.Before(next) {
 					next = it.due

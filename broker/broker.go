@@ -73,6 +73,8 @@ type Delivery interface {
 	Subject() string
 	// NumDelivered counts deliveries of this message, starting at 1.
 	NumDelivered() uint64
+	// Sequence is the message's position in its stream: publish order.
+	Sequence() uint64
 	// Ack settles the message as processed; it returns once the broker
 	// confirmed the ack.
 	Ack(ctx context.Context) error
@@ -139,4 +141,13 @@ type Broker interface {
 // the events it still has by their ids and consumers' inboxes drop the rest.
 type LossWindower interface {
 	LossWindow() time.Duration
+}
+
+// PendingCounter is implemented by transports that can tell how many events
+// of a subscription are delivered but not yet acknowledged — after a crash,
+// the events the dead instance held, which the broker redelivers only when
+// their ack wait runs out. herald holds new events back until those arrive, so
+// that order per key survives a consumer crash.
+type PendingCounter interface {
+	Pending(ctx context.Context, sub Subscription) (int, error)
 }

@@ -390,7 +390,13 @@ func (s *suite) publishConsumeInOrder(t *testing.T) {
 	if !multi {
 		t.Logf("note: every batch had one event (%d batches)", len(c.sizes))
 	}
+	var last uint64
 	for _, r := range c.got {
+		if seq := r.d.Sequence(); seq <= last {
+			t.Fatalf("event %s has Sequence %d after %d: want increasing in publish order", r.id, seq, last)
+		} else {
+			last = seq
+		}
 		if r.num != 1 {
 			t.Fatalf("event %s delivered with NumDelivered %d, want 1", r.id, r.num)
 		}

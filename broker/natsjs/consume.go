@@ -157,6 +157,7 @@ type delivery struct {
 	m   jetstream.Msg
 	hdr map[string]string
 	num uint64
+	seq uint64
 }
 
 func (b *Broker) newDelivery(m jetstream.Msg) *delivery {
@@ -170,6 +171,7 @@ func (b *Broker) newDelivery(m jetstream.Msg) *delivery {
 	d := &delivery{b: b, m: m, hdr: hdr, num: 1}
 	if md, err := m.Metadata(); err == nil {
 		d.num = md.NumDelivered
+		d.seq = md.Sequence.Stream
 	}
 	return d
 }
@@ -187,6 +189,31 @@ func (d *delivery) Subject() string { return d.m.Subject() }
 
 // NumDelivered counts deliveries of this message, starting at 1.
 func (d *delivery) NumDelivered() uint64 { return d.num }
+
+// Sequence is the message's stream sequence.
+func (d *delivery) Sequence() uint64 { return d.seq }
+
+// Pending returns how many events of sub are delivered and not yet
+// acknowledged. It implements broker.PendingCounter.
+func (b *Broker) Pending(ctx context.Context, sub broker.Subscription) (int, error) {
+	if err := b.enter(); err != nil {
+		return 0, err
+	}
+	defer b.active.Done()
+	spec, err := b.consumerConfig(sub)
+	if err != nil {
+		return 0, fmt.Errorf("herald/natsjs: pending: %w", err)
+	}
+	cons, err := b.consumer(ctx, spec.stream, spec.cfg.Durable)
+	if err != nil {
+		return 0, err
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("herald/natsjs: pending %s/%s: %w", sub.Service, sub.Name, err)
+	}
+	return info.NumAckPending, nil
+}
 
 // Ack acknowledges the message and waits for the server to confirm it.
 func (d *delivery) Ack(ctx context.Context) error {
