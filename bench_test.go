@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/internal/testdb"
@@ -76,4 +77,67 @@ func benchStore(b *testing.B, dialect string) *store.Store {
 		b.Fatal(err)
 	}
 	return st
+}
+
+// BenchmarkDoOverhead interleaves the bare transaction and the herald
+// transaction of BenchmarkDo on one database, one after the other in every
+// iteration, so both see the same machine; it reports herald's overhead over
+// the bare transaction in percent (the issue's goal: ≤ 25):
+//
+//	go test -run='^$' -bench=BenchmarkDoOverhead -benchtime=3000x .
+func BenchmarkDoOverhead(b *testing.B) {
+	for _, dialect := range testdb.Dialects {
+		b.Run(dialect, func(b *testing.B) {
+			st := benchStore(b, dialect)
+			if _, err := st.DB().Exec(`CREATE TABLE orders_bare (id TEXT PRIMARY KEY, amount INTEGER NOT NULL)`); err != nil {
+				b.Fatal(err)
+			}
+
+			svc, err := herald.New("orders", herald.WithStore(st))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer svc.Close()
+			ev := herald.Domain[placed]("orders.placed")
+			out := herald.Integration[confirmed]("shop.order.confirmed", herald.KeyBy(func(c confirmed) string { return c.OrderID }))
+			if err := herald.Translate(svc, ev, out, func(ctx context.Context, e placed) (confirmed, error) {
+				return confirmed{OrderID: e.OrderID, Total: e.Amount}, nil
+			}); err != nil {
+				b.Fatal(err)
+			}
+			ctx := context.Background()
+			qBare := st.Rebind(`INSERT INTO orders_bare (id, amount) VALUES (?, ?)`)
+			qHerald := st.Rebind(`INSERT INTO orders (id, amount) VALUES (?, ?)`)
+			var bare, withHerald time.Duration
+			b.ResetTimer()
+			for i := range b.N {
+				id := fmt.Sprintf("o-%d", i)
+				t0 := time.Now()
+				tx, err := st.Begin(ctx)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := tx.ExecContext(ctx, qBare, id, i); err != nil {
+					b.Fatal(err)
+				}
+				if err := tx.Commit(); err != nil {
+					b.Fatal(err)
+				}
+				t1 := time.Now()
+				if err := svc.Do(ctx, func(tx herald.Tx) error {
+					if _, err := tx.SQL().ExecContext(ctx, qHerald, id, i); err != nil {
+						return err
+					}
+					return herald.Record(tx, ev, placed{OrderID: id, Amount: i})
+				}); err != nil {
+					b.Fatal(err)
+				}
+				bare += t1.Sub(t0)
+				withHerald += time.Since(t1)
+			}
+			b.ReportMetric(float64(bare.Microseconds())/float64(b.N), "bare-µs/tx")
+			b.ReportMetric(float64(withHerald.Microseconds())/float64(b.N), "herald-µs/tx")
+			b.ReportMetric(100*(float64(withHerald)/float64(bare)-1), "overhead-%")
+		})
+	}
 }
