@@ -1,0 +1,555 @@
+package notify
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sony/gobreaker/v2"
+)
+
+// errShutdown marks a send interrupted by Close.
+var errShutdown = errors.New("notify: notifier closing")
+
+// errUnavailable: every provider of the channel has an open breaker.
+var errUnavailable = errors.New("notify: every provider of the channel is unavailable (circuit open)")
+
+// dispatch claims due rows for idle workers until ctx ends. Workers hand
+// their outcomes to one recorder, which writes whatever has accumulated in
+// one transaction (a group commit: one fsync for many deliveries).
+func (n *Notifier) dispatch(ctx context.Context) {
+	workers := n.cfg.workers
+	jobs := make(chan *row, workers)
+	records := make(chan recordJob, 4*workers)
+	freed := make(chan struct{}, 1)
+	var busy atomic.Int64
+	var ws, rs sync.WaitGroup
+	for range workers {
+		ws.Go(func() {
+			for w := range jobs {
+				records <- n.process(ctx, w)
+				busy.Add(-1)
+				select {
+				case freed <- struct{}{}:
+				default:
+				}
+			}
+		})
+	}
+	rs.Go(func() { n.recorder(records) })
+	defer func() {
+		close(jobs)
+		ws.Wait()
+		close(records)
+		rs.Wait()
+	}()
+
+	poll := time.NewTimer(0)
+	defer poll.Stop()
+	var recheck <-chan time.Time
+	for {
+		free := workers - int(busy.Load())
+		got := 0
+		if free > 0 {
+			rows, err := n.claim(ctx, free)
+			if err != nil && ctx.Err() == nil {
+				n.log.Warn("claim deliveries", "err", err)
+			}
+			for _, w := range rows {
+				busy.Add(1)
+				jobs <- w
+			}
+			got = len(rows)
+		}
+		n.maybePrune(ctx)
+		if got > 0 && got == free {
+			// There may be more: claim again as soon as a worker is free.
+			select {
+			case <-ctx.Done():
+				return
+			case <-freed:
+			}
+			continue
+		}
+		poll.Reset(n.cfg.poll)
+		select {
+		case <-ctx.Done():
+			return
+		case <-n.wake:
+			// The decision that woke us may not have committed yet (it
+			// signals from inside its transaction): look once more shortly.
+			recheck = time.After(20 * time.Millisecond)
+		case <-recheck:
+			recheck = nil
+		case <-freed:
+		case <-poll.C:
+		}
+	}
+}
+
+// claim takes up to limit due rows for this instance, with a lease.
+func (n *Notifier) claim(ctx context.Context, limit int) ([]*row, error) {
+	now := n.now()
+	until := now.Add(n.cfg.lease)
+	token := n.id + "/" + strconv.FormatUint(n.seq.Add(1), 36)
+	tx, err := n.st.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer tx.Rollback()
+	rs, err := n.on(tx).QueryContext(ctx, n.q.claim, token, nanos(until), nanos(until), nanos(now), nanos(now), limit)
+	if err != nil {
+		return nil, err
+	}
+	var out []*row
+	for rs.Next() {
+		w, err := scanRow(rs)
+		if err != nil {
+			rs.Close()
+			return nil, err
+		}
+		out = append(out, w)
+	}
+	rs.Close()
+	if err := rs.Err(); err != nil {
+		return nil, err
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// outcome is how one claimed row ends.
+type outcome struct {
+	state      State
+	reason     string
+	provider   string
+	providerID string
+	lastErr    string
+	called     bool          // a provider was called: the attempt counts
+	retryAfter time.Duration // a provider's Retry-After
+	gone       bool          // suppress the address
+	retry      bool          // try again after a backoff
+	release    bool          // shutdown: back to queued, no attempt
+}
+
+// recordJob is the outcome of one claimed row, to be recorded.
+type recordJob struct {
+	w *row
+	o outcome
+}
+
+// process renders and sends one claimed row.
+func (n *Notifier) process(ctx context.Context, w *row) recordJob {
+	o := n.attempt(ctx, w)
+	if ctx.Err() != nil && o.retry {
+		o = outcome{release: true} // interrupted by Close: not an attempt
+	}
+	return recordJob{w, o}
+}
+
+// recorder records outcomes until in closes, batching what queued up while
+// the previous transaction committed. It records even while closing: the
+// provider may have taken the messages.
+func (n *Notifier) recorder(in <-chan recordJob) {
+	for j := range in {
+		batch := []recordJob{j}
+	more:
+		for len(batch) < 256 {
+			select {
+			case j, ok := <-in:
+				if !ok {
+					break more
+				}
+				batch = append(batch, j)
+			default:
+				break more
+			}
+		}
+		n.recordBatch(batch)
+	}
+}
+
+func (n *Notifier) recordBatch(batch []recordJob) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := n.recordTx(ctx, batch); err == nil {
+		return
+	}
+	// One by one, with retries, so one bad row cannot sink the others.
+	for _, j := range batch {
+		for i := 0; ; i++ {
+			err := n.recordTx(ctx, []recordJob{j})
+			if err == nil {
+				break
+			}
+			if i == 4 || ctx.Err() != nil {
+				n.log.Error("cannot record a delivery outcome; its lease will expire and it will be attempted again",
+					"delivery", j.w.ID, "key", j.w.Key, "state", j.o.state, "err", err)
+				break
+			}
+			time.Sleep(time.Duration(50<<i) * time.Millisecond)
+		}
+	}
+}
+
+func (n *Notifier) recordTx(ctx context.Context, batch []recordJob) error {
+	tx, err := n.st.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	for _, j := range batch {
+		if err := n.record(ctx, tx, j.w, j.o); err != nil {
+			return fmt.Errorf("delivery %s: %w", j.w.ID, err)
+		}
+	}
+	return tx.Commit()
+}
+
+// attempt decides what to do with a claimed row and, if anything is to be
+// sent, sends it.
+func (n *Notifier) attempt(ctx context.Context, w *row) outcome {
+	r := n.route(w.Route)
+	if r == nil {
+		// Another instance (a newer deployment) may know the route: leave
+		// the row to it, until the row is older than MaxAge.
+		o := n.retryable(w, fmt.Errorf("%s: no route %q in this notifier instance", ReasonNoRoute, w.Route), false)
+		o.retryAfter = time.Minute
+		return o
+	}
+	if w.Attempts >= n.cfg.retry.MaxAttempts {
+		return outcome{state: Failed, reason: fmt.Sprintf("%s: %d attempts", ReasonExhausted, w.Attempts), lastErr: w.LastError}
+	}
+	if w.Kind == KindFallback {
+		var st string
+		if err := n.on(n.st.DB()).QueryRowContext(ctx, n.q.stateOf, w.FallbackOf).Scan(&st); err != nil {
+			return n.retryable(w, fmt.Errorf("notify: state of %s: %w", w.FallbackOf, err), false)
+		}
+		if State(st) == Delivered {
+			return outcome{state: Suppressed, reason: ReasonFallbackNotNeeded + ": the first channel delivered"}
+		}
+	}
+	if why, ok, err := n.suppression(ctx, n.st.DB(), w.Channel, w.Address); err != nil {
+		return n.retryable(w, err, false)
+	} else if ok {
+		return outcome{state: Suppressed, reason: ReasonSuppressedAddress + ": " + why}
+	}
+	m, err := n.message(ctx, r, w)
+	if err != nil {
+		var te templateError
+		if errors.As(err, &te) {
+			return outcome{state: Failed, reason: ReasonTemplate + ": " + err.Error()}
+		}
+		return n.retryable(w, err, false)
+	}
+	if m == nil { // an empty digest
+		return outcome{state: Suppressed, reason: ReasonDigest + ": no items"}
+	}
+	p, rec, err := n.send(ctx, w.Channel, *m)
+	switch {
+	case err == nil:
+		st := Sent
+		if rec.Delivered {
+			st = Delivered
+		}
+		return outcome{state: st, provider: p.s.Name(), providerID: rec.ProviderID, called: true}
+	case errors.Is(err, errShutdown):
+		return outcome{release: true}
+	case errors.Is(err, errUnavailable):
+		o := n.retryable(w, err, false)
+		o.retryAfter = n.cfg.breaker.OpenFor / 4 // not before a breaker may let probes through
+		return o
+	}
+	o := outcome{provider: p.s.Name(), called: true, lastErr: err.Error()}
+	switch {
+	case errors.Is(err, ErrGone):
+		o.state, o.reason, o.gone = Failed, ReasonGone+": "+err.Error(), true
+	case errors.Is(err, ErrPermanent):
+		o.state, o.reason = Failed, ReasonPermanent+": "+err.Error()
+	default:
+		ro := n.retryable(w, err, true)
+		ro.provider = o.provider
+		return ro
+	}
+	return o
+}
+
+// retryable is the outcome of a failure worth retrying.
+func (n *Notifier) retryable(w *row, err error, called bool) outcome {
+	o := outcome{retry: true, called: called, lastErr: err.Error()}
+	var ra *RetryAfterError
+	if errors.As(err, &ra) {
+		o.retryAfter = ra.After
+	}
+	return o
+}
+
+// templateError marks a rendering failure: permanent.
+type templateError struct{ err error }
+
+func (e templateError) Error() string { return e.err.Error() }
+func (e templateError) Unwrap() error { return e.err }
+
+// message renders w into the Message its sender gets. It returns nil for a
+// digest without items.
+func (n *Notifier) message(ctx context.Context, r *route, w *row) (*Message, error) {
+	td := TemplateData{Channel: w.Channel, Category: w.Category, Locale: w.Locale,
+		EventID: w.EventID, EventType: w.EventType, CorrelationID: w.CorrelationID}
+	if err := json.Unmarshal(w.profile, &td.Recipient); err != nil {
+		return nil, templateError{fmt.Errorf("decode recipient profile: %w", err)}
+	}
+	var items []Item
+	var raw []json.RawMessage
+	if w.Kind == KindDigest {
+		if _, err := n.on(n.st.DB()).ExecContext(ctx, n.q.digestClose, w.DigestID); err != nil {
+			return nil, fmt.Errorf("notify: close digest: %w", err)
+		}
+		rs, err := n.on(n.st.DB()).QueryContext(ctx, n.q.items, w.DigestID)
+		if err != nil {
+			return nil, fmt.Errorf("notify: digest items: %w", err)
+		}
+		defer rs.Close()
+		for rs.Next() {
+			var it Item
+			var typ, corr string
+			var data []byte
+			var at int64
+			if err := rs.Scan(&it.EventID, &typ, &corr, &data, &at); err != nil {
+				return nil, fmt.Errorf("notify: digest items: %w", err)
+			}
+			it.Time = fromNanos(at)
+			v, err := r.decode(data)
+			if err != nil {
+				return nil, templateError{fmt.Errorf("decode digest item %s: %w", it.EventID, err)}
+			}
+			it.Data = v
+			if len(items) == 0 {
+				td.EventID, td.EventType, td.CorrelationID = it.EventID, typ, corr
+			}
+			items = append(items, it)
+			raw = append(raw, data)
+		}
+		if err := rs.Err(); err != nil {
+			return nil, fmt.Errorf("notify: digest items: %w", err)
+		}
+		if len(items) == 0 {
+			return nil, nil
+		}
+		td.Items = items
+	} else {
+		v, err := r.decode(w.data)
+		if err != nil {
+			return nil, templateError{fmt.Errorf("decode event data: %w", err)}
+		}
+		td.Data = v
+	}
+	m := &Message{Key: w.Key, Channel: w.Channel, To: w.Address, EventID: td.EventID, EventType: td.EventType,
+		CorrelationID: td.CorrelationID}
+	var out Rendered
+	var err error
+	if n.cfg.renderer == nil {
+		err = fmt.Errorf("%w: the notifier has no renderer", ErrTemplateNotFound)
+	} else {
+		out, err = n.cfg.renderer.Render(w.Template, w.Channel, w.Locale, td)
+	}
+	switch {
+	case err != nil && w.Channel == Webhook && errors.Is(err, ErrTemplateNotFound):
+		out = Rendered{Subject: td.EventType, Text: td.EventType + " " + td.EventID}
+	case err != nil:
+		return nil, templateError{fmt.Errorf("%s for %s: %w", w.Template, w.Channel, err)}
+	case out.Text == "":
+		return nil, templateError{fmt.Errorf("%s for %s rendered an empty text", w.Template, w.Channel)}
+	}
+	m.Subject, m.Text, m.HTML = out.Subject, out.Text, out.HTML
+	if w.Channel == Webhook {
+		// Standard Webhooks' payload shape; the webhook id is the Key.
+		body := map[string]any{"type": w.EventType, "timestamp": w.CreatedAt.Format(time.RFC3339Nano)}
+		if w.Kind == KindDigest {
+			body["data"] = map[string]any{"digest": w.DigestID, "items": raw}
+		} else {
+			body["data"] = json.RawMessage(w.data)
+		}
+		if m.Payload, err = json.Marshal(body); err != nil {
+			return nil, templateError{fmt.Errorf("webhook payload: %w", err)}
+		}
+		rec, err := n.dir.Lookup(ctx, w.Recipient)
+		switch {
+		case errors.Is(err, ErrUnknownRecipient):
+		case err != nil:
+			return nil, fmt.Errorf("notify: directory lookup of %q for its webhook secret: %w", w.Recipient, err)
+		default:
+			m.Secret = rec.Secrets[Webhook]
+		}
+	}
+	return m, nil
+}
+
+// send delivers m through the channel's providers: the first whose breaker
+// lets it through.
+func (n *Notifier) send(ctx context.Context, channel string, m Message) (*provider, Receipt, error) {
+	ps := n.providers(channel)
+	if len(ps) == 0 {
+		return nil, Receipt{}, fmt.Errorf("%w: no senders for %s", errUnavailable, channel)
+	}
+	var last error
+	for _, p := range ps {
+		rec, err := p.cb.Execute(func() (Receipt, error) { return n.call(ctx, p.s, m) })
+		if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
+			last = fmt.Errorf("%s: %w", p.s.Name(), err)
+			continue
+		}
+		if err == nil && rec.Provider == "" {
+			rec.Provider = p.s.Name()
+		}
+		return p, rec, err
+	}
+	return nil, Receipt{}, fmt.Errorf("%w: %v", errUnavailable, last)
+}
+
+// call runs one provider call with the send timeout, turning a panic into
+// an error and abandoning a sender that ignores its context.
+func (n *Notifier) call(ctx context.Context, s Sender, m Message) (Receipt, error) {
+	sctx, cancel := context.WithTimeout(ctx, n.cfg.sendTimeout)
+	defer cancel()
+	type result struct {
+		r   Receipt
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		defer func() {
+			if p := recover(); p != nil {
+				done <- result{err: fmt.Errorf("notify: sender %s panicked: %v", s.Name(), p)}
+			}
+		}()
+		r, err := s.Send(sctx, m)
+		done <- result{r, err}
+	}()
+	var res result
+	select {
+	case res = <-done:
+	case <-sctx.Done():
+		select {
+		case res = <-done: // it returned just now
+		default:
+			res.err = fmt.Errorf("notify: sender %s did not return: %w", s.Name(), sctx.Err())
+		}
+	}
+	if res.err != nil && ctx.Err() != nil {
+		return res.r, fmt.Errorf("%w: %v", errShutdown, res.err)
+	}
+	return res.r, res.err
+}
+
+// backoff is the delay before retry number attempt (1-based): exponential,
+// capped, with jitter over its upper half.
+func (r Retry) backoff(attempt int) time.Duration {
+	d := r.BaseDelay
+	for i := 1; i < attempt && d < r.MaxDelay; i++ {
+		d *= 2
+	}
+	d = min(d, r.MaxDelay)
+	return d/2 + rand.N(d/2+1)
+}
+
+// record writes the outcome of a claimed row inside tx, if the claim is
+// still ours.
+func (n *Notifier) record(ctx context.Context, tx *sql.Tx, w *row, o outcome) error {
+	now := n.now()
+	attempts := w.Attempts
+	if o.called {
+		attempts++
+	}
+	if o.release {
+		_, err := n.on(tx).ExecContext(ctx, n.q.release, nanos(now), nanos(now), w.ID, w.ClaimedBy)
+		return err
+	}
+	if o.retry {
+		rp := n.cfg.retry
+		delay := max(rp.backoff(max(attempts, 1)), o.retryAfter)
+		due := now.Add(delay)
+		switch {
+		case attempts >= rp.MaxAttempts:
+			o = outcome{state: Failed, reason: fmt.Sprintf("%s: %d attempts, last: %s", ReasonExhausted, attempts, o.lastErr),
+				lastErr: o.lastErr, provider: o.provider}
+		case due.Sub(w.CreatedAt) > rp.MaxAge:
+			o = outcome{state: Failed, reason: fmt.Sprintf("%s: older than %v after %d attempts, last: %s", ReasonExpired, rp.MaxAge, attempts, o.lastErr),
+				lastErr: o.lastErr, provider: o.provider}
+		default:
+			reason := fmt.Sprintf("%s: attempt %d failed", ReasonRetrying, attempts)
+			if !o.called {
+				reason = fmt.Sprintf("%s: not attempted", ReasonRetrying)
+			}
+			_, err := n.on(tx).ExecContext(ctx, n.q.retry, reason, attempts, o.provider, o.lastErr, nanos(due), nanos(now), w.ID, w.ClaimedBy)
+			return err
+		}
+	}
+	lastErr := o.lastErr
+	if lastErr == "" {
+		lastErr = w.LastError
+	}
+	provider := o.provider
+	if provider == "" {
+		provider = w.Provider
+	}
+	var sent time.Time
+	if o.state == Sent || o.state == Delivered {
+		sent = now
+		if w.Kind == KindFallback {
+			o.reason = w.Reason // why it was sent at all
+		}
+	}
+	res, err := n.on(tx).ExecContext(ctx, n.q.finish, string(o.state), o.reason, attempts, provider, o.providerID, lastErr,
+		nullTime(sent), nanos(now), w.ID, w.ClaimedBy)
+	if err != nil {
+		return err
+	}
+	if k, _ := res.RowsAffected(); k == 0 {
+		n.log.Warn("delivery claim lost before its outcome was recorded (lease expired?)", "delivery", w.ID, "key", w.Key, "state", o.state)
+		return nil
+	}
+	if o.gone {
+		if err := n.suppress(ctx, tx, w.Channel, w.Address, o.reason, now); err != nil {
+			return err
+		}
+	}
+	switch o.state {
+	case Delivered:
+		err = n.cancelFallbacks(ctx, tx, w.ID, now)
+	case Failed, Suppressed:
+		err = n.hurryFallbacks(ctx, tx, w.ID, now)
+	}
+	return err
+}
+
+// maybePrune applies the retention, at most once a minute.
+func (n *Notifier) maybePrune(ctx context.Context) {
+	if n.cfg.retention == 0 {
+		return
+	}
+	now := n.now()
+	last := n.pruned.Load()
+	if now.UnixNano()-last < int64(time.Minute) || !n.pruned.CompareAndSwap(last, now.UnixNano()) {
+		return
+	}
+	if last == 0 {
+		return // not at start
+	}
+	before := nanos(now.Add(-n.cfg.retention))
+	db := n.st.DB()
+	if _, err := db.ExecContext(ctx, n.st.Rebind(`DELETE FROM herald_notify_deliveries WHERE created_at < ? AND state NOT IN `+activeStates), before); err != nil && ctx.Err() == nil {
+		n.log.Warn("prune deliveries", "err", err)
+	}
+	if _, err := db.ExecContext(ctx, n.st.Rebind(`DELETE FROM herald_notify_digests WHERE open = 0 AND created_at < ?`), before); err != nil && ctx.Err() == nil {
+		n.log.Warn("prune digests", "err", err)
+	}
+}
