@@ -322,7 +322,8 @@ func (c *consumer) handleBatch(ctx context.Context, batch []*item) ([]*item, err
 		nlog, nout := len(t.log), len(t.outbox)
 		if fresh {
 			it.attempts++
-			scope := &txScope{t: t, ctx: withEvent(ctx, it.env), cause: it.env, depth: 1}
+			scope := &txScope{t: t, cause: it.env, depth: 1}
+			scope.ctx = context.WithValue(withEvent(ctx, it.env), txKey, Tx(scope))
 			herr = runGuarded(func() error { return c.sub.handle(scope.ctx, scope, it.val) })
 			if herr == nil && t.failed != nil {
 				herr = t.failed

@@ -59,3 +59,14 @@ func withEvent(ctx context.Context, e *envelope.Envelope) context.Context {
 // NewID returns a new time-sortable unique id (a ULID), handy for the
 // ids of the rows a service creates along with its events.
 func NewID() string { return envelope.NewID(time.Now()) }
+
+const txKey ctxKey = 100
+
+// TxFrom returns the transaction a handler runs in, when ctx is the context
+// herald passed to a domain or integration handler (or to code it calls,
+// such as a notifier's Directory). Reads through it see the transaction's
+// own writes and need no second connection.
+func TxFrom(ctx context.Context) (Tx, bool) {
+	tx, ok := ctx.Value(txKey).(Tx)
+	return tx, ok
+}

@@ -235,7 +235,8 @@ func Record[T any](tx Tx, c *DomainEvent[T], v T) error {
 	hs, trs := svc.handlers[c], svc.translations[c]
 	svc.mu.RUnlock()
 
-	child := &txScope{t: t, ctx: withEvent(sc.ctx, e), cause: e, depth: sc.depth + 1}
+	child := &txScope{t: t, cause: e, depth: sc.depth + 1}
+	child.ctx = context.WithValue(withEvent(sc.ctx, e), txKey, Tx(child))
 	for _, h := range hs {
 		if err := runGuarded(func() error { return h.fn(child.ctx, child, v) }); err != nil {
 			return t.fail(fmt.Errorf("service %s: handler %q of %s: %w", svc.name, h.name, describe(c), err))

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,6 +21,8 @@ import (
 	"github.com/heraldhq/herald/broker/natsjs"
 	"github.com/heraldhq/herald/examples/shop/service/orders"
 	"github.com/heraldhq/herald/examples/shop/shop"
+	"github.com/heraldhq/herald/notify"
+	"github.com/heraldhq/herald/notify/devbox"
 	"github.com/spf13/cobra"
 )
 
@@ -45,6 +48,9 @@ loopback, then places orders over HTTP at --rate for --duration:
              integration event shop.order.confirmed;
   shipping   schedules a shipment (shop.shipment.scheduled) and dispatches
              it shortly after (shop.shipment.dispatched);
+  notifications  e-mails the customer on confirmation and dispatch, pushes on
+             dispatch, and sends digests of shipment updates (into a
+             development mailbox you can open in a browser);
   reviews    marks the customer a verified buyer of each product.
 
 It prints progress every second and, at the end, checks from each service's
@@ -105,6 +111,7 @@ func runDemo(ctx context.Context, out io.Writer, f demoFlags) error {
 	for _, name := range shop.Services {
 		fmt.Fprintf(out, "  %-13s http://%s\n", name, sys.Addr[name])
 	}
+	fmt.Fprintf(out, "  %-13s http://%s/mailbox/ (the development mailbox)\n", "mailbox", sys.Addr["notifications"])
 	fmt.Fprintf(out, "placing %d orders/s for %v from %d customers (Ctrl-C stops early)\n\n", f.rate, f.duration, f.customers)
 
 	load := &loadGen{url: "http://" + sys.Addr["orders"] + "/orders", customers: f.customers}
@@ -118,9 +125,10 @@ func runDemo(ctx context.Context, out io.Writer, f demoFlags) error {
 	report := func() {
 		counts, _ := sys.Orders.CountByStatus(bg)
 		shipped := counts[orders.StatusShipped]
-		fmt.Fprintf(out, "%5.1fs  placed %6d  confirmed %6d  scheduled %6d  shipped %6d  rejected %d  dead letters %d\n",
+		emails, pushes := mailCounts(sys)
+		fmt.Fprintf(out, "%5.1fs  placed %6d  confirmed %6d  scheduled %6d  shipped %6d  e-mails %6d  pushes %6d  rejected %d  dead letters %d\n",
 			time.Since(start).Seconds(), load.placed.Load(), counts[orders.StatusConfirmed]+counts[orders.StatusScheduled]+shipped,
-			counts[orders.StatusScheduled]+shipped, shipped, load.failed.Load(), deadLetters(bg, sys))
+			counts[orders.StatusScheduled]+shipped, shipped, emails, pushes, load.failed.Load(), deadLetters(bg, sys))
 	}
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
@@ -139,7 +147,8 @@ func runDemo(ctx context.Context, out io.Writer, f demoFlags) error {
 	deadline := time.Now().Add(f.drain)
 	for time.Now().Before(deadline) {
 		counts, _ := sys.Orders.CountByStatus(bg)
-		if counts[orders.StatusShipped] >= int(load.placed.Load()) {
+		_, pushes := mailCounts(sys)
+		if counts[orders.StatusShipped] >= int(load.placed.Load()) && pushes >= int(load.placed.Load()) && notificationsSettled(bg, sys) {
 			break
 		}
 		select {
@@ -160,6 +169,7 @@ type loadGen struct {
 	failed    atomic.Int64
 	mu        sync.Mutex
 	bought    map[[2]string]bool // (customer, product) pairs ordered
+	ids       []string           // orders placed
 }
 
 var products = func() []string {
@@ -218,14 +228,16 @@ func (l *loadGen) placeOne(ctx context.Context, client *http.Client) {
 		l.failed.Add(1)
 		return
 	}
-	io.Copy(io.Discard, resp.Body)
+	var placed orders.Order
+	err = json.NewDecoder(resp.Body).Decode(&placed)
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusCreated {
+	if resp.StatusCode != http.StatusCreated || err != nil {
 		l.failed.Add(1)
 		return
 	}
 	l.placed.Add(1)
 	l.mu.Lock()
+	l.ids = append(l.ids, placed.ID)
 	if l.bought == nil {
 		l.bought = map[[2]string]bool{}
 	}
@@ -235,9 +247,25 @@ func (l *loadGen) placeOne(ctx context.Context, client *http.Client) {
 	l.mu.Unlock()
 }
 
+func mailCounts(sys *shop.System) (emails, pushes int) {
+	return len(sys.Mailbox.List(devbox.Filter{Channel: notify.Email})), len(sys.Mailbox.List(devbox.Filter{Channel: notify.Push}))
+}
+
+// notificationsSettled reports whether the notifier has nothing queued,
+// deferred (the digest window) or in flight.
+func notificationsSettled(ctx context.Context, sys *shop.System) bool {
+	for _, st := range []notify.State{notify.Queued, notify.Deferred, notify.Sending} {
+		ds, err := sys.Notifications.Notifier.Deliveries(ctx, notify.DeliveryFilter{State: st, Limit: 1})
+		if err != nil || len(ds) > 0 {
+			return false
+		}
+	}
+	return true
+}
+
 func deadLetters(ctx context.Context, sys *shop.System) int {
 	n := 0
-	for _, s := range []*herald.Service{sys.Orders.Service, sys.Shipping.Service, sys.Reviews.Service} {
+	for _, s := range []*herald.Service{sys.Orders.Service, sys.Shipping.Service, sys.Notifications.Service, sys.Reviews.Service} {
 		dls, _ := s.DeadLetters(ctx, herald.DeadLetterFilter{})
 		n += len(dls)
 	}
@@ -275,11 +303,40 @@ func verifyDemo(ctx context.Context, out io.Writer, sys *shop.System, load *load
 	load.mu.Unlock()
 	dl := deadLetters(ctx, sys)
 	placed := int(load.placed.Load())
+	subjects := map[string]int{}
+	digests, pushes := 0, 0
+	for _, e := range sys.Mailbox.List(devbox.Filter{}) {
+		switch {
+		case e.Message.Channel == notify.Push:
+			pushes++
+		case strings.Contains(e.Message.Subject, "shipment update"):
+			digests++
+		default:
+			subjects[e.Message.Subject]++
+		}
+	}
+	missingMail, dupMail := 0, 0
+	load.mu.Lock()
+	for _, id := range load.ids {
+		for _, subj := range []string{"Your order " + id + " is confirmed", "Order " + id + " has shipped"} {
+			switch subjects[subj] {
+			case 0:
+				missingMail++
+			case 1:
+			default:
+				dupMail++
+			}
+		}
+	}
+	load.mu.Unlock()
 	fmt.Fprintf(out, "\nsummary after %.1fs:\n", elapsed.Seconds())
 	fmt.Fprintf(out, "  orders placed over HTTP  %d (%d requests failed)\n", placed, load.failed.Load())
 	fmt.Fprintf(out, "  orders in orders' table  %d, shipped %d\n", total, counts[orders.StatusShipped])
 	fmt.Fprintf(out, "  shipments dispatched     %d\n", dispatched)
 	fmt.Fprintf(out, "  verified buyers          %d of %d (customer, product) pairs\n", pairs-unverified, pairs)
+	fmt.Fprintf(out, "  e-mails                  %d order e-mails (%d missing, %d duplicated), %d shipment-update digests\n",
+		2*placed-missingMail, missingMail, dupMail, digests)
+	fmt.Fprintf(out, "  pushes                   %d\n", pushes)
 	fmt.Fprintf(out, "  dead letters             %d\n", dl)
 	var problems []string
 	if total != placed {
@@ -297,12 +354,21 @@ func verifyDemo(ctx context.Context, out io.Writer, sys *shop.System, load *load
 	if dl > 0 {
 		problems = append(problems, fmt.Sprintf("%d dead letters", dl))
 	}
+	if missingMail > 0 || dupMail > 0 {
+		problems = append(problems, fmt.Sprintf("%d order e-mails missing, %d duplicated", missingMail, dupMail))
+	}
+	if pushes != placed {
+		problems = append(problems, fmt.Sprintf("%d pushes for %d shipped orders", pushes, placed))
+	}
+	if placed > 0 && digests == 0 {
+		problems = append(problems, "no shipment-update digest was sent")
+	}
 	if load.failed.Load() > 0 {
 		problems = append(problems, fmt.Sprintf("%d order requests failed", load.failed.Load()))
 	}
 	if len(problems) > 0 {
 		return fmt.Errorf("demo incomplete: %v", problems)
 	}
-	fmt.Fprintln(out, "every order was confirmed, scheduled, dispatched and shipped; every buyer verified")
+	fmt.Fprintln(out, "every order was confirmed, scheduled, dispatched and shipped; every customer got each e-mail once; every buyer verified")
 	return nil
 }

@@ -19,7 +19,7 @@ func TestDemo(t *testing.T) {
 	if err := cmd.ExecuteContext(ctx); err != nil {
 		t.Fatalf("demo: %v\n%s", err, out.String())
 	}
-	if !strings.Contains(out.String(), "every order was confirmed, scheduled, dispatched and shipped") {
+	if !strings.Contains(out.String(), "every order was confirmed, scheduled, dispatched and shipped; every customer got each e-mail once") {
 		t.Fatalf("demo output:\n%s", out.String())
 	}
 }

@@ -58,7 +58,9 @@ func WithSynchronous(mode string) Option {
 	}
 }
 
-// WithMaxOpenConns bounds the connection pool (default 8).
+// WithMaxOpenConns bounds the connection pool (default 64). Writers of this
+// process queue for SQLite's single write lock holding a connection each,
+// so keep it above the number of goroutines that write at once.
 func WithMaxOpenConns(n int) Option {
 	return func(c *config) error {
 		if n < 1 {
@@ -79,7 +81,7 @@ func DSN(path string, opts ...Option) (string, error) {
 }
 
 func newConfig(opts []Option) (config, error) {
-	c := config{busyTimeout: 10 * time.Second, synchronous: "FULL", maxOpen: 8}
+	c := config{busyTimeout: 10 * time.Second, synchronous: "FULL", maxOpen: 64}
 	for _, o := range opts {
 		if err := o(&c); err != nil {
 			return c, err
@@ -126,12 +128,9 @@ func Open(ctx context.Context, path string, opts ...Option) (*store.Store, error
 	if err != nil {
 		return nil, err
 	}
-	db, err := sql.Open("sqlite", dsn(path, c))
-	if err != nil {
-		return nil, fmt.Errorf("herald/store/sqlite: open %s: %w", path, err)
-	}
+	db := sql.OpenDB(newConnector(dsn(path, c), c.busyTimeout))
 	db.SetMaxOpenConns(c.maxOpen)
-	db.SetMaxIdleConns(c.maxOpen)
+	db.SetMaxIdleConns(min(c.maxOpen, 8))
 	db.SetConnMaxIdleTime(0)
 	if err := db.PingContext(ctx); err != nil {
 		db.Close()

@@ -15,6 +15,10 @@ import (
 	"time"
 
 	"github.com/heraldhq/herald/broker/natsjs"
+	"github.com/heraldhq/herald/examples/shop/service/notifications"
+	"github.com/heraldhq/herald/notify"
+	"github.com/heraldhq/herald/notify/devbox"
+	"github.com/heraldhq/herald/notify/smtp"
 	"github.com/heraldhq/herald/store"
 	"github.com/heraldhq/herald/store/postgres"
 	"github.com/heraldhq/herald/store/sqlite"
@@ -50,6 +54,8 @@ func run(name string, args []string) error {
 	pg := fs.String("postgres", env("HERALD_POSTGRES_URL", ""), "PostgreSQL URL (instead of --db)")
 	listen := fs.String("listen", env("HERALD_LISTEN", "127.0.0.1:0"), "HTTP listen address")
 	delay := fs.Duration("dispatch-delay", 200*time.Millisecond, "shipping: time from scheduling to dispatch")
+	smtpAddr := fs.String("smtp", env("HERALD_SMTP", ""), "notifications: SMTP server host:port (default: a development mailbox at /mailbox/)")
+	smtpFrom := fs.String("smtp-from", env("HERALD_SMTP_FROM", "shop@example.com"), "notifications: the From address")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -65,6 +71,23 @@ func run(name string, args []string) error {
 	}
 	defer b.Close()
 	cfg := Config{Broker: b, DispatchDelay: *delay, Logger: log}
+	if name == "notifications" {
+		if *smtpAddr != "" {
+			mail, err := smtp.New(*smtpAddr, *smtpFrom, smtp.WithTLSPolicy(smtp.TLSOpportunistic))
+			if err != nil {
+				return err
+			}
+			defer mail.Close()
+			cfg.Senders.Email = mail
+		} else {
+			box, err := devbox.New(devbox.Capacity(100_000))
+			if err != nil {
+				return err
+			}
+			cfg.mailbox = box
+			cfg.Senders = notifications.Senders{Email: box.Sender(notify.Email), Push: box.Sender(notify.Push)}
+		}
+	}
 	var st *store.Store
 	if *pg != "" {
 		st, err = postgres.Open(ctx, *pg)

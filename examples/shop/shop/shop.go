@@ -16,9 +16,12 @@ import (
 
 	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/broker"
+	"github.com/heraldhq/herald/examples/shop/service/notifications"
 	"github.com/heraldhq/herald/examples/shop/service/orders"
 	"github.com/heraldhq/herald/examples/shop/service/reviews"
 	"github.com/heraldhq/herald/examples/shop/service/shipping"
+	"github.com/heraldhq/herald/notify"
+	"github.com/heraldhq/herald/notify/devbox"
 	"github.com/heraldhq/herald/store"
 	"github.com/heraldhq/herald/store/postgres"
 	"github.com/heraldhq/herald/store/sqlite"
@@ -38,13 +41,23 @@ type Config struct {
 	Logger *slog.Logger
 	// Listen is the host the HTTP APIs listen on (default 127.0.0.1, random ports).
 	Listen string
+	// Senders deliver the notifications (default: a development mailbox
+	// for e-mail and push, served at the notifications service's /mailbox/).
+	Senders notifications.Senders
+	// Notifications tunes the notification service.
+	Notifications notifications.Config
+	// mailbox is the development mailbox behind the default senders.
+	mailbox *devbox.Box
 }
 
 // System is the running shop.
 type System struct {
-	Orders   *orders.Service
-	Shipping *shipping.Service
-	Reviews  *reviews.Service
+	Orders        *orders.Service
+	Shipping      *shipping.Service
+	Notifications *notifications.Service
+	Reviews       *reviews.Service
+	// Mailbox holds what the default senders delivered (nil with Config.Senders).
+	Mailbox *devbox.Box
 	// Addr maps each service name to its HTTP address (host:port).
 	Addr map[string]string
 
@@ -54,7 +67,7 @@ type System struct {
 }
 
 // Services names the shop's services in start order.
-var Services = []string{"orders", "shipping", "reviews"}
+var Services = []string{"orders", "shipping", "notifications", "reviews"}
 
 // OpenStore opens the database of service as cfg says.
 func OpenStore(ctx context.Context, cfg Config, service string) (*store.Store, error) {
@@ -87,7 +100,15 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 		return nil, errors.New("shop: Config.Broker is required")
 	}
 	cfg = cfg.withDefaults()
-	s := &System{Addr: map[string]string{}}
+	if cfg.Senders.Email == nil {
+		box, err := devbox.New(devbox.Capacity(100_000))
+		if err != nil {
+			return nil, err
+		}
+		cfg.mailbox = box
+		cfg.Senders = notifications.Senders{Email: box.Sender(notify.Email), Push: box.Sender(notify.Push)}
+	}
+	s := &System{Addr: map[string]string{}, Mailbox: cfg.mailbox}
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -116,6 +137,10 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 			s.Shipping = v
 		case *reviews.Service:
 			s.Reviews = v
+		case *notifications.Service:
+			s.Notifications = v
+		case withMailbox:
+			s.Notifications = v.Service
 		}
 		if err := svc.Start(ctx); err != nil {
 			return nil, fmt.Errorf("shop: start %s: %w", name, err)
@@ -137,6 +162,19 @@ type Runner interface {
 	Handler() http.Handler
 }
 
+// withMailbox serves the development mailbox beside the notifications API.
+type withMailbox struct {
+	*notifications.Service
+	box *devbox.Box
+}
+
+func (w withMailbox) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/mailbox/", http.StripPrefix("/mailbox", w.box.Handler()))
+	mux.Handle("/", w.Service.Handler())
+	return mux
+}
+
 // NewService builds the shop service name on st.
 func NewService(ctx context.Context, name string, st *store.Store, cfg Config) (Runner, error) {
 	opts := []herald.Option{herald.WithBroker(cfg.Broker), herald.WithLogger(cfg.Logger)}
@@ -147,6 +185,12 @@ func NewService(ctx context.Context, name string, st *store.Store, cfg Config) (
 		return shipping.New(ctx, st, cfg.DispatchDelay, opts...)
 	case "reviews":
 		return reviews.New(ctx, st, opts...)
+	case "notifications":
+		svc, err := notifications.New(ctx, st, cfg.Senders, cfg.Notifications, opts...)
+		if err != nil || cfg.mailbox == nil {
+			return svc, err
+		}
+		return withMailbox{svc, cfg.mailbox}, nil
 	}
 	return nil, fmt.Errorf("shop: unknown service %q (want one of %v)", name, Services)
 }
