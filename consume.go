@@ -53,20 +53,19 @@ type consumer struct {
 	recovering   bool
 	awaiting     int
 	recoverUntil time.Time
+	bsub         broker.Subscription
+	epoch        uint64 // the transport's reconnects seen (broker.Resumer)
 }
 
 func (s *Service) consume(ctx context.Context, sub *subscription) {
 	c := &consumer{svc: s, sub: sub, queues: map[string][]*item{}}
 	in := make(chan []broker.Delivery, 8)
 	bsub := s.brokerSubscription(sub)
-	if pc, ok := s.broker.(broker.PendingCounter); ok {
-		if n, err := pc.Pending(ctx, bsub); err == nil && n > 0 {
-			c.recovering, c.awaiting = true, n
-			c.recoverUntil = time.Now().Add(sub.cfg.ackWait + time.Second)
-			s.log.Info("subscription recovering: holding new events until earlier ones are redelivered",
-				"subscription", sub.name, "pending", n, "at_most", sub.cfg.ackWait+time.Second)
-		}
+	c.bsub = bsub
+	if r, ok := s.broker.(broker.Resumer); ok {
+		c.epoch = r.Epoch()
 	}
+	c.recover(ctx, 0)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -116,6 +115,10 @@ func (s *Service) consume(ctx context.Context, sub *subscription) {
 			}
 		case <-tick.C:
 			c.heartbeat()
+			if r, ok := s.broker.(broker.Resumer); ok && r.Epoch() != c.epoch {
+				c.epoch = r.Epoch()
+				c.recover(ctx, c.held) // the connection came back
+			}
 			c.checkRecovery()
 		case <-timer:
 		}
@@ -137,10 +140,11 @@ func (c *consumer) accept(batch []broker.Delivery) {
 			it.seq = c.seq
 		}
 		if c.recovering {
+			// Hold everything, redeliveries too: the broker redelivers in
+			// ack-deadline order, not stream order; the queues sort them.
+			it.held = true
 			if d.NumDelivered() > 1 {
 				c.awaiting--
-			} else {
-				it.held = true
 			}
 		}
 		c.classify(it)
@@ -158,6 +162,27 @@ func (c *consumer) accept(batch []broker.Delivery) {
 		c.held++
 	}
 	c.checkRecovery()
+}
+
+// recover starts holding deliveries if the broker has events of this
+// subscription delivered but unacknowledged beyond the own ones this consumer
+// holds: a crashed predecessor's, or ones lost on the wire when the
+// connection dropped. The broker redelivers them when their ack wait ends;
+// until they are back (or that wait is surely over) new deliveries wait, so no
+// event overtakes an older one of its key.
+func (c *consumer) recover(ctx context.Context, own int) {
+	pc, ok := c.svc.broker.(broker.PendingCounter)
+	if !ok {
+		return
+	}
+	n, err := pc.Pending(ctx, c.bsub)
+	if err != nil || n <= own {
+		return
+	}
+	c.recovering, c.awaiting = true, n-own
+	c.recoverUntil = time.Now().Add(c.sub.cfg.ackWait + time.Second)
+	c.svc.log.Info("subscription recovering: holding new events until earlier ones are redelivered",
+		"subscription", c.sub.name, "pending", n-own, "at_most", c.sub.cfg.ackWait+time.Second)
 }
 
 // checkRecovery ends the hold on first deliveries once the crashed

@@ -151,3 +151,11 @@ type LossWindower interface {
 type PendingCounter interface {
 	Pending(ctx context.Context, sub Subscription) (int, error)
 }
+
+// Resumer is implemented by transports whose connection can drop and come
+// back. Epoch changes each time it comes back: deliveries that were on the
+// wire when it dropped return only after their ack wait, so herald holds new
+// events back (as after a crash, see PendingCounter) to keep order per key.
+type Resumer interface {
+	Epoch() uint64
+}

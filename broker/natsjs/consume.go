@@ -38,6 +38,11 @@ func (b *Broker) Consume(ctx context.Context, sub broker.Subscription, batch int
 		return fmt.Errorf("herald/natsjs: consume: %w", err)
 	}
 	durable := spec.cfg.Durable
+	// Without a reconnect buffer nothing can be sent while the connection is
+	// down; wait for it rather than fail a lookup.
+	if err := waitConnected(ctx, b.nc); err != nil {
+		return fmt.Errorf("herald/natsjs: consume %s/%s: %w", sub.Service, sub.Name, err)
+	}
 	cons, err := b.consumer(ctx, spec.stream, durable)
 	if err != nil {
 		return fmt.Errorf("herald/natsjs: consume %s/%s: %w", sub.Service, sub.Name, err)

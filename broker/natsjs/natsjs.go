@@ -39,6 +39,8 @@ type Broker struct {
 	// stream.
 	replayTargets sync.Map
 
+	epoch atomic.Uint64 // reconnects so far
+
 	mu       sync.Mutex
 	isClosed atomic.Bool
 	closed   chan struct{}  // closed when Close starts
@@ -163,6 +165,7 @@ func Connect(ctx context.Context, urls []string, opts ...Option) (*Broker, error
 			}
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
+			b.epoch.Add(1)
 			b.log.Info("herald/natsjs: reconnected", "url", nc.ConnectedUrlRedacted())
 		}),
 	)
@@ -318,6 +321,9 @@ func (b *Broker) LossWindow() time.Duration {
 	}
 	return syncInterval(b.cfg)
 }
+
+// Epoch counts the connection's reconnects. It implements broker.Resumer.
+func (b *Broker) Epoch() uint64 { return b.epoch.Load() }
 
 // URL returns the client URL of the embedded server when it listens
 // (WithListen), and "" otherwise.

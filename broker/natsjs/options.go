@@ -26,7 +26,7 @@ const (
 	DefaultPublishTimeout    = 30 * time.Second
 	DefaultMaxMemory         = 256 << 20 // 256 MiB
 	DefaultMaxStore          = 8 << 30   // 8 GiB
-	DefaultReconnectBuffer   = 8 << 20   // 8 MiB
+	DefaultReconnectBuffer   = -1        // no buffer: publishes fail while disconnected, keeping order
 	DefaultReconnectWait     = 2 * time.Second
 	DefaultDrainTimeout      = 30 * time.Second
 	DefaultSyncInterval      = time.Second      // embedded server, unless WithSyncAlways(true)
@@ -486,9 +486,13 @@ func WithTLSConfig(cfg *tls.Config) Option {
 	}
 }
 
-// WithReconnectBuffer sets how many bytes of publishes are buffered while the
-// connection is reconnecting (default 8 MiB). Connect only; the connection
-// always reconnects forever.
+// WithReconnectBuffer lets the connection buffer up to bytes of publishes
+// while it reconnects (default: none). Off by default on purpose: when a
+// server dies, the publishes already on the wire are lost while buffered
+// later ones would be stored after reconnecting — an event would land after
+// a later event of its key. Without the buffer a publish fails at once with
+// broker.ErrTransient and the outbox relay retries in order. Connect only;
+// the connection always reconnects forever.
 func WithReconnectBuffer(bytes int) Option {
 	return func(c *config) error {
 		if err := c.only(modeExternal, "WithReconnectBuffer"); err != nil {

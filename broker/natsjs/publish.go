@@ -35,8 +35,23 @@ func (b *Broker) Publish(ctx context.Context, events []*envelope.Envelope) []err
 	}
 	defer b.active.Done()
 
+	// Order: the server stores what one connection sends in order, so the
+	// stored events of a batch are a prefix of it — unless the connection
+	// drops and comes back mid-batch: then events on the wire are lost and
+	// later ones would be stored after the reconnect. So after the first
+	// failure, or once the connection has reconnected since the batch began,
+	// nothing more of the batch is sent; the caller retries the rest, in order.
+	reconnects := b.nc.Stats().Reconnects
+	var stopped error
 	futures := make([]jetstream.PubAckFuture, len(events))
 	for i, e := range events {
+		if stopped == nil && b.nc.Stats().Reconnects != reconnects {
+			stopped = fmt.Errorf("herald/natsjs: %w: the connection was re-established during the batch", broker.ErrTransient)
+		}
+		if stopped != nil {
+			errs[i] = fmt.Errorf("herald/natsjs: publish %s: not sent after an earlier failure: %w", eventID(e), stopped)
+			continue
+		}
 		if err := ctx.Err(); err != nil {
 			errs[i] = ctxErr("publish", eventID(e), err)
 			continue
@@ -49,6 +64,9 @@ func (b *Broker) Publish(ctx context.Context, events []*envelope.Envelope) []err
 		f, err := b.publishAsync(ctx, m)
 		if err != nil {
 			errs[i] = b.eventErr(ctx, e, err)
+			if errors.Is(errs[i], broker.ErrTransient) {
+				stopped = errs[i]
+			}
 			continue
 		}
 		futures[i] = f

@@ -20,7 +20,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -54,21 +53,13 @@ func Build(t testing.TB) string {
 	return buildBin
 }
 
-// version returns the version of the server module this module requires:
-// from the test binary's build information when it links the server (the
-// embedded broker does), else from `go list -m`.
+// version returns the version of the server module this module requires,
+// from `go list -m` run in this module (test binaries carry no dependency
+// list in their build information).
 func version() (string, error) {
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		for _, d := range bi.Deps {
-			if d.Path == Module {
-				if d.Replace != nil {
-					break // a replaced module: ask go list for the truth
-				}
-				return d.Version, nil
-			}
-		}
-	}
-	out, err := exec.Command("go", "list", "-m", "-f", "{{if .Replace}}{{.Replace.Version}}{{else}}{{.Version}}{{end}}", Module).Output()
+	cmd := exec.Command("go", "list", "-m", "-f", "{{if .Replace}}{{.Replace.Version}}{{else}}{{.Version}}{{end}}", Module)
+	cmd.Dir = moduleDir()
+	out, err := cmd.Output()
 	if err != nil {
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {
@@ -81,6 +72,23 @@ func version() (string, error) {
 		return "", fmt.Errorf("go list -m %s: no version", Module)
 	}
 	return v, nil
+}
+
+// moduleDir is a directory inside this module, so that the go command uses
+// its go.mod whatever the test binary's working directory: the directory of
+// this source file when it exists, else the working directory.
+func moduleDir() string {
+	if _, file, _, ok := runtime.Caller(0); ok {
+		if dir := filepath.Dir(file); isDir(dir) {
+			return dir
+		}
+	}
+	return ""
+}
+
+func isDir(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.IsDir()
 }
 
 func build() (string, error) {
@@ -116,6 +124,7 @@ func build() (string, error) {
 		}
 		tmp.Close()
 		cmd := exec.Command("go", "build", "-o", tmp.Name(), Module)
+		cmd.Dir = moduleDir()
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			os.Remove(tmp.Name())
