@@ -69,8 +69,15 @@ func TestObserversSeeEveryHop(t *testing.T) {
 	log.mu.Lock()
 	defer log.mu.Unlock()
 	for corr, hops := range want {
-		if got := log.hops[corr]; !equal(got, hops) {
-			t.Errorf("%s: hops\n got %v\nwant %v", corr, got, hops)
+		// The relay reports a publish when the batch's acks are in; the
+		// consumer may have the event before that. Every hop once, and in
+		// order otherwise.
+		got := append([]string(nil), log.hops[corr]...)
+		if len(got) >= 4 && got[2] == "shipping:consume:ok" && got[3] == "orders:publish:ok" {
+			got[2], got[3] = got[3], got[2]
+		}
+		if !equal(got, hops) {
+			t.Errorf("%s: hops\n got %v\nwant %v", corr, log.hops[corr], hops)
 		}
 	}
 }
