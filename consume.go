@@ -102,12 +102,14 @@ func (s *Service) consume(ctx context.Context, sub *subscription) {
 		case <-ctx.Done():
 			return
 		case batch := <-in:
+			c.resumed(ctx) // before taking what came on a new connection
 			c.accept(batch)
 			// take what else is already waiting, to fill the transaction
 		more:
 			for c.held < sub.cfg.batch {
 				select {
 				case b := <-in:
+					c.resumed(ctx)
 					c.accept(b)
 				default:
 					break more
@@ -115,10 +117,7 @@ func (s *Service) consume(ctx context.Context, sub *subscription) {
 			}
 		case <-tick.C:
 			c.heartbeat()
-			if r, ok := s.broker.(broker.Resumer); ok && r.Epoch() != c.epoch {
-				c.epoch = r.Epoch()
-				c.recover(ctx, c.held) // the connection came back
-			}
+			c.resumed(ctx)
 			c.checkRecovery()
 		case <-timer:
 		}
@@ -162,6 +161,19 @@ func (c *consumer) accept(batch []broker.Delivery) {
 		c.held++
 	}
 	c.checkRecovery()
+}
+
+// resumed starts a recovery when the transport's connection came back since
+// the last look.
+func (c *consumer) resumed(ctx context.Context) {
+	r, ok := c.svc.broker.(broker.Resumer)
+	if !ok {
+		return
+	}
+	if e := r.Epoch(); e != c.epoch {
+		c.epoch = e
+		c.recover(ctx, c.held)
+	}
 }
 
 // recover starts holding deliveries if the broker has events of this

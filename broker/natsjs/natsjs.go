@@ -39,8 +39,6 @@ type Broker struct {
 	// stream.
 	replayTargets sync.Map
 
-	epoch atomic.Uint64 // reconnects so far
-
 	mu       sync.Mutex
 	isClosed atomic.Bool
 	closed   chan struct{}  // closed when Close starts
@@ -165,7 +163,6 @@ func Connect(ctx context.Context, urls []string, opts ...Option) (*Broker, error
 			}
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
-			b.epoch.Add(1)
 			b.log.Info("herald/natsjs: reconnected", "url", nc.ConnectedUrlRedacted())
 		}),
 	)
@@ -323,7 +320,9 @@ func (b *Broker) LossWindow() time.Duration {
 }
 
 // Epoch counts the connection's reconnects. It implements broker.Resumer.
-func (b *Broker) Epoch() uint64 { return b.epoch.Load() }
+// It reads the connection's own counter, which changes before any message
+// arrives on the new connection.
+func (b *Broker) Epoch() uint64 { return b.nc.Stats().Reconnects }
 
 // URL returns the client URL of the embedded server when it listens
 // (WithListen), and "" otherwise.
