@@ -8,12 +8,13 @@ import (
 	"time"
 )
 
-// TestDemo runs the demo for a short while and expects every order shipped.
+// TestDemo runs herald demo --duration 10s and expects every order complete:
+// shipped, both e-mails and the push delivered once, every buyer verified.
 func TestDemo(t *testing.T) {
 	var out bytes.Buffer
 	cmd := newRoot()
 	cmd.SetOut(&out)
-	cmd.SetArgs([]string{"demo", "--duration", "2s", "--rate", "200", "--data-dir", t.TempDir()})
+	cmd.SetArgs([]string{"demo", "--duration", "10s", "--rate", "50", "--data-dir", t.TempDir()})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if err := cmd.ExecuteContext(ctx); err != nil {
