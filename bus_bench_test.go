@@ -228,3 +228,78 @@ func benchRawNATS(b *testing.B, opts ...natsjs.Option) {
 	mu.Unlock()
 	r.report(b)
 }
+
+// BenchmarkLatency records integration events at a fixed rate (one Do per
+// event, 2,000 events/s) on the embedded defaults and reports the end-to-end
+// latency — from the event's record time in the producer's transaction to
+// its handler in the consumer — p50 and p99:
+//
+//	go test -run='^$' -bench=BenchmarkLatency -benchtime=6000x .
+func BenchmarkLatency(b *testing.B) {
+	ctx := context.Background()
+	br, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithLogger(quiet))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer br.Close()
+	prod, err := herald.New("producer", herald.WithStore(testdb.SQLite(b)), herald.WithBroker(br), herald.WithLogger(quiet))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer prod.Close()
+	if err := herald.Translate(prod, busRecorded, busEvent, func(ctx context.Context, p payload512) (payload512, error) { return p, nil }); err != nil {
+		b.Fatal(err)
+	}
+	cons, err := herald.New("consumer", herald.WithStore(testdb.SQLite(b)), herald.WithBroker(br), herald.WithLogger(quiet))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cons.Close()
+	var mu sync.Mutex
+	lat := make([]time.Duration, 0, b.N)
+	done := make(chan struct{})
+	if err := herald.Subscribe(cons, busEvent, "sink", func(ctx context.Context, tx herald.Tx, p payload512) error {
+		ev, _ := herald.EventFrom(ctx)
+		mu.Lock()
+		lat = append(lat, time.Since(ev.Time))
+		if len(lat) == b.N {
+			close(done)
+		}
+		mu.Unlock()
+		return nil
+	}); err != nil {
+		b.Fatal(err)
+	}
+	for _, s := range []*herald.Service{prod, cons} {
+		if err := s.Start(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+	data := blob()
+	const rate = 2000
+	interval := time.Second / rate
+	b.ResetTimer()
+	next := time.Now()
+	for i := range b.N {
+		next = next.Add(interval)
+		if d := time.Until(next); d > 0 {
+			time.Sleep(d)
+		}
+		if err := prod.Do(ctx, func(tx herald.Tx) error {
+			return herald.Record(tx, busRecorded, payload512{OrderID: fmt.Sprintf("o%d", i%1000), Blob: data})
+		}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	select {
+	case <-done:
+	case <-time.After(2 * time.Minute):
+		b.Fatalf("only %d of %d events handled", len(lat), b.N)
+	}
+	b.StopTimer()
+	mu.Lock()
+	defer mu.Unlock()
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+}
