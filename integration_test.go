@@ -297,7 +297,7 @@ func TestGarbageIsDeadLetteredAndValidEventsKeepFlowing(t *testing.T) {
 		reason string
 	}
 	var sent []garbage
-	for i := range 100 {
+	for i := range 200 { // 5 kinds × 200 = 1,000 garbage messages
 		m := nats.NewMsg(subject)
 		m.Data = make([]byte, 1+i)
 		_, _ = rand.Read(m.Data)
