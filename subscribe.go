@@ -77,8 +77,10 @@ func BatchSize(n int) SubscribeOption {
 }
 
 // AckWait sets how long the broker waits before redelivering an event whose
-// consumer went silent (default 30s). herald extends it while it holds an
-// event back for ordering or retry.
+// consumer went silent (default 10s). herald extends it while it holds an
+// event back for ordering or retry, so a short wait costs nothing while the
+// instance lives; it bounds how long a crashed instance's events stay away
+// (and how long a successor holds later events back to keep their order).
 func AckWait(d time.Duration) SubscribeOption {
 	return func(c *subConfig) error {
 		if d < 100*time.Millisecond {
@@ -154,7 +156,7 @@ func subscribe[T any](svc *Service, c Contract, name string, fn func(ctx context
 	if !serviceName.MatchString(name) {
 		return fmt.Errorf("%w: service %s: subscription name %q: want lower-case letters, digits, '-' or '_'", ErrInvalidOption, svc.name, name)
 	}
-	cfg := subConfig{retry: svc.cfg.retry, batch: 128, ackWait: 30 * time.Second, maxAckPending: 4096}
+	cfg := subConfig{retry: svc.cfg.retry, batch: 128, ackWait: 10 * time.Second, maxAckPending: 4096}
 	for _, o := range opts {
 		if err := o(&cfg); err != nil {
 			return fmt.Errorf("service %s: subscription %s: %w", svc.name, name, err)

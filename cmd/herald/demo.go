@@ -21,8 +21,10 @@ import (
 	"github.com/heraldhq/herald/broker/natsjs"
 	"github.com/heraldhq/herald/examples/shop/service/orders"
 	"github.com/heraldhq/herald/examples/shop/shop"
+	"github.com/heraldhq/herald/metrics"
 	"github.com/heraldhq/herald/notify"
 	"github.com/heraldhq/herald/notify/devbox"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 )
 
@@ -101,7 +103,12 @@ func runDemo(ctx context.Context, out io.Writer, f demoFlags) error {
 		return fmt.Errorf("start the embedded NATS JetStream: %w", err)
 	}
 	defer b.Close()
-	sys, err := shop.Start(ctx, shop.Config{Broker: b, DataDir: dir, Logger: log})
+	reg := prometheus.NewRegistry()
+	m, err := metrics.New(reg)
+	if err != nil {
+		return err
+	}
+	sys, err := shop.Start(ctx, shop.Config{Broker: b, DataDir: dir, Logger: log, Metrics: m, Registry: reg})
 	if err != nil {
 		return err
 	}
@@ -112,6 +119,7 @@ func runDemo(ctx context.Context, out io.Writer, f demoFlags) error {
 		fmt.Fprintf(out, "  %-13s http://%s\n", name, sys.Addr[name])
 	}
 	fmt.Fprintf(out, "  %-13s http://%s/mailbox/ (the development mailbox)\n", "mailbox", sys.Addr["notifications"])
+	fmt.Fprintf(out, "  %-13s http://%s/metrics (Prometheus; on every service's address)\n", "metrics", sys.Addr["orders"])
 	fmt.Fprintf(out, "placing %d orders/s for %v from %d customers (Ctrl-C stops early)\n\n", f.rate, f.duration, f.customers)
 
 	load := &loadGen{url: "http://" + sys.Addr["orders"] + "/orders", customers: f.customers}

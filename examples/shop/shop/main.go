@@ -16,12 +16,14 @@ import (
 
 	"github.com/heraldhq/herald/broker/natsjs"
 	"github.com/heraldhq/herald/examples/shop/service/notifications"
+	"github.com/heraldhq/herald/metrics"
 	"github.com/heraldhq/herald/notify"
 	"github.com/heraldhq/herald/notify/devbox"
 	"github.com/heraldhq/herald/notify/smtp"
 	"github.com/heraldhq/herald/store"
 	"github.com/heraldhq/herald/store/postgres"
 	"github.com/heraldhq/herald/store/sqlite"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Main runs the shop service name as its own process, configured by flags
@@ -70,7 +72,12 @@ func run(name string, args []string) error {
 		return err
 	}
 	defer b.Close()
-	cfg := Config{Broker: b, DispatchDelay: *delay, Logger: log}
+	reg := prometheus.NewRegistry()
+	m, err := metrics.New(reg)
+	if err != nil {
+		return err
+	}
+	cfg := Config{Broker: b, DispatchDelay: *delay, Logger: log, Metrics: m, Registry: reg}
 	if name == "notifications" {
 		if *smtpAddr != "" {
 			mail, err := smtp.New(*smtpAddr, *smtpFrom, smtp.WithTLSPolicy(smtp.TLSOpportunistic))
@@ -110,7 +117,7 @@ func run(name string, args []string) error {
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: svc.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: cfg.withMetrics(svc.Handler()), ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(l) }()
 	fmt.Printf("%s listening on http://%s\n", name, l.Addr())
 	<-ctx.Done()

@@ -20,11 +20,14 @@ import (
 	"github.com/heraldhq/herald/examples/shop/service/orders"
 	"github.com/heraldhq/herald/examples/shop/service/reviews"
 	"github.com/heraldhq/herald/examples/shop/service/shipping"
+	"github.com/heraldhq/herald/metrics"
 	"github.com/heraldhq/herald/notify"
 	"github.com/heraldhq/herald/notify/devbox"
 	"github.com/heraldhq/herald/store"
 	"github.com/heraldhq/herald/store/postgres"
 	"github.com/heraldhq/herald/store/sqlite"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // Config says where the system keeps its state and how it behaves.
@@ -46,6 +49,10 @@ type Config struct {
 	Senders notifications.Senders
 	// Notifications tunes the notification service.
 	Notifications notifications.Config
+	// Metrics, if set, observes every service and is served at /metrics on
+	// each service's HTTP address, with Registry.
+	Metrics  *metrics.Metrics
+	Registry *prometheus.Registry
 	// mailbox is the development mailbox behind the default senders.
 	mailbox *devbox.Box
 }
@@ -146,7 +153,7 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 			return nil, fmt.Errorf("shop: start %s: %w", name, err)
 		}
 		s.closers = append(s.closers, svc.Close)
-		addr, err := s.serve(cfg.Listen+":0", svc.Handler())
+		addr, err := s.serve(cfg.Listen+":0", cfg.withMetrics(svc.Handler()))
 		if err != nil {
 			return nil, fmt.Errorf("shop: %s HTTP: %w", name, err)
 		}
@@ -178,6 +185,45 @@ func (w withMailbox) Handler() http.Handler {
 // NewService builds the shop service name on st.
 func NewService(ctx context.Context, name string, st *store.Store, cfg Config) (Runner, error) {
 	opts := []herald.Option{herald.WithBroker(cfg.Broker), herald.WithLogger(cfg.Logger)}
+	if cfg.Metrics != nil {
+		opts = append(opts, herald.WithObserver(cfg.Metrics))
+	}
+	r, err := newService(ctx, name, st, cfg, opts)
+	if err == nil && cfg.Metrics != nil {
+		cfg.Metrics.Watch(heraldOf(r))
+	}
+	return r, err
+}
+
+// heraldOf returns the herald service inside a shop service.
+func heraldOf(r Runner) *herald.Service {
+	switch v := r.(type) {
+	case *orders.Service:
+		return v.Service
+	case *shipping.Service:
+		return v.Service
+	case *reviews.Service:
+		return v.Service
+	case *notifications.Service:
+		return v.Service
+	case withMailbox:
+		return v.Service.Service
+	}
+	return nil
+}
+
+// withMetrics serves /metrics beside h when the config has metrics.
+func (c Config) withMetrics(h http.Handler) http.Handler {
+	if c.Registry == nil {
+		return h
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(c.Registry, promhttp.HandlerOpts{}))
+	mux.Handle("/", h)
+	return mux
+}
+
+func newService(ctx context.Context, name string, st *store.Store, cfg Config, opts []herald.Option) (Runner, error) {
 	switch name {
 	case "orders":
 		return orders.New(ctx, st, opts...)

@@ -1,0 +1,100 @@
+// Package metrics exports herald's hops as Prometheus metrics: an observer
+// (herald.WithObserver) that counts every hop by service, event type and
+// outcome, times handlers, and — for the services it watches — reports the
+// outbox backlog and the age of its oldest row at scrape time.
+//
+//	m := metrics.New(prometheus.DefaultRegisterer)
+//	svc, _ := herald.New("orders", herald.WithObserver(m), …)
+//	m.Watch(svc)
+//	http.Handle("/metrics", promhttp.Handler())
+package metrics
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/heraldhq/herald"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics is a herald.Observer and a prometheus.Collector of outbox gauges.
+type Metrics struct {
+	hops       *prometheus.CounterVec
+	handle     *prometheus.HistogramVec
+	deadLetter *prometheus.CounterVec
+	backlog    *prometheus.Desc
+	oldest     *prometheus.Desc
+
+	mu       sync.Mutex
+	services []*herald.Service
+}
+
+// New creates the metrics and registers them with reg.
+func New(reg prometheus.Registerer) (*Metrics, error) {
+	m := &Metrics{
+		hops: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "herald", Name: "events_total",
+			Help: "Events through each hop (record, translate, notify, publish, consume, handle, dead-letter, deliver) by outcome.",
+		}, []string{"service", "hop", "type", "outcome"}),
+		handle: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "herald", Name: "handler_duration_seconds",
+			Help:    "Time subscription handlers took, by outcome (ok, duplicate, retry).",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
+		}, []string{"service", "subscription", "outcome"}),
+		deadLetter: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "herald", Name: "dead_letters_total",
+			Help: "Events a subscription gave up on, by reason.",
+		}, []string{"service", "subscription", "reason"}),
+		backlog: prometheus.NewDesc("herald_outbox_backlog", "Outbox rows not yet published.", []string{"service"}, nil),
+		oldest:  prometheus.NewDesc("herald_outbox_oldest_age_seconds", "Age of the oldest unpublished outbox row.", []string{"service"}, nil),
+	}
+	for _, c := range []prometheus.Collector{m.hops, m.handle, m.deadLetter, m} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// Observe counts one observation; it never blocks.
+func (m *Metrics) Observe(_ context.Context, o herald.Observation) {
+	m.hops.WithLabelValues(o.Service, string(o.Hop), o.Event.Type, o.Outcome).Inc()
+	switch o.Hop {
+	case herald.HopHandle:
+		m.handle.WithLabelValues(o.Service, o.Subscription, o.Outcome).Observe(o.Duration.Seconds())
+	case herald.HopDeadLetter:
+		m.deadLetter.WithLabelValues(o.Service, o.Subscription, o.Reason).Inc()
+	}
+}
+
+// Watch adds svc's outbox backlog and oldest-row age to every scrape.
+func (m *Metrics) Watch(svc *herald.Service) {
+	m.mu.Lock()
+	m.services = append(m.services, svc)
+	m.mu.Unlock()
+}
+
+// Describe implements prometheus.Collector.
+func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
+	ch <- m.backlog
+	ch <- m.oldest
+}
+
+// Collect implements prometheus.Collector: it reads each watched service's
+// outbox, with a short timeout so a slow database cannot stall a scrape.
+func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
+	m.mu.Lock()
+	svcs := append([]*herald.Service(nil), m.services...)
+	m.mu.Unlock()
+	for _, s := range svcs {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		n, age, err := s.OutboxStats(ctx)
+		cancel()
+		if err != nil {
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(m.backlog, prometheus.GaugeValue, float64(n), s.Name())
+		ch <- prometheus.MustNewConstMetric(m.oldest, prometheus.GaugeValue, age.Seconds(), s.Name())
+	}
+}

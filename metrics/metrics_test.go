@@ -1,0 +1,152 @@
+package metrics_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/heraldhq/herald"
+	"github.com/heraldhq/herald/broker/natsjs"
+	"github.com/heraldhq/herald/internal/testdb"
+	"github.com/heraldhq/herald/metrics"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+)
+
+type placed struct{ ID string }
+
+// TestScrapeMetrics runs a producer and a consumer with the metrics
+// observer, scrapes /metrics over HTTP and parses it with expfmt.
+func TestScrapeMetrics(t *testing.T) {
+	ctx := context.Background()
+	quiet := slog.New(slog.DiscardHandler)
+	b, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithLogger(quiet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	reg := prometheus.NewRegistry()
+	m, err := metrics.New(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	domain := herald.Domain[placed]("orders.placed")
+	contract := herald.Integration[placed]("shop.order.placed", herald.KeyBy(func(p placed) string { return p.ID }))
+	prod, err := herald.New("orders", herald.WithStore(testdb.SQLite(t)), herald.WithBroker(b), herald.WithObserver(m), herald.WithLogger(quiet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := herald.Translate(prod, domain, contract, func(ctx context.Context, p placed) (placed, error) { return p, nil }); err != nil {
+		t.Fatal(err)
+	}
+	cons, err := herald.New("shipping", herald.WithStore(testdb.SQLite(t)), herald.WithBroker(b), herald.WithObserver(m), herald.WithLogger(quiet),
+		herald.WithRetry(herald.RetryPolicy{MaxAttempts: 1, BaseDelay: time.Millisecond, MaxDelay: time.Millisecond}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := herald.Subscribe(cons, contract, "ship", func(ctx context.Context, tx herald.Tx, p placed) error {
+		if p.ID == "bad" {
+			return errors.New("no")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	m.Watch(prod)
+	for _, s := range []*herald.Service{prod, cons} {
+		if err := s.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+	}
+	for _, id := range []string{"a", "b", "bad"} {
+		if err := prod.Do(ctx, func(tx herald.Tx) error { return herald.Record(tx, domain, placed{ID: id}) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	srv := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	defer srv.Close()
+	var families map[string]*dto.MetricFamily
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		families = scrape(t, srv.URL)
+		if value(families, "herald_dead_letters_total", nil) >= 1 && value(families, "herald_events_total", map[string]string{"hop": "handle", "outcome": "ok"}) >= 2 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	checks := []struct {
+		name   string
+		labels map[string]string
+		want   float64
+	}{
+		{"herald_events_total", map[string]string{"service": "orders", "hop": "record", "type": "orders.placed"}, 3},
+		{"herald_events_total", map[string]string{"service": "orders", "hop": "translate", "type": "shop.order.placed"}, 3},
+		{"herald_events_total", map[string]string{"service": "orders", "hop": "publish", "outcome": "ok"}, 3},
+		{"herald_events_total", map[string]string{"service": "shipping", "hop": "consume"}, 3},
+		{"herald_events_total", map[string]string{"service": "shipping", "hop": "handle", "outcome": "ok"}, 2},
+		{"herald_dead_letters_total", map[string]string{"subscription": "ship", "reason": "exhausted"}, 1},
+		{"herald_outbox_backlog", map[string]string{"service": "orders"}, 0},
+	}
+	for _, c := range checks {
+		if got := value(families, c.name, c.labels); got != c.want {
+			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
+		}
+	}
+	if h := families["herald_handler_duration_seconds"]; h == nil || h.GetType() != dto.MetricType_HISTOGRAM {
+		t.Errorf("no handler duration histogram")
+	}
+}
+
+func scrape(t *testing.T, url string) map[string]*dto.MetricFamily {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("parse /metrics: %v", err)
+	}
+	return fams
+}
+
+// value sums the samples of family name whose labels include want.
+func value(fams map[string]*dto.MetricFamily, name string, want map[string]string) float64 {
+	f := fams[name]
+	if f == nil {
+		return -1
+	}
+	sum := 0.0
+	for _, m := range f.GetMetric() {
+		labels := map[string]string{}
+		for _, l := range m.GetLabel() {
+			labels[l.GetName()] = l.GetValue()
+		}
+		ok := true
+		for k, v := range want {
+			if labels[k] != v {
+				ok = false
+			}
+		}
+		if !ok {
+			continue
+		}
+		switch {
+		case m.GetCounter() != nil:
+			sum += m.GetCounter().GetValue()
+		case m.GetGauge() != nil:
+			sum += m.GetGauge().GetValue()
+		}
+	}
+	return sum
+}
