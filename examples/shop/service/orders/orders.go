@@ -107,16 +107,29 @@ func migrate(ctx context.Context, st *store.Store) error {
 var rank = map[string]int{StatusConfirmed: 1, StatusScheduled: 2, StatusShipped: 3}
 
 func (s *Service) advance(ctx context.Context, tx herald.Tx, orderID, status string) error {
-	var cur string
-	err := tx.SQL().QueryRowContext(ctx, s.st.Rebind(`SELECT status FROM orders WHERE id = ?`), orderID).Scan(&cur)
-	if errors.Is(err, sql.ErrNoRows) {
-		return herald.Permanent(fmt.Errorf("unknown order %s", orderID))
+	// Move only forward, in one statement: shipping's events arrive on two
+	// subscriptions whose transactions may run at once, and a read-then-write
+	// would let the later one overwrite "shipped" with "scheduled".
+	var earlier []any
+	for st, r := range rank {
+		if r < rank[status] {
+			earlier = append(earlier, st)
+		}
 	}
-	if err != nil || rank[cur] >= rank[status] {
+	q := `UPDATE orders SET status = ? WHERE id = ? AND status IN (?` + strings.Repeat(", ?", len(earlier)-1) + `)`
+	res, err := tx.SQL().ExecContext(ctx, s.st.Rebind(q), append([]any{status, orderID}, earlier...)...)
+	if err != nil {
 		return err
 	}
-	if _, err := tx.SQL().ExecContext(ctx, s.st.Rebind(`UPDATE orders SET status = ? WHERE id = ?`), status, orderID); err != nil {
-		return err
+	if n, _ := res.RowsAffected(); n == 0 {
+		var exists int
+		if err := tx.SQL().QueryRowContext(ctx, s.st.Rebind(`SELECT COUNT(*) FROM orders WHERE id = ?`), orderID).Scan(&exists); err != nil {
+			return err
+		}
+		if exists == 0 {
+			return herald.Permanent(fmt.Errorf("unknown order %s", orderID))
+		}
+		return nil // already at or past status
 	}
 	return herald.Record(tx, statusChanges, statusChanged{OrderID: orderID, Status: status})
 }
