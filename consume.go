@@ -43,6 +43,7 @@ type consumer struct {
 	svc    *Service
 	sub    *subscription
 	queues map[string][]*item // per key, in stream order
+	bySeq  map[uint64]*item   // every queued item, by stream sequence
 	held   int
 	seq    uint64 // arrival counter, for transports without sequences
 
@@ -58,7 +59,7 @@ type consumer struct {
 }
 
 func (s *Service) consume(ctx context.Context, sub *subscription) {
-	c := &consumer{svc: s, sub: sub, queues: map[string][]*item{}}
+	c := &consumer{svc: s, sub: sub, queues: map[string][]*item{}, bySeq: map[uint64]*item{}}
 	in := make(chan []broker.Delivery, 8)
 	bsub := s.brokerSubscription(sub)
 	c.bsub = bsub
@@ -134,6 +135,13 @@ func (c *consumer) accept(batch []broker.Delivery) {
 	now := time.Now()
 	for _, d := range batch {
 		c.seq++
+		if old, ok := c.bySeq[d.Sequence()]; ok && d.Sequence() != 0 {
+			// A redelivery of an event this consumer still holds (its ack
+			// wait ran out, say while the connection was down): keep one
+			// item, with the live delivery.
+			old.d, old.touched = d, now
+			continue
+		}
 		it := &item{seq: d.Sequence(), d: d, touched: now}
 		if it.seq == 0 {
 			it.seq = c.seq
@@ -146,6 +154,7 @@ func (c *consumer) accept(batch []broker.Delivery) {
 				c.awaiting--
 			}
 		}
+		c.bySeq[it.seq] = it
 		c.classify(it)
 		if c.svc.observing() && it.env != nil {
 			c.svc.observe(context.Background(), Observation{Hop: HopConsume, Subscription: c.sub.name, Event: *it.env, Start: now, Outcome: OutcomeOK})
@@ -317,6 +326,7 @@ func (c *consumer) remove(it *item) {
 	} else {
 		c.queues[it.key] = q
 	}
+	delete(c.bySeq, it.seq)
 	c.held--
 }
 
@@ -335,7 +345,12 @@ func (c *consumer) handleBatch(ctx context.Context, batch []*item) ([]*item, err
 	var deadLettered []*item
 	var handled []handledItem
 	blocked := map[string]bool{}
+	lastBeat := time.Now()
 	for _, it := range batch {
+		if time.Since(lastBeat) > c.sub.cfg.ackWait/3 {
+			c.heartbeat() // a long batch must not let the broker redeliver what waits
+			lastBeat = time.Now()
+		}
 		if blocked[it.key] {
 			continue
 		}
@@ -368,8 +383,14 @@ func (c *consumer) handleBatch(ctx context.Context, batch []*item) ([]*item, err
 		}
 		if herr == nil {
 			if err := st.Release(ctx, sqlTx); err != nil {
-				return nil, c.abort(t, err)
+				// The handler left the transaction failed (PostgreSQL: it
+				// swallowed a statement's error). Undo this event only and
+				// count it as this event's failure, so it retries and, if it
+				// keeps failing, is dead-lettered instead of stalling the batch.
+				herr = fmt.Errorf("handler left its transaction failed: %w", err)
 			}
+		}
+		if herr == nil {
 			settled = append(settled, it)
 			if c.svc.observing() {
 				outcome := OutcomeOK
@@ -514,6 +535,7 @@ func (c *consumer) releaseAll() {
 		}
 	}
 	c.queues = map[string][]*item{}
+	c.bySeq = map[uint64]*item{}
 	c.held = 0
 }
 

@@ -405,3 +405,41 @@ func TestConcurrentDo(t *testing.T) {
 		}
 	})
 }
+
+func TestHeaderUnsafeKeyAndSwallowedErrorsRollBack(t *testing.T) {
+	st := testdb.SQLite(t)
+	if _, err := st.DB().Exec(`CREATE TABLE orders (id TEXT PRIMARY KEY, amount INTEGER NOT NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	svc, err := herald.New("orders", herald.WithStore(st))
+	must(t, err)
+	ev := herald.Domain[placed]("orders.placed")
+	out := herald.Integration[confirmed]("shop.order.confirmed", herald.KeyBy(func(c confirmed) string { return c.OrderID }))
+	must(t, herald.Translate(svc, ev, out, func(ctx context.Context, e placed) (confirmed, error) {
+		return confirmed{OrderID: e.OrderID}, nil
+	}))
+	stranger := herald.Domain[placed]("orders.stranger")
+	insert := func(tx herald.Tx, id string) {
+		_, _ = tx.SQL().ExecContext(tx.Context(), `INSERT INTO orders (id, amount) VALUES (?, 1)`, id)
+	}
+	// A key with a line break could not travel in a header: refused at record time.
+	err = svc.Do(context.Background(), func(tx herald.Tx) error {
+		insert(tx, "k")
+		return herald.Record(tx, ev, placed{OrderID: "evil\r\nX-Injected: 1"})
+	})
+	if !errors.Is(err, herald.ErrEncode) || !strings.Contains(err.Error(), "partition key") {
+		t.Fatalf("header-unsafe key: %v", err)
+	}
+	// An unregistered contract whose error the caller swallows still rolls back.
+	err = svc.Do(context.Background(), func(tx herald.Tx) error {
+		insert(tx, "s")
+		_ = herald.Record(tx, stranger, placed{OrderID: "s"})
+		return nil
+	})
+	if !errors.Is(err, herald.ErrUnregistered) {
+		t.Fatalf("swallowed unregistered: %v", err)
+	}
+	if n := testdb.Count(t, st, "orders", ""); n != 0 {
+		t.Fatalf("orders has %d rows after two failed transactions", n)
+	}
+}

@@ -55,6 +55,7 @@ type world struct {
 
 	mu       sync.Mutex
 	fail     func(stepped, int) error // injected handler failure by attempt
+	swallow  func(stepped) bool       // the handler hides a failed statement and returns nil
 	attempts map[string]int
 	orderErr []string
 }
@@ -108,6 +109,10 @@ func (w *world) handle(ctx context.Context, tx herald.Tx, s stepped) error {
 		if err := fail(s, attempt); err != nil {
 			return err
 		}
+	}
+	if w.swallow != nil && w.swallow(s) {
+		_, _ = tx.SQL().ExecContext(ctx, "SELECT 1/0") // the error is swallowed
+		return nil
 	}
 	q := tx.SQL()
 	var last int
@@ -411,5 +416,31 @@ func TestNotifyWakesAnotherInstancesRelay(t *testing.T) {
 	}
 	if got.Load() != 1 {
 		t.Fatal("the running relay was not woken by the other instance's commit")
+	}
+}
+
+// TestSwallowedStatementErrorDoesNotStallTheSubscription: on PostgreSQL a
+// handler that hides a failed statement leaves its transaction aborted; that
+// event must end as a dead letter after its attempts, and the other events
+// of the same batches must take effect.
+func TestSwallowedStatementErrorDoesNotStallTheSubscription(t *testing.T) {
+	testdb.PostgresURL(t) // PostgreSQL only: SQLite keeps a transaction usable after an error
+	w := newWorld(t, "postgres")
+	w.swallow = func(s stepped) bool { return s.OrderID == "o003" }
+	w.produce(t, 10, 3)
+	w.waitEffects(t, 27)
+	deadline := time.Now().Add(30 * time.Second)
+	var dls []herald.DeadLetter
+	for len(dls) < 3 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+		dls, _ = w.shipping.DeadLetters(context.Background(), herald.DeadLetterFilter{})
+	}
+	if len(dls) != 3 {
+		t.Fatalf("dead letters = %d, want the 3 events of o003", len(dls))
+	}
+	for _, d := range dls {
+		if d.Reason != store.ReasonExhausted || !strings.Contains(d.LastError, "transaction failed") {
+			t.Fatalf("dead letter %+v", d)
+		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/heraldhq/herald/envelope"
@@ -134,6 +135,16 @@ func (s *Service) flush(ctx context.Context, t *txn) error {
 	return nil
 }
 
+// failIfOpen makes err the transaction's failure when tx is still open, so
+// that Do rolls back even if the caller ignores the error: an event that could
+// not be recorded must not leave its state change committed without it.
+func failIfOpen(tx Tx, err error) error {
+	if tx == nil || tx.scope().t.done {
+		return err
+	}
+	return tx.scope().t.fail(err)
+}
+
 // check validates that tx can record an event of contract c.
 func check(tx Tx, c Contract) (*txScope, error) {
 	if tx == nil {
@@ -170,6 +181,9 @@ func (sc *txScope) newEnvelope(c Contract, v any, key string) (*envelope.Envelop
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", ErrEncode, b, err)
 	}
+	if !headerSafe(key) {
+		return nil, fmt.Errorf("%w: %s: partition key %q cannot travel in a message header (control character or surrounding space)", ErrEncode, b, key)
+	}
 	now := time.Now().UTC()
 	e := &envelope.Envelope{
 		ID:              envelope.NewID(now),
@@ -196,7 +210,26 @@ func (sc *txScope) newEnvelope(c Contract, v any, key string) (*envelope.Envelop
 	if e.CorrelationID == "" {
 		e.CorrelationID = e.ID
 	}
+	for _, v := range []string{e.CorrelationID, e.TraceParent, e.TraceState} {
+		if !headerSafe(v) {
+			return nil, fmt.Errorf("%w: %s: correlation or trace context %q cannot travel in a message header", ErrEncode, b, v)
+		}
+	}
 	return e, nil
+}
+
+// headerSafe reports whether v survives a message header unchanged: no
+// control characters, no surrounding spaces or tabs.
+func headerSafe(v string) bool {
+	if v != strings.TrimSpace(v) {
+		return false
+	}
+	for i := 0; i < len(v); i++ {
+		if v[i] < 0x20 || v[i] == 0x7f {
+			return false
+		}
+	}
+	return true
 }
 
 // fail remembers the first failure of a handler or translation, so that Do
@@ -218,7 +251,7 @@ func Record[T any](tx Tx, c *DomainEvent[T], v T) error {
 	}
 	sc, err := check(tx, c)
 	if err != nil {
-		return err
+		return failIfOpen(tx, err)
 	}
 	t := sc.t
 	if sc.depth >= t.svc.cfg.maxDepth {
@@ -262,7 +295,7 @@ func Notify[T any](tx Tx, c *NotificationEvent[T], v T) error {
 	}
 	sc, err := check(tx, c)
 	if err != nil {
-		return err
+		return failIfOpen(tx, err)
 	}
 	e, err := sc.newEnvelope(c, v, "")
 	if err != nil {

@@ -54,11 +54,13 @@ type TypeRef struct {
 
 // Publisher sends envelopes to the broker.
 type Publisher interface {
-	// Publish sends every envelope asynchronously, with a bounded number in
-	// flight, and waits until the broker has acknowledged (stored) each one or
-	// ctx ends. errs[i] is the outcome of events[i]: nil once stored. The
-	// transport deduplicates by envelope ID, so re-publishing an event that
-	// was already stored is harmless.
+	// Publish sends the envelopes asynchronously, in order, with a bounded
+	// number in flight, and waits until the broker has acknowledged (stored)
+	// each one or ctx ends. errs[i] is the outcome of events[i]: nil once
+	// stored. At the first failure it sends nothing more of the batch (those
+	// events get an error too), so that no event is stored before an earlier
+	// one that failed; the caller retries them in order. The transport
+	// deduplicates by envelope ID, so re-publishing a stored event is harmless.
 	Publish(ctx context.Context, events []*envelope.Envelope) (errs []error)
 }
 

@@ -41,6 +41,8 @@ func (b *Broker) Publish(ctx context.Context, events []*envelope.Envelope) []err
 	// later ones would be stored after the reconnect. So after the first
 	// failure, or once the connection has reconnected since the batch began,
 	// nothing more of the batch is sent; the caller retries the rest, in order.
+	// Any failure stops the batch, not only transient ones: sending later
+	// events of the failed one's key would store them before it.
 	reconnects := b.nc.Stats().Reconnects
 	var stopped error
 	futures := make([]jetstream.PubAckFuture, len(events))
@@ -59,14 +61,13 @@ func (b *Broker) Publish(ctx context.Context, events []*envelope.Envelope) []err
 		m, err := b.eventMsg(e, "", "")
 		if err != nil {
 			errs[i] = fmt.Errorf("herald/natsjs: publish %s: %w", eventID(e), err)
+			stopped = errs[i]
 			continue
 		}
 		f, err := b.publishAsync(ctx, m)
 		if err != nil {
 			errs[i] = b.eventErr(ctx, e, err)
-			if errors.Is(errs[i], broker.ErrTransient) {
-				stopped = errs[i]
-			}
+			stopped = errs[i]
 			continue
 		}
 		futures[i] = f
