@@ -495,8 +495,11 @@ func TestSMTPProviderDown(t *testing.T) {
 	if len(up) < rate || len(down) < rate {
 		t.Fatalf("too few samples: up %d, down %d", len(up), len(down))
 	}
-	if p50u, p50d := quantile(up, .5), quantile(down, .5); p50d > 3*p50u+5*time.Millisecond {
-		t.Errorf("Do p50 while the provider is down %v > 3 × %v + 5ms (up)", p50d, p50u)
+	// The latencies above are reported, not asserted (speed is for
+	// benchmarks); a Do that waited for the SMTP server would have failed or
+	// hung while it was down.
+	if maxDown := quantile(down, 1); maxDown > 5*time.Second {
+		t.Errorf("a Do took %v while the provider was down: it waited for the provider", maxDown)
 	}
 
 	// Everything arrives once the server is back.
