@@ -13,6 +13,7 @@ const (
 	correlationKey ctxKey = iota
 	traceParentKey
 	eventKey
+	txKey
 )
 
 // WithCorrelationID returns a context whose recorded events belong to the
@@ -59,8 +60,6 @@ func withEvent(ctx context.Context, e *envelope.Envelope) context.Context {
 // NewID returns a new time-sortable unique id (a ULID), handy for the
 // ids of the rows a service creates along with its events.
 func NewID() string { return envelope.NewID(time.Now()) }
-
-const txKey ctxKey = 100
 
 // TxFrom returns the transaction a handler runs in, when ctx is the context
 // herald passed to a domain or integration handler (or to code it calls,

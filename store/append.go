@@ -16,16 +16,22 @@ import (
 // holds SQLite's write lock.)
 type stmtCache map[string]*sql.Stmt
 
+// oneRow holds the texts of the one-row inserts, built once so the hot path
+// does no string work: each is also the key of its prepared statement.
+type oneRow struct {
+	log, outbox, both string
+}
+
 func (s *Store) prepareHot(ctx context.Context) error {
 	s.stmts = stmtCache{}
-	qs := []string{
-		s.d.Rebind(s.queries.eventLogInsert + s.values(1, nEventCols)),
-		s.d.Rebind(s.queries.outboxInsert + s.values(1, nEventCols)),
-		s.queries.inboxClaim,
-		sqlSavepoint, sqlRelease, sqlRollbackTo,
+	s.one = oneRow{
+		log:    s.d.Rebind(s.queries.eventLogInsert + s.values(1, nEventCols)),
+		outbox: s.d.Rebind(s.queries.outboxInsert + s.values(1, nEventCols)),
 	}
+	qs := []string{s.one.log, s.one.outbox, s.queries.inboxClaim, sqlSavepoint, sqlRelease, sqlRollbackTo}
 	if s.d.Name() == "postgres" {
-		qs = append(qs, s.appendBoth(1, 1))
+		s.one.both = s.appendBoth(1, 1)
+		qs = append(qs, s.one.both)
 	}
 	for _, q := range qs {
 		st, err := s.db.PrepareContext(ctx, q)
@@ -52,7 +58,10 @@ func (s *Store) Append(ctx context.Context, tx *sql.Tx, log, outbox []*envelope.
 		return err
 	}
 	if s.d.Name() == "postgres" && len(log) > 0 && len(outbox) > 0 && len(log)+len(outbox) <= maxRowsPerInsert {
-		q := s.appendBoth(len(log), len(outbox))
+		q := s.one.both
+		if len(log) != 1 || len(outbox) != 1 {
+			q = s.appendBoth(len(log), len(outbox))
+		}
 		args := make([]any, 0, (len(log)+len(outbox))*nEventCols)
 		for _, e := range log {
 			args = eventArgs(args, e)
@@ -65,25 +74,26 @@ func (s *Store) Append(ctx context.Context, tx *sql.Tx, log, outbox []*envelope.
 		}
 		return nil
 	}
-	if err := s.appendTo(ctx, tx, s.queries.eventLogInsert, log); err != nil {
+	if err := s.appendTo(ctx, tx, s.queries.eventLogInsert, s.one.log, log); err != nil {
 		return fmt.Errorf("herald/store: append event log: %w", err)
 	}
-	if err := s.appendTo(ctx, tx, s.queries.outboxInsert, outbox); err != nil {
+	if err := s.appendTo(ctx, tx, s.queries.outboxInsert, s.one.outbox, outbox); err != nil {
 		return fmt.Errorf("herald/store: append outbox: %w", err)
 	}
 	return nil
 }
 
-func (s *Store) appendTo(ctx context.Context, tx *sql.Tx, prefix string, events []*envelope.Envelope) error {
+// appendTo inserts events with the statement that starts with prefix; one is
+// its prepared one-row form.
+func (s *Store) appendTo(ctx context.Context, tx *sql.Tx, prefix, one string, events []*envelope.Envelope) error {
 	if len(events) > 1 && s.d.Name() == "postgres" {
 		return s.insertEvents(ctx, tx, prefix, events) // one round trip
 	}
 	// SQLite runs in process: a prepared one-row insert per event beats
 	// parsing a new multi-row statement.
-	q := s.d.Rebind(prefix + s.values(1, nEventCols))
 	args := make([]any, 0, nEventCols)
 	for _, e := range events {
-		if _, err := s.exec(ctx, tx, q, eventArgs(args[:0], e)); err != nil {
+		if _, err := s.exec(ctx, tx, one, eventArgs(args[:0], e)); err != nil {
 			return err
 		}
 	}

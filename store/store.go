@@ -76,6 +76,7 @@ type Store struct {
 	ownsDB  bool
 	queries queries
 	stmts   stmtCache
+	one     oneRow
 	closed  atomic.Bool
 }
 
