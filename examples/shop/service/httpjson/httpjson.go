@@ -43,3 +43,25 @@ func Write(w http.ResponseWriter, status int, v any) {
 func Fail(w http.ResponseWriter, status int, msg string) {
 	Write(w, status, Error{Error: msg})
 }
+
+// As maps errors that wrap Err to an HTTP status in Respond.
+type As struct {
+	Err    error
+	Status int
+}
+
+// Respond answers with ok and v when err is nil, with the status of the
+// first mapping err wraps, or else with 500; errors go out as {"error": …}.
+func Respond(w http.ResponseWriter, ok int, v any, err error, mappings ...As) {
+	if err == nil {
+		Write(w, ok, v)
+		return
+	}
+	for _, m := range mappings {
+		if errors.Is(err, m.Err) {
+			Fail(w, m.Status, err.Error())
+			return
+		}
+	}
+	Fail(w, http.StatusInternalServerError, err.Error())
+}

@@ -261,25 +261,11 @@ func (s *Service) Handler() http.Handler {
 			return
 		}
 		o, err := s.Place(r.Context(), req)
-		switch {
-		case errors.Is(err, ErrInvalid):
-			httpjson.Fail(w, http.StatusBadRequest, err.Error())
-		case err != nil:
-			httpjson.Fail(w, http.StatusInternalServerError, err.Error())
-		default:
-			httpjson.Write(w, http.StatusCreated, o)
-		}
+		httpjson.Respond(w, http.StatusCreated, o, err, httpjson.As{Err: ErrInvalid, Status: http.StatusBadRequest})
 	})
 	mux.HandleFunc("GET /orders/{id}", func(w http.ResponseWriter, r *http.Request) {
 		o, err := s.Get(r.Context(), r.PathValue("id"))
-		switch {
-		case errors.Is(err, ErrNotFound):
-			httpjson.Fail(w, http.StatusNotFound, err.Error())
-		case err != nil:
-			httpjson.Fail(w, http.StatusInternalServerError, err.Error())
-		default:
-			httpjson.Write(w, http.StatusOK, o)
-		}
+		httpjson.Respond(w, http.StatusOK, o, err, httpjson.As{Err: ErrNotFound, Status: http.StatusNotFound})
 	})
 	return mux
 }

@@ -144,14 +144,7 @@ func (s *Service) Handler() http.Handler {
 			return
 		}
 		rv, err := s.Post(r.Context(), rv)
-		switch {
-		case errors.Is(err, ErrInvalid):
-			httpjson.Fail(w, http.StatusBadRequest, err.Error())
-		case err != nil:
-			httpjson.Fail(w, http.StatusInternalServerError, err.Error())
-		default:
-			httpjson.Write(w, http.StatusCreated, rv)
-		}
+		httpjson.Respond(w, http.StatusCreated, rv, err, httpjson.As{Err: ErrInvalid, Status: http.StatusBadRequest})
 	})
 	mux.HandleFunc("GET /products/{id}/reviews", func(w http.ResponseWriter, r *http.Request) {
 		rows, err := s.st.DB().QueryContext(r.Context(), s.st.Rebind(`SELECT id, customer_id, product_id, rating, body, verified FROM reviews WHERE product_id = ? ORDER BY id`), r.PathValue("id"))
