@@ -31,13 +31,52 @@ func newConnector(dsn string, wait time.Duration) *connector {
 	return &connector{dsn: dsn, drv: &msqlite.Driver{}, gate: make(chan struct{}, 1), wait: wait}
 }
 
-func (c *connector) Connect(context.Context) (driver.Conn, error) {
-	conn, err := c.drv.Open(c.dsn)
-	if err != nil {
-		return nil, err
+// Connect opens a connection. Opening runs the DSN's pragmas, and
+// switching a new database to WAL needs an exclusive lock that SQLite
+// refuses at once (SQLITE_BUSY, without its busy handler) while another
+// process holds any lock on the file; so a busy open is retried with a
+// growing pause, for at most the busy timeout.
+func (c *connector) Connect(ctx context.Context) (driver.Conn, error) {
+	deadline := time.Now().Add(c.wait)
+	pause := time.Millisecond
+	for {
+		conn, err := c.drv.Open(c.dsn)
+		if err == nil {
+			return &gatedConn{Conn: conn, gate: c.gate, wait: c.wait}, nil
+		}
+		if !isBusy(err) || time.Now().Add(pause).After(deadline) {
+			return nil, err
+		}
+		t := time.NewTimer(pause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, errors.Join(err, ctx.Err())
+		case <-t.C:
+		}
+		pause = min(2*pause, 50*time.Millisecond)
 	}
-	return &gatedConn{Conn: conn, gate: c.gate, wait: c.wait}, nil
 }
+
+// isBusy reports whether err is SQLite's SQLITE_BUSY or SQLITE_LOCKED,
+// extended codes included.
+func isBusy(err error) bool {
+	var se *msqlite.Error
+	if !errors.As(err, &se) {
+		return false
+	}
+	switch se.Code() & 0xff {
+	case sqliteBusy, sqliteLocked:
+		return true
+	}
+	return false
+}
+
+// The primary result codes of https://sqlite.org/rescode.html.
+const (
+	sqliteBusy   = 5
+	sqliteLocked = 6
+)
 
 // ErrBusy is returned when a writer waited for the write lock longer than
 // the busy timeout, as SQLite's SQLITE_BUSY would be: it is worth retrying.
