@@ -53,7 +53,8 @@ type consumer struct {
 	// deliveries are held so that no event overtakes an older one of its key.
 	recovering   bool
 	awaiting     int
-	recoverUntil time.Time
+	recoverUntil time.Time // from then on, ask the broker whether others' events are still out
+	recoverCap   time.Time // the longest hold, for when other live instances always have some
 	bsub         broker.Subscription
 	epoch        uint64 // the transport's reconnects seen (broker.Resumer)
 }
@@ -119,7 +120,7 @@ func (s *Service) consume(ctx context.Context, sub *subscription) {
 		case <-tick.C:
 			c.heartbeat()
 			c.resumed(ctx)
-			c.checkRecovery()
+			c.checkRecovery(ctx, true)
 		case <-timer:
 		}
 		next := c.round(ctx)
@@ -169,7 +170,7 @@ func (c *consumer) accept(batch []broker.Delivery) {
 		c.queues[it.key] = q
 		c.held++
 	}
-	c.checkRecovery()
+	c.checkRecovery(context.Background(), false)
 }
 
 // resumed starts a recovery when the transport's connection came back since
@@ -200,17 +201,43 @@ func (c *consumer) recover(ctx context.Context, own int) {
 	if err != nil || n <= own {
 		return
 	}
+	now := time.Now()
 	c.recovering, c.awaiting = true, n-own
-	c.recoverUntil = time.Now().Add(c.sub.cfg.ackWait + time.Second)
+	c.recoverUntil = now.Add(c.sub.cfg.ackWait + time.Second)
+	c.recoverCap = now.Add(2*c.sub.cfg.ackWait + time.Second)
 	c.svc.log.Info("subscription recovering: holding new events until earlier ones are redelivered",
-		"subscription", c.sub.name, "pending", n-own, "at_most", c.sub.cfg.ackWait+time.Second)
+		"subscription", c.sub.name, "pending", n-own, "at_most", c.recoverCap.Sub(now).Round(time.Millisecond))
 }
 
 // checkRecovery ends the hold on first deliveries once the crashed
-// instance's events are back, or their ack wait has surely run out.
-func (c *consumer) checkRecovery() {
-	if !c.recovering || (c.awaiting > 0 && time.Now().Before(c.recoverUntil)) {
+// instance's events are back. Their ack wait has run out by recoverUntil,
+// but on a loaded machine the redeliveries may still be on their way; from
+// then on (when ask is set: it costs a round trip) the broker is asked
+// whether any event is unacknowledged beyond the ones this consumer holds,
+// and the hold ends when none is, or at recoverCap: with other live
+// instances of the subscription there always are some.
+func (c *consumer) checkRecovery(ctx context.Context, ask bool) {
+	if !c.recovering {
 		return
+	}
+	if c.awaiting > 0 {
+		now := time.Now()
+		if now.Before(c.recoverUntil) {
+			return
+		}
+		if now.Before(c.recoverCap) {
+			if !ask {
+				return
+			}
+			pc, ok := c.svc.broker.(broker.PendingCounter)
+			if !ok {
+				return
+			}
+			n, err := pc.Pending(ctx, c.bsub)
+			if err != nil || n > c.held {
+				return
+			}
+		}
 	}
 	c.recovering = false
 	for _, q := range c.queues {
