@@ -12,6 +12,7 @@ import (
 	"github.com/heraldhq/herald/envelope"
 	"github.com/heraldhq/herald/internal/testdb"
 	"github.com/heraldhq/herald/store"
+	"github.com/heraldhq/herald/store/storetest"
 )
 
 type placed struct {
@@ -143,6 +144,7 @@ func TestDoCommitsStateEventsAndOutboxTogether(t *testing.T) {
 		if root.Source != "orders" || root.Kind != herald.KindDomain || root.Version != 1 {
 			t.Fatalf("root attributes: %+v", root)
 		}
+		storetest.Settle(t, s.st)
 		rows, err := s.st.PendingOutbox(ctx, "orders", 10)
 		must(t, err)
 		if len(rows) != 1 {
@@ -318,6 +320,7 @@ func TestNotifyWritesOutbox(t *testing.T) {
 		must(t, s.svc.Do(context.Background(), func(tx herald.Tx) error {
 			return herald.Notify(tx, s.email, emailed{To: "ada@example.com"})
 		}))
+		storetest.Settle(t, s.st)
 		rows, err := s.st.PendingOutbox(context.Background(), "orders", 10)
 		must(t, err)
 		if len(rows) != 1 || rows[0].Event.Kind != herald.KindNotification || rows[0].Event.Type != "shop.order.email" {

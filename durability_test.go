@@ -17,11 +17,13 @@ import (
 
 // TestBrokerLostTailIsRefilledFromOutbox: the embedded default fsyncs the
 // broker once a second, so if the machine dies the broker may lose the
-// events it acknowledged last. The test makes the broker lose its last 300
-// of 1000 events (deleting them, then restarting it so its state is rebuilt
-// from disk, as after a crash), restarts the producer service, and expects
-// a consumer to receive all 1000 exactly once: the outbox kept the published
-// rows and re-published the recent ones at start.
+// events it acknowledged within its last loss window. The test makes the
+// broker lose every event it stored in that window (deleting them, then
+// restarting it so its state is rebuilt from disk, as after a crash; the
+// last 300 of 1000 events are recorded in a burst so the window holds many),
+// restarts the producer service, and expects a consumer to receive all 1000
+// exactly once: the outbox kept the published rows and re-published the
+// recent ones at start.
 func TestBrokerLostTailIsRefilledFromOutbox(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -46,11 +48,21 @@ func TestBrokerLostTailIsRefilledFromOutbox(t *testing.T) {
 	b := openBroker()
 	orders := newOrders(b)
 	must(t, orders.Start(ctx))
-	for i := range 1000 {
+	record := func(from, to int) {
 		must(t, orders.Do(ctx, func(tx herald.Tx) error {
-			return herald.Record(tx, stepRecorded, step{OrderID: "k" + string(rune('a'+i%20)), N: i})
+			for i := from; i < to; i++ {
+				if err := herald.Record(tx, stepRecorded, step{OrderID: "k" + string(rune('a'+i%20)), N: i}); err != nil {
+					return err
+				}
+			}
+			return nil
 		}))
 	}
+	for i := range 700 {
+		record(i, i+1)
+	}
+	waitBacklog(t, orders, 0)
+	record(700, 1000)
 	waitBacklog(t, orders, 0)
 	must(t, orders.Close())
 
@@ -66,9 +78,24 @@ func TestBrokerLostTailIsRefilledFromOutbox(t *testing.T) {
 	if info.State.Msgs != 1000 {
 		t.Fatalf("stream has %d events, want 1000", info.State.Msgs)
 	}
-	for seq := info.State.LastSeq - 299; seq <= info.State.LastSeq; seq++ {
+	// What the broker stored within its loss window before its last write
+	// is what a machine crash may take.
+	last, err := stream.GetMsg(ctx, info.State.LastSeq)
+	must(t, err)
+	lost := 0
+	for seq := info.State.LastSeq; seq >= info.State.FirstSeq; seq-- {
+		m, err := stream.GetMsg(ctx, seq)
+		must(t, err)
+		if m.Time.Before(last.Time.Add(-b.LossWindow())) {
+			break
+		}
 		must(t, stream.DeleteMsg(ctx, seq))
+		lost++
 	}
+	if lost < 300 {
+		t.Fatalf("the loss window held only %d events; the burst of 300 should all be in it", lost)
+	}
+	t.Logf("the broker lost its last %d events", lost)
 	nc.Close()
 	must(t, b.Close())
 

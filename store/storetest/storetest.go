@@ -27,7 +27,7 @@
 // arranged or observed in SQL: it backdates inbox rows, fakes a newer
 // schema version in herald_migrations and, on PostgreSQL, waits for
 // transactions of other tests on the same server to end before it expects
-// committed outbox rows to be pending (see settle).
+// committed outbox rows to be pending (see Settle).
 package storetest
 
 import (
@@ -250,13 +250,13 @@ func appendEventLog(t *testing.T, s *store.Store, tx *sql.Tx, evs ...*envelope.E
 	}
 }
 
-// settle waits until every committed outbox row has its final place in
-// commit order. On PostgreSQL PendingOutbox holds back rows committed after
+// Settle waits until every committed outbox row has its final place in
+// commit order, so that PendingOutbox returns every committed row. On PostgreSQL PendingOutbox holds back rows committed after
 // a transaction that is still running anywhere on the server (that is the
 // point of Dialect.PendingCondition), and other tests may share the server;
 // elsewhere commits are serialised and there is nothing to wait for. The
 // query mirrors the PostgreSQL dialect's PendingCondition.
-func settle(t *testing.T, s *store.Store) {
+func Settle(t testing.TB, s *store.Store) {
 	t.Helper()
 	if s.Dialect() != "postgres" {
 		return
@@ -267,13 +267,13 @@ func settle(t *testing.T, s *store.Store) {
 	for {
 		var n int
 		if err := s.DB().QueryRow(q).Scan(&n); err != nil {
-			t.Fatalf("settle: %v", err)
+			t.Fatalf("storetest.Settle: %v", err)
 		}
 		if n == 0 {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("settle: %d committed outbox rows still held back by transactions in flight after a minute", n)
+			t.Fatalf("storetest.Settle: %d committed outbox rows still held back by transactions in flight after a minute", n)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -282,7 +282,7 @@ func settle(t *testing.T, s *store.Store) {
 // pending settles, then returns PendingOutbox(service, limit).
 func pending(t *testing.T, s *store.Store, service string, limit int) []store.OutboxRow {
 	t.Helper()
-	settle(t, s)
+	Settle(t, s)
 	rows, err := s.PendingOutbox(context.Background(), service, limit)
 	if err != nil {
 		t.Fatalf("PendingOutbox(%s, %d): %v", service, limit, err)
