@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"sort"
 	"time"
 
@@ -67,7 +68,7 @@ func (s *Service) consume(ctx context.Context, sub *subscription) {
 	if r, ok := s.broker.(broker.Resumer); ok {
 		c.epoch = r.Epoch()
 	}
-	c.recover(ctx, 0)
+	c.recover(ctx, 0, false)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -182,7 +183,7 @@ func (c *consumer) resumed(ctx context.Context) {
 	}
 	if e := r.Epoch(); e != c.epoch {
 		c.epoch = e
-		c.recover(ctx, c.held)
+		c.recover(ctx, c.held, true)
 	}
 }
 
@@ -192,21 +193,40 @@ func (c *consumer) resumed(ctx context.Context) {
 // connection dropped. The broker redelivers them when their ack wait ends;
 // until they are back (or that wait is surely over) new deliveries wait, so no
 // event overtakes an older one of its key.
-func (c *consumer) recover(ctx context.Context, own int) {
+//
+// After a reconnect (reconnected set) the count cannot be trusted: a broker
+// that restarted may have lost the last of its consumer state, and counts
+// fewer pending events than are on their way back. So a reconnect always
+// holds until the ack wait is over, then asks the broker again.
+func (c *consumer) recover(ctx context.Context, own int, reconnected bool) {
 	pc, ok := c.svc.broker.(broker.PendingCounter)
 	if !ok {
 		return
 	}
 	n, err := pc.Pending(ctx, c.bsub)
-	if err != nil || n <= own {
+	if err != nil {
+		// A broker that has just restarted may not answer yet: assume the
+		// worst and hold until the ack wait is over, then ask again.
+		c.svc.log.Info("subscription recovering: cannot count unacknowledged events; holding new ones",
+			"subscription", c.sub.name, "err", err)
+		n = own + math.MaxInt32
+	}
+	if reconnected && n <= own {
+		n = own + math.MaxInt32
+	}
+	if n <= own {
 		return
 	}
 	now := time.Now()
 	c.recovering, c.awaiting = true, n-own
 	c.recoverUntil = now.Add(c.sub.cfg.ackWait + time.Second)
 	c.recoverCap = now.Add(2*c.sub.cfg.ackWait + time.Second)
+	pending := any(n - own)
+	if n-own >= math.MaxInt32 {
+		pending = "unknown"
+	}
 	c.svc.log.Info("subscription recovering: holding new events until earlier ones are redelivered",
-		"subscription", c.sub.name, "pending", n-own, "at_most", c.recoverCap.Sub(now).Round(time.Millisecond))
+		"subscription", c.sub.name, "pending", pending, "at_most", c.recoverCap.Sub(now).Round(time.Millisecond))
 }
 
 // checkRecovery ends the hold on first deliveries once the crashed
