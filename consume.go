@@ -341,6 +341,7 @@ func (c *consumer) handleBatch(ctx context.Context, batch []*item) ([]*item, err
 		return nil, err
 	}
 	t := &txn{svc: s, sql: sqlTx}
+	batchStart := time.Now()
 	settled := make([]*item, 0, len(batch))
 	var deadLettered []*item
 	var handled []handledItem
@@ -446,6 +447,18 @@ func (c *consumer) handleBatch(ctx context.Context, batch []*item) ([]*item, err
 	}
 	if c.svc.observing() {
 		now := time.Now()
+		if len(s.cfg.batchObservers) > 0 {
+			b := BatchObservation{Subscription: c.sub.name, Start: batchStart, Duration: now.Sub(batchStart)}
+			for _, h := range handled {
+				if h.outcome == OutcomeOK {
+					b.Events = append(b.Events, *h.it.env)
+					b.Events[len(b.Events)-1].Data = nil
+				}
+			}
+			if len(b.Events) > 0 {
+				s.observeBatch(ctx, b)
+			}
+		}
 		for _, h := range handled {
 			c.svc.observe(ctx, Observation{Hop: HopHandle, Subscription: c.sub.name, Event: *h.it.env, Start: now.Add(-h.d),
 				Duration: h.d, Outcome: h.outcome, Attempt: h.it.attempts, Err: h.err})
