@@ -30,20 +30,20 @@ import (
 
 // Record is one hop of one event: what the trace keeps.
 type Record struct {
-	Hop           herald.Hop
-	Service       string // the service where the hop happened
-	Subscription  string // consume, handle, dead-letter
-	EventID       string // for deliver: the delivery's id
-	Type          string
-	Kind          envelope.Kind
-	CausationID   string // for deliver: the notification event
-	CorrelationID string
-	Time          time.Time // when the hop began
-	Duration      time.Duration
-	Outcome       string
-	Reason        string // dead-letter reason, delivery channel
-	Attempt       int
-	Error         string // the error, cut to MaxErrorLen bytes
+	Hop           herald.Hop    `json:"hop"`
+	Service       string        `json:"service"`                // the service where the hop happened
+	Subscription  string        `json:"subscription,omitempty"` // consume, handle, dead-letter
+	EventID       string        `json:"event_id"`               // for deliver: the delivery's id
+	Type          string        `json:"type"`
+	Kind          envelope.Kind `json:"kind"`
+	CausationID   string        `json:"causation_id,omitempty"` // for deliver: the notification event
+	CorrelationID string        `json:"correlation_id"`
+	Time          time.Time     `json:"time"`        // when the hop began
+	Duration      time.Duration `json:"duration_ns"` // how long it took
+	Outcome       string        `json:"outcome"`
+	Reason        string        `json:"reason,omitempty"` // dead-letter reason, delivery channel
+	Attempt       int           `json:"attempt,omitempty"`
+	Error         string        `json:"error,omitempty"` // the error, cut to MaxErrorLen bytes
 }
 
 // MaxErrorLen bounds the error text a record keeps.
