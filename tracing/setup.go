@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"strings"
 
@@ -29,8 +30,9 @@ type Config struct {
 	// Exporter is none (the default: no spans), stdout (JSON lines on
 	// Writer), or otlp (OTLP over HTTP).
 	Exporter string
-	// Endpoint is the OTLP endpoint URL (e.g. http://localhost:4318); empty
-	// uses OTEL_EXPORTER_OTLP_ENDPOINT or the exporter's default.
+	// Endpoint is the OTLP/HTTP endpoint: a base URL such as
+	// http://localhost:4318 (spans go to its /v1/traces) or a full URL with a
+	// path; empty uses OTEL_EXPORTER_OTLP_ENDPOINT or the exporter's default.
 	Endpoint string
 	// ServiceName is the resource's service.name.
 	ServiceName string
@@ -73,7 +75,14 @@ func Setup(ctx context.Context, cfg Config) (trace.TracerProvider, func(context.
 	case ExporterOTLP:
 		var opts []otlptracehttp.Option
 		if cfg.Endpoint != "" {
-			opts = append(opts, otlptracehttp.WithEndpointURL(cfg.Endpoint))
+			u, err := url.Parse(cfg.Endpoint)
+			if err != nil || u.Scheme == "" || u.Host == "" {
+				return nil, nil, fmt.Errorf("herald/tracing: OTLP endpoint %q: want a URL such as http://localhost:4318", cfg.Endpoint)
+			}
+			if u.Path == "" || u.Path == "/" {
+				u.Path = "/v1/traces" // a base URL, as in OTEL_EXPORTER_OTLP_ENDPOINT
+			}
+			opts = append(opts, otlptracehttp.WithEndpointURL(u.String()))
 		}
 		exp, err = otlptracehttp.New(ctx, opts...)
 	default:
