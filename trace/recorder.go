@@ -58,6 +58,7 @@ type Recorder struct {
 	closed  bool
 	cancel  context.CancelFunc
 	done    chan struct{}
+	syncReq chan chan struct{}
 }
 
 // ErrClosed is returned by Start after Close.
@@ -86,7 +87,7 @@ func NewRecorder(sink Sink, cfg Config) (*Recorder, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Recorder{sink: sink, cfg: cfg, ch: make(chan Record, cfg.Buffer)}, nil
+	return &Recorder{sink: sink, cfg: cfg, ch: make(chan Record, cfg.Buffer), syncReq: make(chan chan struct{})}, nil
 }
 
 // Observe implements herald.Observer: it buffers the record of o, or drops
@@ -148,6 +149,31 @@ func (r *Recorder) Close() error {
 	return nil
 }
 
+// Sync returns once the records observed before it was called are written
+// (or failed to be, see Lost), or when ctx ends.
+func (r *Recorder) Sync(ctx context.Context) error {
+	r.mu.Lock()
+	started, closed := r.started, r.closed
+	r.mu.Unlock()
+	if !started || closed {
+		return ErrClosed
+	}
+	done := make(chan struct{})
+	select {
+	case r.syncReq <- done:
+	case <-r.done:
+		return ErrClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 // write batches records until ctx ends, then flushes what is buffered.
 func (r *Recorder) write(ctx context.Context) {
 	defer close(r.done)
@@ -178,6 +204,15 @@ func (r *Recorder) write(ctx context.Context) {
 			}
 		case <-tick.C:
 			flush(ctx)
+		case done := <-r.syncReq:
+			for k := len(r.ch); k > 0; k-- {
+				buf = AppendRecord(buf, <-r.ch)
+				if n++; len(buf) >= r.cfg.BatchBytes {
+					flush(ctx)
+				}
+			}
+			flush(ctx)
+			close(done)
 		case <-ctx.Done():
 			final := context.WithoutCancel(ctx)
 			for {
