@@ -29,7 +29,7 @@ import (
 func BenchmarkObserveOverhead(b *testing.B) {
 	var plain, observed []busResult
 	var dropped uint64
-	for round := range 4 {
+	for round := range 6 {
 		order := []bool{false, true}
 		if round%2 == 1 {
 			order = []bool{true, false}
@@ -82,6 +82,7 @@ func runObservedBus(b *testing.B, n int, observed bool) (busResult, uint64) {
 	defer br.Close()
 	var opts []herald.Option
 	var rec *trace.Recorder
+	var reg *prometheus.Registry
 	if observed {
 		rec, err = trace.NewRecorder(br, trace.Config{Source: "bench", Logger: quiet})
 		if err != nil {
@@ -91,7 +92,8 @@ func runObservedBus(b *testing.B, n int, observed bool) (busResult, uint64) {
 			b.Fatal(err)
 		}
 		defer rec.Close()
-		m, err := metrics.New(prometheus.NewRegistry())
+		reg = prometheus.NewRegistry()
+		m, err := metrics.New(reg)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -161,6 +163,32 @@ func runObservedBus(b *testing.B, n int, observed bool) (busResult, uint64) {
 	var lost uint64
 	if rec != nil {
 		lost = rec.Dropped() + rec.Lost()
+		// The observed run really observed: every handled event counted.
+		if got := handledCount(b, reg); got < float64(n) {
+			b.Fatalf("metrics counted %v handled events of %d", got, n)
+		}
 	}
 	return r, lost
+}
+
+// handledCount sums herald_events_total{hop="handle"} in reg.
+func handledCount(b *testing.B, reg *prometheus.Registry) float64 {
+	fams, err := reg.Gather()
+	if err != nil {
+		b.Fatal(err)
+	}
+	sum := 0.0
+	for _, f := range fams {
+		if f.GetName() != "herald_events_total" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "hop" && l.GetValue() == string(herald.HopHandle) {
+					sum += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return sum
 }
