@@ -14,7 +14,7 @@ import (
 type discardSink struct{}
 
 func (discardSink) ProvisionTrace(context.Context, time.Duration, int64) error { return nil }
-func (discardSink) AppendTrace(context.Context, string, []byte) error        { return nil }
+func (discardSink) AppendTrace(context.Context, string, []byte) error          { return nil }
 
 // BenchmarkObserve is the cost of one observation on the hot path (Observe)
 // plus its encoding by the writer, with a sink that stores nothing.
