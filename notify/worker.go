@@ -242,6 +242,7 @@ func (n *Notifier) observeDelivery(ctx context.Context, j recordJob, o outcome) 
 	w := j.w
 	ob := herald.Observation{
 		Hop: herald.HopDeliver,
+		// The delivery log keeps the event's type, not its version.
 		Event: envelope.Envelope{ID: w.ID, Type: w.EventType, Version: 1, Kind: envelope.KindNotification,
 			Source: n.svc.Name(), Time: w.CreatedAt, CorrelationID: w.CorrelationID, CausationID: w.EventID},
 		Start: j.start, Duration: j.took, Outcome: string(o.state), Reason: w.Channel, Attempt: o.attempts,
@@ -249,8 +250,12 @@ func (n *Notifier) observeDelivery(ctx context.Context, j recordJob, o outcome) 
 	if o.retry {
 		ob.Outcome = herald.OutcomeRetry
 	}
-	if o.lastErr != "" && o.state != Sent && o.state != Delivered {
+	switch {
+	case o.state == Sent || o.state == Delivered:
+	case o.lastErr != "":
 		ob.Err = errors.New(o.lastErr)
+	case o.reason != "":
+		ob.Err = errors.New(o.reason) // failed or suppressed without a provider error
 	}
 	n.svc.Observe(ctx, ob)
 }
