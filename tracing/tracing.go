@@ -108,6 +108,26 @@ func (t *Tracer) TraceContext(ctx context.Context, e envelope.Envelope) (string,
 	return c["traceparent"], c["tracestate"]
 }
 
+// Continue returns ctx carrying, as its remote parent span, the recorded
+// trace context of the event a handler runs for (herald.EventFrom), so that
+// spans the handler starts join the event's trace. Outside a handler, or for
+// an event without trace context, it returns ctx unchanged.
+func Continue(ctx context.Context) context.Context {
+	e, ok := herald.EventFrom(ctx)
+	if !ok || e.TraceParent == "" {
+		return ctx
+	}
+	c := propagation.MapCarrier{"traceparent": e.TraceParent}
+	if e.TraceState != "" {
+		c["tracestate"] = e.TraceState
+	}
+	sc := trace.SpanContextFromContext(propagation.TraceContext{}.Extract(context.Background(), c))
+	if !sc.IsValid() {
+		return ctx
+	}
+	return trace.ContextWithRemoteSpanContext(ctx, sc)
+}
+
 func (t *Tracer) extract(tp, ts string) trace.SpanContext {
 	if tp == "" {
 		return trace.SpanContext{}

@@ -72,6 +72,8 @@ func TestTraceContextIsFixedAtRecordAndContinuedByConsumers(t *testing.T) {
 		mu.Lock()
 		headers[p.ID] = e.TraceParent
 		mu.Unlock()
+		_, span := tp.Tracer("test").Start(tracing.Continue(ctx), "user work")
+		span.End()
 		return herald.Record(tx, scheduled, p)
 	}); err != nil {
 		t.Fatal(err)
@@ -135,7 +137,8 @@ func TestTraceContextIsFixedAtRecordAndContinuedByConsumers(t *testing.T) {
 		if h != want {
 			t.Errorf("order %s: consumer saw traceparent %q, want the record span's %q", id, h, want)
 		}
-		for _, name := range []string{"publish shop.order.confirmed", "receive shop.order.confirmed", "process shop.order.confirmed", "record shipping.scheduled"} {
+		for _, name := range []string{"publish shop.order.confirmed", "receive shop.order.confirmed", "process shop.order.confirmed",
+			"record shipping.scheduled", "user work"} {
 			s := got[name]
 			if s == nil {
 				t.Errorf("order %s: no %q span in the request's trace (has %v)", id, name, names(got))
