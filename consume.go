@@ -32,6 +32,7 @@ type item struct {
 type handledItem struct {
 	it      *item
 	outcome string
+	start   time.Time
 	d       time.Duration
 	err     error
 }
@@ -388,6 +389,7 @@ func (c *consumer) handleBatch(ctx context.Context, batch []*item) ([]*item, err
 		return nil, err
 	}
 	t := &txn{svc: s, sql: sqlTx}
+	batchStart := time.Now()
 	settled := make([]*item, 0, len(batch))
 	var deadLettered []*item
 	var handled []handledItem
@@ -444,7 +446,7 @@ func (c *consumer) handleBatch(ctx context.Context, batch []*item) ([]*item, err
 				if !fresh {
 					outcome = OutcomeDuplicate
 				}
-				handled = append(handled, handledItem{it, outcome, time.Since(hstart), nil})
+				handled = append(handled, handledItem{it, outcome, hstart, time.Since(hstart), nil})
 			}
 			continue
 		}
@@ -472,7 +474,7 @@ func (c *consumer) handleBatch(ctx context.Context, batch []*item) ([]*item, err
 		it.due = time.Now().Add(backoff(it.attempts, c.sub.cfg.retry.BaseDelay, c.sub.cfg.retry.MaxDelay))
 		blocked[it.key] = true
 		if c.svc.observing() {
-			handled = append(handled, handledItem{it, OutcomeRetry, time.Since(hstart), herr})
+			handled = append(handled, handledItem{it, OutcomeRetry, hstart, time.Since(hstart), herr})
 		}
 		s.log.Debug("handler failed, will retry", "subscription", c.sub.name, "event", it.env.ID,
 			"attempt", it.attempts, "retry_at", it.due, "err", herr)
@@ -492,9 +494,22 @@ func (c *consumer) handleBatch(ctx context.Context, batch []*item) ([]*item, err
 		c.publishDeadLetter(ctx, it)
 	}
 	if c.svc.observing() {
+		s.observeCommit(ctx, t) // what the handlers recorded
 		now := time.Now()
+		if len(s.cfg.batchObservers) > 0 {
+			b := BatchObservation{Subscription: c.sub.name, Start: batchStart, Duration: now.Sub(batchStart)}
+			for _, h := range handled {
+				if h.outcome == OutcomeOK {
+					b.Events = append(b.Events, *h.it.env)
+					b.Events[len(b.Events)-1].Data = nil
+				}
+			}
+			if len(b.Events) > 0 {
+				s.observeBatch(ctx, b)
+			}
+		}
 		for _, h := range handled {
-			c.svc.observe(ctx, Observation{Hop: HopHandle, Subscription: c.sub.name, Event: *h.it.env, Start: now.Add(-h.d),
+			c.svc.observe(ctx, Observation{Hop: HopHandle, Subscription: c.sub.name, Event: *h.it.env, Start: h.start,
 				Duration: h.d, Outcome: h.outcome, Attempt: h.it.attempts, Err: h.err})
 		}
 		for _, it := range deadLettered {

@@ -67,6 +67,9 @@ func WithObserver(o Observer) Option {
 			return fmt.Errorf("%w: nil observer", ErrInvalidOption)
 		}
 		c.observers = append(c.observers, o)
+		if bo, ok := o.(BatchObserver); ok {
+			c.batchObservers = append(c.batchObservers, bo)
+		}
 		return nil
 	}
 }

@@ -50,6 +50,8 @@ type config struct {
 	inboxRetention  time.Duration
 	outboxRetention time.Duration
 	observers       []Observer
+	batchObservers  []BatchObserver
+	traceContext    TraceContextFunc
 }
 
 // Option configures a Service.

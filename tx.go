@@ -207,6 +207,9 @@ func (sc *txScope) newEnvelope(c Contract, v any, key string) (*envelope.Envelop
 		e.CorrelationID = sc.t.correlation
 		e.TraceParent, e.TraceState = traceParent(sc.ctx)
 	}
+	if tc := sc.t.svc.cfg.traceContext; tc != nil {
+		e.TraceParent, e.TraceState = tc(sc.ctx, *e)
+	}
 	if e.CorrelationID == "" {
 		e.CorrelationID = e.ID
 	}

@@ -1,7 +1,9 @@
 // Package metrics exports herald's hops as Prometheus metrics: an observer
 // (herald.WithObserver) that counts every hop by service, event type and
-// outcome, times handlers, and — for the services it watches — reports the
-// outbox backlog and the age of its oldest row at scrape time.
+// outcome, times handlers, counts retries, dead letters and notifications by
+// channel and outcome, and — for the services it watches — reports the outbox
+// backlog, the age of its oldest row and each subscription's pending events
+// at the broker, at scrape time.
 //
 //	m := metrics.New(prometheus.DefaultRegisterer)
 //	svc, _ := herald.New("orders", herald.WithObserver(m), …)
@@ -23,8 +25,12 @@ type Metrics struct {
 	hops       *prometheus.CounterVec
 	handle     *prometheus.HistogramVec
 	deadLetter *prometheus.CounterVec
+	retries    *prometheus.CounterVec
+	notes      *prometheus.CounterVec
 	backlog    *prometheus.Desc
 	oldest     *prometheus.Desc
+	pending    *prometheus.Desc
+	ackPending *prometheus.Desc
 
 	mu       sync.Mutex
 	services []*herald.Service
@@ -46,10 +52,22 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 			Namespace: "herald", Name: "dead_letters_total",
 			Help: "Events a subscription gave up on, by reason.",
 		}, []string{"service", "subscription", "reason"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "herald", Name: "retries_total",
+			Help: "Handler runs that failed and will run again, by subscription.",
+		}, []string{"service", "subscription"}),
+		notes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "herald", Name: "notifications_total",
+			Help: "Notification delivery attempts recorded, by channel and outcome (sent, delivered, failed, suppressed, retry).",
+		}, []string{"service", "channel", "outcome"}),
+		pending: prometheus.NewDesc("herald_consumer_pending", "Events the broker holds for a subscription, not yet delivered to it.",
+			[]string{"service", "subscription"}, nil),
+		ackPending: prometheus.NewDesc("herald_consumer_ack_pending", "Events delivered to a subscription and not yet acknowledged.",
+			[]string{"service", "subscription"}, nil),
 		backlog: prometheus.NewDesc("herald_outbox_backlog", "Outbox rows not yet published.", []string{"service"}, nil),
 		oldest:  prometheus.NewDesc("herald_outbox_oldest_age_seconds", "Age of the oldest unpublished outbox row.", []string{"service"}, nil),
 	}
-	for _, c := range []prometheus.Collector{m.hops, m.handle, m.deadLetter, m} {
+	for _, c := range []prometheus.Collector{m.hops, m.handle, m.deadLetter, m.retries, m.notes, m} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -63,6 +81,11 @@ func (m *Metrics) Observe(_ context.Context, o herald.Observation) {
 	switch o.Hop {
 	case herald.HopHandle:
 		m.handle.WithLabelValues(o.Service, o.Subscription, o.Outcome).Observe(o.Duration.Seconds())
+		if o.Outcome == herald.OutcomeRetry {
+			m.retries.WithLabelValues(o.Service, o.Subscription).Inc()
+		}
+	case herald.HopDeliver:
+		m.notes.WithLabelValues(o.Service, o.Reason, o.Outcome).Inc()
 	case herald.HopDeadLetter:
 		m.deadLetter.WithLabelValues(o.Service, o.Subscription, o.Reason).Inc()
 	}
@@ -79,10 +102,13 @@ func (m *Metrics) Watch(svc *herald.Service) {
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	ch <- m.backlog
 	ch <- m.oldest
+	ch <- m.pending
+	ch <- m.ackPending
 }
 
 // Collect implements prometheus.Collector: it reads each watched service's
-// outbox, with a short timeout so a slow database cannot stall a scrape.
+// outbox and asks the broker for its subscriptions' lag, with a short
+// timeout so a slow database or broker cannot stall a scrape.
 func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	m.mu.Lock()
 	svcs := append([]*herald.Service(nil), m.services...)
@@ -96,5 +122,14 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(m.backlog, prometheus.GaugeValue, float64(n), s.Name())
 		ch <- prometheus.MustNewConstMetric(m.oldest, prometheus.GaugeValue, age.Seconds(), s.Name())
+	}
+	for _, s := range svcs {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		lags, _ := s.Lags(ctx)
+		cancel()
+		for _, l := range lags {
+			ch <- prometheus.MustNewConstMetric(m.pending, prometheus.GaugeValue, float64(l.Pending), s.Name(), l.Subscription)
+			ch <- prometheus.MustNewConstMetric(m.ackPending, prometheus.GaugeValue, float64(l.AckPending), s.Name(), l.Subscription)
+		}
 	}
 }

@@ -47,7 +47,7 @@ func TestScrapeMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	cons, err := herald.New("shipping", herald.WithStore(testdb.SQLite(t)), herald.WithBroker(b), herald.WithObserver(m), herald.WithLogger(quiet),
-		herald.WithRetry(herald.RetryPolicy{MaxAttempts: 1, BaseDelay: time.Millisecond, MaxDelay: time.Millisecond}))
+		herald.WithRetry(herald.RetryPolicy{MaxAttempts: 2, BaseDelay: time.Millisecond, MaxDelay: time.Millisecond}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,6 +60,7 @@ func TestScrapeMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	m.Watch(prod)
+	m.Watch(cons)
 	for _, s := range []*herald.Service{prod, cons} {
 		if err := s.Start(ctx); err != nil {
 			t.Fatal(err)
@@ -77,7 +78,8 @@ func TestScrapeMetrics(t *testing.T) {
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
 		families = scrape(t, srv.URL)
-		if value(families, "herald_dead_letters_total", nil) >= 1 && value(families, "herald_events_total", map[string]string{"hop": "handle", "outcome": "ok"}) >= 2 {
+		if value(families, "herald_dead_letters_total", nil) >= 1 && value(families, "herald_events_total", map[string]string{"hop": "handle", "outcome": "ok"}) >= 2 &&
+			value(families, "herald_consumer_ack_pending", nil) == 0 { // acks are sent without waiting
 			break
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -94,6 +96,10 @@ func TestScrapeMetrics(t *testing.T) {
 		{"herald_events_total", map[string]string{"service": "shipping", "hop": "handle", "outcome": "ok"}, 2},
 		{"herald_dead_letters_total", map[string]string{"subscription": "ship", "reason": "exhausted"}, 1},
 		{"herald_outbox_backlog", map[string]string{"service": "orders"}, 0},
+		{"herald_retries_total", map[string]string{"service": "shipping", "subscription": "ship"}, 1},
+		{"herald_events_total", map[string]string{"service": "shipping", "hop": "handle", "outcome": "retry"}, 1},
+		{"herald_consumer_pending", map[string]string{"service": "shipping", "subscription": "ship"}, 0},
+		{"herald_consumer_ack_pending", map[string]string{"service": "shipping", "subscription": "ship"}, 0},
 	}
 	for _, c := range checks {
 		if got := value(families, c.name, c.labels); got != c.want {

@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/heraldhq/herald"
+	"github.com/heraldhq/herald/envelope"
 	"github.com/sony/gobreaker/v2"
 )
 
@@ -139,21 +141,26 @@ type outcome struct {
 	gone       bool          // suppress the address
 	retry      bool          // try again after a backoff
 	release    bool          // shutdown: back to queued, no attempt
+	attempts   int           // provider calls after this one, once recorded
+	skip       bool          // the claim was lost: another instance reports it
 }
 
 // recordJob is the outcome of one claimed row, to be recorded.
 type recordJob struct {
-	w *row
-	o outcome
+	w     *row
+	o     outcome
+	start time.Time     // when the attempt began
+	took  time.Duration // how long it took
 }
 
 // process renders and sends one claimed row.
 func (n *Notifier) process(ctx context.Context, w *row) recordJob {
+	start := time.Now()
 	o := n.attempt(ctx, w)
 	if ctx.Err() != nil && o.retry {
 		o = outcome{release: true} // interrupted by Close: not an attempt
 	}
-	return recordJob{w, o}
+	return recordJob{w, o, start, time.Since(start)}
 }
 
 // recorder records outcomes until in closes, batching what queued up while
@@ -207,12 +214,50 @@ func (n *Notifier) recordTx(ctx context.Context, batch []recordJob) error {
 		return err
 	}
 	defer tx.Rollback()
-	for _, j := range batch {
-		if err := n.record(ctx, tx, j.w, j.o); err != nil {
+	final := make([]outcome, len(batch))
+	for i, j := range batch {
+		o, err := n.record(ctx, tx, j.w, j.o)
+		if err != nil {
 			return fmt.Errorf("delivery %s: %w", j.w.ID, err)
 		}
+		final[i] = o
 	}
-	return tx.Commit()
+	if err := tx.Commit(); err != nil {
+		return err
+	}
+	for i, j := range batch {
+		n.observeDelivery(ctx, j, final[i])
+	}
+	return nil
+}
+
+// observeDelivery reports the recorded outcome of one attempt as a
+// herald.HopDeliver observation of the notifier's service: the event is the
+// delivery (its id, caused by the notification event, in the event's flow),
+// Reason is the channel, Outcome the delivery's state or "retry".
+func (n *Notifier) observeDelivery(ctx context.Context, j recordJob, o outcome) {
+	if o.release || o.skip {
+		return
+	}
+	w := j.w
+	ob := herald.Observation{
+		Hop: herald.HopDeliver,
+		// The delivery log keeps the event's type, not its version.
+		Event: envelope.Envelope{ID: w.ID, Type: w.EventType, Version: 1, Kind: envelope.KindNotification,
+			Source: n.svc.Name(), Time: w.CreatedAt, CorrelationID: w.CorrelationID, CausationID: w.EventID},
+		Start: j.start, Duration: j.took, Outcome: string(o.state), Reason: w.Channel, Attempt: o.attempts,
+	}
+	if o.retry {
+		ob.Outcome = herald.OutcomeRetry
+	}
+	switch {
+	case o.state == Sent || o.state == Delivered:
+	case o.lastErr != "":
+		ob.Err = errors.New(o.lastErr)
+	case o.reason != "":
+		ob.Err = errors.New(o.reason) // failed or suppressed without a provider error
+	}
+	n.svc.Observe(ctx, ob)
 }
 
 // attempt decides what to do with a claimed row and, if anything is to be
@@ -463,7 +508,7 @@ func (r Retry) backoff(attempt int) time.Duration {
 
 // record writes the outcome of a claimed row inside tx, if the claim is
 // still ours.
-func (n *Notifier) record(ctx context.Context, tx *sql.Tx, w *row, o outcome) error {
+func (n *Notifier) record(ctx context.Context, tx *sql.Tx, w *row, o outcome) (outcome, error) {
 	now := n.now()
 	attempts := w.Attempts
 	if o.called {
@@ -471,7 +516,7 @@ func (n *Notifier) record(ctx context.Context, tx *sql.Tx, w *row, o outcome) er
 	}
 	if o.release {
 		_, err := n.on(tx).ExecContext(ctx, n.q.release, nanos(now), nanos(now), w.ID, w.ClaimedBy)
-		return err
+		return o, err
 	}
 	if o.retry {
 		rp := n.cfg.retry
@@ -490,7 +535,8 @@ func (n *Notifier) record(ctx context.Context, tx *sql.Tx, w *row, o outcome) er
 				reason = fmt.Sprintf("%s: not attempted", ReasonRetrying)
 			}
 			_, err := n.on(tx).ExecContext(ctx, n.q.retry, reason, attempts, o.provider, o.lastErr, nanos(due), nanos(now), w.ID, w.ClaimedBy)
-			return err
+			o.attempts = attempts
+			return o, err
 		}
 	}
 	lastErr := o.lastErr
@@ -510,16 +556,18 @@ func (n *Notifier) record(ctx context.Context, tx *sql.Tx, w *row, o outcome) er
 	}
 	res, err := n.on(tx).ExecContext(ctx, n.q.finish, string(o.state), o.reason, attempts, provider, o.providerID, lastErr,
 		nullTime(sent), nanos(now), w.ID, w.ClaimedBy)
+	o.attempts = attempts
 	if err != nil {
-		return err
+		return o, err
 	}
 	if k, _ := res.RowsAffected(); k == 0 {
 		n.log.Warn("delivery claim lost before its outcome was recorded (lease expired?)", "delivery", w.ID, "key", w.Key, "state", o.state)
-		return nil
+		o.skip = true
+		return o, nil
 	}
 	if o.gone {
 		if err := n.suppress(ctx, tx, w.Channel, w.Address, o.reason, now); err != nil {
-			return err
+			return o, err
 		}
 	}
 	switch o.state {
@@ -528,7 +576,7 @@ func (n *Notifier) record(ctx context.Context, tx *sql.Tx, w *row, o outcome) er
 	case Failed, Suppressed:
 		err = n.hurryFallbacks(ctx, tx, w.ID, now)
 	}
-	return err
+	return o, err
 }
 
 // maybePrune applies the retention, at most once a minute.

@@ -24,6 +24,8 @@ import (
 	"github.com/heraldhq/herald/metrics"
 	"github.com/heraldhq/herald/notify"
 	"github.com/heraldhq/herald/notify/devbox"
+	"github.com/heraldhq/herald/trace"
+	"github.com/heraldhq/herald/tracing"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 )
@@ -35,6 +37,8 @@ type demoFlags struct {
 	dataDir   string
 	keep      bool
 	drain     time.Duration
+	trace     bool
+	otel      tracing.Config
 }
 
 func newDemo() *cobra.Command {
@@ -80,6 +84,10 @@ non-zero if anything is missing. Ctrl-C stops the load early and still checks.`,
 	cmd.Flags().StringVar(&f.dataDir, "data-dir", "", "where the databases and the JetStream files go (default: a temporary directory, removed afterwards)")
 	cmd.Flags().BoolVar(&f.keep, "keep", false, "keep the temporary data directory")
 	cmd.Flags().DurationVar(&f.drain, "drain-timeout", time.Minute, "how long to wait, after the load, for every order to be shipped")
+	cmd.Flags().BoolVar(&f.trace, "trace", true, "record the causal trace and print the first order's at the end")
+	f.otel = tracing.ConfigFromEnv("herald-demo")
+	cmd.Flags().StringVar(&f.otel.Exporter, "otel", f.otel.Exporter, "OpenTelemetry span exporter: none, stdout or otlp (env OTEL_TRACES_EXPORTER)")
+	cmd.Flags().StringVar(&f.otel.Endpoint, "otel-endpoint", "", "OTLP/HTTP endpoint URL (default: OTEL_EXPORTER_OTLP_ENDPOINT)")
 	return cmd
 }
 
@@ -108,7 +116,30 @@ func runDemo(ctx context.Context, out io.Writer, f demoFlags) error {
 	if err != nil {
 		return err
 	}
-	sys, err := shop.Start(ctx, shop.Config{Broker: b, DataDir: dir, Logger: log, Metrics: m, Registry: reg})
+	cfg := shop.Config{Broker: b, DataDir: dir, Logger: log, Metrics: m, Registry: reg}
+	if f.otel.Exporter != "" && f.otel.Exporter != tracing.ExporterNone {
+		if f.otel.Writer == nil && f.otel.Exporter != tracing.ExporterOTLP {
+			f.otel.Writer = os.Stderr // keep the demo's own output readable
+		}
+		tp, shutdown, err := tracing.Setup(ctx, f.otel)
+		if err != nil {
+			return err
+		}
+		defer shutdown(context.WithoutCancel(ctx))
+		cfg.Options = append(cfg.Options, tracing.New(tp).Options()...)
+	}
+	var rec *trace.Recorder
+	if f.trace {
+		if rec, err = trace.NewRecorder(b, trace.Config{Source: "demo", Logger: log}); err != nil {
+			return err
+		}
+		if err := rec.Start(ctx); err != nil {
+			return err
+		}
+		defer rec.Close()
+		cfg.Options = append(cfg.Options, herald.WithObserver(rec))
+	}
+	sys, err := shop.Start(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -166,7 +197,36 @@ func runDemo(ctx context.Context, out io.Writer, f demoFlags) error {
 		}
 	}
 	report()
-	return verifyDemo(bg, out, sys, load, time.Since(start))
+	elapsed := time.Since(start)
+	if rec != nil {
+		printFirstTrace(bg, out, b, rec, load)
+	}
+	return verifyDemo(bg, out, sys, load, elapsed)
+}
+
+// printFirstTrace prints the causal trace of the first order placed, as
+// herald trace would.
+func printFirstTrace(ctx context.Context, out io.Writer, b *natsjs.Broker, rec *trace.Recorder, load *loadGen) {
+	load.mu.Lock()
+	if len(load.ids) == 0 {
+		load.mu.Unlock()
+		return
+	}
+	id := load.ids[0]
+	load.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := rec.Sync(ctx); err != nil {
+		fmt.Fprintf(out, "\ntrace of order %s: %v\n", id, err)
+		return
+	}
+	recs, err := trace.Collect(ctx, b, id)
+	if err != nil {
+		fmt.Fprintf(out, "\ntrace of order %s: %v\n", id, err)
+		return
+	}
+	fmt.Fprintf(out, "\nthe causal trace of the first order (herald trace %s; %d records dropped under load):\n", id, rec.Dropped()+rec.Lost())
+	_ = trace.Build(recs).Format(out)
 }
 
 // loadGen places orders over HTTP, the way a client would.

@@ -23,6 +23,12 @@ func TestDemo(t *testing.T) {
 	if !strings.Contains(out.String(), "every order was confirmed, scheduled, dispatched and shipped; every customer got each e-mail once") {
 		t.Fatalf("demo output:\n%s", out.String())
 	}
+	// The first order's causal trace, from the order to its deliveries.
+	got := out.String()
+	i := strings.Index(got, "the causal trace of the first order")
+	if i < 0 || !strings.Contains(got[i:], "orders.order-placed domain") || !strings.Contains(got[i:], "deliver") || strings.Contains(got[i:], "gap:") {
+		t.Fatalf("demo output lacks a complete trace:\n%s", got)
+	}
 }
 
 func TestDemoRejectsBadFlags(t *testing.T) {

@@ -32,7 +32,7 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newDemo(), newDev(), newDLQ(), newVersion())
+	root.AddCommand(newDemo(), newDev(), newDLQ(), newTrace(), newTail(), newVersion())
 	return root
 }
 

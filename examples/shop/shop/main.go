@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/broker/natsjs"
 	"github.com/heraldhq/herald/examples/shop/service/notifications"
 	"github.com/heraldhq/herald/metrics"
@@ -23,6 +24,8 @@ import (
 	"github.com/heraldhq/herald/store"
 	"github.com/heraldhq/herald/store/postgres"
 	"github.com/heraldhq/herald/store/sqlite"
+	"github.com/heraldhq/herald/trace"
+	"github.com/heraldhq/herald/tracing"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -33,6 +36,11 @@ import (
 //	--db        SQLite file                      (HERALD_DB, default ./<name>.db)
 //	--postgres  PostgreSQL URL instead of SQLite (HERALD_POSTGRES_URL)
 //	--listen    HTTP address                     (HERALD_LISTEN, default 127.0.0.1:0)
+//	--trace     record the causal trace on the broker (default true; read it with herald trace / herald tail)
+//	--otel      OpenTelemetry exporter: none, stdout, otlp (OTEL_TRACES_EXPORTER; otlp when OTEL_EXPORTER_OTLP_ENDPOINT is set)
+//	--otel-endpoint  OTLP/HTTP endpoint URL (OTEL_EXPORTER_OTLP_ENDPOINT)
+//
+// Every service serves Prometheus metrics at /metrics.
 //
 // It exits on SIGINT or SIGTERM after a clean shutdown.
 func Main(name string) {
@@ -58,6 +66,10 @@ func run(name string, args []string) error {
 	delay := fs.Duration("dispatch-delay", 200*time.Millisecond, "shipping: time from scheduling to dispatch")
 	smtpAddr := fs.String("smtp", env("HERALD_SMTP", ""), "notifications: SMTP server host:port (default: a development mailbox at /mailbox/)")
 	smtpFrom := fs.String("smtp-from", env("HERALD_SMTP_FROM", "shop@example.com"), "notifications: the From address")
+	recordTrace := fs.Bool("trace", true, "record the causal trace of every hop on the broker (read it with `herald trace` and `herald tail`)")
+	otelCfg := tracing.ConfigFromEnv(name)
+	fs.StringVar(&otelCfg.Exporter, "otel", otelCfg.Exporter, "OpenTelemetry span exporter: none, stdout or otlp")
+	fs.StringVar(&otelCfg.Endpoint, "otel-endpoint", "", "OTLP/HTTP endpoint URL (default: OTEL_EXPORTER_OTLP_ENDPOINT)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -78,6 +90,25 @@ func run(name string, args []string) error {
 		return err
 	}
 	cfg := Config{Broker: b, DispatchDelay: *delay, Logger: log, Metrics: m, Registry: reg}
+	tp, shutdown, err := tracing.Setup(ctx, otelCfg)
+	if err != nil {
+		return err
+	}
+	defer shutdown(context.Background())
+	if otelCfg.Exporter != "" && otelCfg.Exporter != tracing.ExporterNone {
+		cfg.Options = append(cfg.Options, tracing.New(tp).Options()...)
+	}
+	if *recordTrace {
+		rec, err := trace.NewRecorder(b, trace.Config{Source: name, Logger: log})
+		if err != nil {
+			return err
+		}
+		if err := rec.Start(ctx); err != nil {
+			return err
+		}
+		defer rec.Close()
+		cfg.Options = append(cfg.Options, herald.WithObserver(rec))
+	}
 	if name == "notifications" {
 		if *smtpAddr != "" {
 			mail, err := smtp.New(*smtpAddr, *smtpFrom, smtp.WithTLSPolicy(smtp.TLSOpportunistic))

@@ -53,6 +53,9 @@ type Config struct {
 	// each service's HTTP address, with Registry.
 	Metrics  *metrics.Metrics
 	Registry *prometheus.Registry
+	// Options are added to every service: observers such as a causal trace
+	// recorder (trace.Recorder) and OpenTelemetry (tracing.Tracer.Options).
+	Options []herald.Option
 	// mailbox is the development mailbox behind the default senders.
 	mailbox *devbox.Box
 }
@@ -188,6 +191,7 @@ func NewService(ctx context.Context, name string, st *store.Store, cfg Config) (
 	if cfg.Metrics != nil {
 		opts = append(opts, herald.WithObserver(cfg.Metrics))
 	}
+	opts = append(opts, cfg.Options...)
 	r, err := newService(ctx, name, st, cfg, opts)
 	if err == nil && cfg.Metrics != nil {
 		cfg.Metrics.Watch(heraldOf(r))

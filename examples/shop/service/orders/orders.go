@@ -186,7 +186,9 @@ func (s *Service) Place(ctx context.Context, req PlaceRequest) (Order, error) {
 		o.Items = append(o.Items, contract.Item{ProductID: it.ProductID, Quantity: it.Quantity, PriceCts: price})
 		o.TotalCts += price * it.Quantity
 	}
-	err := s.Do(ctx, func(tx herald.Tx) error {
+	// The order's events, and every event they cause in other services, form
+	// one flow named after the order: herald trace <order id> shows it.
+	err := s.Do(herald.WithCorrelationID(ctx, o.ID), func(tx herald.Tx) error {
 		q := tx.SQL()
 		if _, err := q.ExecContext(ctx, s.st.Rebind(`INSERT INTO orders (id, customer_id, email, status, total_cents) VALUES (?, ?, ?, ?, ?)`),
 			o.ID, o.CustomerID, o.Email, o.Status, o.TotalCts); err != nil {

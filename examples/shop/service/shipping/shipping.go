@@ -146,7 +146,9 @@ func (s *Service) DispatchDue(ctx context.Context) (int, error) {
 	n := 0
 	for _, d := range due {
 		d.Carrier, d.Tracking = "herald-post", "HP"+d.ShipmentID[len(d.ShipmentID)-10:]
-		err := s.Do(ctx, func(tx herald.Tx) error {
+		// The dispatch belongs to the order's flow (orders names it after the
+		// order), though no event of it causes the dispatch: time does.
+		err := s.Do(herald.WithCorrelationID(ctx, d.OrderID), func(tx herald.Tx) error {
 			res, err := tx.SQL().ExecContext(ctx, s.st.Rebind(`UPDATE shipments SET status = 'dispatched' WHERE id = ? AND status = 'scheduled'`), d.ShipmentID)
 			if err != nil {
 				return err

@@ -1,0 +1,156 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/heraldhq/herald"
+	"github.com/heraldhq/herald/broker/natsjs"
+	"github.com/heraldhq/herald/envelope"
+	"github.com/heraldhq/herald/trace"
+	"github.com/spf13/cobra"
+)
+
+// brokerFlags name the NATS server whose trace stream the commands read.
+type brokerFlags struct {
+	nats   string
+	prefix string
+}
+
+func (f *brokerFlags) register(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&f.nats, "nats", envOr("HERALD_NATS_URL", ""), "NATS URLs, comma-separated (env HERALD_NATS_URL)")
+	cmd.Flags().StringVar(&f.prefix, "prefix", natsjs.DefaultPrefix, "the services' subject prefix (natsjs.WithPrefix)")
+}
+
+func (f *brokerFlags) connect(ctx context.Context) (*natsjs.Broker, error) {
+	if f.nats == "" {
+		return nil, errors.New("the trace is on the broker: pass --nats nats://HOST:PORT (or set HERALD_NATS_URL; `herald dev` prints it)")
+	}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	b, err := natsjs.Connect(cctx, strings.Split(f.nats, ","), natsjs.WithPrefix(f.prefix), natsjs.WithName("herald-cli"))
+	if err != nil {
+		return nil, fmt.Errorf("connect to NATS at %s: %w", f.nats, err)
+	}
+	return b, nil
+}
+
+func newTrace() *cobra.Command {
+	var f brokerFlags
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "trace <correlation-or-event-id>",
+		Short: "Print the causal tree of one business flow, with per-hop timings across the three tiers",
+		Long: `trace reads the causal trace records the services keep on the broker (services
+record them with a trace.Recorder; the shop does by default) and prints the flow
+the id names — a correlation id, or the id of any event in the flow — as a tree:
+each event under the event that caused it, with its hops (record, translate,
+notify, publish, consume, handle, dead-letter, deliver), where each happened,
+its outcome, when it started relative to the flow's first hop and how long it
+took. Causes missing from the trace (records dropped, or older than the
+stream keeps) are listed as gaps.
+
+In the shop a flow is named after its order: herald trace <order id>.`,
+		Example: `  herald trace 01J9Z3X1Q4T0J8S1V5M2C7D6EA --nats nats://127.0.0.1:4333
+  herald trace 01J9Z3X1Q4T0J8S1V5M2C7D6EA --json | jq .`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id := strings.TrimSpace(args[0])
+			if id == "" {
+				return errors.New("empty id: pass a correlation id or an event id")
+			}
+			b, err := f.connect(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer b.Close()
+			recs, err := trace.Collect(cmd.Context(), b, id)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(cmd.OutOrStdout(), recs)
+			}
+			return trace.Build(recs).Format(cmd.OutOrStdout())
+		},
+	}
+	f.register(cmd)
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the records as JSON lines instead of the tree")
+	return cmd
+}
+
+func newTail() *cobra.Command {
+	var f brokerFlags
+	var filter trace.Filter
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "tail",
+		Short: "Follow trace records live, filtered by event type, service, kind or hop",
+		Long: `tail prints every trace record stored from now on, one line each: time, hop,
+service (and subscription), kind, type, event id, outcome, flow, duration.
+Each filter flag may be repeated; records pass if they match one value of
+every filter given. Stop with Ctrl-C.`,
+		Example: `  herald tail --nats nats://127.0.0.1:4333
+  herald tail --service shipping --kind integration
+  herald tail --type shop.order.confirmed --hop handle --hop dead-letter`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			for _, k := range filter.Kinds {
+				if !envelope.Kind(k).Valid() {
+					return fmt.Errorf("--kind %q: want domain, integration or notification", k)
+				}
+			}
+			for _, h := range filter.Hops {
+				if !validHop(h) {
+					return fmt.Errorf("--hop %q: want one of %s", h, strings.Join(hops, ", "))
+				}
+			}
+			b, err := f.connect(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer b.Close()
+			out := cmd.OutOrStdout()
+			return trace.Follow(cmd.Context(), b, filter, func(r trace.Record) error {
+				if asJSON {
+					return writeJSON(out, []trace.Record{r})
+				}
+				return trace.FormatLine(out, r)
+			})
+		},
+	}
+	f.register(cmd)
+	cmd.Flags().StringArrayVar(&filter.Types, "type", nil, "only this event type (repeatable)")
+	cmd.Flags().StringArrayVar(&filter.Services, "service", nil, "only hops in this service (repeatable)")
+	cmd.Flags().StringArrayVar(&filter.Kinds, "kind", nil, "only this kind: domain, integration, notification (repeatable)")
+	cmd.Flags().StringArrayVar(&filter.Hops, "hop", nil, "only this hop (repeatable)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON lines")
+	return cmd
+}
+
+var hops = []string{string(herald.HopRecord), string(herald.HopTranslate), string(herald.HopNotify), string(herald.HopPublish),
+	string(herald.HopConsume), string(herald.HopHandle), string(herald.HopDeadLetter), string(herald.HopDeliver)}
+
+func validHop(h string) bool {
+	for _, x := range hops {
+		if h == x {
+			return true
+		}
+	}
+	return false
+}
+
+func writeJSON(w io.Writer, recs []trace.Record) error {
+	enc := json.NewEncoder(w)
+	for _, r := range recs {
+		if err := enc.Encode(r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
