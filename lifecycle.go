@@ -12,8 +12,9 @@ import (
 
 // runState is what a started service runs; Close stops it.
 type runState struct {
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	instance string // this instance's id (relay lease holder, catalog)
 }
 
 // Start provisions the service's streams and consumers on the broker (once,
@@ -47,9 +48,12 @@ func (s *Service) Start(ctx context.Context) error {
 			ErrInvalidOption, s.name)
 	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	r := &runState{cancel: cancel}
 	holder := envelope.NewID(time.Now()) // this instance, for the relay lease
+	r := &runState{cancel: cancel, instance: holder}
 	if s.broker != nil {
+		if heartbeat := s.announce(ctx, holder); heartbeat != nil {
+			r.wg.Go(func() { heartbeat(runCtx) })
+		}
 		r.wg.Go(func() { s.relay(runCtx, holder) })
 		r.wg.Go(func() {
 			// Commits of other processes (PostgreSQL) wake the relay too.
@@ -86,6 +90,9 @@ func (s *Service) Close() error {
 	if r != nil {
 		r.cancel()
 		r.wg.Wait()
+		if s.broker != nil {
+			s.withdraw(r.instance)
+		}
 	}
 	return nil
 }

@@ -50,6 +50,7 @@ type config struct {
 	inboxRetention  time.Duration
 	outboxRetention time.Duration
 	observers       []Observer
+	version         string // the service's version, for its manifest
 }
 
 // Option configures a Service.
