@@ -205,7 +205,7 @@ func CheckLock(l Lock, code []Contract) (LockReport, error) {
 		}
 		locked := l.Contracts[i]
 		if locked.Kind != c.Kind {
-			add(ref, Change{}, true, fmt.Sprintf("%s: was a %s event, is now a %s event", ref, locked.Kind, c.Kind))
+			add(ref, Change{}, true, fmt.Sprintf("%s: kind changed from %s to %s", ref, locked.Kind, c.Kind))
 			continue
 		}
 		changes, err := DiffSchemas(locked.Schema, c.Schema)

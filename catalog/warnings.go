@@ -54,7 +54,7 @@ func warnings(g *Graph) []Warning {
 		case len(producers) > 0 && len(consumers) == 0:
 			add(WarnUnconsumed, n.Name, producers[0].Service, "%s %s %s and no service subscribes to it", serviceList(producers), verb, n.Name)
 		case len(producers) == 0 && len(consumers) > 0:
-			add(WarnUnpublished, n.Name, consumers[0].Service, "%s subscribe(s) to %s and no service %s it", consumerList(consumers), n.Name, verb[:len(verb)-1])
+			add(WarnUnpublished, n.Name, consumers[0].Service, "%s subscribe(s) to %s and no service %s it", consumerList(consumers), n.Name, verb)
 		}
 		for _, p := range producers {
 			pm := g.manifest(p.Service)
