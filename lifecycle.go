@@ -20,7 +20,10 @@ type runState struct {
 // Start provisions the service's streams and consumers on the broker (once,
 // from the registered contracts), then runs its outbox relay, its
 // subscriptions and the retention janitor until Close. Registrations
-// (Handle, Translate, Subscribe, Upcast) must come before Start.
+// (Handle, Translate, Subscribe, Upcast) must come before Start. When the
+// broker keeps manifests (broker.ManifestStore, as natsjs does), Start
+// publishes the service's Manifest for `herald catalog` and heartbeats this
+// instance until Close; a catalog failure is logged, never fatal.
 func (s *Service) Start(ctx context.Context) error {
 	if ctx == nil {
 		return fmt.Errorf("%w: service %s: Start", ErrNilContext, s.name)
@@ -75,8 +78,10 @@ func (s *Service) Start(ctx context.Context) error {
 
 // Close stops the service: new Do calls fail with ErrClosed, running ones
 // finish, then the relay, the subscriptions and the janitor stop (events held
-// by a subscription go back to the broker). It does not close the store or
-// the broker, which the caller owns. Close is idempotent.
+// by a subscription go back to the broker), and the instance leaves the
+// catalog (the manifest stays: the service shows as stale until an instance
+// starts again or `herald catalog forget` retires it). It does not close the
+// store or the broker, which the caller owns. Close is idempotent.
 func (s *Service) Close() error {
 	s.life.Lock()
 	if s.closed {

@@ -39,14 +39,21 @@ func (b *Broker) kv(ctx context.Context, instances, create bool) (jetstream.KeyV
 		cfg = jetstream.KeyValueConfig{Bucket: name, Description: "herald: live service instances (herald catalog)",
 			History: 1, Storage: jetstream.FileStorage, Replicas: b.cfg.replicas, TTL: b.InstanceTTL()}
 	}
-	if !create {
-		kv, err := b.js.KeyValue(ctx, name)
-		if errors.Is(err, jetstream.ErrBucketNotFound) {
-			return nil, nil
-		}
-		return kv, err
+	if kv, ok := b.buckets.Load(name); ok {
+		return kv.(jetstream.KeyValue), nil
 	}
-	return b.js.CreateOrUpdateKeyValue(ctx, cfg)
+	var kv jetstream.KeyValue
+	var err error
+	if create {
+		kv, err = b.js.CreateOrUpdateKeyValue(ctx, cfg)
+	} else if kv, err = b.js.KeyValue(ctx, name); errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	b.buckets.Store(name, kv)
+	return kv, nil
 }
 
 // kvCall runs fn with a bucket while the broker is open.
@@ -59,7 +66,11 @@ func (b *Broker) kvCall(ctx context.Context, op string, instances, create bool, 
 	defer cancel()
 	kv, err := b.kv(ctx, instances, create)
 	if err == nil && kv != nil {
-		err = fn(ctx, kv)
+		if err = fn(ctx, kv); err != nil {
+			// The bucket may be gone (deleted by an operator): look it up
+			// (or create it) again next time.
+			b.buckets.Delete(kv.Bucket())
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("herald/natsjs: %s: %w", op, err)
