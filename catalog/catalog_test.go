@@ -256,7 +256,7 @@ func TestRenderings(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct{ format, want string }{
-		{"text", "ledger 1.2.3 (0 instance(s) live)"},
+		{"text", "└── subscribes acme.invoice.issued as \"book\" (accepts v1,v2) → records ledger.booked\nmailer 1.2.3\n"},
 		{"mermaid", "flowchart LR"},
 		{"dot", "digraph herald {"},
 		{"json", `"kind": "translates"`},

@@ -34,15 +34,20 @@ func (g *Graph) Render(w io.Writer, format string, opts AsyncAPIOptions) error {
 func (g *Graph) WriteText(w io.Writer) error {
 	var b strings.Builder
 	for _, m := range g.Manifests {
-		status := fmt.Sprintf("%d instance(s) live", len(m.Instances))
-		if m.Stale {
-			status = "stale: no live instance"
+		// Instances are known only for manifests read from a running
+		// system; a file's manifests say nothing about them.
+		status := ""
+		switch {
+		case m.Stale:
+			status = " (stale: no live instance)"
+		case len(m.Instances) > 0:
+			status = fmt.Sprintf(" (%d instance(s) live)", len(m.Instances))
 		}
 		version := ""
 		if m.Version != "" {
 			version = " " + m.Version
 		}
-		fmt.Fprintf(&b, "%s%s (%s)\n", m.Service, version, status)
+		fmt.Fprintf(&b, "%s%s%s\n", m.Service, version, status)
 		var lines []*Step
 		line := func(text string, children ...*Step) *Step {
 			s := &Step{Label: text, Children: children}

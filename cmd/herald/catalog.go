@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -166,6 +168,13 @@ declares with herald.Emits; undeclared effects end the chain.`,
 				return err
 			}
 			defer b.Close()
+			raw, err := b.Manifests(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if _, ok := raw[args[0]]; !ok {
+				return fmt.Errorf("no manifest of a service %q on %s (have %s)", args[0], sf.nats, strings.Join(slices.Sorted(maps.Keys(raw)), ", "))
+			}
 			if err := b.DeleteManifest(cmd.Context(), args[0]); err != nil {
 				return err
 			}

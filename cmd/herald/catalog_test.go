@@ -107,6 +107,9 @@ func TestCatalogCommandReadsARunningSystem(t *testing.T) {
 	if err != nil || !strings.Contains(out, "stale: no live instance") {
 		t.Errorf("catalog after ledger stopped: %v\n%s", err, out)
 	}
+	if out, err := runCLI(t, append([]string{"catalog", "forget", "nobody"}, nats...)...); err == nil || !strings.Contains(err.Error(), "billing, ledger") {
+		t.Errorf("forget of an unknown service: %v\n%s", err, out)
+	}
 	if out, err := runCLI(t, append([]string{"catalog", "forget", "ledger"}, nats...)...); err != nil {
 		t.Fatalf("forget: %v\n%s", err, out)
 	}
