@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"regexp"
 	"runtime/debug"
 	"slices"
 	"strings"
@@ -79,16 +78,14 @@ func checkEmits(cs []Contract) error {
 	return nil
 }
 
-var channelName = regexp.MustCompile(`^[a-z][a-z0-9_-]{0,62}$`)
-
 // Delivers declares, on a Receive, the channels its handler sends the
 // notification on (email, push, ...), for the catalog. notify.Route
 // declares them itself.
 func Delivers(channels ...string) SubscribeOption {
 	return func(c *subConfig) error {
 		for _, ch := range channels {
-			if !channelName.MatchString(ch) {
-				return fmt.Errorf("%w: Delivers: channel %q: want lower-case letters, digits, '-' or '_'", ErrInvalidOption, ch)
+			if ch == "" || len(ch) > 100 || strings.ContainsAny(ch, "/* ") || !headerSafe(ch) {
+				return fmt.Errorf("%w: Delivers: channel %q: want 1 to 100 characters without '/', '*', spaces or control characters", ErrInvalidOption, ch)
 			}
 			if !slices.Contains(c.channels, ch) {
 				c.channels = append(c.channels, ch)
@@ -267,6 +264,10 @@ func programVersion() string {
 	return v
 }
 
+// catalogTimeout bounds each call to the manifest store, so that a broker
+// without a usable key-value store cannot hold up Start or Close.
+const catalogTimeout = 5 * time.Second
+
 // announce publishes the manifest and the first heartbeat of this instance
 // when the broker keeps manifests, and returns the heartbeat loop to run
 // (nil otherwise). The catalog is for people and tools: a failure is
@@ -276,6 +277,8 @@ func (s *Service) announce(ctx context.Context, instance string) func(ctx contex
 	if !ok {
 		return nil
 	}
+	ctx, cancel := context.WithTimeout(ctx, catalogTimeout)
+	defer cancel()
 	m, err := s.Manifest()
 	if err == nil {
 		var data []byte
@@ -288,7 +291,11 @@ func (s *Service) announce(ctx context.Context, instance string) func(ctx contex
 	}
 	host, _ := os.Hostname()
 	info, _ := json.Marshal(catalog.Instance{ID: instance, Started: time.Now().UTC(), Host: host})
-	beat := func(ctx context.Context) error { return ms.Heartbeat(ctx, s.name, instance, info) }
+	beat := func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(ctx, catalogTimeout)
+		defer cancel()
+		return ms.Heartbeat(ctx, s.name, instance, info)
+	}
 	if err := beat(ctx); err != nil {
 		s.log.Warn("catalog: heartbeat", "err", err)
 	}
@@ -317,7 +324,7 @@ func (s *Service) withdraw(instance string) {
 	if !ok {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), catalogTimeout)
 	defer cancel()
 	if err := ms.Withdraw(ctx, s.name, instance); err != nil {
 		s.log.Debug("catalog: withdraw", "err", err)

@@ -101,7 +101,7 @@ func (g *Graph) AsyncAPI(opts AsyncAPIOptions) (map[string]any, error) {
 		}
 	}
 	msgRefs := func(event string, versions []int) []any {
-		var out []any
+		out := []any{}
 		for _, v := range versions {
 			if _, ok := g.schemaSource(event, v); ok {
 				out = append(out, map[string]any{"$ref": fmt.Sprintf("#/channels/%s/messages/v%d", chanIDs[event], v)})

@@ -281,3 +281,21 @@ func TestRenderings(t *testing.T) {
 		t.Errorf("unknown format: %v", err)
 	}
 }
+
+func TestDeliversChannelNames(t *testing.T) {
+	for _, tc := range []struct {
+		channel string
+		ok      bool
+	}{
+		{"email", true}, {"Slack.alerts", true}, {"", false}, {"a/b", false}, {"*", false}, {"two words", false},
+	} {
+		svc := newService(t, "n")
+		err := herald.Receive(svc, invoiceMail, "send", func(context.Context, herald.Tx, Mail) error { return nil }, herald.Delivers(tc.channel))
+		if (err == nil) != tc.ok {
+			t.Errorf("Delivers(%q): %v, want ok=%v", tc.channel, err, tc.ok)
+		}
+		if err != nil && !errors.Is(err, herald.ErrInvalidOption) {
+			t.Errorf("Delivers(%q): %v, want ErrInvalidOption", tc.channel, err)
+		}
+	}
+}

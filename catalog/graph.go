@@ -139,8 +139,11 @@ func (g *Graph) node(n Node) string {
 
 func (g *Graph) event(m Manifest, r Ref) string {
 	kind := m.kindOf(r.Name)
-	return g.node(Node{ID: EventID(kind, m.Service, r.Name), Kind: NodeKind(kind), Name: r.Name,
-		Service: map[bool]string{true: m.Service}[kind == KindDomain], Versions: []int{r.Version}})
+	owner := "" // integration and notification events belong to the system
+	if kind == KindDomain {
+		owner = m.Service
+	}
+	return g.node(Node{ID: EventID(kind, m.Service, r.Name), Kind: NodeKind(kind), Name: r.Name, Service: owner, Versions: []int{r.Version}})
 }
 
 func (g *Graph) edge(from, to string, kind EdgeKind, label string) {

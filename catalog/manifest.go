@@ -8,8 +8,9 @@
 // JSON and an AsyncAPI 3.0 document. Lock files (ReadLock, CheckLock) catch
 // breaking changes of a contract whose version was not bumped.
 //
-// The package depends on no other part of herald, so tools can read
-// manifests without linking the runtime.
+// The package does not import the herald runtime (the root package builds
+// manifests and imports this one): tools read manifests through
+// broker.ManifestStore (Load) or from JSON files (ReadManifests).
 package catalog
 
 import (
