@@ -11,6 +11,7 @@ import (
 	"github.com/heraldhq/herald/broker/natsjs"
 	"github.com/heraldhq/herald/catalog"
 	"github.com/heraldhq/herald/examples/shop/shop"
+	"github.com/heraldhq/herald/internal/asyncapitest"
 )
 
 // shopEdges is the shop's topology as DESIGN.md and the services' code
@@ -126,6 +127,18 @@ func TestShopCatalog(t *testing.T) {
 	if testing.Verbose() {
 		_ = g.WriteText(os.Stdout)
 	}
+
+	// The shop as an AsyncAPI 3.0 document, checked by the official parser
+	// (a subtest: it skips without node).
+	t.Run("asyncapi", func(t *testing.T) {
+		var doc strings.Builder
+		if err := g.WriteAsyncAPI(&doc, catalog.AsyncAPIOptions{Title: "shop"}); err != nil {
+			t.Fatal(err)
+		}
+		if out, valid := asyncapitest.Validate(t, []byte(doc.String())); !valid[0] {
+			t.Errorf("the official AsyncAPI parser refused the shop's document:\n%s", out)
+		}
+	})
 
 	// A service that stops cleanly withdraws its instance: stale, still listed.
 	if err := sys.Reviews.Close(); err != nil {
