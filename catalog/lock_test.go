@@ -154,3 +154,40 @@ func TestReadLockErrors(t *testing.T) {
 		t.Error("a missing lock file is no error")
 	}
 }
+
+func TestDiffSchemas(t *testing.T) {
+	type (
+		A struct {
+			Tags  map[string]int `json:"tags"`
+			Extra any            `json:"extra"`
+			Ptr   *int           `json:"ptr,omitempty"`
+			Must  string         `json:"must"`
+		}
+		B struct {
+			Tags  map[string]string `json:"tags"`
+			Extra []int             `json:"extra"`
+			Ptr   int               `json:"ptr,omitempty"`
+			Must  string            `json:"must,omitempty"`
+		}
+	)
+	schema := func(c herald.Contract) []catalog.Contract { return describe(t, c) }
+	a, b := schema(herald.Integration[A]("x.a"))[0].Schema, schema(herald.Integration[B]("x.a"))[0].Schema
+	changes, err := catalog.DiffSchemas(a, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, c := range changes {
+		got = append(got, c.String())
+	}
+	want := []string{
+		`field "must" is no longer required`, // compatible
+		`field "tags{}" changed type from integer to string`,
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("changes:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if _, err := catalog.DiffSchemas(a, []byte("{not json")); err == nil {
+		t.Error("a malformed schema is no error")
+	}
+}
