@@ -56,6 +56,7 @@ type Edge struct {
 	Label string   `json:"label,omitempty"`
 }
 
+// String is "from -kind-> to".
 func (e Edge) String() string { return e.From + " -" + string(e.Kind) + "-> " + e.To }
 
 // ServiceInfo is a service as the graph shows it.

@@ -144,6 +144,7 @@ type Finding struct {
 	Message  string
 }
 
+// String is the finding's message.
 func (f Finding) String() string { return f.Message }
 
 // LockReport is the outcome of CheckLock.

@@ -96,6 +96,7 @@ type Ref struct {
 	Version int    `json:"version"`
 }
 
+// String is "name vN".
 func (r Ref) String() string { return fmt.Sprintf("%s v%d", r.Name, r.Version) }
 
 // Translation turns a domain event into an integration event.

@@ -66,6 +66,7 @@ type Change struct {
 	Old, New string
 }
 
+// String describes the change, naming the field.
 func (c Change) String() string {
 	field := fmt.Sprintf("field %q", c.Path)
 	if c.Path == "" {

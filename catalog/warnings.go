@@ -34,6 +34,7 @@ type Warning struct {
 	Message string      `json:"message"`
 }
 
+// String is "kind: message".
 func (w Warning) String() string { return string(w.Kind) + ": " + w.Message }
 
 func warnings(g *Graph) []Warning {
