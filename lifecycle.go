@@ -12,14 +12,18 @@ import (
 
 // runState is what a started service runs; Close stops it.
 type runState struct {
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	instance string // this instance's id (relay lease holder, catalog)
 }
 
 // Start provisions the service's streams and consumers on the broker (once,
 // from the registered contracts), then runs its outbox relay, its
 // subscriptions and the retention janitor until Close. Registrations
-// (Handle, Translate, Subscribe, Upcast) must come before Start.
+// (Handle, Translate, Subscribe, Upcast) must come before Start. When the
+// broker keeps manifests (broker.ManifestStore, as natsjs does), Start
+// publishes the service's Manifest for `herald catalog` and heartbeats this
+// instance until Close; a catalog failure is logged, never fatal.
 func (s *Service) Start(ctx context.Context) error {
 	if ctx == nil {
 		return fmt.Errorf("%w: service %s: Start", ErrNilContext, s.name)
@@ -47,9 +51,12 @@ func (s *Service) Start(ctx context.Context) error {
 			ErrInvalidOption, s.name)
 	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	r := &runState{cancel: cancel}
 	holder := envelope.NewID(time.Now()) // this instance, for the relay lease
+	r := &runState{cancel: cancel, instance: holder}
 	if s.broker != nil {
+		if heartbeat := s.announce(ctx, holder); heartbeat != nil {
+			r.wg.Go(func() { heartbeat(runCtx) })
+		}
 		r.wg.Go(func() { s.relay(runCtx, holder) })
 		r.wg.Go(func() {
 			// Commits of other processes (PostgreSQL) wake the relay too.
@@ -71,8 +78,10 @@ func (s *Service) Start(ctx context.Context) error {
 
 // Close stops the service: new Do calls fail with ErrClosed, running ones
 // finish, then the relay, the subscriptions and the janitor stop (events held
-// by a subscription go back to the broker). It does not close the store or
-// the broker, which the caller owns. Close is idempotent.
+// by a subscription go back to the broker), and the instance leaves the
+// catalog (the manifest stays: the service shows as stale until an instance
+// starts again or `herald catalog forget` retires it). It does not close the
+// store or the broker, which the caller owns. Close is idempotent.
 func (s *Service) Close() error {
 	s.life.Lock()
 	if s.closed {
@@ -86,6 +95,9 @@ func (s *Service) Close() error {
 	if r != nil {
 		r.cancel()
 		r.wg.Wait()
+		if s.broker != nil {
+			s.withdraw(r.instance)
+		}
 	}
 	return nil
 }

@@ -52,6 +52,7 @@ type config struct {
 	observers       []Observer
 	batchObservers  []BatchObserver
 	traceContext    TraceContextFunc
+	version         string // the service's version, for its manifest
 }
 
 // Option configures a Service.

@@ -47,6 +47,8 @@ type subConfig struct {
 	batch         int
 	ackWait       time.Duration
 	maxAckPending int
+	emits         []Contract // declared effects, for the manifest (Emits)
+	channels      []string   // declared channels, for the manifest (Delivers)
 }
 
 // SubscribeOption tunes one subscription.
@@ -162,7 +164,7 @@ func subscribe[T any](svc *Service, c Contract, name string, fn func(ctx context
 			return fmt.Errorf("service %s: subscription %s: %w", svc.name, name, err)
 		}
 	}
-	if err := svc.Register(c); err != nil {
+	if err := svc.Register(append([]Contract{c}, cfg.emits...)...); err != nil {
 		return err
 	}
 	svc.mu.Lock()

@@ -309,14 +309,16 @@ func Notify[T any](tx Tx, c *NotificationEvent[T], v T) error {
 }
 
 type domainHandler struct {
-	name string
-	fn   func(ctx context.Context, tx Tx, v any) error
+	name  string
+	fn    func(ctx context.Context, tx Tx, v any) error
+	emits []Contract // declared effects, for the manifest (HandlerEmits)
 }
 
 // Handle registers a domain handler: fn runs inside the transaction that
 // records an event of c, after the handlers registered before it. Its
-// error or panic rolls the transaction back.
-func Handle[T any](svc *Service, c *DomainEvent[T], name string, fn func(ctx context.Context, tx Tx, e T) error) error {
+// error or panic rolls the transaction back. HandlerEmits declares what fn
+// records and notifies, for the catalog.
+func Handle[T any](svc *Service, c *DomainEvent[T], name string, fn func(ctx context.Context, tx Tx, e T) error, opts ...HandleOption) error {
 	if err := svc.beforeStart("Handle"); err != nil {
 		return err
 	}
@@ -326,7 +328,13 @@ func Handle[T any](svc *Service, c *DomainEvent[T], name string, fn func(ctx con
 	if name == "" {
 		return fmt.Errorf("%w: service %s: handler of %s needs a name", ErrInvalidOption, svc.name, describe(c))
 	}
-	if err := svc.Register(c); err != nil {
+	var hc handleConfig
+	for _, o := range opts {
+		if err := o(&hc); err != nil {
+			return fmt.Errorf("service %s: handler %q: %w", svc.name, name, err)
+		}
+	}
+	if err := svc.Register(append([]Contract{c}, hc.emits...)...); err != nil {
 		return err
 	}
 	svc.mu.Lock()
@@ -336,15 +344,16 @@ func Handle[T any](svc *Service, c *DomainEvent[T], name string, fn func(ctx con
 			return fmt.Errorf("%w: service %s: handler %q of %s registered twice", ErrInvalidOption, svc.name, name, describe(c))
 		}
 	}
-	svc.handlers[c] = append(svc.handlers[c], domainHandler{name: name, fn: func(ctx context.Context, tx Tx, v any) error {
+	svc.handlers[c] = append(svc.handlers[c], domainHandler{name: name, emits: hc.emits, fn: func(ctx context.Context, tx Tx, v any) error {
 		return fn(ctx, tx, v.(T))
 	}})
 	return nil
 }
 
 type translation struct {
-	to string
-	fn func(sc *txScope, v any) (*envelope.Envelope, error)
+	to     string
+	target Contract // the integration contract, for the manifest
+	fn     func(sc *txScope, v any) (*envelope.Envelope, error)
 }
 
 // ErrSkip, returned by a translation function, publishes nothing for this
@@ -367,7 +376,8 @@ func Translate[D, I any](svc *Service, from *DomainEvent[D], to *IntegrationEven
 	svc.mu.Lock()
 	defer svc.mu.Unlock()
 	svc.translations[from] = append(svc.translations[from], translation{
-		to: describe(to),
+		to:     describe(to),
+		target: to,
 		fn: func(sc *txScope, v any) (*envelope.Envelope, error) {
 			out, err := fn(sc.ctx, v.(D))
 			if err == ErrSkip {

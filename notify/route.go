@@ -195,7 +195,7 @@ func Route[T any](n *Notifier, c *herald.NotificationEvent[T], spec Spec[T], opt
 			in.group = spec.GroupBy(v)
 		}
 		return n.decide(ctx, tx.SQL(), r, event{ID: ev.ID, Type: ev.Type, CorrelationID: ev.CorrelationID}, in)
-	}, opts...)
+	}, append(slices.Clone(opts), herald.Delivers(r.allChannels()...))...)
 	if err != nil {
 		n.mu.Lock()
 		delete(n.routes, r.name)

@@ -38,6 +38,8 @@ type Broker struct {
 	// replayTargets caches the consumers Replay has found: durable name ->
 	// stream.
 	replayTargets sync.Map
+	// buckets caches the catalog's key-value buckets: name -> KeyValue.
+	buckets sync.Map
 
 	mu       sync.Mutex
 	isClosed atomic.Bool

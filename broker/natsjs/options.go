@@ -70,6 +70,7 @@ type config struct {
 	name            string
 	reconnectBuffer int
 	reconnectWait   time.Duration
+	instanceTTL     time.Duration
 
 	// embedded
 	dataDir      string
@@ -162,6 +163,19 @@ func WithPrefix(prefix string) Option {
 			return invalid("WithPrefix(%q): %v", prefix, err)
 		}
 		c.prefix = prefix
+		return nil
+	}
+}
+
+// WithInstanceTTL sets how long a service instance counts as live in the
+// catalog after its last heartbeat (default DefaultInstanceTTL); services
+// heartbeat three times per TTL.
+func WithInstanceTTL(d time.Duration) Option {
+	return func(c *config) error {
+		if d < time.Second {
+			return invalid("WithInstanceTTL(%v): want at least 1s", d)
+		}
+		c.instanceTTL = d
 		return nil
 	}
 }

@@ -2,6 +2,11 @@
 // of an event-driven system, and tools for operators.
 //
 //	herald demo              run orders → shipping on the embedded defaults
+//	herald catalog           the system from the services' manifests (tree, Mermaid, DOT, JSON, AsyncAPI)
+//	herald catalog why EVENT what an event causes, across services
+//	herald schema check      fail on a breaking contract change without a version bump
+//	herald trace ID          one flow's causal tree across the three tiers
+//	herald tail              follow events live
 //	herald version           print the version
 package main
 
@@ -32,7 +37,7 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newDemo(), newDev(), newDLQ(), newTrace(), newTail(), newVersion())
+	root.AddCommand(newDemo(), newDev(), newDLQ(), newCatalog(), newSchema(), newTrace(), newTail(), newVersion())
 	return root
 }
 

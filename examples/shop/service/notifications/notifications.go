@@ -145,19 +145,19 @@ func New(ctx context.Context, st *store.Store, senders Senders, cfg Config, opts
 			Digest: &notify.Digest{Window: cfg.DigestWindow, MaxItems: 20}}),
 		notify.Route(n, shippedNote, notify.Spec[shippedMail]{Category: "orders", Template: "order.shipped",
 			Channels: shippedChannels, Recipients: func(m shippedMail) []string { return []string{m.CustomerID} }}),
-		herald.Subscribe(svc, contract.OrderConfirmedV1, "confirmation", s.onConfirmed),
+		herald.Subscribe(svc, contract.OrderConfirmedV1, "confirmation", s.onConfirmed, herald.Emits(orderConfirmedNote)),
 		herald.Subscribe(svc, contract.ShipmentScheduledV1, "shipment-updates", func(ctx context.Context, tx herald.Tx, e contract.ShipmentScheduled) error {
 			if err := s.known(ctx, tx, e.CustomerID); err != nil {
 				return err
 			}
 			return herald.Notify(tx, shipmentNote, shipmentUpdate{CustomerID: e.CustomerID, OrderID: e.OrderID, ETA: e.ETA})
-		}, patient),
+		}, patient, herald.Emits(shipmentNote)),
 		herald.Subscribe(svc, contract.ShipmentDispatchedV1, "shipped", func(ctx context.Context, tx herald.Tx, e contract.ShipmentDispatched) error {
 			if err := s.known(ctx, tx, e.CustomerID); err != nil {
 				return err
 			}
 			return herald.Notify(tx, shippedNote, shippedMail{CustomerID: e.CustomerID, OrderID: e.OrderID, Carrier: e.Carrier, Tracking: e.Tracking})
-		}, patient),
+		}, patient, herald.Emits(shippedNote)),
 	)
 	if err == nil && senders.Push != nil {
 		err = n.Senders(notify.Push, senders.Push)

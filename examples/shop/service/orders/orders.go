@@ -76,12 +76,12 @@ func New(ctx context.Context, st *store.Store, opts ...herald.Option) (*Service,
 	if err == nil {
 		err = herald.Subscribe(svc, contract.ShipmentScheduledV1, "track-scheduled", func(ctx context.Context, tx herald.Tx, e contract.ShipmentScheduled) error {
 			return s.advance(ctx, tx, e.OrderID, StatusScheduled)
-		})
+		}, herald.Emits(statusChanges))
 	}
 	if err == nil {
 		err = herald.Subscribe(svc, contract.ShipmentDispatchedV1, "track-dispatched", func(ctx context.Context, tx herald.Tx, e contract.ShipmentDispatched) error {
 			return s.advance(ctx, tx, e.OrderID, StatusShipped)
-		})
+		}, herald.Emits(statusChanges))
 	}
 	if err != nil {
 		return nil, err

@@ -58,7 +58,7 @@ func New(ctx context.Context, st *store.Store, opts ...herald.Option) (*Service,
 	}
 	s := &Service{Service: svc, st: st}
 	if err := errors.Join(svc.Register(verifiedBuyer, posted),
-		herald.Subscribe(svc, contract.OrderConfirmedV1, "verify-buyers", s.verify)); err != nil {
+		herald.Subscribe(svc, contract.OrderConfirmedV1, "verify-buyers", s.verify, herald.Emits(verifiedBuyer))); err != nil {
 		return nil, err
 	}
 	return s, nil

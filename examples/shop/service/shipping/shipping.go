@@ -70,7 +70,7 @@ func New(ctx context.Context, st *store.Store, delay time.Duration, opts ...hera
 		herald.Translate(svc, shipmentDispatched, contract.ShipmentDispatchedV1, func(ctx context.Context, e dispatched) (contract.ShipmentDispatched, error) {
 			return contract.ShipmentDispatched(e), nil
 		}),
-		herald.Subscribe(svc, contract.OrderConfirmedV1, "schedule-shipment", s.schedule),
+		herald.Subscribe(svc, contract.OrderConfirmedV1, "schedule-shipment", s.schedule, herald.Emits(shipmentScheduled)),
 	)
 	if err != nil {
 		return nil, err
