@@ -1101,7 +1101,7 @@ func TestConsumerKilledAfterCommitBeforeAck(t *testing.T) {
 		go func() { produced <- faultPlaceOrders(context.Background(), producer, pst, 0, n, 20, 0) }()
 
 		stop := filepath.Join(r.dir, "stop-consumer")
-		role := faultRole{Role: "consumer", NATS: r.srv.URL(), DB: cdsn, Stop: stop, AckDelay: 100 * time.Millisecond}
+		role := faultRole{Role: "consumer", NATS: r.srv.URL(), DB: cdsn, Stop: stop, AckDelay: 500 * time.Millisecond}
 		effects := func() int { return faultCount(t, cst, `SELECT COUNT(DISTINCT event_id) FROM effects`) }
 		unacked := 0
 		for k, at := range faultKillPoints(3, n/10, n*8/10, n/10) {
