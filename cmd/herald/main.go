@@ -33,6 +33,7 @@ func newRoot() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.AddCommand(newDemo(), newDev(), newDLQ(), newVersion())
+	root.AddCommand(newBench())
 	return root
 }
 

@@ -1,0 +1,46 @@
+package benchrun
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/heraldhq/herald/broker/natsjs"
+)
+
+// runDurable measures the bus (herald on SQLite) with the durability
+// mechanism on — the embedded server fsyncs every second and services refill
+// it from their outbox at start (the default) — beside off (no fsync during
+// the run: a 2-minute sync interval) and beside the strict alternative, an
+// fsync per write (sync-always, at most a fifth of the events).
+func runDurable(ctx context.Context, r *runner) error {
+	variants := []struct {
+		system string
+		n      int
+		opts   []natsjs.Option
+	}{
+		{"durability-off", r.cfg.Events, []natsjs.Option{natsjs.WithSyncInterval(2 * time.Minute)}},
+		{"durability-on", r.cfg.Events, nil},
+		{"sync-always", max(1, r.cfg.Events/5), []natsjs.Option{natsjs.WithSyncAlways(true)}},
+	}
+	for _, v := range variants {
+		dir, err := r.subdir("nats-" + v.system)
+		if err != nil {
+			return err
+		}
+		br, err := natsjs.Embedded(ctx, append([]natsjs.Option{natsjs.WithDataDir(dir), natsjs.WithLogger(r.cfg.Logger)}, v.opts...)...)
+		if err != nil {
+			return fmt.Errorf("%s: embedded nats-server: %w", v.system, err)
+		}
+		res, err := r.heraldBus(ctx, "durable", v.system, SQLite, br, v.n)
+		br.Close()
+		if err != nil {
+			return fmt.Errorf("%s: %w", v.system, err)
+		}
+		if v.system == "durability-off" {
+			res.Baseline = true
+		}
+		r.add(res)
+	}
+	return nil
+}
