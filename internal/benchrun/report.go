@@ -68,7 +68,9 @@ func bucketLabel(hs []Bucket, i int) string {
 	return fmt.Sprintf("%s–%s ms", trimMs(hs[i-1].Below), trimMs(hs[i].Below))
 }
 
-func trimMs(m Millis) string { return strings.TrimSuffix(strings.TrimRight(fmt.Sprintf("%.2f", float64(m)), "0"), ".") }
+func trimMs(m Millis) string {
+	return strings.TrimSuffix(strings.TrimRight(fmt.Sprintf("%.2f", float64(m)), "0"), ".")
+}
 
 // Goal is one of the targets, judged from results of one run.
 type Goal struct {
