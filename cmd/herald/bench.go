@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/heraldhq/herald/internal/benchrun"
 )
@@ -183,7 +184,7 @@ func runBench(cmd *cobra.Command, args []string, f benchFlags) error {
 		fmt.Fprintf(errw, "chart written to %s\n", f.chart)
 	}
 	if f.markdown != "" {
-		command := "herald " + strings.Join(os.Args[1:], " ")
+		command := commandLine(cmd, args)
 		if err := benchrun.WriteMarkdown(f.markdown, benchrun.Markdown(results, benchrun.ThisMachine(), command, chart, started, took)); err != nil {
 			return fmt.Errorf("--markdown: %w", err)
 		}
@@ -198,6 +199,20 @@ func runBench(cmd *cobra.Command, args []string, f benchFlags) error {
 // errPeersMissing makes a run that was asked for the peers but could not
 // run them fail after printing what it measured.
 var errPeersMissing = errors.New("the comparison lacks the Watermill peers (pass --peers=false to run without them)")
+
+// commandLine is the command as the user could type it again: the scenarios
+// and the flags that were set, except where they point at the database.
+func commandLine(cmd *cobra.Command, args []string) string {
+	parts := append([]string{cmd.CommandPath()}, args...)
+	cmd.Flags().Visit(func(f *pflag.Flag) {
+		if f.Name == "postgres" {
+			parts = append(parts, "--postgres \"$HERALD_POSTGRES_URL\"")
+			return
+		}
+		parts = append(parts, "--"+f.Name+" "+f.Value.String())
+	})
+	return strings.Join(parts, " ")
+}
 
 func contains(ss []string, s string) bool { return slices.Contains(ss, s) }
 
