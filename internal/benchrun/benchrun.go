@@ -80,6 +80,9 @@ type Config struct {
 	// Peers, when set, runs the systems of the bench module (Watermill) in
 	// the bus scenario on the same nats-server.
 	Peers *Peers
+	// Systems, when not empty, limits the run to the systems of these
+	// names (as in Result.System): the Go benchmarks run one at a time.
+	Systems []string
 	// Logger receives herald's logs; discarded when nil.
 	Logger *slog.Logger
 }
@@ -145,6 +148,11 @@ type runner struct {
 	dir     string
 	each    func(Result)
 	results []Result
+}
+
+// wants reports whether the system is to run.
+func (r *runner) wants(system string) bool {
+	return len(r.cfg.Systems) == 0 || slices.Contains(r.cfg.Systems, system)
 }
 
 // add records one system's result.

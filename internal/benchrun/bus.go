@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -29,23 +30,24 @@ func runBus(ctx context.Context, r *runner) error {
 	}
 	defer br.Close()
 	n := r.cfg.Events
-	res, err := r.rawNATS(ctx, "bus", "raw-nats.go", br.URL(), n)
-	if err != nil {
-		return fmt.Errorf("raw nats.go: %w", err)
+	if r.wants("raw-nats.go") {
+		res, err := r.rawNATS(ctx, "bus", "raw-nats.go", br.URL(), n)
+		if err != nil {
+			return fmt.Errorf("raw nats.go: %w", err)
+		}
+		r.add(res)
 	}
-	r.add(res)
-	dialects := []string{SQLite}
-	if r.cfg.PostgresURL != "" {
-		dialects = append(dialects, Postgres)
-	}
-	for _, d := range dialects {
+	for _, d := range r.dialects() {
+		if !r.wants("herald-" + d) {
+			continue
+		}
 		res, err := r.heraldBus(ctx, "bus", "herald-"+d, d, br, n)
 		if err != nil {
 			return fmt.Errorf("herald on %s: %w", d, err)
 		}
 		r.add(res)
 	}
-	if r.cfg.Peers != nil {
+	if r.cfg.Peers != nil && slices.ContainsFunc(PeerSystems, r.wants) {
 		return r.cfg.Peers.run(ctx, r, "bus", br.URL(), n)
 	}
 	return nil
@@ -57,6 +59,14 @@ func runBus(ctx context.Context, r *runner) error {
 // handles each in a transaction with its inbox row. The clock runs from the
 // relay's start to the last handled event; latency is from the relay's
 // publish of an event's batch to its handler.
+// dialects are SQLite and, with a URL, PostgreSQL.
+func (r *runner) dialects() []string {
+	if r.cfg.PostgresURL != "" {
+		return []string{SQLite, Postgres}
+	}
+	return []string{SQLite}
+}
+
 func (r *runner) heraldBus(ctx context.Context, scenario, system, dialect string, br *natsjs.Broker, n int) (Result, error) {
 	res := Result{Scenario: scenario, System: system}
 	var mu sync.Mutex

@@ -29,6 +29,9 @@ func runLatency(ctx context.Context, r *runner) error {
 		return fmt.Errorf("rate %d for %v is no event", rate, dur)
 	}
 	system := fmt.Sprintf("herald-sqlite@%s/s", human(float64(rate)))
+	if !r.wants(system) {
+		return nil
+	}
 	res := Result{Scenario: "latency", System: system}
 	br, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithLogger(r.cfg.Logger))
 	if err != nil {

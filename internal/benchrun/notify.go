@@ -160,16 +160,20 @@ func runNotify(ctx context.Context, r *runner) error {
 	}
 	defer box.close()
 	n := r.cfg.Events
-	res, err := r.rawGoMail(ctx, box, n)
-	if err != nil {
-		return fmt.Errorf("go-mail: %w", err)
+	if r.wants("raw-go-mail") {
+		res, err := r.rawGoMail(ctx, box, n)
+		if err != nil {
+			return fmt.Errorf("go-mail: %w", err)
+		}
+		r.add(res)
 	}
-	r.add(res)
-	res, err = r.heraldNotify(ctx, box, n)
-	if err != nil {
-		return fmt.Errorf("herald notify: %w", err)
+	if r.wants("herald-notify-sqlite") {
+		res, err := r.heraldNotify(ctx, box, n)
+		if err != nil {
+			return fmt.Errorf("herald notify: %w", err)
+		}
+		r.add(res)
 	}
-	r.add(res)
 	return nil
 }
 

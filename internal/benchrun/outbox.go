@@ -16,21 +16,21 @@ import (
 // and JetStream to a consumer. One writer; herald's clock runs until the
 // consumer handled the last event, so its rate is end to end.
 func runOutbox(ctx context.Context, r *runner) error {
-	dialects := []string{SQLite}
-	if r.cfg.PostgresURL != "" {
-		dialects = append(dialects, Postgres)
-	}
-	for _, d := range dialects {
-		res, err := r.bareTx(ctx, d, r.cfg.Transactions)
-		if err != nil {
-			return fmt.Errorf("bare transactions on %s: %w", d, err)
+	for _, d := range r.dialects() {
+		if r.wants("bare-tx-" + d) {
+			res, err := r.bareTx(ctx, d, r.cfg.Transactions)
+			if err != nil {
+				return fmt.Errorf("bare transactions on %s: %w", d, err)
+			}
+			r.add(res)
 		}
-		r.add(res)
-		res, err = r.heraldTx(ctx, d, r.cfg.Transactions)
-		if err != nil {
-			return fmt.Errorf("herald transactions on %s: %w", d, err)
+		if r.wants("herald-tx-" + d) {
+			res, err := r.heraldTx(ctx, d, r.cfg.Transactions)
+			if err != nil {
+				return fmt.Errorf("herald transactions on %s: %w", d, err)
+			}
+			r.add(res)
 		}
-		r.add(res)
 	}
 	return nil
 }

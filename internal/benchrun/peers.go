@@ -91,6 +91,9 @@ func (p *Peers) exec(ctx context.Context, args ...string) ([]byte, error) {
 // the in-process systems'. Peak RSS is the child's alone.
 func (p *Peers) run(ctx context.Context, r *runner, scenario, url string, n int) error {
 	for _, sys := range PeerSystems {
+		if !r.wants(sys) {
+			continue
+		}
 		args := []string{"run", "--scenario", scenario, "--system", sys, "--nats", url, "--events", strconv.Itoa(n)}
 		if p.progress == nil {
 			args = append(args, "--quiet")
