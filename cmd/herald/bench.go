@@ -30,6 +30,7 @@ type benchFlags struct {
 	chartLink    string
 	jsonOut      string
 	quiet        bool
+	profileDir   string
 }
 
 func newBench() *cobra.Command {
@@ -84,6 +85,7 @@ program draws the --chart.`,
 	fl.StringVar(&f.chartLink, "chart-link", "", "how the markdown links the chart (default: the chart's path relative to the markdown file)")
 	fl.StringVar(&f.jsonOut, "json", "", "write the results as JSON into this file")
 	fl.BoolVar(&f.quiet, "quiet", false, "no progress bar")
+	fl.StringVar(&f.profileDir, "cpuprofile-dir", "", "write a CPU profile of each scenario into this directory (<scenario>.pprof, for go tool pprof)")
 	return cmd
 }
 
@@ -105,12 +107,17 @@ func runBench(cmd *cobra.Command, args []string, f benchFlags) error {
 	if len(args) == 0 {
 		args = []string{"all"}
 	}
+	if f.profileDir != "" {
+		if err := os.MkdirAll(f.profileDir, 0o755); err != nil {
+			return fmt.Errorf("--cpuprofile-dir: %w", err)
+		}
+	}
 	for _, a := range args {
 		if a != "all" && !contains(benchrun.Names(), a) {
 			return fmt.Errorf("%w %q: want all or one of %s", benchrun.ErrUnknownScenario, a, strings.Join(benchrun.Names(), ", "))
 		}
 	}
-	cfg := benchrun.Config{Events: f.events, Transactions: f.transactions, Rate: f.rate, Duration: f.duration, Tick: f.tick, PostgresURL: f.postgres}
+	cfg := benchrun.Config{Events: f.events, Transactions: f.transactions, Rate: f.rate, Duration: f.duration, Tick: f.tick, PostgresURL: f.postgres, ProfileDir: f.profileDir}
 	if !f.quiet {
 		cfg.Progress = errw
 	}

@@ -18,6 +18,8 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"time"
 )
@@ -83,6 +85,9 @@ type Config struct {
 	// Systems, when not empty, limits the run to the systems of these
 	// names (as in Result.System): the Go benchmarks run one at a time.
 	Systems []string
+	// ProfileDir, when set, receives a CPU profile of each scenario
+	// (<scenario>.pprof, for go tool pprof).
+	ProfileDir string
 	// Logger receives herald's logs; discarded when nil.
 	Logger *slog.Logger
 }
@@ -190,11 +195,28 @@ func Run(ctx context.Context, cfg Config, names []string, each func(Result)) ([]
 	}
 	r := &runner{cfg: cfg, dir: dir, each: each}
 	for _, s := range todo {
-		if err := s.run(ctx, r); err != nil {
+		if err := r.runProfiled(ctx, s); err != nil {
 			return r.results, fmt.Errorf("bench %s: %w", s.Name, err)
 		}
 	}
 	return r.results, nil
+}
+
+// runProfiled runs s, under the CPU profiler when a profile directory is set.
+func (r *runner) runProfiled(ctx context.Context, s Scenario) error {
+	if r.cfg.ProfileDir == "" {
+		return s.run(ctx, r)
+	}
+	f, err := os.Create(filepath.Join(r.cfg.ProfileDir, s.Name+".pprof"))
+	if err != nil {
+		return fmt.Errorf("cpu profile: %w", err)
+	}
+	defer f.Close()
+	if err := pprof.StartCPUProfile(f); err != nil {
+		return fmt.Errorf("cpu profile: %w", err)
+	}
+	defer pprof.StopCPUProfile()
+	return s.run(ctx, r)
 }
 
 // subdir makes a fresh directory for one system's files.
