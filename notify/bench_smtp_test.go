@@ -22,7 +22,7 @@ import (
 //	go test -run='^$' -bench=BenchmarkNotifySMTP -benchtime=20000x ./notify
 func BenchmarkNotifySMTP(b *testing.B) {
 	b.ResetTimer()
-	rs, err := benchrun.Run(context.Background(), benchrun.Config{Events: b.N}, []string{"notify"}, nil)
+	rs, err := benchrun.Run(context.Background(), benchrun.Config{Notifications: b.N}, []string{"notify"}, nil)
 	b.StopTimer()
 	if err != nil {
 		b.Fatal(err)

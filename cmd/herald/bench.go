@@ -18,6 +18,7 @@ import (
 
 type benchFlags struct {
 	events       int
+	notes        int
 	transactions int
 	rate         int
 	duration     time.Duration
@@ -72,7 +73,8 @@ program draws the --chart.`,
 		},
 	}
 	fl := cmd.Flags()
-	fl.IntVar(&f.events, "events", d.Events, "events each system moves in bus, notify and durable")
+	fl.IntVar(&f.events, "events", d.Events, "events each system moves in bus and durable (a fifth with an fsync per write)")
+	fl.IntVar(&f.notes, "notifications", d.Notifications, "notifications each system sends in notify")
 	fl.IntVar(&f.transactions, "transactions", d.Transactions, "one-event transactions each system commits in outbox")
 	fl.IntVar(&f.rate, "rate", d.Rate, "events per second in latency")
 	fl.DurationVar(&f.duration, "duration", d.Duration, "how long latency runs")
@@ -95,6 +97,8 @@ func runBench(cmd *cobra.Command, args []string, f benchFlags) error {
 	switch {
 	case f.events < 1:
 		return fmt.Errorf("--events %d: want at least 1", f.events)
+	case f.notes < 1:
+		return fmt.Errorf("--notifications %d: want at least 1", f.notes)
 	case f.transactions < 1:
 		return fmt.Errorf("--transactions %d: want at least 1", f.transactions)
 	case f.rate < 1:
@@ -117,7 +121,7 @@ func runBench(cmd *cobra.Command, args []string, f benchFlags) error {
 			return fmt.Errorf("%w %q: want all or one of %s", benchrun.ErrUnknownScenario, a, strings.Join(benchrun.Names(), ", "))
 		}
 	}
-	cfg := benchrun.Config{Events: f.events, Transactions: f.transactions, Rate: f.rate, Duration: f.duration, Tick: f.tick, PostgresURL: f.postgres, ProfileDir: f.profileDir}
+	cfg := benchrun.Config{Events: f.events, Notifications: f.notes, Transactions: f.transactions, Rate: f.rate, Duration: f.duration, Tick: f.tick, PostgresURL: f.postgres, ProfileDir: f.profileDir}
 	if !f.quiet {
 		cfg.Progress = errw
 	}

@@ -26,7 +26,7 @@ func TestBenchAll(t *testing.T) {
 	if err := os.WriteFile(md, []byte("# Mine\n\nbefore\n\n"+benchrun.MarkBegin+"\nold\n"+benchrun.MarkEnd+"\n\nafter\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	args := []string{"bench", "all", "--events", "200", "--transactions", "50", "--rate", "500", "--duration", "400ms",
+	args := []string{"bench", "all", "--events", "200", "--notifications", "100", "--transactions", "50", "--rate", "500", "--duration", "400ms",
 		"--peers=false", "--quiet", "--markdown", md, "--json", js}
 	pg := os.Getenv(testdb.EnvPostgres)
 	if pg != "" {
@@ -52,8 +52,8 @@ func TestBenchAll(t *testing.T) {
 		"bus/raw-nats.go": 200, "bus/herald-sqlite": 200,
 		"outbox/bare-tx-sqlite": 50, "outbox/herald-tx-sqlite": 50,
 		"latency/herald-sqlite@500/s": 200,
-		"notify/raw-go-mail":          200, "notify/herald-notify-sqlite": 200,
-		"durable/durability-off": 200, "durable/durability-on": 200, "durable/sync-always": 40,
+		"notify/raw-go-mail":          100, "notify/herald-notify-sqlite": 100,
+		"durable/durability-off": 200, "durable/durability-on": 200, "durable/sync-always": 40, "durable/raw-nats.go-sync-always": 40,
 	}
 	if pg != "" {
 		want["bus/herald-postgres"] = 200
@@ -74,6 +74,9 @@ func TestBenchAll(t *testing.T) {
 	}
 	for name, n := range want {
 		r, ok := got[name]
+		if strings.HasPrefix(name, "latency/") && r.Offered == n && r.Events > 0 {
+			n = r.Events // a producer that fell a second behind sends fewer than the schedule offered
+		}
 		switch {
 		case !ok:
 			t.Errorf("no result for %s; have %v", name, keys(got))
@@ -96,8 +99,8 @@ func TestBenchAll(t *testing.T) {
 		for _, x := range h {
 			sum += x.Count
 		}
-		if sum != 200 {
-			t.Errorf("histogram counts %d events, want 200", sum)
+		if r := got["latency/herald-sqlite@500/s"]; sum != r.Events || r.Offered != 200 {
+			t.Errorf("histogram counts %d events, result %d of %d offered", sum, r.Events, r.Offered)
 		}
 	}
 	doc, err := os.ReadFile(md)
@@ -129,6 +132,7 @@ func TestBenchRejectsBadInput(t *testing.T) {
 	}{
 		{[]string{"bench", "nope"}, `"nope"`},
 		{[]string{"bench", "bus", "--events", "0"}, "--events"},
+		{[]string{"bench", "notify", "--notifications", "0"}, "--notifications"},
 		{[]string{"bench", "latency", "--rate", "0"}, "--rate"},
 		{[]string{"bench", "latency", "--duration", "-1s"}, "--duration"},
 		{[]string{"bench", "outbox", "--transactions", "-3"}, "--transactions"},

@@ -33,6 +33,7 @@ type Result struct {
 	System       string  `json:"system"`
 	Baseline     bool    `json:"baseline,omitempty"` // a peer or bare baseline, not herald
 	Events       int     `json:"events"`
+	Offered      int     `json:"offered,omitempty"` // latency: events the schedule had (Events were sent)
 	Seconds      float64 `json:"seconds"`
 	EventsPerSec float64 `json:"events_per_sec"`
 	P50          Millis  `json:"p50_ms"`
@@ -60,9 +61,11 @@ type Bucket struct {
 // Config sizes and places the runs. Zero fields take the defaults of
 // DefaultConfig.
 type Config struct {
-	// Events is how many events each system moves in bus, durable and
-	// notify (durable's sync-always variant moves at most a fifth).
+	// Events is how many events each system moves in bus and durable
+	// (durable's fsync-per-write variants move a fifth).
 	Events int
+	// Notifications is how many notifications each system sends in notify.
+	Notifications int
 	// Transactions is how many one-event transactions outbox commits per
 	// system.
 	Transactions int
@@ -95,13 +98,16 @@ type Config struct {
 // DefaultConfig is what `herald bench all` uses: about five minutes on a
 // 2-core machine.
 func DefaultConfig() Config {
-	return Config{Events: 50000, Transactions: 4000, Rate: 10000, Duration: 15 * time.Second, Tick: time.Millisecond}
+	return Config{Events: 50000, Notifications: 20000, Transactions: 4000, Rate: 10000, Duration: 15 * time.Second, Tick: time.Millisecond}
 }
 
 func (c Config) withDefaults() Config {
 	d := DefaultConfig()
 	if c.Events <= 0 {
 		c.Events = d.Events
+	}
+	if c.Notifications <= 0 {
+		c.Notifications = d.Notifications
 	}
 	if c.Transactions <= 0 {
 		c.Transactions = d.Transactions

@@ -199,6 +199,20 @@ func (c *counter) inc() {
 	c.bar.Add(1)
 }
 
+// setTarget lowers the target to n (the events actually sent).
+func (c *counter) setTarget(n int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.target = n
+	if c.n >= n {
+		select {
+		case <-c.done:
+		default:
+			close(c.done)
+		}
+	}
+}
+
 func (c *counter) count() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()

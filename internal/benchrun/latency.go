@@ -21,7 +21,9 @@ var latencyBuckets = []time.Duration{
 // from each event's scheduled time to its handler. Each tick's due events go
 // in one transaction; a late tick carries more events (the schedule, not
 // the last commit, starts each event's clock, so a stall shows up in the
-// latency instead of lowering the rate).
+// latency instead of lowering the rate). The producer stops a second after
+// the end of the duration: if it fell further behind, the events still due
+// are not sent, and Result.Offered tells how many the schedule had.
 func runLatency(ctx context.Context, r *runner) error {
 	rate, dur, tick := r.cfg.Rate, r.cfg.Duration, r.cfg.Tick
 	n := int(float64(rate) * dur.Seconds())
@@ -66,7 +68,8 @@ func runLatency(ctx context.Context, r *runner) error {
 	sent, txs := 0, 0
 	tk := time.NewTicker(tick)
 	defer tk.Stop()
-	for sent < n {
+	end := t0.Add(dur + time.Second)
+	for sent < n && time.Now().Before(end) {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -90,12 +93,17 @@ func runLatency(ctx context.Context, r *runner) error {
 		sent = due
 		txs++
 	}
-	if err := waitFor(ctx, cnt.done, 2*time.Minute, func() string { return fmt.Sprintf("%d of %d handled", cnt.count(), n) }); err != nil {
+	cnt.setTarget(sent)
+	if err := waitFor(ctx, cnt.done, 2*time.Minute, func() string { return fmt.Sprintf("%d of %d handled", cnt.count(), sent) }); err != nil {
 		return err
 	}
-	m.Stop(&res, n)
+	m.Stop(&res, sent)
+	res.Offered = n
 	lat.Fill(&res, latencyBuckets)
-	res.Note = fmt.Sprintf("%d events/s for %v, %d transactions (%.1f events each); latency from the scheduled time", rate, dur, txs, float64(n)/float64(txs))
+	res.Note = fmt.Sprintf("%d events/s for %v, %d transactions (%.1f events each); latency from the scheduled time", rate, dur, txs, float64(sent)/float64(max(1, txs)))
+	if sent < n {
+		res.Note += fmt.Sprintf("; the producer fell behind: %d of %d scheduled events sent", sent, n)
+	}
 	r.add(res)
 	return nil
 }

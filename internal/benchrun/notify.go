@@ -159,7 +159,7 @@ func runNotify(ctx context.Context, r *runner) error {
 		return err
 	}
 	defer box.close()
-	n := r.cfg.Events
+	n := r.cfg.Notifications
 	if r.wants("raw-go-mail") {
 		res, err := r.rawGoMail(ctx, box, n)
 		if err != nil {
