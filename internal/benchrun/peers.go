@@ -39,6 +39,7 @@ func FindPeersSource(start string) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	start = dir
 	for {
 		cand := filepath.Join(dir, "bench")
 		if b, err := os.ReadFile(filepath.Join(cand, "go.mod")); err == nil && strings.Contains(string(b), "module "+PeersModule+"\n") {
