@@ -155,7 +155,7 @@ func runBench(cmd *cobra.Command, args []string, f benchFlags) error {
 		fmt.Fprintln(errw, "herald bench: no --postgres URL (or $HERALD_POSTGRES_URL): PostgreSQL runs skipped")
 	}
 
-	started := time.Now()
+	started, loadBefore := time.Now(), benchrun.LoadAverage()
 	results, runErr := benchrun.Run(ctx, cfg, args, func(r benchrun.Result) {
 		if !f.quiet {
 			fmt.Fprintf(errw, "  %s %s: %.0f events/s, p50 %.2f ms, p99 %.2f ms\n", r.Scenario, r.System, r.EventsPerSec, float64(r.P50), float64(r.P99))
@@ -195,8 +195,10 @@ func runBench(cmd *cobra.Command, args []string, f benchFlags) error {
 		fmt.Fprintf(errw, "chart written to %s\n", f.chart)
 	}
 	if f.markdown != "" {
+		machine := benchrun.ThisMachine()
+		machine.LoadBefore, machine.LoadAfter = loadBefore, benchrun.LoadAverage()
 		command := commandLine(cmd, args)
-		if err := benchrun.WriteMarkdown(f.markdown, benchrun.Markdown(results, benchrun.ThisMachine(), command, chart, started, took)); err != nil {
+		if err := benchrun.WriteMarkdown(f.markdown, benchrun.Markdown(results, machine, command, chart, started, took)); err != nil {
 			return fmt.Errorf("--markdown: %w", err)
 		}
 		fmt.Fprintf(errw, "tables written to %s\n", f.markdown)

@@ -167,6 +167,22 @@ type Machine struct {
 	CPU, OS, Go string
 	Cores       int
 	MemGiB      float64
+	// LoadBefore and LoadAfter are the 1-minute load averages when the run
+	// started and ended (other processes share the machine).
+	LoadBefore, LoadAfter string
+}
+
+// LoadAverage is the 1-minute load average, or "" where unknown.
+func LoadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return ""
+	}
+	return f[0]
 }
 
 // ThisMachine describes this machine.
@@ -207,7 +223,11 @@ func Markdown(results []Result, m Machine, command, chart string, started time.T
 	var b strings.Builder
 	fmt.Fprintln(&b, MarkBegin)
 	fmt.Fprintf(&b, "Run of %s UTC, %s in all, with\n\n```sh\n%s\n```\n\n", started.UTC().Format("2006-01-02 15:04"), took.Round(time.Second), command)
-	fmt.Fprintf(&b, "Machine: %d cores (%s), %.0f GiB, %s, %s.\n\n", m.Cores, m.CPU, m.MemGiB, m.OS, m.Go)
+	fmt.Fprintf(&b, "Machine: %d cores (%s), %.0f GiB, %s, %s.", m.Cores, m.CPU, m.MemGiB, m.OS, m.Go)
+	if m.LoadBefore != "" {
+		fmt.Fprintf(&b, " 1-minute load average %s at the start, %s at the end.", m.LoadBefore, m.LoadAfter)
+	}
+	fmt.Fprint(&b, "\n\n")
 	if chart != "" {
 		fmt.Fprintf(&b, "![events/s per scenario and system](%s)\n\n", chart)
 	}
