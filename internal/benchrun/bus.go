@@ -124,7 +124,7 @@ func (r *runner) heraldBus(ctx context.Context, scenario, system, dialect string
 	}
 	mu.Unlock()
 	fillLatency(&res, lat, nil)
-	res.Note = "outbox filled before the clock; latency from the relay's publish"
+	res.Note = "outbox filled before the clock; subscription BatchSize(256); latency from the relay's publish"
 	return res, nil
 }
 
