@@ -2,9 +2,12 @@ package herald_test
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"slices"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -196,4 +199,33 @@ func handledCount(b *testing.B, reg *prometheus.Registry) float64 {
 		}
 	}
 	return sum
+}
+
+// payload512 is an event whose JSON data is about 512 bytes.
+type payload512 struct {
+	OrderID string `json:"order_id"`
+	Blob    string `json:"blob"`
+}
+
+var busEvent = herald.Integration[payload512]("bench.bus.event", herald.KeyBy(func(p payload512) string { return p.OrderID }))
+var busRecorded = herald.Domain[payload512]("bench.bus.recorded")
+
+func blob() string {
+	b := make([]byte, 230)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b) // 460 chars + keys ≈ 512 bytes of JSON
+}
+
+// cpuTime is the process's user + system CPU time so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// busResult is what one run measured.
+type busResult struct {
+	events  int
+	elapsed time.Duration
+	cpu     time.Duration
 }
