@@ -91,7 +91,7 @@ func faultKey(i int) (string, int) { return fmt.Sprintf("k%03d", i%faultKeys), i
 
 func faultOpenStore(ctx context.Context, dsn string) (*store.Store, error) {
 	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
-		return postgres.Open(ctx, dsn)
+		return postgres.Open(ctx, dsn, postgres.WithMaxOpenConns(8))
 	}
 	return sqlite.Open(ctx, dsn)
 }

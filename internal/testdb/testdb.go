@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/heraldhq/herald/store"
 	"github.com/heraldhq/herald/store/postgres"
@@ -61,8 +62,17 @@ func PostgresURL(t testing.TB) string {
 	schema := fmt.Sprintf("herald_t_%d", rand.Uint64())
 	admin := stdlib.OpenDB(*cfg)
 	defer admin.Close()
-	if _, err := admin.Exec("CREATE SCHEMA " + schema); err != nil {
-		t.Fatalf("create schema on %s: %v", EnvPostgres, err)
+	// Parallel test packages share the server: wait out a moment when its
+	// connection slots are all taken (SQLSTATE 53300) rather than fail.
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		_, err := admin.Exec("CREATE SCHEMA " + schema)
+		if err == nil {
+			break
+		}
+		if !strings.Contains(err.Error(), "SQLSTATE 53300") || time.Now().After(deadline) {
+			t.Fatalf("create schema on %s: %v", EnvPostgres, err)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 	t.Cleanup(func() {
 		db := stdlib.OpenDB(*cfg)
@@ -83,7 +93,9 @@ func PostgresURL(t testing.TB) string {
 func Postgres(t testing.TB) *store.Store {
 	t.Helper()
 	url := PostgresURL(t)
-	s, err := postgres.Open(context.Background(), url)
+	// Tests run in parallel packages against one server: small pools keep
+	// them under its max_connections.
+	s, err := postgres.Open(context.Background(), url, postgres.WithMaxOpenConns(6))
 	if err != nil {
 		t.Fatalf("open postgres: %v", err)
 	}

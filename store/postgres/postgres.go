@@ -27,19 +27,45 @@ var ErrInvalidOption = errors.New("herald/store/postgres: invalid option")
 // migrationLock is the advisory-lock key that serialises migrations.
 const migrationLock int64 = 0x6865_7261_6c64 // "herald"
 
+// Option configures Open.
+type Option func(*options) error
+
+type options struct {
+	maxOpen int
+}
+
+// WithMaxOpenConns bounds the store's connection pool (default 16). Every
+// pool of every process counts against the server's max_connections; the
+// relay's LISTEN connection comes on top.
+func WithMaxOpenConns(n int) Option {
+	return func(o *options) error {
+		if n < 1 {
+			return fmt.Errorf("%w: max open conns %d < 1", ErrInvalidOption, n)
+		}
+		o.maxOpen = n
+		return nil
+	}
+}
+
 // Open connects to the PostgreSQL database at url (a postgres:// URL or a
 // key=value DSN), applies herald's migrations and returns the store.
-func Open(ctx context.Context, url string) (*store.Store, error) {
+func Open(ctx context.Context, url string, opts ...Option) (*store.Store, error) {
 	if url == "" {
 		return nil, fmt.Errorf("%w: empty database URL", ErrInvalidOption)
+	}
+	o := options{maxOpen: 16}
+	for _, opt := range opts {
+		if err := opt(&o); err != nil {
+			return nil, err
+		}
 	}
 	cfg, err := pgx.ParseConfig(url)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidOption, err)
 	}
 	db := stdlib.OpenDB(*cfg)
-	db.SetMaxOpenConns(16)
-	db.SetMaxIdleConns(16)
+	db.SetMaxOpenConns(o.maxOpen)
+	db.SetMaxIdleConns(o.maxOpen)
 	if err := db.PingContext(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("herald/store/postgres: connect %s@%s:%d/%s: %w", cfg.User, cfg.Host, cfg.Port, cfg.Database, err)
