@@ -146,6 +146,7 @@ type queries struct {
 	outboxPrune     string
 	outboxStats     string
 	inboxClaim      string
+	inboxClaimBatch string
 	inboxPrune      string
 	eventLogPrune   string
 	dlInsert        string
@@ -171,6 +172,7 @@ func buildQueries(d Dialect) queries {
 		outboxStats:     r("SELECT COUNT(*), MIN(event_time) FROM herald_outbox WHERE service = ? AND published_at IS NULL"),
 		outboxUnpublish: r("UPDATE herald_outbox SET published_at = NULL WHERE service = ? AND published_at IS NOT NULL AND published_at >= ?"),
 		inboxClaim:      r("INSERT INTO herald_inbox (subscription, event_id, processed_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"),
+		inboxClaimBatch: inboxClaimBatch(d),
 		inboxPrune:      r("DELETE FROM herald_inbox WHERE processed_at < ?"),
 		eventLogPrune:   r("DELETE FROM herald_event_log WHERE id < ?"),
 		dlInsert: r("INSERT INTO herald_dead_letters (service, subscription, event_id, type, version, reason, last_error, attempts, header, data, created_at)" +
@@ -179,6 +181,20 @@ func buildQueries(d Dialect) queries {
 		eventLogByID:   r("SELECT " + eventCols + " FROM herald_event_log WHERE id = ?"),
 		eventLogByCorr: r("SELECT " + eventCols + " FROM herald_event_log WHERE correlation_id = ? ORDER BY id"),
 	}
+}
+
+// inboxClaimBatch inserts the inbox rows of a JSON array of event ids in
+// one statement and returns the ids it inserted: the new claims. (The WHERE
+// true keeps SQLite from reading ON CONFLICT as a join constraint.)
+func inboxClaimBatch(d Dialect) string {
+	if d.Name() == "postgres" {
+		return "INSERT INTO herald_inbox (subscription, event_id, processed_at)" +
+			" SELECT $1, ids.id, $3 FROM json_array_elements_text($2::json) WITH ORDINALITY AS ids(id, n) ORDER BY ids.n" +
+			" ON CONFLICT DO NOTHING RETURNING event_id"
+	}
+	return "INSERT INTO herald_inbox (subscription, event_id, processed_at)" +
+		" SELECT ?1, value, ?3 FROM json_each(?2) WHERE true ORDER BY key" +
+		" ON CONFLICT DO NOTHING RETURNING event_id"
 }
 
 // placeholders returns "(?, ?, …), (…)" for rows×cols, rebound.
