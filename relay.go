@@ -76,7 +76,8 @@ func backoff(attempt int, base, max time.Duration) time.Duration {
 // relay publishes the service's outbox in commit order while it holds the
 // service's relay lease. It marks rows only after the broker acknowledged
 // them; a row whose publish failed is retried (the broker deduplicates by
-// event id, so a publish whose ack was lost costs nothing).
+// event id, so a publish whose ack was lost costs nothing). Marking a batch
+// published overlaps with reading and publishing the next one.
 func (s *Service) relay(ctx context.Context, holder string) {
 	rc := s.cfg.relay
 	lease := "relay/" + s.name
@@ -104,7 +105,9 @@ func (s *Service) relay(ctx context.Context, holder string) {
 		}
 		return true
 	}
+	rs := &relayState{}
 	defer func() {
+		_ = rs.settle()
 		if !leased.IsZero() {
 			rctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			_ = s.store.ReleaseLease(rctx, lease, holder)
@@ -118,15 +121,27 @@ func (s *Service) relay(ctx context.Context, holder string) {
 				if err != nil && ctx.Err() == nil {
 					s.log.Warn("relay lease", "err", err)
 				}
+				if !leased.IsZero() {
+					_ = rs.settle()
+					rs.cursor = 0 // another relay may publish meanwhile
+				}
 				leased = time.Time{}
 				if !wait(rc.LeaseTTL/3, false) {
 					return
 				}
 				continue
 			}
+			if leased.IsZero() {
+				rs.cursor = 0 // a new lease: read what the table says
+			}
 			leased = time.Now()
 		}
-		n, err := s.relayOnce(ctx, rc.BatchSize)
+		if r := s.rewind.Load(); r != rs.rewind {
+			// Republish reset rows below the cursor to unpublished.
+			_ = rs.settle()
+			rs.rewind, rs.cursor = r, 0
+		}
+		n, err := s.relayOnce(ctx, rc.BatchSize, rs)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -146,11 +161,41 @@ func (s *Service) relay(ctx context.Context, holder string) {
 	}
 }
 
-// relayOnce publishes one batch and returns how many rows it read.
-func (s *Service) relayOnce(ctx context.Context, batch int) (int, error) {
-	rows, err := s.store.PendingOutbox(ctx, s.name, batch)
-	if err != nil || len(rows) == 0 {
+// relayState is what the relay carries from one batch to the next.
+type relayState struct {
+	// cursor is the last outbox seq this relay published and acknowledged
+	// (0: none yet). Later rounds read the rows after it, so a batch whose
+	// mark is still being written is not read again.
+	cursor int64
+	rewind uint64     // the Service.rewind value the cursor is valid for
+	mark   chan error // the result of the mark being written, nil if none
+}
+
+// settle waits for the mark being written and returns its error; after an
+// error the cursor goes back to 0, so the rows it left unmarked are read
+// (and re-published, harmlessly) again.
+func (rs *relayState) settle() error {
+	if rs.mark == nil {
+		return nil
+	}
+	err := <-rs.mark
+	rs.mark = nil
+	if err != nil {
+		rs.cursor = 0
+	}
+	return err
+}
+
+// relayOnce publishes one batch and returns how many rows it read. It
+// starts marking the acknowledged rows published and returns without waiting
+// for it; the next call waits for that mark before it starts its own.
+func (s *Service) relayOnce(ctx context.Context, batch int, rs *relayState) (int, error) {
+	rows, err := s.store.PendingOutboxAfter(ctx, s.name, rs.cursor, batch)
+	if err != nil {
 		return 0, err
+	}
+	if len(rows) == 0 {
+		return 0, rs.settle()
 	}
 	events := make([]*envelope.Envelope, len(rows))
 	for i, r := range rows {
@@ -168,17 +213,26 @@ func (s *Service) relayOnce(ctx context.Context, batch int) (int, error) {
 			s.observe(ctx, o)
 		}
 	}
+	// Only the acknowledged prefix counts as published: what follows the
+	// first failure is sent again, in order (the broker drops the copies it
+	// already stored).
 	acked := make([]int64, 0, len(rows))
 	var firstErr error
 	for i, r := range rows {
-		if errs[i] == nil {
-			acked = append(acked, r.Seq)
-		} else if firstErr == nil {
+		if errs[i] != nil {
 			firstErr = fmt.Errorf("publish %s %s: %w", r.Event.Type, r.Event.ID, errs[i])
+			break
 		}
+		acked = append(acked, r.Seq)
 	}
-	if err := s.store.MarkPublished(ctx, acked, time.Now()); err != nil {
+	if err := rs.settle(); err != nil {
 		return 0, err
+	}
+	if len(acked) > 0 {
+		rs.cursor = acked[len(acked)-1]
+		done := make(chan error, 1)
+		rs.mark = done
+		go func() { done <- s.store.MarkPublished(ctx, acked, time.Now()) }()
 	}
 	if firstErr != nil {
 		return 0, firstErr
@@ -193,6 +247,7 @@ func (s *Service) relayOnce(ctx context.Context, batch int) (int, error) {
 func (s *Service) Republish(ctx context.Context, d time.Duration) (int64, error) {
 	n, err := s.store.RepublishSince(ctx, s.name, time.Now().Add(-d))
 	if err == nil && n > 0 {
+		s.rewind.Add(1)
 		s.signal()
 	}
 	return n, err

@@ -165,7 +165,7 @@ func buildQueries(d Dialect) queries {
 	return queries{
 		eventLogInsert: "INSERT INTO herald_event_log (" + eventCols + ") VALUES ",
 		outboxInsert:   "INSERT INTO herald_outbox (" + eventCols + ") VALUES ",
-		outboxPending: r("SELECT seq, " + eventCols + " FROM herald_outbox WHERE service = ? AND published_at IS NULL" +
+		outboxPending: r("SELECT seq, " + eventCols + " FROM herald_outbox WHERE service = ? AND published_at IS NULL AND seq > ?" +
 			cond + " ORDER BY seq LIMIT ?"),
 		outboxMark:      "UPDATE herald_outbox SET published_at = ? WHERE seq IN ",
 		outboxPrune:     r("DELETE FROM herald_outbox WHERE published_at IS NOT NULL AND published_at < ?"),
@@ -304,10 +304,17 @@ func scanEvent(sc scanner, pre ...any) (*envelope.Envelope, error) {
 // PendingOutbox returns up to limit unpublished rows of service in commit
 // order.
 func (s *Store) PendingOutbox(ctx context.Context, service string, limit int) ([]OutboxRow, error) {
+	return s.PendingOutboxAfter(ctx, service, 0, limit)
+}
+
+// PendingOutboxAfter is PendingOutbox for the rows after seq after: a relay
+// that published up to after, and is still marking those rows published,
+// reads what follows them.
+func (s *Store) PendingOutboxAfter(ctx context.Context, service string, after int64, limit int) ([]OutboxRow, error) {
 	if err := s.live(); err != nil {
 		return nil, err
 	}
-	rows, err := s.db.QueryContext(ctx, s.queries.outboxPending, service, limit)
+	rows, err := s.db.QueryContext(ctx, s.queries.outboxPending, service, after, limit)
 	if err != nil {
 		return nil, fmt.Errorf("herald/store: pending outbox: %w", err)
 	}

@@ -577,6 +577,23 @@ func (h *harness) outboxLimit(t *testing.T) {
 		want := a[:min(limit, len(a))]
 		checkPending(t, fmt.Sprintf("limit %d", limit), pending(t, s, "orders", limit), want)
 	}
+	// After a seq: the rows that follow it, published or not before it.
+	all := pending(t, s, "orders", 100)
+	for i, r := range all {
+		rows, err := s.PendingOutboxAfter(context.Background(), "orders", r.Seq, 2)
+		if err != nil {
+			t.Fatalf("PendingOutboxAfter: %v", err)
+		}
+		checkPending(t, fmt.Sprintf("after row %d", i), rows, a[i+1:min(i+3, len(a))])
+	}
+	if err := s.MarkPublished(context.Background(), []int64{all[3].Seq}, t0); err != nil {
+		t.Fatalf("MarkPublished: %v", err)
+	}
+	rows, err := s.PendingOutboxAfter(context.Background(), "orders", all[1].Seq, 100)
+	if err != nil {
+		t.Fatalf("PendingOutboxAfter: %v", err)
+	}
+	checkPending(t, "after row 1, row 3 published", rows, []*envelope.Envelope{a[2], a[4]})
 }
 
 func (h *harness) outboxMarkPublished(t *testing.T) {
