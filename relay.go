@@ -7,11 +7,13 @@ import (
 	"time"
 
 	"github.com/heraldhq/herald/envelope"
+	"github.com/heraldhq/herald/store"
 )
 
 // RelayConfig tunes the outbox relay.
 type RelayConfig struct {
-	// BatchSize is how many outbox rows one round publishes (default 512).
+	// BatchSize is how many outbox rows one round publishes (default 1000, the
+	// largest atomic batch a NATS server takes by default).
 	BatchSize int
 	// PollInterval is the fallback poll when no commit signal arrives
 	// (default 500ms). Commits in this process, and on PostgreSQL in any
@@ -25,7 +27,7 @@ type RelayConfig struct {
 }
 
 func defaultRelayConfig() RelayConfig {
-	return RelayConfig{BatchSize: 512, PollInterval: 500 * time.Millisecond, LeaseTTL: 10 * time.Second, MaxBackoff: 5 * time.Second}
+	return RelayConfig{BatchSize: 1000, PollInterval: 500 * time.Millisecond, LeaseTTL: 10 * time.Second, MaxBackoff: 5 * time.Second}
 }
 
 // WithRelay tunes the outbox relay; zero fields keep their defaults.
@@ -107,7 +109,7 @@ func (s *Service) relay(ctx context.Context, holder string) {
 	}
 	rs := &relayState{}
 	defer func() {
-		_ = rs.settle()
+		rs.reset()
 		if !leased.IsZero() {
 			rctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			_ = s.store.ReleaseLease(rctx, lease, holder)
@@ -122,8 +124,7 @@ func (s *Service) relay(ctx context.Context, holder string) {
 					s.log.Warn("relay lease", "err", err)
 				}
 				if !leased.IsZero() {
-					_ = rs.settle()
-					rs.cursor = 0 // another relay may publish meanwhile
+					rs.reset() // another relay may publish meanwhile
 				}
 				leased = time.Time{}
 				if !wait(rc.LeaseTTL/3, false) {
@@ -132,14 +133,14 @@ func (s *Service) relay(ctx context.Context, holder string) {
 				continue
 			}
 			if leased.IsZero() {
-				rs.cursor = 0 // a new lease: read what the table says
+				rs.reset() // a new lease: read what the table says
 			}
 			leased = time.Now()
 		}
 		if r := s.rewind.Load(); r != rs.rewind {
 			// Republish reset rows below the cursor to unpublished.
-			_ = rs.settle()
-			rs.rewind, rs.cursor = r, 0
+			rs.reset()
+			rs.rewind = r
 		}
 		n, err := s.relayOnce(ctx, rc.BatchSize, rs)
 		if err != nil {
@@ -169,6 +170,16 @@ type relayState struct {
 	cursor int64
 	rewind uint64     // the Service.rewind value the cursor is valid for
 	mark   chan error // the result of the mark being written, nil if none
+	// ahead is the read of the batch after the one being published, started
+	// when that one was full; after is the seq it reads after.
+	ahead chan pendingRead
+	after int64
+}
+
+// pendingRead is the result of one outbox read.
+type pendingRead struct {
+	rows []store.OutboxRow
+	err  error
 }
 
 // settle waits for the mark being written and returns its error; after an
@@ -182,20 +193,57 @@ func (rs *relayState) settle() error {
 	rs.mark = nil
 	if err != nil {
 		rs.cursor = 0
+		rs.drop()
 	}
 	return err
 }
 
-// relayOnce publishes one batch and returns how many rows it read. It
-// starts marking the acknowledged rows published and returns without waiting
-// for it; the next call waits for that mark before it starts its own.
+// drop waits for the read ahead, if any, and forgets it.
+func (rs *relayState) drop() {
+	if rs.ahead != nil {
+		<-rs.ahead
+		rs.ahead = nil
+	}
+}
+
+// reset forgets everything but the rewind count: the next round reads what
+// the outbox table says.
+func (rs *relayState) reset() {
+	_ = rs.settle()
+	rs.drop()
+	rs.cursor = 0
+}
+
+// relayOnce publishes one batch and returns how many rows it read. While
+// the broker stores a full batch, it reads the next one; it starts marking
+// the acknowledged rows published and returns without waiting for that; the
+// next call waits for the mark before it starts its own.
 func (s *Service) relayOnce(ctx context.Context, batch int, rs *relayState) (int, error) {
-	rows, err := s.store.PendingOutboxAfter(ctx, s.name, rs.cursor, batch)
+	var rows []store.OutboxRow
+	var err error
+	if rs.ahead != nil && rs.after == rs.cursor {
+		r := <-rs.ahead
+		rs.ahead = nil
+		rows, err = r.rows, r.err
+	} else {
+		rs.drop()
+		rows, err = s.store.PendingOutboxAfter(ctx, s.name, rs.cursor, batch)
+	}
 	if err != nil {
 		return 0, err
 	}
 	if len(rows) == 0 {
 		return 0, rs.settle()
+	}
+	if len(rows) == batch {
+		// More is likely waiting: read it while the broker stores this.
+		after := rows[len(rows)-1].Seq
+		ahead := make(chan pendingRead, 1)
+		rs.ahead, rs.after = ahead, after
+		go func() {
+			rows, err := s.store.PendingOutboxAfter(ctx, s.name, after, batch)
+			ahead <- pendingRead{rows, err}
+		}()
 	}
 	events := make([]*envelope.Envelope, len(rows))
 	for i, r := range rows {
@@ -235,6 +283,7 @@ func (s *Service) relayOnce(ctx context.Context, batch int, rs *relayState) (int
 		go func() { done <- s.store.MarkPublished(ctx, acked, time.Now()) }()
 	}
 	if firstErr != nil {
+		rs.drop() // it read after rows that must go again
 		return 0, firstErr
 	}
 	return len(rows), nil
