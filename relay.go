@@ -87,6 +87,7 @@ func (s *Service) relay(ctx context.Context, holder string) {
 	failures := 0
 	timer := time.NewTimer(0)
 	defer timer.Stop()
+	woke := false // the last wait ended with a commit signal
 	wait := func(d time.Duration, wakeable bool) bool {
 		if !timer.Stop() {
 			select {
@@ -99,14 +100,21 @@ func (s *Service) relay(ctx context.Context, holder string) {
 		if wakeable {
 			wake = s.wake
 		}
+		woke = false
 		select {
 		case <-ctx.Done():
 			return false
 		case <-timer.C:
 		case <-wake:
+			woke = true
 		}
 		return true
 	}
+	// On a dialect whose commit order shows rows only once every older
+	// transaction ended (PostgreSQL), a commit's signal may come before its
+	// rows are readable: after a signal that found nothing, look again soon,
+	// more and more rarely, rather than only at the next poll.
+	var recheck time.Duration
 	rs := &relayState{}
 	defer func() {
 		rs.reset()
@@ -156,7 +164,24 @@ func (s *Service) relay(ctx context.Context, holder string) {
 			continue
 		}
 		failures = 0
-		if n < rc.BatchSize && !wait(rc.PollInterval, true) {
+		if n >= rc.BatchSize {
+			continue
+		}
+		d := rc.PollInterval
+		switch {
+		case n > 0 || !s.store.DelaysVisibility():
+			recheck = 0
+		case woke:
+			recheck = 10 * time.Millisecond
+		case recheck > 0:
+			recheck *= 2
+		}
+		if recheck > 0 && recheck < d {
+			d = recheck
+		} else {
+			recheck = 0
+		}
+		if !wait(d, true) {
 			return
 		}
 	}

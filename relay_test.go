@@ -11,6 +11,8 @@ import (
 	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/broker/natsjs"
 	"github.com/heraldhq/herald/internal/testdb"
+	"github.com/heraldhq/herald/store"
+	"github.com/heraldhq/herald/store/postgres"
 )
 
 // publishCounter counts the relay's successful publishes per event id.
@@ -235,4 +237,60 @@ func TestFailingHandlerCostsOthersNoAttempt(t *testing.T) {
 			t.Errorf("dead letters %+v, want broken's, permanent, after 1 attempt", dls)
 		}
 	})
+}
+
+// TestRelayLooksAgainForRowsAnOlderTransactionHid: on PostgreSQL a committed
+// outbox row is readable by the relay only once every older transaction has
+// ended, so the commit's NOTIFY may find nothing. The relay must look again
+// soon, not at its next poll (an hour here).
+func TestRelayLooksAgainForRowsAnOlderTransactionHid(t *testing.T) {
+	url := testdb.PostgresURL(t)
+	ctx := context.Background()
+	b, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithLogger(quiet))
+	must(t, err)
+	defer b.Close()
+	pubs := &publishCounter{n: map[string]int{}}
+	newOrders := func() (*herald.Service, *store.Store) {
+		st, err := postgres.Open(ctx, url)
+		must(t, err)
+		t.Cleanup(func() { st.Close() })
+		svc, err := herald.New("orders", herald.WithStore(st), herald.WithBroker(b), herald.WithLogger(quiet),
+			herald.WithObserver(pubs), herald.WithRelay(herald.RelayConfig{PollInterval: time.Hour}))
+		must(t, err)
+		must(t, herald.Translate(svc, stepRecorded, orderStepped, func(ctx context.Context, s step) (stepped, error) { return stepped(s), nil }))
+		t.Cleanup(func() { svc.Close() })
+		return svc, st
+	}
+	running, st := newOrders()
+	must(t, running.Start(ctx))
+	time.Sleep(200 * time.Millisecond) // the relay takes its lease and goes idle
+	other, _ := newOrders() // never started: its commits reach the relay by NOTIFY only
+
+	// An older transaction, still open when the event commits, hides it.
+	older, err := st.DB().BeginTx(ctx, nil)
+	must(t, err)
+	var xid int64
+	must(t, older.QueryRowContext(ctx, `SELECT txid_current()`).Scan(&xid))
+	must(t, other.Do(ctx, func(tx herald.Tx) error { return herald.Record(tx, stepRecorded, step{OrderID: "x", N: 1}) }))
+	time.Sleep(300 * time.Millisecond) // the NOTIFY came and the relay found nothing
+	pubs.mu.Lock()
+	early := len(pubs.n)
+	pubs.mu.Unlock()
+	if early != 0 {
+		t.Fatal("the relay published a row an older transaction should hide; the test shows nothing")
+	}
+	must(t, older.Rollback())
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		pubs.mu.Lock()
+		n := len(pubs.n)
+		pubs.mu.Unlock()
+		if n == 1 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the event hidden by an older transaction was not published after it ended")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

@@ -94,6 +94,12 @@ func New(ctx context.Context, db *sql.DB, d Dialect, ownsDB bool) (*Store, error
 	return s, nil
 }
 
+// DelaysVisibility reports whether the dialect shows a committed outbox row
+// to PendingOutbox only once every transaction older than its own ended
+// (PostgreSQL's commit-order rule), so a relay woken by a commit may find
+// nothing yet.
+func (s *Store) DelaysVisibility() bool { return s.d.PendingCondition() != "" }
+
 // DB is the underlying database handle, shared with the user's own tables.
 func (s *Store) DB() *sql.DB { return s.db }
 
