@@ -264,7 +264,7 @@ func TestRelayLooksAgainForRowsAnOlderTransactionHid(t *testing.T) {
 	running, st := newOrders()
 	must(t, running.Start(ctx))
 	time.Sleep(200 * time.Millisecond) // the relay takes its lease and goes idle
-	other, _ := newOrders() // never started: its commits reach the relay by NOTIFY only
+	other, _ := newOrders()            // never started: its commits reach the relay by NOTIFY only
 
 	// An older transaction, still open when the event commits, hides it.
 	older, err := st.DB().BeginTx(ctx, nil)
