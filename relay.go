@@ -115,7 +115,7 @@ func (s *Service) relay(ctx context.Context, holder string) {
 	// rows are readable: after a signal that found nothing, look again soon,
 	// more and more rarely, rather than only at the next poll.
 	var recheck time.Duration
-	rs := &relayState{}
+	rs := &relayState{serial: s.store.DelaysVisibility()}
 	defer func() {
 		rs.reset()
 		if !leased.IsZero() {
@@ -188,7 +188,15 @@ func (s *Service) relay(ctx context.Context, holder string) {
 }
 
 // relayState is what the relay carries from one batch to the next.
+//
+// The cursor, the read ahead and the mark that overlaps the next batch rely
+// on rows becoming readable in seq order, which holds on SQLite (one writer
+// at a time takes its seqs and commits before the next). On PostgreSQL a
+// transaction can take a lower seq and become readable after a higher one
+// was published, so there (serial) every round waits for its mark and reads
+// every unpublished row, and no row is ever skipped.
 type relayState struct {
+	serial bool
 	// cursor is the last outbox seq this relay published and acknowledged
 	// (0: none yet). Later rounds read the rows after it, so a batch whose
 	// mark is still being written is not read again.
@@ -260,7 +268,7 @@ func (s *Service) relayOnce(ctx context.Context, batch int, rs *relayState) (int
 	if len(rows) == 0 {
 		return 0, rs.settle()
 	}
-	if len(rows) == batch {
+	if len(rows) == batch && !rs.serial {
 		// More is likely waiting: read it while the broker stores this.
 		after := rows[len(rows)-1].Seq
 		ahead := make(chan pendingRead, 1)
@@ -302,10 +310,16 @@ func (s *Service) relayOnce(ctx context.Context, batch int, rs *relayState) (int
 		return 0, err
 	}
 	if len(acked) > 0 {
-		rs.cursor = acked[len(acked)-1]
-		done := make(chan error, 1)
-		rs.mark = done
-		go func() { done <- s.store.MarkPublished(ctx, acked, time.Now()) }()
+		if rs.serial {
+			if err := s.store.MarkPublished(ctx, acked, time.Now()); err != nil {
+				return 0, err
+			}
+		} else {
+			rs.cursor = acked[len(acked)-1]
+			done := make(chan error, 1)
+			rs.mark = done
+			go func() { done <- s.store.MarkPublished(ctx, acked, time.Now()) }()
+		}
 	}
 	if firstErr != nil {
 		rs.drop() // it read after rows that must go again

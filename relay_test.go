@@ -10,6 +10,7 @@ import (
 
 	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/broker/natsjs"
+	"github.com/heraldhq/herald/envelope"
 	"github.com/heraldhq/herald/internal/testdb"
 	"github.com/heraldhq/herald/store"
 	"github.com/heraldhq/herald/store/postgres"
@@ -293,4 +294,52 @@ func TestRelayLooksAgainForRowsAnOlderTransactionHid(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// TestRelayPublishesARowThatBecomesReadableBelowAPublishedOne: on
+// PostgreSQL a transaction can take a lower outbox seq than another one and
+// become readable after the other's row was published. The relay must still
+// publish it (it reads every unpublished row there, never "after the last
+// one it published").
+func TestRelayPublishesARowThatBecomesReadableBelowAPublishedOne(t *testing.T) {
+	url := testdb.PostgresURL(t)
+	ctx := context.Background()
+	b, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithLogger(quiet))
+	must(t, err)
+	defer b.Close()
+	st, err := postgres.Open(ctx, url)
+	must(t, err)
+	defer st.Close()
+	pubs := &publishCounter{n: map[string]int{}}
+	svc, err := herald.New("orders", herald.WithStore(st), herald.WithBroker(b), herald.WithLogger(quiet),
+		herald.WithObserver(pubs), herald.WithRelay(herald.RelayConfig{PollInterval: 20 * time.Millisecond}))
+	must(t, err)
+	must(t, herald.Translate(svc, stepRecorded, orderStepped, func(ctx context.Context, s step) (stepped, error) { return stepped(s), nil }))
+	must(t, svc.Start(ctx))
+	defer svc.Close()
+
+	event := func(key string) *envelope.Envelope {
+		now := time.Now().UTC()
+		return &envelope.Envelope{ID: envelope.NewID(now), Type: orderStepped.Name(), Version: orderStepped.Version(),
+			Kind: envelope.KindIntegration, Source: "orders", Key: key, Time: now, CorrelationID: "c",
+			DataContentType: "application/json", Data: []byte(`{"order_id":"` + key + `","n":1}`)}
+	}
+	// a takes its transaction id first; b takes a later one but the lower
+	// seq; a commits and is published while b still runs.
+	txA, err := st.Begin(ctx)
+	must(t, err)
+	defer txA.Rollback()
+	txB, err := st.Begin(ctx)
+	must(t, err)
+	defer txB.Rollback()
+	var xid int64
+	must(t, txA.QueryRowContext(ctx, `SELECT txid_current()`).Scan(&xid))
+	must(t, txB.QueryRowContext(ctx, `SELECT txid_current()`).Scan(&xid))
+	evB, evA := event("b"), event("a")
+	must(t, st.AppendOutbox(ctx, txB, []*envelope.Envelope{evB}))
+	must(t, st.AppendOutbox(ctx, txA, []*envelope.Envelope{evA}))
+	must(t, txA.Commit())
+	pubs.waitAll(t, []string{evA.ID}, 1)
+	must(t, txB.Commit())
+	pubs.waitAll(t, []string{evB.ID}, 1)
 }
