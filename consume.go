@@ -39,8 +39,8 @@ type handledItem struct {
 
 // consumer runs one subscription: it keeps per-key FIFO queues so that a
 // retrying event holds back only later events of its own key, handles ready
-// events in batched transactions with one savepoint each, and acknowledges
-// only after commit.
+// events in batched transactions (a savepoint per event only after a handler
+// failed), and acknowledges only after commit.
 type consumer struct {
 	svc    *Service
 	sub    *subscription
@@ -381,7 +381,210 @@ func (c *consumer) remove(it *item) {
 // handleBatch runs the batch in one transaction. It returns the items that
 // are settled (handled, duplicate, or dead-lettered) once it committed;
 // items whose handler failed get their next due time.
+//
+// The fast pass claims the inbox rows of the whole batch in one statement
+// and runs the handlers without savepoints. Most batches succeed and commit
+// there. When a handler fails, the fast pass rolls everything back: the
+// failing event gets its retry time (or its dead-letter reason) and the
+// batch runs again in handleIsolated, an event per savepoint, without it and
+// the later events of its key — so the outcome is what handleIsolated alone
+// would give, and only the failing handler's run counts as an attempt.
 func (c *consumer) handleBatch(ctx context.Context, batch []*item) ([]*item, error) {
+	settled, fallback, err := c.handleFast(ctx, batch)
+	if !fallback.use {
+		return settled, err
+	}
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	var handled []handledItem
+	blocked := map[string]bool{}
+	if it := fallback.blamed; it != nil && it.reason == "" {
+		blocked[it.key] = true // it waits for its retry; so do later events of its key
+		if c.svc.observing() {
+			handled = append(handled, handledItem{it, OutcomeRetry, time.Now().Add(-fallback.took), fallback.took, fallback.err})
+		}
+		c.svc.log.Debug("handler failed, will retry", "subscription", c.sub.name, "event", it.env.ID,
+			"attempt", it.attempts, "retry_at", it.due, "err", fallback.err)
+	}
+	return c.handleIsolated(ctx, batch, handled, blocked)
+}
+
+// fastFallback says why a fast pass gave up and what it learnt.
+type fastFallback struct {
+	use    bool
+	blamed *item         // the event whose handler failed, with its outcome set
+	err    error         // its error
+	took   time.Duration // its handler's run time
+}
+
+// handleFast is handleBatch's fast pass: one inbox statement, no savepoints.
+// When it returns fallback.use, it committed nothing.
+func (c *consumer) handleFast(ctx context.Context, batch []*item) (settled []*item, fallback fastFallback, err error) {
+	s := c.svc
+	st := s.store
+	sqlTx, err := st.Begin(ctx)
+	if err != nil {
+		return nil, fastFallback{}, err
+	}
+	t := &txn{svc: s, sql: sqlTx}
+	batchStart := time.Now()
+	ids := make([]string, 0, len(batch))
+	for _, it := range batch {
+		if it.reason == "" {
+			ids = append(ids, it.env.ID)
+		}
+	}
+	fresh, err := st.ClaimInboxBatch(ctx, sqlTx, c.sub.inbox, ids)
+	if err != nil {
+		_ = c.abort(t, err)
+		return nil, fastFallback{use: true}, nil
+	}
+	settled = make([]*item, 0, len(batch))
+	var deadLettered, ran []*item
+	var handled []handledItem
+	// giveUp rolls the pass back; the attempts it counted did not happen.
+	giveUp := func() {
+		_ = c.abort(t, nil)
+		for _, it := range ran {
+			it.attempts--
+		}
+	}
+	lastBeat := time.Now()
+	n := 0
+	for _, it := range batch {
+		if time.Since(lastBeat) > c.sub.cfg.ackWait/3 {
+			c.heartbeat() // a long batch must not let the broker redeliver what waits
+			lastBeat = time.Now()
+		}
+		if it.reason != "" {
+			if err := c.deadLetter(ctx, t, it); err != nil {
+				giveUp()
+				return nil, fastFallback{use: true}, nil
+			}
+			settled = append(settled, it)
+			deadLettered = append(deadLettered, it)
+			continue
+		}
+		isFresh := fresh[n]
+		n++
+		hstart := time.Now()
+		if isFresh {
+			it.attempts++
+			ran = append(ran, it)
+			scope := &txScope{t: t, cause: it.env, depth: 1}
+			scope.ctx = context.WithValue(withEvent(ctx, it.env), txKey, Tx(scope))
+			herr := runGuarded(func() error { return c.sub.handle(scope.ctx, scope, it.val) })
+			if herr == nil && t.failed != nil {
+				herr = t.failed
+			}
+			if herr != nil {
+				took := time.Since(hstart)
+				// Blame this handler only if the transaction still works:
+				// on PostgreSQL an earlier handler that swallowed a
+				// statement's error leaves it failed, and then any later
+				// statement fails. If it does not work, the isolated pass
+				// finds the culprit.
+				healthy := st.Healthy(ctx, sqlTx) == nil
+				giveUp()
+				if !healthy || ctx.Err() != nil {
+					return nil, fastFallback{use: true}, nil
+				}
+				it.attempts++ // this run happened and failed
+				c.failed(it, herr)
+				return nil, fastFallback{use: true, blamed: it, err: herr, took: took}, nil
+			}
+		}
+		settled = append(settled, it)
+		if s.observing() {
+			outcome := OutcomeOK
+			if !isFresh {
+				outcome = OutcomeDuplicate
+			}
+			handled = append(handled, handledItem{it, outcome, hstart, time.Since(hstart), nil})
+		}
+	}
+	if err := s.flush(ctx, t); err != nil {
+		giveUp()
+		return nil, fastFallback{use: true}, nil
+	}
+	if err := sqlTx.Commit(); err != nil {
+		// Unknown: a handler may have left the transaction failed, or the
+		// database is down. The isolated pass tells which.
+		t.done = true
+		for _, it := range ran {
+			it.attempts--
+		}
+		return nil, fastFallback{use: true}, nil
+	}
+	t.done = true
+	c.committed(ctx, t, handled, deadLettered, batchStart)
+	return settled, fastFallback{}, nil
+}
+
+// failed sets what happens next to it after its handler failed with herr:
+// a dead-letter reason, or its next due time.
+func (c *consumer) failed(it *item, herr error) {
+	it.lastErr = herr.Error()
+	switch {
+	case IsPermanent(herr):
+		it.reason = store.ReasonPermanent
+	case it.attempts >= c.sub.cfg.retry.MaxAttempts:
+		it.reason = store.ReasonExhausted
+	default:
+		it.due = time.Now().Add(backoff(it.attempts, c.sub.cfg.retry.BaseDelay, c.sub.cfg.retry.MaxDelay))
+	}
+}
+
+// committed does what follows a consumer transaction's commit: wake the
+// relay, publish the dead letters, report to observers (what the handlers
+// recorded, the batch, each handled and dead-lettered event).
+func (c *consumer) committed(ctx context.Context, t *txn, handled []handledItem, deadLettered []*item, batchStart time.Time) {
+	s := c.svc
+	if len(t.outbox) > 0 {
+		s.signal()
+	}
+	for _, it := range deadLettered {
+		c.publishDeadLetter(ctx, it)
+	}
+	if !s.observing() {
+		return
+	}
+	s.observeCommit(ctx, t) // what the handlers recorded
+	now := time.Now()
+	if len(s.cfg.batchObservers) > 0 {
+		b := BatchObservation{Subscription: c.sub.name, Start: batchStart, Duration: now.Sub(batchStart)}
+		for _, h := range handled {
+			if h.outcome == OutcomeOK {
+				b.Events = append(b.Events, *h.it.env)
+				b.Events[len(b.Events)-1].Data = nil
+			}
+		}
+		if len(b.Events) > 0 {
+			s.observeBatch(ctx, b)
+		}
+	}
+	for _, h := range handled {
+		s.observe(ctx, Observation{Hop: HopHandle, Subscription: c.sub.name, Event: *h.it.env, Start: h.start,
+			Duration: h.d, Outcome: h.outcome, Attempt: h.it.attempts, Err: h.err})
+	}
+	for _, it := range deadLettered {
+		o := Observation{Hop: HopDeadLetter, Subscription: c.sub.name, Start: now, Outcome: OutcomeError,
+			Reason: it.reason, Attempt: it.attempts, Err: fmt.Errorf("%s", it.lastErr)}
+		if it.env != nil {
+			o.Event = *it.env
+		}
+		s.observe(ctx, o)
+	}
+}
+
+// handleIsolated runs the batch in one transaction with a savepoint per
+// event, so that a failing handler undoes only its own event. It returns the
+// items that are settled (handled, duplicate, or dead-lettered) once it
+// committed; items whose handler failed get their next due time. handled
+// holds what the fast pass already reported of the batch (the failure that
+// sent it here); an item of blocked's keys is skipped.
+func (c *consumer) handleIsolated(ctx context.Context, batch []*item, handled []handledItem, blocked map[string]bool) ([]*item, error) {
 	s := c.svc
 	st := s.store
 	sqlTx, err := st.Begin(ctx)
@@ -392,8 +595,6 @@ func (c *consumer) handleBatch(ctx context.Context, batch []*item) ([]*item, err
 	batchStart := time.Now()
 	settled := make([]*item, 0, len(batch))
 	var deadLettered []*item
-	var handled []handledItem
-	blocked := map[string]bool{}
 	lastBeat := time.Now()
 	for _, it := range batch {
 		if time.Since(lastBeat) > c.sub.cfg.ackWait/3 {
@@ -456,13 +657,7 @@ func (c *consumer) handleBatch(ctx context.Context, batch []*item) ([]*item, err
 			return nil, c.abort(t, err)
 		}
 		t.log, t.outbox, t.failed = t.log[:nlog], t.outbox[:nout], nil
-		it.lastErr = herr.Error()
-		switch {
-		case IsPermanent(herr):
-			it.reason = store.ReasonPermanent
-		case it.attempts >= c.sub.cfg.retry.MaxAttempts:
-			it.reason = store.ReasonExhausted
-		}
+		c.failed(it, herr)
 		if it.reason != "" {
 			if err := c.deadLetter(ctx, t, it); err != nil {
 				return nil, c.abort(t, err)
@@ -471,7 +666,6 @@ func (c *consumer) handleBatch(ctx context.Context, batch []*item) ([]*item, err
 			deadLettered = append(deadLettered, it)
 			continue
 		}
-		it.due = time.Now().Add(backoff(it.attempts, c.sub.cfg.retry.BaseDelay, c.sub.cfg.retry.MaxDelay))
 		blocked[it.key] = true
 		if c.svc.observing() {
 			handled = append(handled, handledItem{it, OutcomeRetry, hstart, time.Since(hstart), herr})
@@ -487,40 +681,7 @@ func (c *consumer) handleBatch(ctx context.Context, batch []*item) ([]*item, err
 		return nil, err
 	}
 	t.done = true
-	if len(t.outbox) > 0 {
-		s.signal()
-	}
-	for _, it := range deadLettered {
-		c.publishDeadLetter(ctx, it)
-	}
-	if c.svc.observing() {
-		s.observeCommit(ctx, t) // what the handlers recorded
-		now := time.Now()
-		if len(s.cfg.batchObservers) > 0 {
-			b := BatchObservation{Subscription: c.sub.name, Start: batchStart, Duration: now.Sub(batchStart)}
-			for _, h := range handled {
-				if h.outcome == OutcomeOK {
-					b.Events = append(b.Events, *h.it.env)
-					b.Events[len(b.Events)-1].Data = nil
-				}
-			}
-			if len(b.Events) > 0 {
-				s.observeBatch(ctx, b)
-			}
-		}
-		for _, h := range handled {
-			c.svc.observe(ctx, Observation{Hop: HopHandle, Subscription: c.sub.name, Event: *h.it.env, Start: h.start,
-				Duration: h.d, Outcome: h.outcome, Attempt: h.it.attempts, Err: h.err})
-		}
-		for _, it := range deadLettered {
-			o := Observation{Hop: HopDeadLetter, Subscription: c.sub.name, Start: now, Outcome: OutcomeError,
-				Reason: it.reason, Attempt: it.attempts, Err: fmt.Errorf("%s", it.lastErr)}
-			if it.env != nil {
-				o.Event = *it.env
-			}
-			c.svc.observe(ctx, o)
-		}
-	}
+	c.committed(ctx, t, handled, deadLettered, batchStart)
 	return settled, nil
 }
 

@@ -7,11 +7,13 @@ import (
 	"time"
 
 	"github.com/heraldhq/herald/envelope"
+	"github.com/heraldhq/herald/store"
 )
 
 // RelayConfig tunes the outbox relay.
 type RelayConfig struct {
-	// BatchSize is how many outbox rows one round publishes (default 512).
+	// BatchSize is how many outbox rows one round publishes (default 1000, the
+	// largest atomic batch a NATS server takes by default).
 	BatchSize int
 	// PollInterval is the fallback poll when no commit signal arrives
 	// (default 500ms). Commits in this process, and on PostgreSQL in any
@@ -25,7 +27,7 @@ type RelayConfig struct {
 }
 
 func defaultRelayConfig() RelayConfig {
-	return RelayConfig{BatchSize: 512, PollInterval: 500 * time.Millisecond, LeaseTTL: 10 * time.Second, MaxBackoff: 5 * time.Second}
+	return RelayConfig{BatchSize: 1000, PollInterval: 500 * time.Millisecond, LeaseTTL: 10 * time.Second, MaxBackoff: 5 * time.Second}
 }
 
 // WithRelay tunes the outbox relay; zero fields keep their defaults.
@@ -76,7 +78,8 @@ func backoff(attempt int, base, max time.Duration) time.Duration {
 // relay publishes the service's outbox in commit order while it holds the
 // service's relay lease. It marks rows only after the broker acknowledged
 // them; a row whose publish failed is retried (the broker deduplicates by
-// event id, so a publish whose ack was lost costs nothing).
+// event id, so a publish whose ack was lost costs nothing). Marking a batch
+// published overlaps with reading and publishing the next one.
 func (s *Service) relay(ctx context.Context, holder string) {
 	rc := s.cfg.relay
 	lease := "relay/" + s.name
@@ -84,6 +87,7 @@ func (s *Service) relay(ctx context.Context, holder string) {
 	failures := 0
 	timer := time.NewTimer(0)
 	defer timer.Stop()
+	woke := false // the last wait ended with a commit signal
 	wait := func(d time.Duration, wakeable bool) bool {
 		if !timer.Stop() {
 			select {
@@ -96,15 +100,24 @@ func (s *Service) relay(ctx context.Context, holder string) {
 		if wakeable {
 			wake = s.wake
 		}
+		woke = false
 		select {
 		case <-ctx.Done():
 			return false
 		case <-timer.C:
 		case <-wake:
+			woke = true
 		}
 		return true
 	}
+	// On a dialect whose commit order shows rows only once every older
+	// transaction ended (PostgreSQL), a commit's signal may come before its
+	// rows are readable: after a signal that found nothing, look again soon,
+	// more and more rarely, rather than only at the next poll.
+	var recheck time.Duration
+	rs := &relayState{serial: s.store.DelaysVisibility()}
 	defer func() {
+		rs.reset()
 		if !leased.IsZero() {
 			rctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			_ = s.store.ReleaseLease(rctx, lease, holder)
@@ -118,15 +131,26 @@ func (s *Service) relay(ctx context.Context, holder string) {
 				if err != nil && ctx.Err() == nil {
 					s.log.Warn("relay lease", "err", err)
 				}
+				if !leased.IsZero() {
+					rs.reset() // another relay may publish meanwhile
+				}
 				leased = time.Time{}
 				if !wait(rc.LeaseTTL/3, false) {
 					return
 				}
 				continue
 			}
+			if leased.IsZero() {
+				rs.reset() // a new lease: read what the table says
+			}
 			leased = time.Now()
 		}
-		n, err := s.relayOnce(ctx, rc.BatchSize)
+		if r := s.rewind.Load(); r != rs.rewind {
+			// Republish reset rows below the cursor to unpublished.
+			rs.reset()
+			rs.rewind = r
+		}
+		n, err := s.relayOnce(ctx, rc.BatchSize, rs)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -140,17 +164,119 @@ func (s *Service) relay(ctx context.Context, holder string) {
 			continue
 		}
 		failures = 0
-		if n < rc.BatchSize && !wait(rc.PollInterval, true) {
+		if n >= rc.BatchSize {
+			continue
+		}
+		d := rc.PollInterval
+		switch {
+		case n > 0 || !s.store.DelaysVisibility():
+			recheck = 0
+		case woke:
+			recheck = 10 * time.Millisecond
+		case recheck > 0:
+			recheck *= 2
+		}
+		if recheck > 0 && recheck < d {
+			d = recheck
+		} else {
+			recheck = 0
+		}
+		if !wait(d, true) {
 			return
 		}
 	}
 }
 
-// relayOnce publishes one batch and returns how many rows it read.
-func (s *Service) relayOnce(ctx context.Context, batch int) (int, error) {
-	rows, err := s.store.PendingOutbox(ctx, s.name, batch)
-	if err != nil || len(rows) == 0 {
+// relayState is what the relay carries from one batch to the next.
+//
+// The cursor, the read ahead and the mark that overlaps the next batch rely
+// on rows becoming readable in seq order, which holds on SQLite (one writer
+// at a time takes its seqs and commits before the next). On PostgreSQL a
+// transaction can take a lower seq and become readable after a higher one
+// was published, so there (serial) every round waits for its mark and reads
+// every unpublished row, and no row is ever skipped.
+type relayState struct {
+	serial bool
+	// cursor is the last outbox seq this relay published and acknowledged
+	// (0: none yet). Later rounds read the rows after it, so a batch whose
+	// mark is still being written is not read again.
+	cursor int64
+	rewind uint64     // the Service.rewind value the cursor is valid for
+	mark   chan error // the result of the mark being written, nil if none
+	// ahead is the read of the batch after the one being published, started
+	// when that one was full; after is the seq it reads after.
+	ahead chan pendingRead
+	after int64
+}
+
+// pendingRead is the result of one outbox read.
+type pendingRead struct {
+	rows []store.OutboxRow
+	err  error
+}
+
+// settle waits for the mark being written and returns its error; after an
+// error the cursor goes back to 0, so the rows it left unmarked are read
+// (and re-published, harmlessly) again.
+func (rs *relayState) settle() error {
+	if rs.mark == nil {
+		return nil
+	}
+	err := <-rs.mark
+	rs.mark = nil
+	if err != nil {
+		rs.cursor = 0
+		rs.drop()
+	}
+	return err
+}
+
+// drop waits for the read ahead, if any, and forgets it.
+func (rs *relayState) drop() {
+	if rs.ahead != nil {
+		<-rs.ahead
+		rs.ahead = nil
+	}
+}
+
+// reset forgets everything but the rewind count: the next round reads what
+// the outbox table says.
+func (rs *relayState) reset() {
+	_ = rs.settle()
+	rs.drop()
+	rs.cursor = 0
+}
+
+// relayOnce publishes one batch and returns how many rows it read. While
+// the broker stores a full batch, it reads the next one; it starts marking
+// the acknowledged rows published and returns without waiting for that; the
+// next call waits for the mark before it starts its own.
+func (s *Service) relayOnce(ctx context.Context, batch int, rs *relayState) (int, error) {
+	var rows []store.OutboxRow
+	var err error
+	if rs.ahead != nil && rs.after == rs.cursor {
+		r := <-rs.ahead
+		rs.ahead = nil
+		rows, err = r.rows, r.err
+	} else {
+		rs.drop()
+		rows, err = s.store.PendingOutboxAfter(ctx, s.name, rs.cursor, batch)
+	}
+	if err != nil {
 		return 0, err
+	}
+	if len(rows) == 0 {
+		return 0, rs.settle()
+	}
+	if len(rows) == batch && !rs.serial {
+		// More is likely waiting: read it while the broker stores this.
+		after := rows[len(rows)-1].Seq
+		ahead := make(chan pendingRead, 1)
+		rs.ahead, rs.after = ahead, after
+		go func() {
+			rows, err := s.store.PendingOutboxAfter(ctx, s.name, after, batch)
+			ahead <- pendingRead{rows, err}
+		}()
 	}
 	events := make([]*envelope.Envelope, len(rows))
 	for i, r := range rows {
@@ -168,19 +294,35 @@ func (s *Service) relayOnce(ctx context.Context, batch int) (int, error) {
 			s.observe(ctx, o)
 		}
 	}
+	// Only the acknowledged prefix counts as published: what follows the
+	// first failure is sent again, in order (the broker drops the copies it
+	// already stored).
 	acked := make([]int64, 0, len(rows))
 	var firstErr error
 	for i, r := range rows {
-		if errs[i] == nil {
-			acked = append(acked, r.Seq)
-		} else if firstErr == nil {
+		if errs[i] != nil {
 			firstErr = fmt.Errorf("publish %s %s: %w", r.Event.Type, r.Event.ID, errs[i])
+			break
 		}
+		acked = append(acked, r.Seq)
 	}
-	if err := s.store.MarkPublished(ctx, acked, time.Now()); err != nil {
+	if err := rs.settle(); err != nil {
 		return 0, err
 	}
+	if len(acked) > 0 {
+		if rs.serial {
+			if err := s.store.MarkPublished(ctx, acked, time.Now()); err != nil {
+				return 0, err
+			}
+		} else {
+			rs.cursor = acked[len(acked)-1]
+			done := make(chan error, 1)
+			rs.mark = done
+			go func() { done <- s.store.MarkPublished(ctx, acked, time.Now()) }()
+		}
+	}
 	if firstErr != nil {
+		rs.drop() // it read after rows that must go again
 		return 0, firstErr
 	}
 	return len(rows), nil
@@ -193,6 +335,7 @@ func (s *Service) relayOnce(ctx context.Context, batch int) (int, error) {
 func (s *Service) Republish(ctx context.Context, d time.Duration) (int64, error) {
 	n, err := s.store.RepublishSince(ctx, s.name, time.Now().Add(-d))
 	if err == nil && n > 0 {
+		s.rewind.Add(1)
 		s.signal()
 	}
 	return n, err

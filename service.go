@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"regexp"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/heraldhq/herald/broker"
@@ -36,7 +37,8 @@ type Service struct {
 	inDo    sync.WaitGroup
 	run     *runState // non-nil while started
 
-	wake chan struct{} // commit → relay, capacity 1
+	wake   chan struct{} // commit → relay, capacity 1
+	rewind atomic.Uint64 // Republish calls: the relay re-reads the outbox from its start
 }
 
 type config struct {

@@ -66,8 +66,10 @@ func Retry(p RetryPolicy) SubscribeOption {
 }
 
 // BatchSize sets how many events at most one database transaction handles
-// (default 128). Each event runs in its own savepoint, so a failing one does
-// not undo the others.
+// (default 128). A failing handler does not undo the others: the batch is
+// then run again with a savepoint per event, without the failing one (the
+// handlers that ran before it in the batch run again; their first run was
+// rolled back).
 func BatchSize(n int) SubscribeOption {
 	return func(c *subConfig) error {
 		if n < 1 {

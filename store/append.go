@@ -28,7 +28,7 @@ func (s *Store) prepareHot(ctx context.Context) error {
 		log:    s.d.Rebind(s.queries.eventLogInsert + s.values(1, nEventCols)),
 		outbox: s.d.Rebind(s.queries.outboxInsert + s.values(1, nEventCols)),
 	}
-	qs := []string{s.one.log, s.one.outbox, s.queries.inboxClaim, sqlSavepoint, sqlRelease, sqlRollbackTo}
+	qs := []string{s.one.log, s.one.outbox, s.queries.inboxClaim, s.queries.inboxClaimBatch, sqlSavepoint, sqlRelease, sqlRollbackTo}
 	if s.d.Name() == "postgres" {
 		s.one.both = s.appendBoth(1, 1)
 		qs = append(qs, s.one.both)
@@ -134,4 +134,13 @@ func (s *Store) RollbackTo(ctx context.Context, tx *sql.Tx) error {
 		return err
 	}
 	return s.Release(ctx, tx)
+}
+
+// Healthy reports whether tx still runs statements: nil, or the error of a
+// trivial query. On PostgreSQL a statement's error fails the whole
+// transaction until it is rolled back (or rolled back to a savepoint); this
+// tells such a transaction apart.
+func (s *Store) Healthy(ctx context.Context, tx *sql.Tx) error {
+	var one int
+	return tx.QueryRowContext(ctx, "SELECT 1").Scan(&one)
 }

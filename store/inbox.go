@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"fmt"
 	"time"
 )
@@ -35,4 +36,47 @@ func (s *Store) LastPublished(ctx context.Context, service string) (time.Time, e
 		return time.Time{}, nil
 	}
 	return time.Unix(0, at.Int64).UTC(), nil
+}
+
+// ClaimInboxBatch records inside tx, in one statement, that subscription
+// processed each of eventIDs, and reports which claims are new: fresh[i] is
+// false when eventIDs[i] was processed before (a redelivery, whose handler
+// must be skipped) or appears earlier in eventIDs. It is ClaimInbox for a
+// whole batch: the same rows, one round trip.
+func (s *Store) ClaimInboxBatch(ctx context.Context, tx *sql.Tx, subscription string, eventIDs []string) (fresh []bool, err error) {
+	if err := s.live(); err != nil {
+		return nil, err
+	}
+	fresh = make([]bool, len(eventIDs))
+	if len(eventIDs) == 0 {
+		return fresh, nil
+	}
+	ids, err := json.Marshal(eventIDs)
+	if err != nil {
+		return nil, fmt.Errorf("herald/store: claim inbox batch of %s: %w", subscription, err)
+	}
+	st := tx.StmtContext(ctx, s.stmts[s.queries.inboxClaimBatch])
+	rows, err := st.QueryContext(ctx, subscription, string(ids), time.Now().UTC().UnixNano())
+	if err != nil {
+		return nil, fmt.Errorf("herald/store: claim inbox batch of %s: %w", subscription, err)
+	}
+	defer rows.Close()
+	claimed := make(map[string]struct{}, len(eventIDs))
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, fmt.Errorf("herald/store: claim inbox batch of %s: %w", subscription, err)
+		}
+		claimed[id] = struct{}{}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("herald/store: claim inbox batch of %s: %w", subscription, err)
+	}
+	for i, id := range eventIDs {
+		if _, ok := claimed[id]; ok {
+			fresh[i] = true
+			delete(claimed, id) // a second copy of the id in the batch is a duplicate
+		}
+	}
+	return fresh, nil
 }

@@ -94,6 +94,12 @@ func New(ctx context.Context, db *sql.DB, d Dialect, ownsDB bool) (*Store, error
 	return s, nil
 }
 
+// DelaysVisibility reports whether the dialect shows a committed outbox row
+// to PendingOutbox only once every transaction older than its own ended
+// (PostgreSQL's commit-order rule), so a relay woken by a commit may find
+// nothing yet.
+func (s *Store) DelaysVisibility() bool { return s.d.PendingCondition() != "" }
+
 // DB is the underlying database handle, shared with the user's own tables.
 func (s *Store) DB() *sql.DB { return s.db }
 
@@ -146,6 +152,7 @@ type queries struct {
 	outboxPrune     string
 	outboxStats     string
 	inboxClaim      string
+	inboxClaimBatch string
 	inboxPrune      string
 	eventLogPrune   string
 	dlInsert        string
@@ -164,13 +171,14 @@ func buildQueries(d Dialect) queries {
 	return queries{
 		eventLogInsert: "INSERT INTO herald_event_log (" + eventCols + ") VALUES ",
 		outboxInsert:   "INSERT INTO herald_outbox (" + eventCols + ") VALUES ",
-		outboxPending: r("SELECT seq, " + eventCols + " FROM herald_outbox WHERE service = ? AND published_at IS NULL" +
+		outboxPending: r("SELECT seq, " + eventCols + " FROM herald_outbox WHERE service = ? AND published_at IS NULL AND seq > ?" +
 			cond + " ORDER BY seq LIMIT ?"),
 		outboxMark:      "UPDATE herald_outbox SET published_at = ? WHERE seq IN ",
 		outboxPrune:     r("DELETE FROM herald_outbox WHERE published_at IS NOT NULL AND published_at < ?"),
 		outboxStats:     r("SELECT COUNT(*), MIN(event_time) FROM herald_outbox WHERE service = ? AND published_at IS NULL"),
 		outboxUnpublish: r("UPDATE herald_outbox SET published_at = NULL WHERE service = ? AND published_at IS NOT NULL AND published_at >= ?"),
 		inboxClaim:      r("INSERT INTO herald_inbox (subscription, event_id, processed_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"),
+		inboxClaimBatch: inboxClaimBatch(d),
 		inboxPrune:      r("DELETE FROM herald_inbox WHERE processed_at < ?"),
 		eventLogPrune:   r("DELETE FROM herald_event_log WHERE id < ?"),
 		dlInsert: r("INSERT INTO herald_dead_letters (service, subscription, event_id, type, version, reason, last_error, attempts, header, data, created_at)" +
@@ -179,6 +187,20 @@ func buildQueries(d Dialect) queries {
 		eventLogByID:   r("SELECT " + eventCols + " FROM herald_event_log WHERE id = ?"),
 		eventLogByCorr: r("SELECT " + eventCols + " FROM herald_event_log WHERE correlation_id = ? ORDER BY id"),
 	}
+}
+
+// inboxClaimBatch inserts the inbox rows of a JSON array of event ids in
+// one statement and returns the ids it inserted: the new claims. (The WHERE
+// true keeps SQLite from reading ON CONFLICT as a join constraint.)
+func inboxClaimBatch(d Dialect) string {
+	if d.Name() == "postgres" {
+		return "INSERT INTO herald_inbox (subscription, event_id, processed_at)" +
+			" SELECT $1, ids.id, $3 FROM json_array_elements_text($2::json) WITH ORDINALITY AS ids(id, n) ORDER BY ids.n" +
+			" ON CONFLICT DO NOTHING RETURNING event_id"
+	}
+	return "INSERT INTO herald_inbox (subscription, event_id, processed_at)" +
+		" SELECT ?1, value, ?3 FROM json_each(?2) WHERE true ORDER BY key" +
+		" ON CONFLICT DO NOTHING RETURNING event_id"
 }
 
 // placeholders returns "(?, ?, …), (…)" for rows×cols, rebound.
@@ -288,10 +310,17 @@ func scanEvent(sc scanner, pre ...any) (*envelope.Envelope, error) {
 // PendingOutbox returns up to limit unpublished rows of service in commit
 // order.
 func (s *Store) PendingOutbox(ctx context.Context, service string, limit int) ([]OutboxRow, error) {
+	return s.PendingOutboxAfter(ctx, service, 0, limit)
+}
+
+// PendingOutboxAfter is PendingOutbox for the rows after seq after: a relay
+// that published up to after, and is still marking those rows published,
+// reads what follows them.
+func (s *Store) PendingOutboxAfter(ctx context.Context, service string, after int64, limit int) ([]OutboxRow, error) {
 	if err := s.live(); err != nil {
 		return nil, err
 	}
-	rows, err := s.db.QueryContext(ctx, s.queries.outboxPending, service, limit)
+	rows, err := s.db.QueryContext(ctx, s.queries.outboxPending, service, after, limit)
 	if err != nil {
 		return nil, fmt.Errorf("herald/store: pending outbox: %w", err)
 	}

@@ -28,9 +28,10 @@
 // hour and whose own commits are fsynced. The broker drops the re-published
 // events it still has by their ids; the inboxes drop the rest.
 // [WithSyncAlways](true) instead fsyncs every write before acknowledging it —
-// durable on its own, for users of this package without herald's outbox, at
-// about a ninth of the throughput (one fsync per stored message and per
-// consumer ack). In a cluster with three replicas, acknowledged writes are on
+// durable on its own, for users of this package without herald's outbox.
+// Publish then sends each batch as one JetStream atomic batch
+// ([WithAtomicBatches]), which the server stores whole or not at all and
+// covers with one fsync, instead of one fsync per message. In a cluster with three replicas, acknowledged writes are on
 // a quorum of nodes. An external server's sync setting is the server's own
 // configuration (jetstream { sync_interval: always }), so WithSyncAlways is
 // rejected by Connect and LossWindow is 0.

@@ -56,9 +56,8 @@ var _ broker.Broker = (*Broker)(nil)
 // Embedded starts an in-process nats-server with JetStream file storage and
 // connects to it in-process. It needs WithDataDir or WithEphemeral. The
 // server listens on no TCP port unless WithListen is given (the broker's own
-// connection stays in-process even then), and fsyncs every write before
-// acknowledging it unless WithSyncAlways(false) is given. ctx bounds the
-// start-up.
+// connection stays in-process even then), and fsyncs every WithSyncInterval
+// unless WithSyncAlways(true) is given. ctx bounds the start-up.
 func Embedded(ctx context.Context, opts ...Option) (*Broker, error) {
 	cfg := defaultConfig(modeEmbedded)
 	if err := cfg.apply(opts); err != nil {

@@ -228,6 +228,24 @@ func TestConformanceEmbeddedEphemeral(t *testing.T) {
 	})
 }
 
+// TestConformanceEmbeddedSyncAlways runs the suite on a server that fsyncs
+// every write, where Publish sends atomic batches (and falls back to single
+// events for a batch the server refuses, e.g. one holding a duplicate).
+func TestConformanceEmbeddedSyncAlways(t *testing.T) {
+	caps := brokertest.All
+	caps.Persistent = false
+	brokertest.Run(t, caps, func(t *testing.T) broker.Broker {
+		b, err := Embedded(testCtx(t, 30*time.Second), WithEphemeral(), WithSyncAlways(true), WithLogger(testLogger()))
+		if err != nil {
+			t.Fatalf("Embedded: %v", err)
+		}
+		if !b.cfg.atomicBatches {
+			t.Fatal("sync always did not turn atomic batches on")
+		}
+		return b
+	})
+}
+
 func TestConformanceExternal(t *testing.T) {
 	srv := startExternal(t)
 	brokertest.Run(t, brokertest.All, func(t *testing.T) broker.Broker {

@@ -71,6 +71,8 @@ type config struct {
 	reconnectBuffer int
 	reconnectWait   time.Duration
 	instanceTTL     time.Duration
+	atomicBatches   bool
+	atomicSet       bool
 
 	// embedded
 	dataDir      string
@@ -138,6 +140,9 @@ func (c *config) apply(opts []Option) error {
 	}
 	if c.logger == nil {
 		c.logger = slog.Default()
+	}
+	if !c.atomicSet {
+		c.atomicBatches = c.mode == modeEmbedded && c.syncAlways
 	}
 	if c.mode == modeEmbedded {
 		switch {
@@ -361,8 +366,9 @@ func WithMaxStore(bytes int64) Option {
 
 // WithSyncAlways makes the embedded server fsync every write before it
 // acknowledges it: an acknowledged event survives the machine dying without
-// help from herald's outbox, at about a ninth of the throughput (one fsync per
-// message). The default is false: the server fsyncs every WithSyncInterval
+// help from herald's outbox. Publish then sends atomic batches (see
+// WithAtomicBatches), so one fsync covers a whole batch instead of one
+// message. The default is false: the server fsyncs every WithSyncInterval
 // (default 1s) and reports that window through LossWindow, and herald's outbox
 // re-publishes what was published in it when the service starts again; see
 // the package documentation. Embedded only: an external server's sync policy
@@ -373,6 +379,23 @@ func WithSyncAlways(always bool) Option {
 			return err
 		}
 		c.syncAlways, c.syncSet = always, true
+		return nil
+	}
+}
+
+// WithAtomicBatches makes Publish send each batch of events as one JetStream
+// atomic batch (NATS Server 2.12 or later, on streams that allow atomic
+// publishing: Provision enables it): the server stores the whole batch or
+// none of it and, when it syncs always, covers the batch with one fsync
+// instead of one per event. A batch the server refuses as a batch (one of
+// its events is a duplicate, the batch is too large, atomic publishing was
+// turned off) is sent again event by event. The default is on for an
+// embedded server with WithSyncAlways(true) — where it is what makes durable
+// publishing fast — and off otherwise: without per-event fsyncs the server's
+// staging of a batch costs more than it saves.
+func WithAtomicBatches(on bool) Option {
+	return func(c *config) error {
+		c.atomicBatches, c.atomicSet = on, true
 		return nil
 	}
 }

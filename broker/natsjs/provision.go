@@ -75,10 +75,15 @@ func (b *Broker) streamConfigs() []jetstream.StreamConfig {
 			Duplicates:  min(b.cfg.dupWindow, maxAge),
 		}
 	}
+	events := func(name, desc string, subjects ...string) jetstream.StreamConfig {
+		sc := base(name, desc, b.cfg.maxAge, subjects...)
+		sc.AllowAtomicPublish = b.cfg.atomicBatches
+		return sc
+	}
 	return []jetstream.StreamConfig{
-		base(b.names.intStream, "herald integration events and their replays", b.cfg.maxAge,
+		events(b.names.intStream, "herald integration events and their replays",
 			p+"."+tokInt+".>", p+"."+tokRpl+"."+tokInt+".>"),
-		base(b.names.ntfStream, "herald notification events and their replays", b.cfg.maxAge,
+		events(b.names.ntfStream, "herald notification events and their replays",
 			p+"."+tokNtf+".>", p+"."+tokRpl+"."+tokNtf+".>"),
 		base(b.names.dlqStream, "herald dead letters", b.cfg.dlqMaxAge,
 			p+"."+tokDLQ+".>"),
@@ -89,6 +94,13 @@ func (b *Broker) streamConfigs() []jetstream.StreamConfig {
 // create a stream; the loser retries as an update.
 func (b *Broker) ensureStreams(ctx context.Context) error {
 	for _, sc := range b.streamConfigs() {
+		if !sc.AllowAtomicPublish {
+			// Never turn atomic publishing off under another publisher
+			// of the stream that uses it.
+			if s, err := b.js.Stream(ctx, sc.Name); err == nil && s.CachedInfo().Config.AllowAtomicPublish {
+				sc.AllowAtomicPublish = true
+			}
+		}
 		var err error
 		for attempt := 0; attempt < 5; attempt++ {
 			_, err = b.js.CreateOrUpdateStream(ctx, sc)

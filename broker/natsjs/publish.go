@@ -25,6 +25,10 @@ import (
 // wrap broker.ErrTransient; a missing stream wraps broker.ErrNotProvisioned;
 // a domain event, a malformed type or a header value that NATS cannot carry
 // unchanged fail without either.
+//
+// With WithAtomicBatches each run of events bound for one stream goes as one
+// atomic batch (all stored or none, one fsync on a server that syncs always);
+// a batch the server refuses as a batch is sent again event by event.
 func (b *Broker) Publish(ctx context.Context, events []*envelope.Envelope) []error {
 	errs := make([]error, len(events))
 	if err := b.enter(); err != nil {
@@ -34,7 +38,16 @@ func (b *Broker) Publish(ctx context.Context, events []*envelope.Envelope) []err
 		return errs
 	}
 	defer b.active.Done()
+	if b.cfg.atomicBatches {
+		b.publishAtomic(ctx, events, errs)
+	} else {
+		b.publishEach(ctx, events, errs)
+	}
+	return errs
+}
 
+// publishEach publishes events one message each, pipelined, and sets errs.
+func (b *Broker) publishEach(ctx context.Context, events []*envelope.Envelope, errs []error) {
 	// Order: the server stores what one connection sends in order, so the
 	// stored events of a batch are a prefix of it — unless the connection
 	// drops and comes back mid-batch: then events on the wire are lost and
@@ -84,7 +97,112 @@ func (b *Broker) Publish(ctx context.Context, events []*envelope.Envelope) []err
 			errs[i] = ctxErr("publish", eventID(events[i]), ctx.Err())
 		}
 	}
-	return errs
+}
+
+// Headers of JetStream's atomic batch publishing (ADR-50).
+const (
+	hdrBatchID     = "Nats-Batch-Id"
+	hdrBatchSeq    = "Nats-Batch-Sequence"
+	hdrBatchCommit = "Nats-Batch-Commit"
+)
+
+// maxAtomicBatch is the most events a NATS server takes in one atomic batch
+// by default.
+const maxAtomicBatch = 1000
+
+// publishAtomic publishes events as atomic batches, one per run of events
+// bound for the same stream, one after the other: a batch is sent only once
+// the one before it is stored, so a failure stops what follows it, as in
+// publishEach.
+func (b *Broker) publishAtomic(ctx context.Context, events []*envelope.Envelope, errs []error) {
+	msgs := make([]*nats.Msg, len(events))
+	streams := make([]string, len(events))
+	n := len(events)
+	for i, e := range events {
+		m, err := b.eventMsg(e, "", "")
+		if err != nil {
+			errs[i] = fmt.Errorf("herald/natsjs: publish %s: %w", eventID(e), err)
+			n = i
+			break
+		}
+		msgs[i] = m
+		streams[i], _ = b.names.stream(e.Kind)
+	}
+	stop := func(from int, cause error) {
+		for j := from; j < len(events); j++ {
+			if errs[j] == nil {
+				errs[j] = fmt.Errorf("herald/natsjs: publish %s: not sent after an earlier failure: %w", eventID(events[j]), cause)
+			}
+		}
+	}
+	for start := 0; start < n; {
+		end := start + 1
+		for end < n && end-start < maxAtomicBatch && streams[end] == streams[start] {
+			end++
+		}
+		err := b.commitBatch(ctx, msgs[start:end])
+		var apiErr *jetstream.APIError
+		switch {
+		case err == nil:
+		case errors.As(err, &apiErr):
+			// Refused as a batch (an event already stored, atomic
+			// publishing off, a server limit): nothing of it is stored,
+			// so send it event by event, which drops duplicates.
+			b.log.Debug("herald/natsjs: atomic batch refused, publishing its events one by one", "events", end-start, "err", err)
+			b.publishEach(ctx, events[start:end], errs[start:end])
+			for j := start; j < end; j++ {
+				if errs[j] != nil {
+					stop(j, errs[j])
+					return
+				}
+			}
+		default:
+			for j := start; j < end; j++ {
+				errs[j] = b.eventErr(ctx, events[j], err)
+			}
+			stop(end, errs[start])
+			return
+		}
+		start = end
+	}
+	if n < len(events) {
+		stop(n, errs[n])
+	}
+}
+
+// commitBatch sends msgs as one atomic batch and waits until the server
+// stored all of them (nil) or none.
+func (b *Broker) commitBatch(ctx context.Context, msgs []*nats.Msg) error {
+	id := nuid.Next()
+	reconnects := b.nc.Stats().Reconnects
+	for i, m := range msgs {
+		m.Header[hdrBatchID] = []string{id}
+		m.Header[hdrBatchSeq] = []string{strconv.Itoa(i + 1)}
+		if i < len(msgs)-1 {
+			// No reply: the commit's answer covers the whole batch.
+			if err := b.nc.PublishMsg(m); err != nil {
+				return err
+			}
+			continue
+		}
+		m.Header[hdrBatchCommit] = []string{"1"}
+		if b.nc.Stats().Reconnects != reconnects {
+			return fmt.Errorf("%w: the connection was re-established during the batch", nats.ErrDisconnected)
+		}
+		f, err := b.publishAsync(ctx, m)
+		if err != nil {
+			return err
+		}
+		select {
+		case <-f.Ok():
+			return nil
+		case err := <-f.Err():
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
 }
 
 // publishAsync hands m to the asynchronous publisher, waiting (up to the

@@ -99,6 +99,7 @@ func Run(t *testing.T, c Config) {
 	})
 	t.Run("Inbox", func(t *testing.T) {
 		t.Run("Claim", h.inboxClaim)
+		t.Run("ClaimBatch", h.inboxClaimBatch)
 		t.Run("Rollback", h.inboxRollback)
 		t.Run("Prune", h.inboxPrune)
 		t.Run("Release", h.inboxRelease)
@@ -576,6 +577,23 @@ func (h *harness) outboxLimit(t *testing.T) {
 		want := a[:min(limit, len(a))]
 		checkPending(t, fmt.Sprintf("limit %d", limit), pending(t, s, "orders", limit), want)
 	}
+	// After a seq: the rows that follow it, published or not before it.
+	all := pending(t, s, "orders", 100)
+	for i, r := range all {
+		rows, err := s.PendingOutboxAfter(context.Background(), "orders", r.Seq, 2)
+		if err != nil {
+			t.Fatalf("PendingOutboxAfter: %v", err)
+		}
+		checkPending(t, fmt.Sprintf("after row %d", i), rows, a[i+1:min(i+3, len(a))])
+	}
+	if err := s.MarkPublished(context.Background(), []int64{all[3].Seq}, t0); err != nil {
+		t.Fatalf("MarkPublished: %v", err)
+	}
+	rows, err := s.PendingOutboxAfter(context.Background(), "orders", all[1].Seq, 100)
+	if err != nil {
+		t.Fatalf("PendingOutboxAfter: %v", err)
+	}
+	checkPending(t, "after row 1, row 3 published", rows, []*envelope.Envelope{a[2], a[4]})
 }
 
 func (h *harness) outboxMarkPublished(t *testing.T) {
@@ -1143,6 +1161,63 @@ func (h *harness) inboxClaim(t *testing.T) {
 		claim(t, s, tx, "billing.orders", "e2", false)
 		claim(t, s, tx, "shipping.orders", "e1", false)
 	})
+}
+
+// inboxClaimBatch claims many ids in one statement: the same rows and
+// answers as one ClaimInbox after another, in order.
+func (h *harness) inboxClaimBatch(t *testing.T) {
+	s := h.open(t)
+	ctx := context.Background()
+	batch := func(tx *sql.Tx, sub string, ids []string, want []bool) {
+		t.Helper()
+		got, err := s.ClaimInboxBatch(ctx, tx, sub, ids)
+		if err != nil {
+			t.Fatalf("ClaimInboxBatch(%s, %v): %v", sub, ids, err)
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("ClaimInboxBatch(%s, %v) = %v, want %v", sub, ids, got, want)
+		}
+	}
+	commit(t, s, func(tx *sql.Tx) {
+		claim(t, s, tx, "billing.orders", "e2", true)
+		// e1 twice in one batch: the second copy is a duplicate; e2 was
+		// claimed earlier in the transaction.
+		batch(tx, "billing.orders", []string{"e3", "e1", "e2", "e1", "e4"}, []bool{true, true, false, false, true})
+		batch(tx, "billing.orders", nil, []bool{})
+	})
+	commit(t, s, func(tx *sql.Tx) {
+		batch(tx, "billing.orders", []string{"e1", "e5", "e4"}, []bool{false, true, false})
+		batch(tx, "shipping.orders", []string{"e1", "E1", `"quoted" \\ id`}, []bool{true, true, true})
+		claim(t, s, tx, "billing.orders", "e5", false)
+	})
+	rollback(t, s, func(tx *sql.Tx) { batch(tx, "billing.orders", []string{"e6", "e7"}, []bool{true, true}) })
+	commit(t, s, func(tx *sql.Tx) {
+		batch(tx, "billing.orders", []string{"e7", "e6", "e3"}, []bool{true, true, false})
+		batch(tx, "shipping.orders", []string{`"quoted" \\ id`}, []bool{false})
+	})
+	// Many ids: one statement, whatever the batch size.
+	ids := make([]string, 2000)
+	want := make([]bool, len(ids))
+	for i := range ids {
+		ids[i] = fmt.Sprintf("big-%04d", i)
+		want[i] = i%2 == 0
+	}
+	commit(t, s, func(tx *sql.Tx) {
+		odd := make([]string, 0, len(ids)/2)
+		for i := 1; i < len(ids); i += 2 {
+			odd = append(odd, ids[i])
+		}
+		batch(tx, "big", odd, slicesRepeat(true, len(odd)))
+		batch(tx, "big", ids, want)
+	})
+}
+
+func slicesRepeat(v bool, n int) []bool {
+	out := make([]bool, n)
+	for i := range out {
+		out[i] = v
+	}
+	return out
 }
 
 func (h *harness) inboxRollback(t *testing.T) {

@@ -1,0 +1,345 @@
+package herald_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/heraldhq/herald"
+	"github.com/heraldhq/herald/broker/natsjs"
+	"github.com/heraldhq/herald/envelope"
+	"github.com/heraldhq/herald/internal/testdb"
+	"github.com/heraldhq/herald/store"
+	"github.com/heraldhq/herald/store/postgres"
+)
+
+// publishCounter counts the relay's successful publishes per event id.
+type publishCounter struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (p *publishCounter) Observe(_ context.Context, o herald.Observation) {
+	if o.Hop != herald.HopPublish || o.Outcome != herald.OutcomeOK {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.n[o.Event.ID]++
+}
+
+// waitAll waits until every one of ids was published at least times times.
+func (p *publishCounter) waitAll(t *testing.T, ids []string, times int) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		p.mu.Lock()
+		short := 0
+		for _, id := range ids {
+			if p.n[id] < times {
+				short++
+			}
+		}
+		p.mu.Unlock()
+		if short == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d events not published %d times", short, len(ids), times)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestRepublishWhileRunning: the relay reads the outbox after the last row
+// it published, so Republish must send it back to the rows it reset — on a
+// running relay, not only at start.
+func TestRepublishWhileRunning(t *testing.T) {
+	ctx := context.Background()
+	b, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithLogger(quiet))
+	must(t, err)
+	defer b.Close()
+	pubs := &publishCounter{n: map[string]int{}}
+	prod, err := herald.New("orders", herald.WithStore(testdb.SQLite(t)), herald.WithBroker(b), herald.WithLogger(quiet),
+		herald.WithObserver(pubs), herald.WithRelay(herald.RelayConfig{BatchSize: 7, PollInterval: 20 * time.Millisecond}))
+	must(t, err)
+	must(t, herald.Translate(prod, stepRecorded, orderStepped, func(ctx context.Context, s step) (stepped, error) { return stepped(s), nil }))
+	must(t, prod.Start(ctx))
+	defer prod.Close()
+
+	var ids []string
+	record := func(n int) {
+		for i := range n {
+			must(t, prod.Do(ctx, func(tx herald.Tx) error {
+				return herald.Record(tx, stepRecorded, step{OrderID: "o", N: i})
+			}))
+		}
+	}
+	record(30)
+	// The ids are the outbox events'; learn them from the publishes.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		pubs.mu.Lock()
+		n := len(pubs.n)
+		pubs.mu.Unlock()
+		if n == 30 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of 30 events published", n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	pubs.mu.Lock()
+	for id := range pubs.n {
+		ids = append(ids, id)
+	}
+	pubs.mu.Unlock()
+	// Wait until the outbox says they are all published, then send them
+	// again: every one must go out a second time.
+	deadline = time.Now().Add(20 * time.Second)
+	for {
+		backlog, _, err := prod.OutboxStats(ctx)
+		must(t, err)
+		if backlog == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("outbox backlog %d", backlog)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	n, err := prod.Republish(ctx, time.Hour)
+	must(t, err)
+	if n != 30 {
+		t.Fatalf("Republish reset %d rows, want 30", n)
+	}
+	pubs.waitAll(t, ids, 2)
+	// New events still flow after the rewind.
+	record(5)
+	deadline = time.Now().Add(20 * time.Second)
+	for {
+		pubs.mu.Lock()
+		n := len(pubs.n)
+		pubs.mu.Unlock()
+		if n == 35 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of 35 events published", n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// attemptLog records the attempt and outcome of every handler run a
+// subscription reports, by partition key (the order id).
+type attemptLog struct {
+	mu  sync.Mutex
+	got map[string][]string // order id → "outcome/attempt"
+}
+
+func (a *attemptLog) Observe(_ context.Context, o herald.Observation) {
+	if o.Hop != herald.HopHandle && o.Hop != herald.HopDeadLetter {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.got[o.Event.Key] = append(a.got[o.Event.Key], fmt.Sprintf("%s/%d", o.Outcome, o.Attempt))
+}
+
+// TestFailingHandlerCostsOthersNoAttempt: a batch runs without savepoints
+// until a handler fails; then it is rolled back and run again without the
+// failing event. The others' first runs were undone, so they must count one
+// attempt each, and the failing event exactly one per failure.
+func TestFailingHandlerCostsOthersNoAttempt(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, dialect string) {
+		ctx := context.Background()
+		b, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithLogger(quiet))
+		must(t, err)
+		defer b.Close()
+		prod, err := herald.New("orders", herald.WithStore(testdb.For(t, dialect)), herald.WithBroker(b), herald.WithLogger(quiet))
+		must(t, err)
+		must(t, herald.Translate(prod, stepRecorded, orderStepped, func(ctx context.Context, s step) (stepped, error) { return stepped(s), nil }))
+		log := &attemptLog{got: map[string][]string{}}
+		cst := testdb.For(t, dialect)
+		_, err = cst.DB().Exec(`CREATE TABLE seen (order_id TEXT PRIMARY KEY)`)
+		must(t, err)
+		cons, err := herald.New("shipping", herald.WithStore(cst), herald.WithBroker(b), herald.WithLogger(quiet),
+			herald.WithObserver(log))
+		must(t, err)
+		var mu sync.Mutex
+		runs := map[string]int{}
+		must(t, herald.Subscribe(cons, orderStepped, "track", func(ctx context.Context, tx herald.Tx, s stepped) error {
+			mu.Lock()
+			runs[s.OrderID]++
+			n := runs[s.OrderID]
+			mu.Unlock()
+			if _, err := tx.SQL().ExecContext(ctx, cst.Rebind(`INSERT INTO seen (order_id) VALUES (?)`), s.OrderID); err != nil {
+				return err
+			}
+			if s.OrderID == "flaky" && n <= 2 {
+				return fmt.Errorf("flaky run %d", n)
+			}
+			if s.OrderID == "broken" {
+				return herald.Permanent(fmt.Errorf("broken"))
+			}
+			return nil
+		}, herald.BatchSize(64), herald.Retry(herald.RetryPolicy{MaxAttempts: 3, BaseDelay: time.Millisecond, MaxDelay: 5 * time.Millisecond})))
+		must(t, cons.Start(ctx))
+		defer cons.Close()
+		must(t, prod.Start(ctx))
+		defer prod.Close()
+		// One transaction, one relay batch: the events arrive together, so
+		// the failing ones sit among good ones in the consumer's batches.
+		orders := []string{"a", "b", "flaky", "c", "broken", "d", "e"}
+		must(t, prod.Do(ctx, func(tx herald.Tx) error {
+			for _, id := range orders {
+				if err := herald.Record(tx, stepRecorded, step{OrderID: id, N: 1}); err != nil {
+					return err
+				}
+			}
+			return nil
+		}))
+		deadline := time.Now().Add(20 * time.Second)
+		want := map[string]string{
+			"a": "ok/1", "b": "ok/1", "c": "ok/1", "d": "ok/1", "e": "ok/1",
+			"flaky":  "retry/1 retry/2 ok/3",
+			"broken": "error/1",
+		}
+		for {
+			log.mu.Lock()
+			done := len(log.got["flaky"]) >= 3 && len(log.got["broken"]) >= 1 && len(log.got["e"]) >= 1
+			log.mu.Unlock()
+			if done || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		time.Sleep(100 * time.Millisecond) // anything extra would show now
+		log.mu.Lock()
+		defer log.mu.Unlock()
+		for id, w := range want {
+			if got := strings.Join(log.got[id], " "); got != w {
+				t.Errorf("%s: handler outcomes %q, want %q", id, got, w)
+			}
+		}
+		var seen int
+		must(t, cst.DB().QueryRow(`SELECT COUNT(*) FROM seen`).Scan(&seen))
+		if seen != len(orders)-1 { // broken's row was rolled back
+			t.Errorf("%d rows committed by handlers, want %d", seen, len(orders)-1)
+		}
+		dls, err := cons.DeadLetters(ctx, herald.DeadLetterFilter{})
+		must(t, err)
+		if len(dls) != 1 || dls[0].Reason != "permanent" || dls[0].Attempts != 1 {
+			t.Errorf("dead letters %+v, want broken's, permanent, after 1 attempt", dls)
+		}
+	})
+}
+
+// TestRelayLooksAgainForRowsAnOlderTransactionHid: on PostgreSQL a committed
+// outbox row is readable by the relay only once every older transaction has
+// ended, so the commit's NOTIFY may find nothing. The relay must look again
+// soon, not at its next poll (an hour here).
+func TestRelayLooksAgainForRowsAnOlderTransactionHid(t *testing.T) {
+	url := testdb.PostgresURL(t)
+	ctx := context.Background()
+	b, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithLogger(quiet))
+	must(t, err)
+	defer b.Close()
+	pubs := &publishCounter{n: map[string]int{}}
+	newOrders := func() (*herald.Service, *store.Store) {
+		st, err := postgres.Open(ctx, url)
+		must(t, err)
+		t.Cleanup(func() { st.Close() })
+		svc, err := herald.New("orders", herald.WithStore(st), herald.WithBroker(b), herald.WithLogger(quiet),
+			herald.WithObserver(pubs), herald.WithRelay(herald.RelayConfig{PollInterval: time.Hour}))
+		must(t, err)
+		must(t, herald.Translate(svc, stepRecorded, orderStepped, func(ctx context.Context, s step) (stepped, error) { return stepped(s), nil }))
+		t.Cleanup(func() { svc.Close() })
+		return svc, st
+	}
+	running, st := newOrders()
+	must(t, running.Start(ctx))
+	time.Sleep(200 * time.Millisecond) // the relay takes its lease and goes idle
+	other, _ := newOrders()            // never started: its commits reach the relay by NOTIFY only
+
+	// An older transaction, still open when the event commits, hides it.
+	older, err := st.DB().BeginTx(ctx, nil)
+	must(t, err)
+	var xid int64
+	must(t, older.QueryRowContext(ctx, `SELECT txid_current()`).Scan(&xid))
+	must(t, other.Do(ctx, func(tx herald.Tx) error { return herald.Record(tx, stepRecorded, step{OrderID: "x", N: 1}) }))
+	time.Sleep(300 * time.Millisecond) // the NOTIFY came and the relay found nothing
+	pubs.mu.Lock()
+	early := len(pubs.n)
+	pubs.mu.Unlock()
+	if early != 0 {
+		t.Fatal("the relay published a row an older transaction should hide; the test shows nothing")
+	}
+	must(t, older.Rollback())
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		pubs.mu.Lock()
+		n := len(pubs.n)
+		pubs.mu.Unlock()
+		if n == 1 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the event hidden by an older transaction was not published after it ended")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestRelayPublishesARowThatBecomesReadableBelowAPublishedOne: on
+// PostgreSQL a transaction can take a lower outbox seq than another one and
+// become readable after the other's row was published. The relay must still
+// publish it (it reads every unpublished row there, never "after the last
+// one it published").
+func TestRelayPublishesARowThatBecomesReadableBelowAPublishedOne(t *testing.T) {
+	url := testdb.PostgresURL(t)
+	ctx := context.Background()
+	b, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithLogger(quiet))
+	must(t, err)
+	defer b.Close()
+	st, err := postgres.Open(ctx, url)
+	must(t, err)
+	defer st.Close()
+	pubs := &publishCounter{n: map[string]int{}}
+	svc, err := herald.New("orders", herald.WithStore(st), herald.WithBroker(b), herald.WithLogger(quiet),
+		herald.WithObserver(pubs), herald.WithRelay(herald.RelayConfig{PollInterval: 20 * time.Millisecond}))
+	must(t, err)
+	must(t, herald.Translate(svc, stepRecorded, orderStepped, func(ctx context.Context, s step) (stepped, error) { return stepped(s), nil }))
+	must(t, svc.Start(ctx))
+	defer svc.Close()
+
+	event := func(key string) *envelope.Envelope {
+		now := time.Now().UTC()
+		return &envelope.Envelope{ID: envelope.NewID(now), Type: orderStepped.Name(), Version: orderStepped.Version(),
+			Kind: envelope.KindIntegration, Source: "orders", Key: key, Time: now, CorrelationID: "c",
+			DataContentType: "application/json", Data: []byte(`{"order_id":"` + key + `","n":1}`)}
+	}
+	// a takes its transaction id first; b takes a later one but the lower
+	// seq; a commits and is published while b still runs.
+	txA, err := st.Begin(ctx)
+	must(t, err)
+	defer txA.Rollback()
+	txB, err := st.Begin(ctx)
+	must(t, err)
+	defer txB.Rollback()
+	var xid int64
+	must(t, txA.QueryRowContext(ctx, `SELECT txid_current()`).Scan(&xid))
+	must(t, txB.QueryRowContext(ctx, `SELECT txid_current()`).Scan(&xid))
+	evB, evA := event("b"), event("a")
+	must(t, st.AppendOutbox(ctx, txB, []*envelope.Envelope{evB}))
+	must(t, st.AppendOutbox(ctx, txA, []*envelope.Envelope{evA}))
+	must(t, txA.Commit())
+	pubs.waitAll(t, []string{evA.ID}, 1)
+	must(t, txB.Commit())
+	pubs.waitAll(t, []string{evB.ID}, 1)
+}
