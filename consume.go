@@ -205,27 +205,29 @@ func (c *consumer) recover(ctx context.Context, own int, reconnected bool) {
 		return
 	}
 	n, err := pc.Pending(ctx, c.bsub)
+	unknown := reconnected
 	if err != nil {
 		// A broker that has just restarted may not answer yet: assume the
 		// worst and hold until the ack wait is over, then ask again.
 		c.svc.log.Info("subscription recovering: cannot count unacknowledged events; holding new ones",
 			"subscription", c.sub.name, "err", err)
-		n = own + math.MaxInt32
+		unknown = true
 	}
-	if reconnected && n <= own {
-		n = own + math.MaxInt32
-	}
-	if n <= own {
+	if !unknown && n <= own {
 		return
 	}
 	now := time.Now()
-	c.recovering, c.awaiting = true, n-own
+	c.recovering = true
+	var pending any = n - own
+	if unknown {
+		// No count of redeliveries ends this hold early: only the ack wait
+		// and then the broker's answer do.
+		c.awaiting, pending = math.MaxInt32, "unknown"
+	} else {
+		c.awaiting = n - own
+	}
 	c.recoverUntil = now.Add(c.sub.cfg.ackWait + time.Second)
 	c.recoverCap = now.Add(2*c.sub.cfg.ackWait + time.Second)
-	pending := any(n - own)
-	if n-own >= math.MaxInt32 {
-		pending = "unknown"
-	}
 	c.svc.log.Info("subscription recovering: holding new events until earlier ones are redelivered",
 		"subscription", c.sub.name, "pending", pending, "at_most", c.recoverCap.Sub(now).Round(time.Millisecond))
 }
@@ -400,14 +402,13 @@ func (c *consumer) handleBatch(ctx context.Context, batch []*item) ([]*item, err
 	var handled []handledItem
 	blocked := map[string]bool{}
 	if it := fallback.blamed; it != nil && it.reason == "" {
-		blocked[it.key] = true // it waits for its retry; so do later events of its key
 		if c.svc.observing() {
 			handled = append(handled, handledItem{it, OutcomeRetry, time.Now().Add(-fallback.took), fallback.took, fallback.err})
 		}
 		c.svc.log.Debug("handler failed, will retry", "subscription", c.sub.name, "event", it.env.ID,
 			"attempt", it.attempts, "retry_at", it.due, "err", fallback.err)
 	}
-	return c.handleIsolated(ctx, batch, handled, blocked)
+	return c.handleIsolated(ctx, batch, handled, blocked, fallback.blamed)
 }
 
 // fastFallback says why a fast pass gave up and what it learnt.
@@ -583,8 +584,10 @@ func (c *consumer) committed(ctx context.Context, t *txn, handled []handledItem,
 // items that are settled (handled, duplicate, or dead-lettered) once it
 // committed; items whose handler failed get their next due time. handled
 // holds what the fast pass already reported of the batch (the failure that
-// sent it here); an item of blocked's keys is skipped.
-func (c *consumer) handleIsolated(ctx context.Context, batch []*item, handled []handledItem, blocked map[string]bool) ([]*item, error) {
+// sent it here). blamed, the event whose handler failed in the fast pass,
+// is not run again if it waits for a retry; from it on, its key's events
+// are skipped (blocked), as are those of keys blocked in this pass.
+func (c *consumer) handleIsolated(ctx context.Context, batch []*item, handled []handledItem, blocked map[string]bool, blamed *item) ([]*item, error) {
 	s := c.svc
 	st := s.store
 	sqlTx, err := st.Begin(ctx)
@@ -600,6 +603,10 @@ func (c *consumer) handleIsolated(ctx context.Context, batch []*item, handled []
 		if time.Since(lastBeat) > c.sub.cfg.ackWait/3 {
 			c.heartbeat() // a long batch must not let the broker redeliver what waits
 			lastBeat = time.Now()
+		}
+		if it == blamed && it.reason == "" {
+			blocked[it.key] = true // it waits for its retry; so do later events of its key
+			continue
 		}
 		if blocked[it.key] {
 			continue
