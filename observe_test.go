@@ -88,4 +88,3 @@ func TestObserversSeeEveryHop(t *testing.T) {
 		}
 	}
 }
-
