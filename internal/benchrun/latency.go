@@ -30,7 +30,7 @@ func runLatency(ctx context.Context, r *runner) error {
 	if n <= 0 {
 		return fmt.Errorf("rate %d for %v is no event", rate, dur)
 	}
-	system := fmt.Sprintf("herald-sqlite@%s/s", human(float64(rate)))
+	system := fmt.Sprintf("herald-sqlite@%s/s", Human(float64(rate)))
 	if !r.wants(system) {
 		return nil
 	}

@@ -81,7 +81,7 @@ func (b *Bar) draw(last bool) {
 	fill := int(frac * width)
 	rate := float64(n) / time.Since(b.t0).Seconds()
 	line := fmt.Sprintf("%-32s [%s%s] %3.0f%% %d/%d %s/s", b.label, strings.Repeat("█", fill), strings.Repeat("░", width-fill),
-		100*frac, n, b.total, human(rate))
+		100*frac, n, b.total, Human(rate))
 	switch {
 	case b.tty && last:
 		fmt.Fprintf(b.w, "\r\033[K%s\n", line)
@@ -92,8 +92,8 @@ func (b *Bar) draw(last bool) {
 	}
 }
 
-// human prints a rate like 12.3k.
-func human(v float64) string {
+// Human prints a rate like 12.3k, as the tables and the chart label it.
+func Human(v float64) string {
 	switch {
 	case v >= 1e6:
 		return fmt.Sprintf("%.2fM", v/1e6)

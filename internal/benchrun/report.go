@@ -101,7 +101,7 @@ func Goals(results []Result) []Goal {
 		if okA && okB && rb.EventsPerSec > 0 {
 			x := ra.EventsPerSec / rb.EventsPerSec
 			g.Known, g.Met = true, x >= want
-			g.Measured = fmt.Sprintf("%.2f× (%s / %s ev/s)", x, human(ra.EventsPerSec), human(rb.EventsPerSec))
+			g.Measured = fmt.Sprintf("%.2f× (%s / %s ev/s)", x, Human(ra.EventsPerSec), Human(rb.EventsPerSec))
 		} else {
 			g.Measured = "not measured in this run"
 		}
@@ -123,7 +123,7 @@ func Goals(results []Result) []Goal {
 		lat.Known, lat.Met = true, r.P50 < 1 && r.P99 < 5 && kept && strings.HasSuffix(r.System, "@10.0k/s")
 		lat.Measured = fmt.Sprintf("p50 %s ms, p99 %s ms at %s", ms(r.P50), ms(r.P99), strings.TrimPrefix(r.System, "herald-sqlite@"))
 		if !kept {
-			lat.Measured += fmt.Sprintf(" offered, %s/s achieved", human(r.EventsPerSec))
+			lat.Measured += fmt.Sprintf(" offered, %s/s achieved", Human(r.EventsPerSec))
 		}
 	}
 	gs = append(gs, lat)
@@ -131,7 +131,7 @@ func Goals(results []Result) []Goal {
 		g := Goal{Name: name, Target: target, Measured: "not measured in this run"}
 		if r, ok := find(results, scenario, system); ok {
 			g.Known, g.Met = true, r.EventsPerSec >= want
-			g.Measured = fmt.Sprintf("%s ev/s", human(r.EventsPerSec))
+			g.Measured = fmt.Sprintf("%s ev/s", Human(r.EventsPerSec))
 		}
 		gs = append(gs, g)
 	}

@@ -40,7 +40,7 @@ func chart(results []benchrun.Result, out string) error {
 			herald[i] = r.EventsPerSec
 		}
 		xys[i] = plotter.XY{X: r.EventsPerSec, Y: float64(i)}
-		labels[i] = fmt.Sprintf(" %s/s", human(r.EventsPerSec))
+		labels[i] = fmt.Sprintf(" %s/s", benchrun.Human(r.EventsPerSec))
 		top = max(top, r.EventsPerSec)
 	}
 	p := plot.New()
@@ -82,17 +82,6 @@ func chart(results []benchrun.Result, out string) error {
 	return nil
 }
 
-func human(v float64) string {
-	switch {
-	case v >= 1e6:
-		return fmt.Sprintf("%.2fM", v/1e6)
-	case v >= 1e3:
-		return fmt.Sprintf("%.1fk", v/1e3)
-	default:
-		return fmt.Sprintf("%.0f", v)
-	}
-}
-
 // humanTicks are the default ticks labelled like 20k.
 type humanTicks struct{}
 
@@ -101,7 +90,7 @@ func (humanTicks) Ticks(lo, hi float64) []plot.Tick {
 	ts := plot.DefaultTicks{}.Ticks(lo, hi)
 	for i := range ts {
 		if ts[i].Label != "" {
-			ts[i].Label = human(ts[i].Value)
+			ts[i].Label = benchrun.Human(ts[i].Value)
 		}
 	}
 	return ts
