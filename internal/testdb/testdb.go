@@ -6,6 +6,7 @@ package testdb
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -18,6 +19,7 @@ import (
 	"github.com/heraldhq/herald/store/postgres"
 	"github.com/heraldhq/herald/store/sqlite"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/stdlib"
 )
 
@@ -69,7 +71,8 @@ func PostgresURL(t testing.TB) string {
 		if err == nil {
 			break
 		}
-		if !strings.Contains(err.Error(), "SQLSTATE 53300") || time.Now().After(deadline) {
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "53300" || time.Now().After(deadline) {
 			t.Fatalf("create schema on %s: %v", EnvPostgres, err)
 		}
 		time.Sleep(200 * time.Millisecond)
