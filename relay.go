@@ -24,16 +24,25 @@ type RelayConfig struct {
 	LeaseTTL time.Duration
 	// MaxBackoff caps the wait between failed publish rounds (default 5s).
 	MaxBackoff time.Duration
+	// MarkInterval is how long acknowledged rows may wait to be marked
+	// published (default 100ms): the relay marks everything the broker
+	// acknowledged meanwhile in one statement, rather than writing to the
+	// database after every batch. It never reads those rows again meanwhile;
+	// after a crash the unmarked ones are published again, and the broker
+	// and the inboxes drop the copies. On PostgreSQL, where rows can become
+	// readable out of seq order, every batch is marked before the next read.
+	MarkInterval time.Duration
 }
 
 func defaultRelayConfig() RelayConfig {
-	return RelayConfig{BatchSize: 1000, PollInterval: 500 * time.Millisecond, LeaseTTL: 10 * time.Second, MaxBackoff: 5 * time.Second}
+	return RelayConfig{BatchSize: 1000, PollInterval: 500 * time.Millisecond, LeaseTTL: 10 * time.Second,
+		MaxBackoff: 5 * time.Second, MarkInterval: 100 * time.Millisecond}
 }
 
 // WithRelay tunes the outbox relay; zero fields keep their defaults.
 func WithRelay(rc RelayConfig) Option {
 	return func(c *config) error {
-		if rc.BatchSize < 0 || rc.PollInterval < 0 || rc.LeaseTTL < 0 || rc.MaxBackoff < 0 {
+		if rc.BatchSize < 0 || rc.PollInterval < 0 || rc.LeaseTTL < 0 || rc.MaxBackoff < 0 || rc.MarkInterval < 0 {
 			return fmt.Errorf("%w: relay config %+v has a negative field", ErrInvalidOption, rc)
 		}
 		d := defaultRelayConfig()
@@ -48,6 +57,9 @@ func WithRelay(rc RelayConfig) Option {
 		}
 		if rc.MaxBackoff == 0 {
 			rc.MaxBackoff = d.MaxBackoff
+		}
+		if rc.MarkInterval == 0 {
+			rc.MarkInterval = d.MarkInterval
 		}
 		c.relay = rc
 		return nil
@@ -115,8 +127,15 @@ func (s *Service) relay(ctx context.Context, holder string) {
 	// rows are readable: after a signal that found nothing, look again soon,
 	// more and more rarely, rather than only at the next poll.
 	var recheck time.Duration
-	rs := &relayState{serial: s.store.DelaysVisibility()}
+	rs := &relayState{serial: s.store.DelaysVisibility(), every: rc.MarkInterval}
 	defer func() {
+		// What the broker acknowledged is marked, so a restart does not
+		// publish it again.
+		fctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		if err := s.flushMarks(fctx, rs); err == nil {
+			_ = rs.settle()
+		}
+		cancel()
 		rs.reset()
 		if !leased.IsZero() {
 			rctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -181,6 +200,9 @@ func (s *Service) relay(ctx context.Context, holder string) {
 		} else {
 			recheck = 0
 		}
+		if rs.unmarked > 0 {
+			d = max(0, min(d, rs.every-time.Since(rs.markedAt)))
+		}
 		if !wait(d, true) {
 			return
 		}
@@ -203,6 +225,13 @@ type relayState struct {
 	cursor int64
 	rewind uint64     // the Service.rewind value the cursor is valid for
 	mark   chan error // the result of the mark being written, nil if none
+	// unmarked counts the rows up to the cursor the broker acknowledged
+	// and no mark covers yet; they are marked, with one range mark, every
+	// `every` after the oldest of them (at markedAt), or sooner when many
+	// accumulate.
+	unmarked int
+	markedAt time.Time
+	every    time.Duration
 	// ahead is the read of the batch after the one being published, started
 	// when that one was full; after is the seq it reads after.
 	ahead chan pendingRead
@@ -226,6 +255,7 @@ func (rs *relayState) settle() error {
 	rs.mark = nil
 	if err != nil {
 		rs.cursor = 0
+		rs.unmarked = 0
 		rs.drop()
 	}
 	return err
@@ -240,11 +270,39 @@ func (rs *relayState) drop() {
 }
 
 // reset forgets everything but the rewind count: the next round reads what
-// the outbox table says.
+// the outbox table says. Acknowledged rows it had not marked yet are
+// published again (the broker drops the copies).
 func (rs *relayState) reset() {
 	_ = rs.settle()
 	rs.drop()
 	rs.cursor = 0
+	rs.unmarked = 0
+}
+
+// maxUnmarked bounds how many acknowledged rows wait for their mark, and so
+// how many a crash makes the relay publish again.
+const maxUnmarked = 16384
+
+// markDue reports whether the unmarked rows should be marked now.
+func (rs *relayState) markDue() bool {
+	return rs.unmarked > 0 && (rs.unmarked >= maxUnmarked || time.Since(rs.markedAt) >= rs.every)
+}
+
+// flushMarks waits for the mark in flight, then starts marking every row up
+// to the cursor and returns without waiting for it; the next settle waits.
+func (s *Service) flushMarks(ctx context.Context, rs *relayState) error {
+	if err := rs.settle(); err != nil {
+		return err
+	}
+	if rs.unmarked == 0 {
+		return nil
+	}
+	upto := rs.cursor
+	rs.unmarked = 0
+	done := make(chan error, 1)
+	rs.mark = done
+	go func() { done <- s.store.MarkPublishedUpTo(ctx, s.name, upto, time.Now()) }()
+	return nil
 }
 
 // relayOnce publishes one batch and returns how many rows it read. While
@@ -266,7 +324,10 @@ func (s *Service) relayOnce(ctx context.Context, batch int, rs *relayState) (int
 		return 0, err
 	}
 	if len(rows) == 0 {
-		return 0, rs.settle()
+		if rs.markDue() {
+			return 0, s.flushMarks(ctx, rs)
+		}
+		return 0, nil
 	}
 	if len(rows) == batch && !rs.serial {
 		// More is likely waiting: read it while the broker stores this.
@@ -306,9 +367,6 @@ func (s *Service) relayOnce(ctx context.Context, batch int, rs *relayState) (int
 		}
 		acked = append(acked, r.Seq)
 	}
-	if err := rs.settle(); err != nil {
-		return 0, err
-	}
 	if len(acked) > 0 {
 		if rs.serial {
 			if err := s.store.MarkPublished(ctx, acked, time.Now()); err != nil {
@@ -316,9 +374,15 @@ func (s *Service) relayOnce(ctx context.Context, batch int, rs *relayState) (int
 			}
 		} else {
 			rs.cursor = acked[len(acked)-1]
-			done := make(chan error, 1)
-			rs.mark = done
-			go func() { done <- s.store.MarkPublished(ctx, acked, time.Now()) }()
+			if rs.unmarked == 0 {
+				rs.markedAt = time.Now() // the oldest unmarked row's wait starts
+			}
+			rs.unmarked += len(acked)
+			if rs.markDue() {
+				if err := s.flushMarks(ctx, rs); err != nil {
+					return 0, err
+				}
+			}
 		}
 	}
 	if firstErr != nil {

@@ -28,7 +28,7 @@ func (s *Store) prepareHot(ctx context.Context) error {
 		log:    s.d.Rebind(s.queries.eventLogInsert + s.values(1, nEventCols)),
 		outbox: s.d.Rebind(s.queries.outboxInsert + s.values(1, nEventCols)),
 	}
-	qs := []string{s.one.log, s.one.outbox, s.queries.inboxClaim, s.queries.inboxClaimBatch, sqlSavepoint, sqlRelease, sqlRollbackTo}
+	qs := []string{s.one.log, s.one.outbox, s.queries.inboxClaim, s.queries.inboxClaimBatch, s.queries.outboxPending, s.queries.outboxMark, s.queries.outboxMarkUpTo, sqlSavepoint, sqlRelease, sqlRollbackTo}
 	if s.d.Name() == "postgres" {
 		s.one.both = s.appendBoth(1, 1)
 		qs = append(qs, s.one.both)

@@ -28,7 +28,9 @@ func (s *Store) LastPublished(ctx context.Context, service string) (time.Time, e
 		return time.Time{}, err
 	}
 	var at sql.NullInt64
-	err := s.db.QueryRowContext(ctx, s.d.Rebind(`SELECT MAX(published_at) FROM herald_outbox WHERE service = ? AND published_at IS NOT NULL`), service).Scan(&at)
+	err := s.db.QueryRowContext(ctx, s.d.Rebind(`SELECT MAX(t) FROM (
+		SELECT MAX(published_at) AS t FROM herald_outbox WHERE service = ? AND published_at IS NOT NULL
+		UNION ALL SELECT MAX(published_at) FROM herald_outbox_marks WHERE service = ?) AS p`), service, service).Scan(&at)
 	if err != nil {
 		return time.Time{}, fmt.Errorf("herald/store: last published of %s: %w", service, err)
 	}

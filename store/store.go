@@ -160,7 +160,12 @@ type queries struct {
 	eventLogByID    string
 	eventLogByCorr  string
 	outboxUnpublish string
+	outboxMarkUpTo  string
 }
+
+// outboxCursor is the newest range mark of the service bound first after it:
+// every row of the service up to it was published.
+const outboxCursor = "COALESCE((SELECT MAX(upto_seq) FROM herald_outbox_marks WHERE service = ?), 0)"
 
 func buildQueries(d Dialect) queries {
 	cond := d.PendingCondition()
@@ -172,10 +177,11 @@ func buildQueries(d Dialect) queries {
 		eventLogInsert: "INSERT INTO herald_event_log (" + eventCols + ") VALUES ",
 		outboxInsert:   "INSERT INTO herald_outbox (" + eventCols + ") VALUES ",
 		outboxPending: r("SELECT seq, " + eventCols + " FROM herald_outbox WHERE service = ? AND published_at IS NULL AND seq > ?" +
-			cond + " ORDER BY seq LIMIT ?"),
-		outboxMark:      "UPDATE herald_outbox SET published_at = ? WHERE seq IN ",
+			" AND seq > " + outboxCursor + cond + " ORDER BY seq LIMIT ?"),
+		outboxMarkUpTo:  r("INSERT INTO herald_outbox_marks (service, upto_seq, published_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"),
+		outboxMark:      outboxMark(d),
 		outboxPrune:     r("DELETE FROM herald_outbox WHERE published_at IS NOT NULL AND published_at < ?"),
-		outboxStats:     r("SELECT COUNT(*), MIN(event_time) FROM herald_outbox WHERE service = ? AND published_at IS NULL"),
+		outboxStats:     r("SELECT COUNT(*), MIN(event_time) FROM herald_outbox WHERE service = ? AND published_at IS NULL AND seq > " + outboxCursor),
 		outboxUnpublish: r("UPDATE herald_outbox SET published_at = NULL WHERE service = ? AND published_at IS NOT NULL AND published_at >= ?"),
 		inboxClaim:      r("INSERT INTO herald_inbox (subscription, event_id, processed_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"),
 		inboxClaimBatch: inboxClaimBatch(d),
@@ -187,6 +193,15 @@ func buildQueries(d Dialect) queries {
 		eventLogByID:   r("SELECT " + eventCols + " FROM herald_event_log WHERE id = ?"),
 		eventLogByCorr: r("SELECT " + eventCols + " FROM herald_event_log WHERE correlation_id = ? ORDER BY id"),
 	}
+}
+
+// outboxMark marks the rows whose seqs a JSON array lists published, in one
+// prepared statement whatever the number of rows.
+func outboxMark(d Dialect) string {
+	if d.Name() == "postgres" {
+		return "UPDATE herald_outbox SET published_at = $1 WHERE seq IN (SELECT s::bigint FROM json_array_elements_text($2::json) AS ids(s))"
+	}
+	return "UPDATE herald_outbox SET published_at = ?1 WHERE seq IN (SELECT value FROM json_each(?2))"
 }
 
 // inboxClaimBatch inserts the inbox rows of a JSON array of event ids in
@@ -320,7 +335,7 @@ func (s *Store) PendingOutboxAfter(ctx context.Context, service string, after in
 	if err := s.live(); err != nil {
 		return nil, err
 	}
-	rows, err := s.db.QueryContext(ctx, s.queries.outboxPending, service, after, limit)
+	rows, err := s.stmts[s.queries.outboxPending].QueryContext(ctx, service, after, service, limit)
 	if err != nil {
 		return nil, fmt.Errorf("herald/store: pending outbox: %w", err)
 	}
@@ -354,6 +369,19 @@ func int64List(ids []int64) string {
 	return b.String()
 }
 
+// int64JSON writes ids as a JSON array.
+func int64JSON(ids []int64) string {
+	b := make([]byte, 0, 2+len(ids)*8)
+	b = append(b, '[')
+	for i, id := range ids {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendInt(b, id, 10)
+	}
+	return string(append(b, ']'))
+}
+
 // MarkPublished records that the broker acknowledged the rows seqs. Rows are
 // kept until PruneOutbox removes them, so that a broker which lost its last
 // writes can be refilled with RepublishSince.
@@ -364,9 +392,22 @@ func (s *Store) MarkPublished(ctx context.Context, seqs []int64, at time.Time) e
 	if len(seqs) == 0 {
 		return nil
 	}
-	q := s.d.Rebind(s.queries.outboxMark + int64List(seqs))
-	if _, err := s.db.ExecContext(ctx, q, at.UTC().UnixNano()); err != nil {
+	if _, err := s.stmts[s.queries.outboxMark].ExecContext(ctx, at.UTC().UnixNano(), int64JSON(seqs)); err != nil {
 		return fmt.Errorf("herald/store: mark published: %w", err)
+	}
+	return nil
+}
+
+// MarkPublishedUpTo records that the broker acknowledged every unpublished
+// row of service up to seq: one small row, whatever the number of rows it
+// covers. A relay may use it only where rows become readable in seq order
+// (!DelaysVisibility, SQLite): there no row below seq can still appear.
+func (s *Store) MarkPublishedUpTo(ctx context.Context, service string, seq int64, at time.Time) error {
+	if err := s.live(); err != nil {
+		return err
+	}
+	if _, err := s.stmts[s.queries.outboxMarkUpTo].ExecContext(ctx, service, seq, at.UTC().UnixNano()); err != nil {
+		return fmt.Errorf("herald/store: mark %s published up to %d: %w", service, seq, err)
 	}
 	return nil
 }
@@ -378,23 +419,102 @@ func (s *Store) RepublishSince(ctx context.Context, service string, since time.T
 	if err := s.live(); err != nil {
 		return 0, err
 	}
-	res, err := s.db.ExecContext(ctx, s.queries.outboxUnpublish, service, since.UTC().UnixNano())
+	fail := func(err error) (int64, error) { return 0, fmt.Errorf("herald/store: republish %s: %w", service, err) }
+	tx, err := s.Begin(ctx)
 	if err != nil {
-		return 0, fmt.Errorf("herald/store: republish: %w", err)
+		return fail(err)
 	}
-	return res.RowsAffected()
+	defer tx.Rollback()
+	at := since.UTC().UnixNano()
+	res, err := tx.ExecContext(ctx, s.queries.outboxUnpublish, service, at)
+	if err != nil {
+		return fail(err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return fail(err)
+	}
+	// Dropping the range marks made since moves the cursor back to the
+	// last mark before it; the rows between are unpublished again.
+	var was, now int64
+	cursor := s.d.Rebind("SELECT " + outboxCursor)
+	if err := tx.QueryRowContext(ctx, cursor, service).Scan(&was); err != nil {
+		return fail(err)
+	}
+	if _, err := tx.ExecContext(ctx, s.d.Rebind("DELETE FROM herald_outbox_marks WHERE service = ? AND published_at >= ?"), service, at); err != nil {
+		return fail(err)
+	}
+	if err := tx.QueryRowContext(ctx, cursor, service).Scan(&now); err != nil {
+		return fail(err)
+	}
+	if now < was {
+		var m int64
+		if err := tx.QueryRowContext(ctx, s.d.Rebind("SELECT COUNT(*) FROM herald_outbox WHERE service = ? AND published_at IS NULL AND seq > ? AND seq <= ?"),
+			service, now, was).Scan(&m); err != nil {
+			return fail(err)
+		}
+		n += m
+	}
+	if err := tx.Commit(); err != nil {
+		return fail(err)
+	}
+	return n, nil
 }
 
-// PruneOutbox deletes rows published before before.
+// PruneOutbox deletes rows published before before, and the range marks
+// older than before except each service's newest (its relay's cursor).
 func (s *Store) PruneOutbox(ctx context.Context, before time.Time) (int64, error) {
 	if err := s.live(); err != nil {
 		return 0, err
 	}
-	res, err := s.db.ExecContext(ctx, s.queries.outboxPrune, before.UTC().UnixNano())
+	fail := func(err error) (int64, error) { return 0, fmt.Errorf("herald/store: prune outbox: %w", err) }
+	at := before.UTC().UnixNano()
+	res, err := s.db.ExecContext(ctx, s.queries.outboxPrune, at)
 	if err != nil {
-		return 0, fmt.Errorf("herald/store: prune outbox: %w", err)
+		return fail(err)
 	}
-	return res.RowsAffected()
+	n, err := res.RowsAffected()
+	if err != nil {
+		return fail(err)
+	}
+	type mark struct {
+		service string
+		upto    int64
+	}
+	var marks []mark
+	rows, err := s.db.QueryContext(ctx, s.d.Rebind("SELECT service, MAX(upto_seq) FROM herald_outbox_marks WHERE published_at < ? GROUP BY service"), at)
+	if err != nil {
+		return fail(err)
+	}
+	for rows.Next() {
+		var m mark
+		if err := rows.Scan(&m.service, &m.upto); err != nil {
+			rows.Close()
+			return fail(err)
+		}
+		marks = append(marks, m)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fail(err)
+	}
+	for _, m := range marks {
+		// The range-marked rows are still in the pending index (their own
+		// published_at is NULL), which this delete walks.
+		res, err := s.db.ExecContext(ctx, s.d.Rebind("DELETE FROM herald_outbox WHERE service = ? AND published_at IS NULL AND seq <= ?"), m.service, m.upto)
+		if err != nil {
+			return fail(err)
+		}
+		d, err := res.RowsAffected()
+		if err != nil {
+			return fail(err)
+		}
+		n += d
+		if _, err := s.db.ExecContext(ctx, s.d.Rebind("DELETE FROM herald_outbox_marks WHERE service = ? AND upto_seq < ?"), m.service, m.upto); err != nil {
+			return fail(err)
+		}
+	}
+	return n, nil
 }
 
 // OutboxStats reports the unpublished backlog of service and the creation
@@ -404,7 +524,7 @@ func (s *Store) OutboxStats(ctx context.Context, service string) (backlog int64,
 		return 0, time.Time{}, err
 	}
 	var minCreated sql.NullInt64
-	if err := s.db.QueryRowContext(ctx, s.queries.outboxStats, service).Scan(&backlog, &minCreated); err != nil {
+	if err := s.db.QueryRowContext(ctx, s.queries.outboxStats, service, service).Scan(&backlog, &minCreated); err != nil {
 		return 0, time.Time{}, fmt.Errorf("herald/store: outbox stats: %w", err)
 	}
 	if minCreated.Valid {

@@ -83,6 +83,7 @@ func Run(t *testing.T, c Config) {
 		t.Run("RoundTrip", h.outboxRoundTrip)
 		t.Run("Limit", h.outboxLimit)
 		t.Run("MarkPublished", h.outboxMarkPublished)
+		t.Run("MarkPublishedUpTo", h.outboxMarkUpTo)
 		t.Run("RepublishSince", h.outboxRepublish)
 		t.Run("Prune", h.outboxPrune)
 		t.Run("Stats", h.outboxStats)
@@ -620,6 +621,71 @@ func (h *harness) outboxMarkPublished(t *testing.T) {
 	if n, _, err := s.OutboxStats(ctx, "orders"); err != nil || n != 1 {
 		t.Errorf("OutboxStats backlog = %d, %v; want 1", n, err)
 	}
+}
+
+// outboxMarkUpTo checks range marks: everything of a service up to a seq is
+// published with one row, seen by PendingOutbox, OutboxStats,
+// LastPublished, RepublishSince and PruneOutbox like per-row marks.
+func (h *harness) outboxMarkUpTo(t *testing.T) {
+	s := h.open(t)
+	ctx := context.Background()
+	a := events("orders", "u", 6)
+	b := events("billing", "ub", 2)
+	commit(t, s, func(tx *sql.Tx) { appendOutbox(t, s, tx, a[0], a[1], b[0], a[2], a[3], b[1], a[4], a[5]) })
+	rows := pending(t, s, "orders", 100)
+	upTo := func(i int, at time.Time) {
+		t.Helper()
+		if err := s.MarkPublishedUpTo(ctx, "orders", rows[i].Seq, at); err != nil {
+			t.Fatalf("MarkPublishedUpTo(%d): %v", i, err)
+		}
+	}
+	upTo(1, t0.Add(-2*time.Hour))
+	checkPending(t, "after marking up to a[1]", pending(t, s, "orders", 100), a[2:])
+	checkPending(t, "billing untouched", pending(t, s, "billing", 100), b)
+	// A read after an older position still starts after the mark.
+	if got, err := s.PendingOutboxAfter(ctx, "orders", rows[0].Seq, 100); err != nil {
+		t.Fatal(err)
+	} else {
+		checkPending(t, "after an older cursor", got, a[2:])
+	}
+	upTo(3, t0)
+	upTo(3, t0.Add(time.Minute)) // again: harmless
+	upTo(2, t0)                  // an older mark does not move the cursor back
+	checkPending(t, "after marking up to a[3]", pending(t, s, "orders", 100), a[4:])
+	if n, oldest, err := s.OutboxStats(ctx, "orders"); err != nil || n != 2 || !oldest.Equal(a[4].Time) {
+		t.Errorf("OutboxStats = %d, %v, %v; want 2, %v", n, oldest, err, a[4].Time)
+	}
+	if got, err := s.LastPublished(ctx, "orders"); err != nil || !got.Equal(t0) {
+		t.Errorf("LastPublished = %v, %v; want %v", got, err, t0)
+	}
+	// A per-row mark after the range works alongside it.
+	if err := s.MarkPublished(ctx, []int64{rows[5].Seq}, t0.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	checkPending(t, "after a per-row mark", pending(t, s, "orders", 100), a[4:5])
+	// Republishing since t0 drops the marks made since: the cursor goes
+	// back to a[1], and a[2], a[3] and a[5] are sent again.
+	n, err := s.RepublishSince(ctx, "orders", t0)
+	if err != nil || n != 3 {
+		t.Fatalf("RepublishSince(t0) = %d, %v; want 3", n, err)
+	}
+	checkPending(t, "republished", pending(t, s, "orders", 100), a[2:])
+	if got, err := s.LastPublished(ctx, "orders"); err != nil || !got.Equal(t0.Add(-2*time.Hour)) {
+		t.Errorf("LastPublished after republish = %v, %v; want %v", got, err, t0.Add(-2*time.Hour))
+	}
+	// Pruning deletes the rows under marks older than the cutoff and keeps
+	// the newest mark, so the cursor stays where it is.
+	upTo(3, t0)
+	n, err = s.PruneOutbox(ctx, t0.Add(-time.Hour))
+	if err != nil || n != 2 {
+		t.Fatalf("PruneOutbox = %d, %v; want 2 (a[0], a[1])", n, err)
+	}
+	checkPending(t, "after prune", pending(t, s, "orders", 100), a[4:])
+	if n, err = s.PruneOutbox(ctx, t0.Add(time.Second)); err != nil || n != 2 {
+		t.Fatalf("second PruneOutbox = %d, %v; want 2 (a[2], a[3])", n, err)
+	}
+	checkPending(t, "after the second prune", pending(t, s, "orders", 100), a[4:])
+	checkPending(t, "billing after prunes", pending(t, s, "billing", 100), b)
 }
 
 func (h *harness) outboxRepublish(t *testing.T) {
@@ -1801,6 +1867,7 @@ func (h *harness) closed(t *testing.T) {
 		"MarkPublished":       func() error { return s.MarkPublished(ctx, []int64{1}, t0) },
 		"RepublishSince":      func() error { _, err := s.RepublishSince(ctx, "o", t0); return err },
 		"PruneOutbox":         func() error { _, err := s.PruneOutbox(ctx, t0); return err },
+		"MarkPublishedUpTo":   func() error { return s.MarkPublishedUpTo(ctx, "o", 1, t0) },
 		"OutboxStats":         func() error { _, _, err := s.OutboxStats(ctx, "o"); return err },
 		"ClaimInbox":          func() error { _, err := s.ClaimInbox(ctx, tx, "s", "e"); return err },
 		"PruneInbox":          func() error { _, err := s.PruneInbox(ctx, t0); return err },
