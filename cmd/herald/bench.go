@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -31,6 +32,7 @@ type benchFlags struct {
 	chartLink    string
 	jsonOut      string
 	quiet        bool
+	verbose      bool
 	profileDir   string
 }
 
@@ -87,6 +89,7 @@ program draws the --chart.`,
 	fl.StringVar(&f.chartLink, "chart-link", "", "how the markdown links the chart (default: the chart's path relative to the markdown file)")
 	fl.StringVar(&f.jsonOut, "json", "", "write the results as JSON into this file")
 	fl.BoolVar(&f.quiet, "quiet", false, "no progress bar")
+	fl.BoolVar(&f.verbose, "verbose", false, "print herald's own logs (relays, subscriptions, servers) on stderr")
 	fl.StringVar(&f.profileDir, "cpuprofile-dir", "", "write a CPU profile of each scenario into this directory (<scenario>.pprof, for go tool pprof)")
 	return cmd
 }
@@ -124,6 +127,9 @@ func runBench(cmd *cobra.Command, args []string, f benchFlags) error {
 	cfg := benchrun.Config{Events: f.events, Notifications: f.notes, Transactions: f.transactions, Rate: f.rate, Duration: f.duration, Tick: f.tick, PostgresURL: f.postgres, ProfileDir: f.profileDir}
 	if !f.quiet {
 		cfg.Progress = errw
+	}
+	if f.verbose {
+		cfg.Logger = slog.New(slog.NewTextHandler(errw, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	dir, err := os.MkdirTemp("", "herald-bench-")
 	if err != nil {
