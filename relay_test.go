@@ -343,3 +343,80 @@ func TestRelayPublishesARowThatBecomesReadableBelowAPublishedOne(t *testing.T) {
 	must(t, txB.Commit())
 	pubs.waitAll(t, []string{evB.ID}, 1)
 }
+
+// TestRelayMarksOnCloseWhatItPublished: on SQLite the relay marks what the
+// broker acknowledged with one range mark now and then, not after every
+// batch; closing the service writes the last mark, so a restarted relay
+// publishes only what is new.
+func TestRelayMarksOnCloseWhatItPublished(t *testing.T) {
+	ctx := context.Background()
+	// Syncing every write, the broker loses nothing, so a restart does not
+	// refill it from the outbox: what a restarted relay sends is its own.
+	b, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithSyncAlways(true), natsjs.WithLogger(quiet))
+	must(t, err)
+	defer b.Close()
+	st := testdb.SQLite(t)
+	pubs := &publishCounter{n: map[string]int{}}
+	start := func() *herald.Service {
+		s, err := herald.New("orders", herald.WithStore(st), herald.WithBroker(b), herald.WithLogger(quiet),
+			herald.WithObserver(pubs), herald.WithRelay(herald.RelayConfig{BatchSize: 7, MarkInterval: time.Hour}))
+		must(t, err)
+		must(t, herald.Translate(s, stepRecorded, orderStepped, func(ctx context.Context, s step) (stepped, error) { return stepped(s), nil }))
+		must(t, s.Start(ctx))
+		return s
+	}
+	record := func(s *herald.Service, from, n int) {
+		for i := from; i < from+n; i++ {
+			must(t, s.Do(ctx, func(tx herald.Tx) error { return herald.Record(tx, stepRecorded, step{OrderID: "o", N: i}) }))
+		}
+	}
+	published := func(want int) []string {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			pubs.mu.Lock()
+			var ids []string
+			for id := range pubs.n {
+				ids = append(ids, id)
+			}
+			pubs.mu.Unlock()
+			if len(ids) >= want {
+				return ids
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d of %d events published", len(ids), want)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	backlog := func() int64 {
+		t.Helper()
+		n, _, err := st.OutboxStats(ctx, "orders")
+		must(t, err)
+		return n
+	}
+
+	prod := start()
+	record(prod, 0, 20)
+	first := published(20)
+	if n := backlog(); n != 20 {
+		t.Errorf("backlog while running = %d, want 20: no mark before the interval", n)
+	}
+	must(t, prod.Close())
+	if n := backlog(); n != 0 {
+		t.Fatalf("backlog after Close = %d, want 0: Close marks what was published", n)
+	}
+
+	prod = start()
+	defer prod.Close()
+	record(prod, 20, 1)
+	published(21)
+	time.Sleep(100 * time.Millisecond) // a wrongly re-sent row would come before the new one anyway
+	pubs.mu.Lock()
+	defer pubs.mu.Unlock()
+	for _, id := range first {
+		if pubs.n[id] != 1 {
+			t.Errorf("event %s published %d times, want once", id, pubs.n[id])
+		}
+	}
+}
