@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -124,6 +125,9 @@ type row struct {
 	Delivery
 	data    []byte
 	profile []byte
+	// suppressed is, for a claimed row, the suppression list's reason for
+	// its address at the claim (Valid when the address is on the list).
+	suppressed sql.NullString
 }
 
 const deliveryCols = "id, idem_key, kind, route, event_id, event_type, correlation_id, recipient, channel, address, " +
@@ -142,17 +146,19 @@ func (r *row) args() []any {
 
 type scanner interface{ Scan(dest ...any) error }
 
-func scanRow(sc scanner) (*row, error) {
+// scanRow scans deliveryCols, then extra.
+func scanRow(sc scanner, extra ...any) (*row, error) {
 	r := &row{}
 	var kind, state string
 	var critical int
 	var due, claimUntil, created, updated int64
 	var throttle, digest, fallback sql.NullString
 	var sent sql.NullInt64
-	err := sc.Scan(&r.ID, &r.Key, &kind, &r.Route, &r.EventID, &r.EventType, &r.CorrelationID, &r.Recipient,
+	dest := append([]any{&r.ID, &r.Key, &kind, &r.Route, &r.EventID, &r.EventType, &r.CorrelationID, &r.Recipient,
 		&r.Channel, &r.Address, &r.Category, &r.Template, &r.Locale, &r.profile, &critical, &state, &r.Reason,
 		&r.Attempts, &due, &r.ClaimedBy, &claimUntil, &r.Provider, &r.ProviderID, &r.LastError, &throttle,
-		&digest, &fallback, &r.data, &created, &updated, &sent)
+		&digest, &fallback, &r.data, &created, &updated, &sent}, extra...)
+	err := sc.Scan(dest...)
 	if err != nil {
 		return nil, err
 	}
@@ -398,8 +404,8 @@ func (p prepared) QueryRowContext(ctx context.Context, q string, args ...any) *s
 func (n *Notifier) prepare(ctx context.Context) error {
 	n.stmts = map[string]*sql.Stmt{}
 	q := n.q
-	for _, s := range []string{q.keyExists, q.insert, q.prefs, q.suppressed, q.throttle, q.lock, q.digestOpen,
-		q.digestJoin, q.digestNew, q.digestClose, q.digestDue, q.claim, q.finish, q.retry, q.release, q.stateOf, q.items} {
+	for _, s := range append([]string{q.keyExists, q.insert, q.prefs, q.suppressed, q.throttle, q.lock, q.digestOpen,
+		q.digestJoin, q.digestNew, q.digestClose, q.digestDue, q.finish, q.retry, q.release, q.stateOf, q.items}, q.claim[:]...) {
 		if s == "" {
 			continue
 		}
@@ -447,7 +453,7 @@ type queries struct {
 	digestNew   string
 	digestClose string
 	digestDue   string
-	claim       string
+	claim       [claimSizes]string // claim[i] claims up to 1<<i rows
 	finish      string
 	retry       string
 	release     string
@@ -478,9 +484,6 @@ func buildQueries(st *store.Store, pg bool) queries {
 		digestClose: r(`UPDATE herald_notify_digests SET open = 0 WHERE id = ?`),
 		digestDue: r(`UPDATE herald_notify_deliveries SET due_at = ?, reason = ?, updated_at = ?
 			WHERE digest_id = ? AND kind = 'digest' AND state = 'deferred'`),
-		claim: r(`UPDATE herald_notify_deliveries SET state = 'sending', claimed_by = ?, claim_until = ?, due_at = ?, updated_at = ?
-			WHERE id IN (SELECT id FROM herald_notify_deliveries WHERE state IN ` + activeStates + ` AND due_at <= ?
-			ORDER BY due_at LIMIT ?` + skipLocked + `) RETURNING ` + deliveryCols),
 		finish: r(`UPDATE herald_notify_deliveries SET state = ?, reason = ?, attempts = ?, provider = ?, provider_id = ?,
 			last_error = ?, sent_at = ?, due_at = 0, updated_at = ? WHERE id = ? AND claimed_by = ? AND state = 'sending'`),
 		retry: r(`UPDATE herald_notify_deliveries SET state = 'queued', reason = ?, attempts = ?, provider = ?,
@@ -490,6 +493,17 @@ func buildQueries(st *store.Store, pg bool) queries {
 		stateOf: r(`SELECT state FROM herald_notify_deliveries WHERE id = ?`),
 		items: r(`SELECT event_id, event_type, correlation_id, data, created_at FROM herald_notify_deliveries
 			WHERE digest_id = ? AND kind = 'message' AND state = 'digested' ORDER BY created_at, id`),
+	}
+	for i := range q.claim {
+		// The limit is part of the text, not a parameter: SQLite plans a
+		// statement for the value bound to its LIMIT and compiles it again
+		// whenever that value changes.
+		q.claim[i] = r(`UPDATE herald_notify_deliveries SET state = 'sending', claimed_by = ?, claim_until = ?, due_at = ?, updated_at = ?
+			WHERE id IN (SELECT id FROM herald_notify_deliveries WHERE state IN ` + activeStates + ` AND due_at <= ?
+			ORDER BY due_at LIMIT ` + strconv.Itoa(1<<i) + skipLocked + `) RETURNING ` + deliveryCols +
+			// the suppression list's reason for the address, if it is on it
+			`, (SELECT s.reason FROM herald_notify_suppressions s
+				WHERE s.channel = herald_notify_deliveries.channel AND s.address = herald_notify_deliveries.address)`)
 	}
 	if pg {
 		// Throttle counts must see every decision of the key: serialise the
