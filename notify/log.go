@@ -366,6 +366,18 @@ type prepared struct {
 	db execer
 }
 
+// quiet returns the context a statement runs with. Inside an SQLite
+// transaction no statement waits (the transaction holds the write lock from
+// its BEGIN), and the driver watches a cancellable context with a goroutine
+// per statement: there the context's cancellation is dropped. PostgreSQL
+// statements may wait for row and advisory locks and keep it.
+func (p prepared) quiet(ctx context.Context) context.Context {
+	if _, ok := p.db.(*sql.Tx); ok && !p.n.pg {
+		return context.WithoutCancel(ctx)
+	}
+	return ctx
+}
+
 func (p prepared) stmt(ctx context.Context, q string) *sql.Stmt {
 	st := p.n.stmts[q]
 	if st == nil {
@@ -378,6 +390,7 @@ func (p prepared) stmt(ctx context.Context, q string) *sql.Stmt {
 }
 
 func (p prepared) ExecContext(ctx context.Context, q string, args ...any) (sql.Result, error) {
+	ctx = p.quiet(ctx)
 	if st := p.stmt(ctx, q); st != nil {
 		return st.ExecContext(ctx, args...)
 	}
@@ -385,6 +398,7 @@ func (p prepared) ExecContext(ctx context.Context, q string, args ...any) (sql.R
 }
 
 func (p prepared) QueryContext(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+	ctx = p.quiet(ctx)
 	if st := p.stmt(ctx, q); st != nil {
 		return st.QueryContext(ctx, args...)
 	}
@@ -392,6 +406,7 @@ func (p prepared) QueryContext(ctx context.Context, q string, args ...any) (*sql
 }
 
 func (p prepared) QueryRowContext(ctx context.Context, q string, args ...any) *sql.Row {
+	ctx = p.quiet(ctx)
 	if st := p.stmt(ctx, q); st != nil {
 		return st.QueryRowContext(ctx, args...)
 	}
@@ -404,7 +419,7 @@ func (p prepared) QueryRowContext(ctx context.Context, q string, args ...any) *s
 func (n *Notifier) prepare(ctx context.Context) error {
 	n.stmts = map[string]*sql.Stmt{}
 	q := n.q
-	for _, s := range append([]string{q.keyExists, q.insert, q.prefs, q.suppressed, q.throttle, q.lock, q.digestOpen,
+	for _, s := range append([]string{q.keyExists, q.insert, q.facts, q.lock, q.digestOpen,
 		q.digestJoin, q.digestNew, q.digestClose, q.digestDue, q.finish, q.retry, q.release, q.stateOf, q.items}, q.claim[:]...) {
 		if s == "" {
 			continue
@@ -440,13 +455,48 @@ func (n *Notifier) hurryFallbacks(ctx context.Context, db execer, id string, now
 	return nil
 }
 
+// prefProbes are the preference rows that may apply to (recipient,
+// category, channel), most specific first; their parameters are
+// prefArgs.
+var prefProbes = func() string {
+	var ps []string
+	for _, r := range []string{"?", "'*'"} {
+		for _, c := range []string{"?", "'*'"} {
+			for _, ch := range []string{"?", "'*'"} {
+				ps = append(ps, "(SELECT enabled FROM herald_notify_preferences WHERE recipient = "+r+
+					" AND category = "+c+" AND channel = "+ch+")")
+			}
+		}
+	}
+	return strings.Join(ps, ", ")
+}()
+
+// prefArgs are the parameters of prefProbes.
+func prefArgs(recipient, category, channel string) []any {
+	var args []any
+	for _, r := range []bool{true, false} {
+		for _, c := range []bool{true, false} {
+			for _, ch := range []bool{true, false} {
+				if r {
+					args = append(args, recipient)
+				}
+				if c {
+					args = append(args, category)
+				}
+				if ch {
+					args = append(args, channel)
+				}
+			}
+		}
+	}
+	return args
+}
+
 // queries are the hot statements, rebound once.
 type queries struct {
 	keyExists   string
 	insert      string
-	prefs       string
-	suppressed  string
-	throttle    string
+	facts       string
 	lock        string
 	digestOpen  string
 	digestJoin  string
@@ -471,12 +521,14 @@ func buildQueries(st *store.Store, pg bool) queries {
 		keyExists: r(`SELECT 1 FROM herald_notify_deliveries WHERE idem_key = ?`),
 		insert: r("INSERT INTO herald_notify_deliveries (" + deliveryCols + ") VALUES (" +
 			strings.TrimSuffix(strings.Repeat("?, ", nDeliveryCols), ", ") + ") ON CONFLICT DO NOTHING"),
-		prefs: r(`SELECT recipient, category, channel, enabled FROM herald_notify_preferences
-			WHERE recipient IN (?, '*') AND category IN (?, '*') AND channel IN (?, '*')`),
-		suppressed: r(`SELECT reason FROM herald_notify_suppressions WHERE channel = ? AND address = ?`),
-		// Bounded by the limit: a key never costs more than Limit rows.
-		throttle: r(`SELECT COUNT(*) FROM (SELECT 1 FROM herald_notify_deliveries
-			WHERE throttle_key = ? AND created_at > ? LIMIT ?) t`),
+		// The most specific preference (recipient over category over
+		// channel, each before '*': eight primary key probes, the first hit
+		// wins), the suppression, and the throttle count, bounded by the
+		// limit: a key never costs more than Limit rows.
+		facts: r(`SELECT COALESCE(` + prefProbes + `),
+			(SELECT reason FROM herald_notify_suppressions WHERE channel = ? AND address = ?),
+			(SELECT COUNT(*) FROM (SELECT 1 FROM herald_notify_deliveries
+				WHERE throttle_key = ? AND created_at > ? LIMIT ?) t)`),
 		digestOpen: r(`SELECT id FROM herald_notify_digests WHERE digest_key = ? AND open = 1`),
 		digestJoin: r(`UPDATE herald_notify_digests SET items = items + 1 WHERE id = ? AND open = 1 RETURNING items, max_items`),
 		digestNew: r(`INSERT INTO herald_notify_digests (id, digest_key, open, items, max_items, created_at, closes_at)
