@@ -92,12 +92,12 @@ func (c *session) send(ctx context.Context, msg *gomail.Msg) error {
 	stop := context.AfterFunc(ctx, c.interrupt)
 	err := c.client.SendWithSMTPClient(c.sc, msg)
 	if !stop() && err == nil {
-		// Accepted, then interrupted on the way out (the RSET): the
-		// message is the server's; only the session is lost.
+		// Accepted, then interrupted: the message is the server's; only
+		// the session is lost.
 		return errInterruptedAfterAccept
 	}
 	if err != nil && msg.IsDelivered() {
-		// The server accepted the message and the trailing RSET failed.
+		// The server accepted the message and a later step failed.
 		return errInterruptedAfterAccept
 	}
 	return err
@@ -130,7 +130,10 @@ func (s *Sender) dial(ctx context.Context) (*session, error) {
 		}
 		return nc, nil
 	}
-	opts := append(slices.Clone(s.clientOpts), gomail.WithDialContextFunc(dialFn), gomail.WithoutNoop())
+	// No RSET after an accepted message: the end of DATA already cleared
+	// the transaction (RFC 5321, 4.1.1.4). A failed MAIL or RCPT is still
+	// followed by RSET.
+	opts := append(slices.Clone(s.clientOpts), gomail.WithDialContextFunc(dialFn), gomail.WithoutNoop(), gomail.WithoutRset())
 	client, err := gomail.NewClient(s.host, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("client: %w", err)
