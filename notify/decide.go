@@ -223,7 +223,7 @@ func (n *Notifier) readFacts(ctx context.Context, tx *sql.Tx, d *row, address, k
 		}
 		since, limit = nanos(now.Add(-t.Window)), t.Limit
 	}
-	args := append(prefArgs(d.Recipient, d.Category, d.Channel), d.Channel, address, key, since, limit)
+	args := append(prefArgs(make([]any, 0, 17), d.Recipient, d.Category, d.Channel), d.Channel, address, key, since, limit)
 	err := n.on(tx).QueryRowContext(ctx, n.q.facts, args...).Scan(&f.pref, &f.suppressed, &f.count)
 	if err != nil {
 		return f, fmt.Errorf("notify: preferences, suppression list and throttle of %s: %w", d.Recipient, err)

@@ -471,20 +471,20 @@ var prefProbes = func() string {
 	return strings.Join(ps, ", ")
 }()
 
-// prefArgs are the parameters of prefProbes.
-func prefArgs(recipient, category, channel string) []any {
-	var args []any
-	for _, r := range []bool{true, false} {
-		for _, c := range []bool{true, false} {
-			for _, ch := range []bool{true, false} {
-				if r {
-					args = append(args, recipient)
+// prefArgs appends the parameters of prefProbes to args.
+func prefArgs(args []any, recipient, category, channel string) []any {
+	r, c, ch := any(recipient), any(category), any(channel) // boxed once
+	for _, hasR := range []bool{true, false} {
+		for _, hasC := range []bool{true, false} {
+			for _, hasCh := range []bool{true, false} {
+				if hasR {
+					args = append(args, r)
 				}
-				if c {
-					args = append(args, category)
+				if hasC {
+					args = append(args, c)
 				}
-				if ch {
-					args = append(args, channel)
+				if hasCh {
+					args = append(args, ch)
 				}
 			}
 		}
