@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"sync"
 	"time"
@@ -200,50 +201,87 @@ func (d *row) set(s State, reason string) {
 	}
 }
 
+// facts are what the pipeline reads about one delivery, in one query.
+type facts struct {
+	pref       sql.NullInt64  // the most specific preference row's enabled
+	suppressed sql.NullString // the suppression list's reason for the address
+	count      int            // deliveries of the throttle key in its window
+}
+
+// readFacts reads the preference of d's recipient, category and channel,
+// the suppression of address on d's channel and, with a throttle t, how
+// many deliveries counted against key in the window ending now, in one
+// query.
+func (n *Notifier) readFacts(ctx context.Context, tx *sql.Tx, d *row, address, key string, t *Throttle, now time.Time) (facts, error) {
+	var f facts
+	since, limit := int64(math.MaxInt64), 0
+	if t != nil {
+		if n.q.lock != "" {
+			if _, err := n.on(tx).ExecContext(ctx, n.q.lock, "herald_notify/throttle/"+key); err != nil {
+				return f, fmt.Errorf("notify: throttle lock: %w", err)
+			}
+		}
+		since, limit = nanos(now.Add(-t.Window)), t.Limit
+	}
+	args := append(prefArgs(make([]any, 0, 17), d.Recipient, d.Category, d.Channel), d.Channel, address, key, since, limit)
+	err := n.on(tx).QueryRowContext(ctx, n.q.facts, args...).Scan(&f.pref, &f.suppressed, &f.count)
+	if err != nil {
+		return f, fmt.Errorf("notify: preferences, suppression list and throttle of %s: %w", d.Recipient, err)
+	}
+	return f, nil
+}
+
 // reach runs the checks shared by every delivery: the recipient is known,
 // wants this (unless critical), has a valid address, and the address is not
-// suppressed. It reports whether the delivery may go on.
-func (n *Notifier) reach(ctx context.Context, tx *sql.Tx, d *row, sub *subject) (bool, error) {
+// suppressed. It reports whether the delivery may go on, and with the
+// throttle t (nil: none) the facts it read hold key's count.
+func (n *Notifier) reach(ctx context.Context, tx *sql.Tx, d *row, sub *subject, key string, t *Throttle, now time.Time) (facts, bool, error) {
 	if sub.unknown != "" {
 		d.set(Failed, ReasonUnknownRecipient+": "+sub.unknown)
-		return false, nil
-	}
-	if !d.Critical {
-		on, err := n.enabled(ctx, tx, d.Recipient, d.Category, d.Channel)
-		if err != nil {
-			return false, err
-		}
-		if !on {
-			d.set(Suppressed, fmt.Sprintf("%s: %s turned %s off on %s", ReasonOptedOut, d.Recipient, d.Category, d.Channel))
-			return false, nil
-		}
+		return facts{}, false, nil
 	}
 	addr := sub.rec.Addresses[d.Channel]
-	if strings.TrimSpace(addr) == "" {
-		d.set(Failed, fmt.Sprintf("%s: %s has no %s address", ReasonNoAddress, d.Recipient, d.Channel))
-		return false, nil
+	norm, addrErr := "", error(nil)
+	if strings.TrimSpace(addr) != "" {
+		norm, addrErr = n.checkAddress(d.Channel, addr)
 	}
-	norm, err := n.checkAddress(d.Channel, addr)
+	f, err := n.readFacts(ctx, tx, d, norm, key, t, now)
 	if err != nil {
+		return f, false, err
+	}
+	if !d.Critical && !n.enabled(f.pref, d.Category, d.Channel) {
+		d.set(Suppressed, fmt.Sprintf("%s: %s turned %s off on %s", ReasonOptedOut, d.Recipient, d.Category, d.Channel))
+		return f, false, nil
+	}
+	switch {
+	case strings.TrimSpace(addr) == "":
+		d.set(Failed, fmt.Sprintf("%s: %s has no %s address", ReasonNoAddress, d.Recipient, d.Channel))
+		return f, false, nil
+	case addrErr != nil:
 		d.Address = addr
-		d.set(Failed, fmt.Sprintf("%s: %s address of %s: %v", ReasonInvalidAddress, d.Channel, d.Recipient, err))
-		return false, nil
+		d.set(Failed, fmt.Sprintf("%s: %s address of %s: %v", ReasonInvalidAddress, d.Channel, d.Recipient, addrErr))
+		return f, false, nil
 	}
 	d.Address = norm
-	why, ok, err := n.suppression(ctx, tx, d.Channel, norm)
-	if err != nil {
-		return false, err
+	if f.suppressed.Valid {
+		d.set(Suppressed, ReasonSuppressedAddress+": "+f.suppressed.String)
+		return f, false, nil
 	}
-	if ok {
-		d.set(Suppressed, ReasonSuppressedAddress+": "+why)
-		return false, nil
-	}
-	return true, nil
+	return f, true, nil
 }
 
 // pipeline decides one delivery: reach → quiet hours → throttle → digest.
 func (n *Notifier) pipeline(ctx context.Context, tx *sql.Tx, r *route, d *row, sub *subject, in intake, now time.Time) error {
-	if ok, err := n.reach(ctx, tx, d, sub); !ok || err != nil {
+	var key string
+	t := r.throttle
+	if d.Critical {
+		t = nil
+	}
+	if t != nil {
+		key = tupleKey("throttle", r.category, d.Recipient, d.Channel, in.group)
+	}
+	f, ok, err := n.reach(ctx, tx, d, sub, key, t, now)
+	if !ok || err != nil {
 		return err
 	}
 	var quietUntil time.Time
@@ -253,13 +291,8 @@ func (n *Notifier) pipeline(ctx context.Context, tx *sql.Tx, r *route, d *row, s
 		}
 	}
 	if !d.Critical {
-		if t := r.throttle; t != nil {
-			key := tupleKey("throttle", r.category, d.Recipient, d.Channel, in.group)
-			over, err := n.throttled(ctx, tx, key, t, now)
-			if err != nil {
-				return err
-			}
-			if over {
+		if t != nil {
+			if f.count >= t.Limit {
 				if r.digest != nil {
 					return n.joinDigest(ctx, tx, r, d, sub, in, now)
 				}
@@ -281,7 +314,7 @@ func (n *Notifier) pipeline(ctx context.Context, tx *sql.Tx, r *route, d *row, s
 // fallbackPipeline decides a fallback check: reach, then quiet hours at its
 // due time. It waits (deferred) until then.
 func (n *Notifier) fallbackPipeline(ctx context.Context, tx *sql.Tx, r *route, d *row, sub *subject, in intake, fb Fallback, now time.Time) error {
-	if ok, err := n.reach(ctx, tx, d, sub); !ok || err != nil {
+	if _, ok, err := n.reach(ctx, tx, d, sub, "", nil, now); !ok || err != nil {
 		return err
 	}
 	reason := fmt.Sprintf("%s: if %s is not delivered by %s", ReasonFallback, fb.From, d.DueAt.In(sub.loc).Format("2006-01-02 15:04:05 MST"))
@@ -297,20 +330,6 @@ func (n *Notifier) fallbackPipeline(ctx context.Context, tx *sql.Tx, r *route, d
 		d.set(Queued, reason)
 	}
 	return nil
-}
-
-// throttled counts the deliveries of key in the window ending now.
-func (n *Notifier) throttled(ctx context.Context, tx *sql.Tx, key string, t *Throttle, now time.Time) (bool, error) {
-	if n.q.lock != "" {
-		if _, err := n.on(tx).ExecContext(ctx, n.q.lock, "herald_notify/throttle/"+key); err != nil {
-			return false, fmt.Errorf("notify: throttle lock: %w", err)
-		}
-	}
-	var count int
-	if err := n.on(tx).QueryRowContext(ctx, n.q.throttle, key, nanos(now.Add(-t.Window)), t.Limit).Scan(&count); err != nil {
-		return false, fmt.Errorf("notify: throttle count: %w", err)
-	}
-	return count >= t.Limit, nil
 }
 
 // joinDigest folds d into the open digest of its key, opening one (with

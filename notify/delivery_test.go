@@ -337,6 +337,37 @@ func TestExpiredClaim(t *testing.T) {
 	})
 }
 
+// TestShortLeaseReleased: a claimed row whose lease has less than a send
+// timeout left when a worker takes it (it waited behind other sends, or
+// the clock jumped) is not sent but released, without counting an attempt,
+// and sent by a later claim.
+func TestShortLeaseReleased(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, dialect string) {
+		e := newEnv(t, dialect, setup{noStart: true, opts: []Option{WithSendTimeout(time.Minute), WithLease(3 * time.Minute)}})
+		e.emit("short", order{ID: "o1", To: []string{"bob"}})
+		waitFor(t, 10*time.Second, func() bool { return len(e.deliveries(DeliveryFilter{CorrelationID: "short"})) == 1 },
+			func() string { return "not decided" })
+		claimed, err := e.n.recordTx(e.ctx, nil, 1)
+		must(t, err)
+		if len(claimed) != 1 {
+			t.Fatalf("claimed %d rows, want 1", len(claimed))
+		}
+		e.clk.Advance(2*time.Minute + time.Second) // less than the send timeout left
+		j := e.n.process(e.ctx, claimed[0])
+		if !j.o.release {
+			t.Fatalf("outcome %+v, want a release", j.o)
+		}
+		e.n.recordBatch([]recordJob{j})
+		if d := e.deliveries(DeliveryFilter{CorrelationID: "short"}); d[0].State != Queued || d[0].Attempts != 0 || e.senders[Email].callCount() != 0 {
+			t.Fatalf("after the release: %s, %d sends", dump(d), e.senders[Email].callCount())
+		}
+		must(t, e.n.Start(e.ctx))
+		if d := e.waitState(DeliveryFilter{CorrelationID: "short"}, Sent); d.Attempts != 1 {
+			t.Errorf("sent after %d attempts, want 1", d.Attempts)
+		}
+	})
+}
+
 // blockingSender never returns until released, whatever its context says.
 type blockingSender struct {
 	channel string

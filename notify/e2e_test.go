@@ -815,14 +815,15 @@ func TestNotifierKilledMidSend(t *testing.T) {
 		t.Errorf("repeated Message-IDs %v, want exactly the accepted but unrecorded ones %v", dupIDs, unrecorded)
 	}
 	// In flight at the kill is, per worker, at most one send in DATA and one
-	// accepted send whose outcome waits for the recorder's group commit: a
-	// worker takes its next row without waiting for that commit. So the
+	// accepted send whose outcome waits for the next round's group commit: a
+	// worker takes its next row without waiting for that commit, and the
+	// rows claimed and not yet recorded are at most twice the workers. So the
 	// duplicates are bounded by twice the workers; the worker count itself is
 	// the usual value, and exceeding it is logged, not failed.
 	if dups > 2*killWorkers {
 		t.Errorf("%d duplicates > 2 × %d workers: more than the sends in flight at the kill were repeated", dups, killWorkers)
 	} else if dups > killWorkers {
-		t.Logf("%d duplicates > %d workers: accepted sends were waiting for the recorder's commit besides those in DATA", dups, killWorkers)
+		t.Logf("%d duplicates > %d workers: accepted sends were waiting for the round's commit besides those in DATA", dups, killWorkers)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -124,6 +125,9 @@ type row struct {
 	Delivery
 	data    []byte
 	profile []byte
+	// suppressed is, for a claimed row, the suppression list's reason for
+	// its address at the claim (Valid when the address is on the list).
+	suppressed sql.NullString
 }
 
 const deliveryCols = "id, idem_key, kind, route, event_id, event_type, correlation_id, recipient, channel, address, " +
@@ -142,17 +146,19 @@ func (r *row) args() []any {
 
 type scanner interface{ Scan(dest ...any) error }
 
-func scanRow(sc scanner) (*row, error) {
+// scanRow scans deliveryCols, then extra.
+func scanRow(sc scanner, extra ...any) (*row, error) {
 	r := &row{}
 	var kind, state string
 	var critical int
 	var due, claimUntil, created, updated int64
 	var throttle, digest, fallback sql.NullString
 	var sent sql.NullInt64
-	err := sc.Scan(&r.ID, &r.Key, &kind, &r.Route, &r.EventID, &r.EventType, &r.CorrelationID, &r.Recipient,
+	dest := append([]any{&r.ID, &r.Key, &kind, &r.Route, &r.EventID, &r.EventType, &r.CorrelationID, &r.Recipient,
 		&r.Channel, &r.Address, &r.Category, &r.Template, &r.Locale, &r.profile, &critical, &state, &r.Reason,
 		&r.Attempts, &due, &r.ClaimedBy, &claimUntil, &r.Provider, &r.ProviderID, &r.LastError, &throttle,
-		&digest, &fallback, &r.data, &created, &updated, &sent)
+		&digest, &fallback, &r.data, &created, &updated, &sent}, extra...)
+	err := sc.Scan(dest...)
 	if err != nil {
 		return nil, err
 	}
@@ -360,6 +366,18 @@ type prepared struct {
 	db execer
 }
 
+// quiet returns the context a statement runs with. Inside an SQLite
+// transaction no statement waits (the transaction holds the write lock from
+// its BEGIN), and the driver watches a cancellable context with a goroutine
+// per statement: there the context's cancellation is dropped. PostgreSQL
+// statements may wait for row and advisory locks and keep it.
+func (p prepared) quiet(ctx context.Context) context.Context {
+	if _, ok := p.db.(*sql.Tx); ok && !p.n.pg {
+		return context.WithoutCancel(ctx)
+	}
+	return ctx
+}
+
 func (p prepared) stmt(ctx context.Context, q string) *sql.Stmt {
 	st := p.n.stmts[q]
 	if st == nil {
@@ -372,6 +390,7 @@ func (p prepared) stmt(ctx context.Context, q string) *sql.Stmt {
 }
 
 func (p prepared) ExecContext(ctx context.Context, q string, args ...any) (sql.Result, error) {
+	ctx = p.quiet(ctx)
 	if st := p.stmt(ctx, q); st != nil {
 		return st.ExecContext(ctx, args...)
 	}
@@ -379,6 +398,7 @@ func (p prepared) ExecContext(ctx context.Context, q string, args ...any) (sql.R
 }
 
 func (p prepared) QueryContext(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+	ctx = p.quiet(ctx)
 	if st := p.stmt(ctx, q); st != nil {
 		return st.QueryContext(ctx, args...)
 	}
@@ -386,6 +406,7 @@ func (p prepared) QueryContext(ctx context.Context, q string, args ...any) (*sql
 }
 
 func (p prepared) QueryRowContext(ctx context.Context, q string, args ...any) *sql.Row {
+	ctx = p.quiet(ctx)
 	if st := p.stmt(ctx, q); st != nil {
 		return st.QueryRowContext(ctx, args...)
 	}
@@ -398,8 +419,8 @@ func (p prepared) QueryRowContext(ctx context.Context, q string, args ...any) *s
 func (n *Notifier) prepare(ctx context.Context) error {
 	n.stmts = map[string]*sql.Stmt{}
 	q := n.q
-	for _, s := range []string{q.keyExists, q.insert, q.prefs, q.suppressed, q.throttle, q.lock, q.digestOpen,
-		q.digestJoin, q.digestNew, q.digestClose, q.digestDue, q.claim, q.finish, q.retry, q.release, q.stateOf, q.items} {
+	for _, s := range append([]string{q.keyExists, q.insert, q.facts, q.lock, q.digestOpen,
+		q.digestJoin, q.digestNew, q.digestClose, q.digestDue, q.finish, q.retry, q.release, q.stateOf, q.items}, q.claim[:]...) {
 		if s == "" {
 			continue
 		}
@@ -434,20 +455,55 @@ func (n *Notifier) hurryFallbacks(ctx context.Context, db execer, id string, now
 	return nil
 }
 
+// prefProbes are the preference rows that may apply to (recipient,
+// category, channel), most specific first; their parameters are
+// prefArgs.
+var prefProbes = func() string {
+	var ps []string
+	for _, r := range []string{"?", "'*'"} {
+		for _, c := range []string{"?", "'*'"} {
+			for _, ch := range []string{"?", "'*'"} {
+				ps = append(ps, "(SELECT enabled FROM herald_notify_preferences WHERE recipient = "+r+
+					" AND category = "+c+" AND channel = "+ch+")")
+			}
+		}
+	}
+	return strings.Join(ps, ", ")
+}()
+
+// prefArgs appends the parameters of prefProbes to args.
+func prefArgs(args []any, recipient, category, channel string) []any {
+	r, c, ch := any(recipient), any(category), any(channel) // boxed once
+	for _, hasR := range []bool{true, false} {
+		for _, hasC := range []bool{true, false} {
+			for _, hasCh := range []bool{true, false} {
+				if hasR {
+					args = append(args, r)
+				}
+				if hasC {
+					args = append(args, c)
+				}
+				if hasCh {
+					args = append(args, ch)
+				}
+			}
+		}
+	}
+	return args
+}
+
 // queries are the hot statements, rebound once.
 type queries struct {
 	keyExists   string
 	insert      string
-	prefs       string
-	suppressed  string
-	throttle    string
+	facts       string
 	lock        string
 	digestOpen  string
 	digestJoin  string
 	digestNew   string
 	digestClose string
 	digestDue   string
-	claim       string
+	claim       [claimSizes]string // claim[i] claims up to 1<<i rows
 	finish      string
 	retry       string
 	release     string
@@ -465,12 +521,14 @@ func buildQueries(st *store.Store, pg bool) queries {
 		keyExists: r(`SELECT 1 FROM herald_notify_deliveries WHERE idem_key = ?`),
 		insert: r("INSERT INTO herald_notify_deliveries (" + deliveryCols + ") VALUES (" +
 			strings.TrimSuffix(strings.Repeat("?, ", nDeliveryCols), ", ") + ") ON CONFLICT DO NOTHING"),
-		prefs: r(`SELECT recipient, category, channel, enabled FROM herald_notify_preferences
-			WHERE recipient IN (?, '*') AND category IN (?, '*') AND channel IN (?, '*')`),
-		suppressed: r(`SELECT reason FROM herald_notify_suppressions WHERE channel = ? AND address = ?`),
-		// Bounded by the limit: a key never costs more than Limit rows.
-		throttle: r(`SELECT COUNT(*) FROM (SELECT 1 FROM herald_notify_deliveries
-			WHERE throttle_key = ? AND created_at > ? LIMIT ?) t`),
+		// The most specific preference (recipient over category over
+		// channel, each before '*': eight primary key probes, the first hit
+		// wins), the suppression, and the throttle count, bounded by the
+		// limit: a key never costs more than Limit rows.
+		facts: r(`SELECT COALESCE(` + prefProbes + `),
+			(SELECT reason FROM herald_notify_suppressions WHERE channel = ? AND address = ?),
+			(SELECT COUNT(*) FROM (SELECT 1 FROM herald_notify_deliveries
+				WHERE throttle_key = ? AND created_at > ? LIMIT ?) t)`),
 		digestOpen: r(`SELECT id FROM herald_notify_digests WHERE digest_key = ? AND open = 1`),
 		digestJoin: r(`UPDATE herald_notify_digests SET items = items + 1 WHERE id = ? AND open = 1 RETURNING items, max_items`),
 		digestNew: r(`INSERT INTO herald_notify_digests (id, digest_key, open, items, max_items, created_at, closes_at)
@@ -478,9 +536,6 @@ func buildQueries(st *store.Store, pg bool) queries {
 		digestClose: r(`UPDATE herald_notify_digests SET open = 0 WHERE id = ?`),
 		digestDue: r(`UPDATE herald_notify_deliveries SET due_at = ?, reason = ?, updated_at = ?
 			WHERE digest_id = ? AND kind = 'digest' AND state = 'deferred'`),
-		claim: r(`UPDATE herald_notify_deliveries SET state = 'sending', claimed_by = ?, claim_until = ?, due_at = ?, updated_at = ?
-			WHERE id IN (SELECT id FROM herald_notify_deliveries WHERE state IN ` + activeStates + ` AND due_at <= ?
-			ORDER BY due_at LIMIT ?` + skipLocked + `) RETURNING ` + deliveryCols),
 		finish: r(`UPDATE herald_notify_deliveries SET state = ?, reason = ?, attempts = ?, provider = ?, provider_id = ?,
 			last_error = ?, sent_at = ?, due_at = 0, updated_at = ? WHERE id = ? AND claimed_by = ? AND state = 'sending'`),
 		retry: r(`UPDATE herald_notify_deliveries SET state = 'queued', reason = ?, attempts = ?, provider = ?,
@@ -490,6 +545,17 @@ func buildQueries(st *store.Store, pg bool) queries {
 		stateOf: r(`SELECT state FROM herald_notify_deliveries WHERE id = ?`),
 		items: r(`SELECT event_id, event_type, correlation_id, data, created_at FROM herald_notify_deliveries
 			WHERE digest_id = ? AND kind = 'message' AND state = 'digested' ORDER BY created_at, id`),
+	}
+	for i := range q.claim {
+		// The limit is part of the text, not a parameter: SQLite plans a
+		// statement for the value bound to its LIMIT and compiles it again
+		// whenever that value changes.
+		q.claim[i] = r(`UPDATE herald_notify_deliveries SET state = 'sending', claimed_by = ?, claim_until = ?, due_at = ?, updated_at = ?
+			WHERE id IN (SELECT id FROM herald_notify_deliveries WHERE state IN ` + activeStates + ` AND due_at <= ?
+			ORDER BY due_at LIMIT ` + strconv.Itoa(1<<i) + skipLocked + `) RETURNING ` + deliveryCols +
+			// the suppression list's reason for the address, if it is on it
+			`, (SELECT s.reason FROM herald_notify_suppressions s
+				WHERE s.channel = herald_notify_deliveries.channel AND s.address = herald_notify_deliveries.address)`)
 	}
 	if pg {
 		// Throttle counts must see every decision of the key: serialise the

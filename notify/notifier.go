@@ -52,10 +52,12 @@ var (
 // due_at passed, or sending with an expired lease — marking them sending
 // with an owner and a lease, renders them, sends them through the channel's
 // senders, and records the outcome: sent or delivered, queued again after a
-// backoff (retryable errors), or failed. Outcomes are written by one
-// recorder in batches (a group commit). Several instances on one database
-// share the rows; a crashed instance's claims expire after the lease
-// (WithLease) and are sent again.
+// backoff (retryable errors), or failed. It works in rounds: one
+// transaction records the outcomes finished since the previous round (a
+// group commit) and claims rows for the free workers, so a busy notifier
+// commits once per many deliveries. Several instances on one database share
+// the rows; a crashed instance's claims expire after the lease (WithLease)
+// and are sent again.
 //
 // # Exactly once, except where the channel cannot tell
 //

@@ -76,46 +76,19 @@ func (n *Notifier) Preferences(ctx context.Context, recipient string) ([]Prefere
 	return out, rows.Err()
 }
 
-// enabled resolves the preference of recipient for category on channel.
-func (n *Notifier) enabled(ctx context.Context, db execer, recipient, category, channel string) (bool, error) {
-	rows, err := n.on(db).QueryContext(ctx, n.q.prefs, recipient, category, channel)
-	if err != nil {
-		return false, fmt.Errorf("notify: preferences of %s: %w", recipient, err)
-	}
-	defer rows.Close()
-	best, found, on := -1, false, true
-	for rows.Next() {
-		var r, c, ch string
-		var e int
-		if err := rows.Scan(&r, &c, &ch, &e); err != nil {
-			return false, fmt.Errorf("notify: preferences of %s: %w", recipient, err)
-		}
-		score := 0
-		if r != "*" {
-			score += 4
-		}
-		if c != "*" {
-			score += 2
-		}
-		if ch != "*" {
-			score++
-		}
-		if score > best {
-			best, found, on = score, true, e != 0
-		}
-	}
-	if err := rows.Err(); err != nil {
-		return false, fmt.Errorf("notify: preferences of %s: %w", recipient, err)
-	}
-	if found {
-		return on, nil
+// enabled says whether a category on a channel is on, given the most
+// specific preference row that matched (pref, NULL when none did): that
+// row's value, else the most specific WithDefaultPreference, else on.
+func (n *Notifier) enabled(pref sql.NullInt64, category, channel string) bool {
+	if pref.Valid {
+		return pref.Int64 != 0
 	}
 	for _, k := range []prefKey{{category, channel}, {category, "*"}, {"*", channel}, {"*", "*"}} {
 		if v, ok := n.cfg.defaults[k]; ok {
-			return v, nil
+			return v
 		}
 	}
-	return true, nil
+	return true
 }
 
 // Suppression is an address on a channel that gets nothing: a hard bounce,
@@ -171,17 +144,4 @@ func (n *Notifier) Suppressed(ctx context.Context, channel, address string) (Sup
 	}
 	s.CreatedAt = fromNanos(at)
 	return s, true, nil
-}
-
-// suppression looks a normalized address up inside db.
-func (n *Notifier) suppression(ctx context.Context, db execer, channel, address string) (string, bool, error) {
-	var reason string
-	err := n.on(db).QueryRowContext(ctx, n.q.suppressed, channel, address).Scan(&reason)
-	if errors.Is(err, sql.ErrNoRows) {
-		return "", false, nil
-	}
-	if err != nil {
-		return "", false, fmt.Errorf("notify: suppression list: %w", err)
-	}
-	return reason, true, nil
 }

@@ -6,10 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/bits"
 	"math/rand/v2"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/heraldhq/herald"
@@ -23,108 +23,171 @@ var errShutdown = errors.New("notify: notifier closing")
 // errUnavailable: every provider of the channel has an open breaker.
 var errUnavailable = errors.New("notify: every provider of the channel is unavailable (circuit open)")
 
-// dispatch claims due rows for idle workers until ctx ends. Workers hand
-// their outcomes to one recorder, which writes whatever has accumulated in
-// one transaction (a group commit: one fsync for many deliveries).
+// claimSizes is how many claim statements there are: they claim 1, 2, 4 …
+// 1<<(claimSizes-1) rows.
+const claimSizes = 9
+
+// maxRecord bounds the outcomes one transaction records.
+const maxRecord = 256
+
+// dispatch runs the workers and feeds them in rounds: each round is one
+// transaction that records the outcomes the workers finished since the
+// previous round (a group commit: one fsync for many deliveries) and
+// claims due rows for the free workers. A busy notifier thus writes one
+// transaction per many deliveries, whatever its number of workers.
+//
+// When the lease leaves room for it (at least twice the send timeout, as by
+// default), a worker's next row is claimed while it still sends: such a row
+// waits at most one send before its own starts, and a row whose lease has
+// less than a send timeout left when its turn comes is released unsent.
 func (n *Notifier) dispatch(ctx context.Context) {
 	workers := n.cfg.workers
-	jobs := make(chan *row, workers)
-	records := make(chan recordJob, 4*workers)
-	freed := make(chan struct{}, 1)
-	var busy atomic.Int64
-	var ws, rs sync.WaitGroup
+	capacity := workers // rows claimed and not yet done
+	if n.cfg.lease >= 2*n.cfg.sendTimeout {
+		capacity = 2 * workers
+	}
+	jobs := make(chan *row, capacity)
+	done := make(chan recordJob, capacity)
+	var ws sync.WaitGroup
 	for range workers {
 		ws.Go(func() {
 			for w := range jobs {
-				records <- n.process(ctx, w)
-				busy.Add(-1)
-				select {
-				case freed <- struct{}{}:
-				default:
-				}
+				done <- n.process(ctx, w)
 			}
 		})
 	}
-	rs.Go(func() { n.recorder(records) })
-	defer func() {
-		close(jobs)
-		ws.Wait()
-		close(records)
-		rs.Wait()
-	}()
 
-	poll := time.NewTimer(0)
+	inflight := 0 // rows claimed, not yet back from a worker
+	due := true   // rows may be due: claim for free workers
+	var pending []recordJob
+	poll := time.NewTimer(n.cfg.poll)
 	defer poll.Stop()
 	var recheck <-chan time.Time
-	for {
-		free := workers - int(busy.Load())
-		got := 0
-		if free > 0 {
-			rows, err := n.claim(ctx, free)
-			if err != nil && ctx.Err() == nil {
-				n.log.Warn("claim deliveries", "err", err)
-			}
-			for _, w := range rows {
-				busy.Add(1)
-				jobs <- w
-			}
-			got = len(rows)
-		}
-		n.maybePrune(ctx)
-		if got > 0 && got == free {
-			// There may be more: claim again as soon as a worker is free.
+	for ctx.Err() == nil {
+		if len(pending) == 0 && (!due || inflight == capacity) {
 			select {
 			case <-ctx.Done():
-				return
-			case <-freed:
+				continue
+			case j := <-done:
+				pending = append(pending, j)
+			case <-n.wake:
+				// The decision that woke us may not have committed yet (it
+				// signals from inside its transaction): look once more shortly.
+				due, recheck = true, time.After(20*time.Millisecond)
+			case <-recheck:
+				due, recheck = true, nil
+			case <-poll.C:
+				due = true
+				poll.Reset(n.cfg.poll)
 			}
-			continue
 		}
-		poll.Reset(n.cfg.poll)
-		select {
-		case <-ctx.Done():
-			return
-		case <-n.wake:
-			// The decision that woke us may not have committed yet (it
-			// signals from inside its transaction): look once more shortly.
-			recheck = time.After(20 * time.Millisecond)
-		case <-recheck:
-			recheck = nil
-		case <-freed:
-		case <-poll.C:
+	more:
+		for len(pending) < maxRecord {
+			select {
+			case j := <-done:
+				pending = append(pending, j)
+			default:
+				break more
+			}
+		}
+		inflight -= len(pending)
+		want := 0
+		if due {
+			want = claimSize(capacity - inflight)
+		}
+		rows, err := n.round(ctx, pending, want)
+		pending = pending[:0]
+		switch {
+		case err != nil:
+			if ctx.Err() == nil {
+				n.log.Warn("claim deliveries", "err", err)
+			}
+			due = false // try again at the next poll
+		case want > 0:
+			due = len(rows) == want // there may be more
+		}
+		inflight += len(rows)
+		for _, w := range rows {
+			jobs <- w // never blocks: at most capacity rows are in flight
+		}
+		n.maybePrune(ctx)
+	}
+	// Closing: the workers release what they have not sent; record every
+	// outcome, even now (the provider may have taken the messages).
+	close(jobs)
+	var wait sync.WaitGroup
+	wait.Go(func() {
+		ws.Wait()
+		close(done)
+	})
+	for j := range done {
+		pending = append(pending, j)
+		if len(pending) == maxRecord {
+			n.recordBatch(pending)
+			pending = pending[:0]
 		}
 	}
+	if len(pending) > 0 {
+		n.recordBatch(pending)
+	}
+	wait.Wait()
 }
 
-// claim takes up to limit due rows for this instance, with a lease.
-func (n *Notifier) claim(ctx context.Context, limit int) ([]*row, error) {
+// claimSize is the largest claim statement's size that fits free workers.
+func claimSize(free int) int {
+	if free <= 0 {
+		return 0
+	}
+	k := 1
+	for k*2 <= free && k*2 < 1<<claimSizes {
+		k *= 2
+	}
+	return k
+}
+
+// round records batch and claims up to want due rows (a claimSize), in one
+// transaction. If that fails, the outcomes are recorded without a claim
+// (recordBatch) and the error is returned.
+func (n *Notifier) round(ctx context.Context, batch []recordJob, want int) ([]*row, error) {
+	if want == 0 {
+		if len(batch) > 0 {
+			n.recordBatch(batch)
+		}
+		return nil, nil
+	}
+	// Outcomes are recorded even while closing.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	rows, err := n.recordTx(rctx, batch, want)
+	if err != nil && len(batch) > 0 {
+		n.recordBatch(batch)
+	}
+	return rows, err
+}
+
+// claim takes up to limit (a claimSize) due rows for this instance, with a
+// lease, inside tx.
+func (n *Notifier) claim(ctx context.Context, tx *sql.Tx, limit int) ([]*row, error) {
 	now := n.now()
 	until := now.Add(n.cfg.lease)
 	token := n.id + "/" + strconv.FormatUint(n.seq.Add(1), 36)
-	tx, err := n.st.Begin(ctx)
+	rs, err := n.on(tx).QueryContext(ctx, n.q.claim[bits.TrailingZeros(uint(limit))], token, nanos(until), nanos(until), nanos(now), nanos(now))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("notify: claim: %w", err)
 	}
-	defer tx.Rollback()
-	rs, err := n.on(tx).QueryContext(ctx, n.q.claim, token, nanos(until), nanos(until), nanos(now), nanos(now), limit)
-	if err != nil {
-		return nil, err
-	}
-	var out []*row
+	defer rs.Close()
+	out := make([]*row, 0, limit)
 	for rs.Next() {
-		w, err := scanRow(rs)
+		var why sql.NullString
+		w, err := scanRow(rs, &why)
 		if err != nil {
-			rs.Close()
-			return nil, err
+			return nil, fmt.Errorf("notify: claim: %w", err)
 		}
+		w.suppressed = why
 		out = append(out, w)
 	}
-	rs.Close()
 	if err := rs.Err(); err != nil {
-		return nil, err
-	}
-	if err := tx.Commit(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("notify: claim: %w", err)
 	}
 	return out, nil
 }
@@ -156,6 +219,11 @@ type recordJob struct {
 // process renders and sends one claimed row.
 func (n *Notifier) process(ctx context.Context, w *row) recordJob {
 	start := time.Now()
+	if ctx.Err() != nil || n.now().Add(n.cfg.sendTimeout).After(w.ClaimUntil) {
+		// Closing, or too little of the lease left for a send: back to the
+		// queue, not an attempt.
+		return recordJob{w, outcome{release: true}, start, 0}
+	}
 	o := n.attempt(ctx, w)
 	if ctx.Err() != nil && o.retry {
 		o = outcome{release: true} // interrupted by Close: not an attempt
@@ -163,38 +231,18 @@ func (n *Notifier) process(ctx context.Context, w *row) recordJob {
 	return recordJob{w, o, start, time.Since(start)}
 }
 
-// recorder records outcomes until in closes, batching what queued up while
-// the previous transaction committed. It records even while closing: the
-// provider may have taken the messages.
-func (n *Notifier) recorder(in <-chan recordJob) {
-	for j := range in {
-		batch := []recordJob{j}
-	more:
-		for len(batch) < 256 {
-			select {
-			case j, ok := <-in:
-				if !ok {
-					break more
-				}
-				batch = append(batch, j)
-			default:
-				break more
-			}
-		}
-		n.recordBatch(batch)
-	}
-}
-
+// recordBatch records batch without claiming: in one transaction, or one by
+// one with retries, so one bad row cannot sink the others.
 func (n *Notifier) recordBatch(batch []recordJob) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := n.recordTx(ctx, batch); err == nil {
+	if _, err := n.recordTx(ctx, batch, 0); err == nil {
 		return
 	}
 	// One by one, with retries, so one bad row cannot sink the others.
 	for _, j := range batch {
 		for i := 0; ; i++ {
-			err := n.recordTx(ctx, []recordJob{j})
+			_, err := n.recordTx(ctx, []recordJob{j}, 0)
 			if err == nil {
 				break
 			}
@@ -208,27 +256,35 @@ func (n *Notifier) recordBatch(batch []recordJob) {
 	}
 }
 
-func (n *Notifier) recordTx(ctx context.Context, batch []recordJob) error {
+// recordTx records the outcomes of batch and claims up to want rows (0: no
+// claim) in one transaction.
+func (n *Notifier) recordTx(ctx context.Context, batch []recordJob, want int) ([]*row, error) {
 	tx, err := n.st.Begin(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer tx.Rollback()
 	final := make([]outcome, len(batch))
 	for i, j := range batch {
 		o, err := n.record(ctx, tx, j.w, j.o)
 		if err != nil {
-			return fmt.Errorf("delivery %s: %w", j.w.ID, err)
+			return nil, fmt.Errorf("delivery %s: %w", j.w.ID, err)
 		}
 		final[i] = o
 	}
+	var rows []*row
+	if want > 0 {
+		if rows, err = n.claim(ctx, tx, want); err != nil {
+			return nil, err
+		}
+	}
 	if err := tx.Commit(); err != nil {
-		return err
+		return nil, err
 	}
 	for i, j := range batch {
 		n.observeDelivery(ctx, j, final[i])
 	}
-	return nil
+	return rows, nil
 }
 
 // observeDelivery reports the recorded outcome of one attempt as a
@@ -283,10 +339,8 @@ func (n *Notifier) attempt(ctx context.Context, w *row) outcome {
 			return outcome{state: Suppressed, reason: ReasonFallbackNotNeeded + ": the first channel delivered"}
 		}
 	}
-	if why, ok, err := n.suppression(ctx, n.st.DB(), w.Channel, w.Address); err != nil {
-		return n.retryable(w, err, false)
-	} else if ok {
-		return outcome{state: Suppressed, reason: ReasonSuppressedAddress + ": " + why}
+	if w.suppressed.Valid { // the suppression list had the address at the claim
+		return outcome{state: Suppressed, reason: ReasonSuppressedAddress + ": " + w.suppressed.String}
 	}
 	m, err := n.message(ctx, r, w)
 	if err != nil {

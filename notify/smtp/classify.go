@@ -80,14 +80,14 @@ func gone(code int, enhanced, text string) bool {
 }
 
 // stale reports whether err shows a pooled session to be dead before
-// anything of the message was sent: the NOOP check failed, or the first
-// command got no reply.
+// anything of the message was sent: the first command got no reply, or 421
+// (the server closing the session, as after its idle timeout).
 func stale(err error) bool {
 	var se *gomail.SendError
 	if !errors.As(err, &se) {
 		return false
 	}
-	return se.Reason == gomail.ErrConnCheck || (se.Reason == gomail.ErrSMTPMailFrom && se.ErrorCode() == 0)
+	return se.Reason == gomail.ErrConnCheck || (se.Reason == gomail.ErrSMTPMailFrom && (se.ErrorCode() == 0 || se.ErrorCode() == 421))
 }
 
 // reusable reports whether the session survives err: the server answered

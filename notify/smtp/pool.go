@@ -11,13 +11,21 @@ import (
 	"time"
 
 	gomail "github.com/wneessen/go-mail"
+	gmsmtp "github.com/wneessen/go-mail/smtp"
 )
+
+// checkAfter is how long a pooled session may sit idle before a send checks
+// it with NOOP first. A session in steady use is not checked: if it died
+// anyway, MAIL fails before anything of the message was sent, and the send
+// moves to a new session (see stale).
+const checkAfter = time.Second
 
 // session is one connected go-mail client (one SMTP session). The net.Conn
 // is kept so a cancelled context can interrupt a blocked command by
 // closing it.
 type session struct {
-	client   *gomail.Client
+	client   *gomail.Client // created WithoutNoop: check decides
+	sc       *gmsmtp.Client // the connected session
 	lastUsed time.Time
 
 	mu          sync.Mutex
@@ -60,7 +68,7 @@ func (c *session) quit() error {
 		return nil
 	}
 	_ = nc.SetDeadline(time.Now().Add(time.Second))
-	err := c.client.Close()
+	err := c.client.CloseWithSMTPClient(c.sc)
 	c.closeNow()
 	if err != nil {
 		return fmt.Errorf("smtp: QUIT: %w", err)
@@ -68,17 +76,28 @@ func (c *session) quit() error {
 	return nil
 }
 
+// check sends NOOP on a session that sat idle for checkAfter or longer,
+// reporting whether it is alive; a cancelled ctx interrupts it.
+func (c *session) check(ctx context.Context) bool {
+	if time.Since(c.lastUsed) < checkAfter {
+		return true
+	}
+	stop := context.AfterFunc(ctx, c.interrupt)
+	err := c.sc.Noop()
+	return stop() && err == nil
+}
+
 // send sends msg on the session; a cancelled ctx interrupts it.
 func (c *session) send(ctx context.Context, msg *gomail.Msg) error {
 	stop := context.AfterFunc(ctx, c.interrupt)
-	err := c.client.Send(msg)
+	err := c.client.SendWithSMTPClient(c.sc, msg)
 	if !stop() && err == nil {
-		// Accepted, then interrupted on the way out (the RSET): the
-		// message is the server's; only the session is lost.
+		// Accepted, then interrupted: the message is the server's; only
+		// the session is lost.
 		return errInterruptedAfterAccept
 	}
 	if err != nil && msg.IsDelivered() {
-		// The server accepted the message and the trailing RSET failed.
+		// The server accepted the message and a later step failed.
 		return errInterruptedAfterAccept
 	}
 	return err
@@ -111,14 +130,17 @@ func (s *Sender) dial(ctx context.Context) (*session, error) {
 		}
 		return nc, nil
 	}
-	opts := append(slices.Clone(s.clientOpts), gomail.WithDialContextFunc(dialFn))
+	// No RSET after an accepted message: the end of DATA already cleared
+	// the transaction (RFC 5321, 4.1.1.4). A failed MAIL or RCPT is still
+	// followed by RSET.
+	opts := append(slices.Clone(s.clientOpts), gomail.WithDialContextFunc(dialFn), gomail.WithoutNoop(), gomail.WithoutRset())
 	client, err := gomail.NewClient(s.host, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("client: %w", err)
 	}
 	c.client = client
 	stop := context.AfterFunc(ctx, c.interrupt)
-	err = client.DialWithContext(ctx)
+	c.sc, err = client.DialToSMTPClientWithContext(ctx)
 	interrupted := !stop()
 	switch {
 	case interrupted:

@@ -45,6 +45,9 @@ type stored struct {
 type backend struct {
 	user, pass string   // credentials, when AUTH is required
 	mechs      []string // offered AUTH mechanisms
+	// closeAfter > 0 answers MAIL with 421 (closing the session, as after
+	// an idle timeout) once a session has taken that many messages.
+	closeAfter int
 
 	sessions atomic.Int64
 	mu       sync.Mutex
@@ -67,6 +70,7 @@ type session struct {
 	user string
 	from string
 	to   []string
+	sent int
 }
 
 func (s *session) AuthMechanisms() []string { return s.b.mechs }
@@ -93,6 +97,9 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 func (s *session) Mail(from string, _ *gosmtp.MailOptions) error {
 	if s.b.user != "" && s.user == "" {
 		return gosmtp.ErrAuthRequired
+	}
+	if s.b.closeAfter > 0 && s.sent >= s.b.closeAfter {
+		return &gosmtp.SMTPError{Code: 421, EnhancedCode: gosmtp.EnhancedCode{4, 4, 2}, Message: "idle timeout, closing"}
 	}
 	s.from = from
 	return nil
@@ -128,6 +135,7 @@ func (s *session) Data(r io.Reader) error {
 	s.b.mu.Lock()
 	s.b.msgs = append(s.b.msgs, stored{From: s.from, To: append([]string(nil), s.to...), Data: data, User: s.user})
 	s.b.mu.Unlock()
+	s.sent++
 	return nil
 }
 

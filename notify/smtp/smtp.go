@@ -2,8 +2,8 @@
 // github.com/wneessen/go-mail.
 //
 // A Sender keeps a bounded pool of connected clients (one SMTP session
-// each) and reuses them across sends: an idle session is checked with NOOP
-// before use, and a broken one is discarded and redialled, so a restarted
+// each) and reuses them across sends: a session idle for a second or more is
+// checked with NOOP before use, and a broken one is discarded and redialled, so a restarted
 // server is picked up again without a restart of the sender. STARTTLS
 // (mandatory by default, opportunistic or off) or implicit TLS, and SMTP
 // AUTH (PLAIN, LOGIN, CRAM-MD5, SCRAM, XOAUTH2 or auto-discovery) are
@@ -403,6 +403,14 @@ func (s *Sender) Send(ctx context.Context, m notify.Message) (notify.Receipt, er
 		sess, reused, err := s.acquire(ctx)
 		if err != nil {
 			return rc, fmt.Errorf("smtp: %w", err)
+		}
+		if reused && !sess.check(ctx) {
+			s.discard(sess)
+			if ctx.Err() != nil {
+				return rc, fmt.Errorf("smtp: %w", ctx.Err())
+			}
+			s.dropIdle()
+			continue
 		}
 		msg := s.build(m, to, id)
 		err = sess.send(ctx, msg)

@@ -356,6 +356,23 @@ func TestPooledSessionDroppedByServer(t *testing.T) {
 	}
 }
 
+func TestPooledSessionClosedWith421(t *testing.T) {
+	// The server answers MAIL on a pooled session with 421 (it is closing
+	// the session): nothing of the message was sent, so the Send moves to a
+	// new session instead of failing.
+	b := &backend{closeAfter: 1}
+	srv := startServer(t, b, nil)
+	s := newSender(t, srv.addr)
+	for i := range 3 {
+		if _, err := send(t, s, notify.Message{Key: fmt.Sprint(i), To: "ada@example.test", Text: fmt.Sprint(i)}); err != nil {
+			t.Fatalf("Send %d: %v", i, err)
+		}
+	}
+	if n, m := b.sessions.Load(), len(b.messages()); n != 3 || m != 3 {
+		t.Errorf("%d sessions, %d messages; want 3 and 3", n, m)
+	}
+}
+
 func TestSTARTTLSMandatoryWithPlainAuth(t *testing.T) {
 	serverTLS, clientTLS := selfSigned(t)
 	b := &backend{user: "herald", pass: "hunter2", mechs: []string{"PLAIN", "LOGIN"}}
