@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"math"
 	"sort"
 	"time"
@@ -63,7 +64,7 @@ type consumer struct {
 
 func (s *Service) consume(ctx context.Context, sub *subscription) {
 	c := &consumer{svc: s, sub: sub, queues: map[string][]*item{}, bySeq: map[uint64]*item{}}
-	in := make(chan []broker.Delivery, 8)
+	in := make(chan []*item, 8) // decoded (classified) deliveries
 	bsub := s.brokerSubscription(sub)
 	c.bsub = bsub
 	if r, ok := s.broker.(broker.Resumer); ok {
@@ -75,8 +76,15 @@ func (s *Service) consume(ctx context.Context, sub *subscription) {
 		defer close(done)
 		for ctx.Err() == nil {
 			err := s.broker.Consume(ctx, bsub, sub.cfg.batch, func(ctx context.Context, batch []broker.Delivery) {
+				// Decode here, on the transport's goroutine, while the
+				// consumer's runs the previous batch's transaction.
+				its := make([]*item, len(batch))
+				for i, d := range batch {
+					its[i] = &item{d: d}
+					sub.classify(its[i])
+				}
 				select {
-				case in <- batch:
+				case in <- its:
 				case <-ctx.Done():
 					for _, d := range batch {
 						_ = d.Nak(0)
@@ -133,10 +141,11 @@ func (s *Service) consume(ctx context.Context, sub *subscription) {
 	}
 }
 
-// accept decodes deliveries and queues them by key, in stream order.
-func (c *consumer) accept(batch []broker.Delivery) {
+// accept queues classified deliveries by key, in stream order.
+func (c *consumer) accept(batch []*item) {
 	now := time.Now()
-	for _, d := range batch {
+	for _, it := range batch {
+		d := it.d
 		c.seq++
 		if old, ok := c.bySeq[d.Sequence()]; ok && d.Sequence() != 0 {
 			// A redelivery of an event this consumer still holds (its ack
@@ -145,7 +154,7 @@ func (c *consumer) accept(batch []broker.Delivery) {
 			old.d, old.touched = d, now
 			continue
 		}
-		it := &item{seq: d.Sequence(), d: d, touched: now}
+		it.seq, it.touched = d.Sequence(), now
 		if it.seq == 0 {
 			it.seq = c.seq
 		}
@@ -158,7 +167,6 @@ func (c *consumer) accept(batch []broker.Delivery) {
 			}
 		}
 		c.bySeq[it.seq] = it
-		c.classify(it)
 		if c.svc.observing() && it.env != nil {
 			c.svc.observe(context.Background(), Observation{Hop: HopConsume, Subscription: c.sub.name, Event: *it.env, Start: now, Outcome: OutcomeOK})
 		}
@@ -270,9 +278,24 @@ func (c *consumer) checkRecovery(ctx context.Context, ask bool) {
 	}
 }
 
-// classify decodes it, or marks why it must be dead-lettered.
-func (c *consumer) classify(it *item) {
-	e, err := envelope.FromBinary(it.d.Header(), it.d.Data())
+// headerSeq is implemented by deliveries that can yield their headers
+// without building the map Header returns (natsjs): a map per event is a
+// good part of what decoding it costs. The keys may be in any case;
+// envelope.FromBinaryHeaders matches them as FromBinary does.
+type headerSeq interface {
+	Headers() iter.Seq2[string, string]
+}
+
+// classify decodes it.d, or marks why it must be dead-lettered. It only
+// reads sub, so the transport's goroutine runs it.
+func (sub *subscription) classify(it *item) {
+	var e *envelope.Envelope
+	var err error
+	if hs, ok := it.d.(headerSeq); ok {
+		e, err = envelope.FromBinaryHeaders(hs.Headers(), it.d.Data())
+	} else {
+		e, err = envelope.FromBinary(it.d.Header(), it.d.Data())
+	}
 	if err != nil {
 		it.reason, it.lastErr = store.ReasonMalformed, err.Error()
 		return
@@ -280,14 +303,14 @@ func (c *consumer) classify(it *item) {
 	it.env = e
 	it.key = e.Key
 	switch {
-	case e.Kind != c.sub.contract.Kind():
-		it.reason, it.lastErr = store.ReasonMalformed, fmt.Sprintf("kind %q on a %s subscription", e.Kind, c.sub.contract.Kind())
+	case e.Kind != sub.contract.Kind():
+		it.reason, it.lastErr = store.ReasonMalformed, fmt.Sprintf("kind %q on a %s subscription", e.Kind, sub.contract.Kind())
 		return
-	case e.Type != c.sub.contract.Name():
-		it.reason, it.lastErr = store.ReasonUnknownType, fmt.Sprintf("type %q: subscription %s takes %q", e.Type, c.sub.name, c.sub.contract.Name())
+	case e.Type != sub.contract.Name():
+		it.reason, it.lastErr = store.ReasonUnknownType, fmt.Sprintf("type %q: subscription %s takes %q", e.Type, sub.name, sub.contract.Name())
 		return
 	}
-	v, err := c.sub.decode(e)
+	v, err := sub.decode(e)
 	var ve versionError
 	switch {
 	case errors.As(err, &ve):
