@@ -3,7 +3,6 @@ package envelope
 import (
 	"fmt"
 	"iter"
-	"maps"
 	"strconv"
 	"time"
 )
@@ -145,7 +144,11 @@ func attributeIndex(k string) (i int, exact bool) {
 // does not know are ignored. The returned envelope's Data is body (not
 // copied) and its Time is in UTC.
 func FromBinary(header map[string]string, body []byte) (*Envelope, error) {
-	return FromBinaryHeaders(maps.All(header), body)
+	var a attributes
+	for k, v := range header {
+		a.add(k, v)
+	}
+	return a.envelope(body)
 }
 
 // FromBinaryHeaders is FromBinary over headers given as key/value pairs, for
@@ -153,27 +156,41 @@ func FromBinary(header map[string]string, body []byte) (*Envelope, error) {
 // building one. A key in lower case that occurs more than once counts with
 // its first value; keys in other cases must all agree, as in FromBinary.
 func FromBinaryHeaders(headers iter.Seq2[string, string], body []byte) (*Envelope, error) {
-	// One pass over the headers: a missing attribute costs no search.
-	var (
-		vals     [numAttributes]string
-		exact    [numAttributes]bool // vals[i] is from the lower-case key
-		folded   [numAttributes]bool // vals[i] is from a key in another case
-		conflict [numAttributes]bool // keys in other cases disagree
-	)
-	for hk, v := range headers {
-		i, ex := attributeIndex(hk)
-		switch {
-		case i < 0 || exact[i]:
-		case ex:
-			vals[i], exact[i] = v, true
-		case folded[i]:
-			conflict[i] = conflict[i] || v != vals[i]
-		default:
-			vals[i], folded[i] = v, true
-		}
+	a := new(attributes) // one allocation: the loop body is a closure
+	for k, v := range headers {
+		a.add(k, v)
 	}
+	return a.envelope(body)
+}
+
+// attributes collects the attribute headers in one pass over the headers,
+// so that a missing attribute costs no search.
+type attributes struct {
+	vals     [numAttributes]string
+	exact    [numAttributes]bool // vals[i] is from the lower-case key
+	folded   [numAttributes]bool // vals[i] is from a key in another case
+	conflict [numAttributes]bool // keys in other cases disagree
+}
+
+// add takes header hk: v into a if it names an attribute.
+func (a *attributes) add(hk, v string) {
+	i, ex := attributeIndex(hk)
+	switch {
+	case i < 0 || a.exact[i]:
+	case ex:
+		a.vals[i], a.exact[i] = v, true
+	case a.folded[i]:
+		a.conflict[i] = a.conflict[i] || v != a.vals[i]
+	default:
+		a.vals[i], a.folded[i] = v, true
+	}
+}
+
+// envelope checks the collected attributes and builds the envelope.
+func (a *attributes) envelope(body []byte) (*Envelope, error) {
+	vals := &a.vals
 	for i, k := range attributeHeaders {
-		if conflict[i] && !exact[i] {
+		if a.conflict[i] && !a.exact[i] {
 			return nil, fmt.Errorf("%w: header %s given more than once, in different cases, with different values", ErrInvalid, k)
 		}
 		if len(vals[i]) > maxHeaderValue {
