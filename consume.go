@@ -64,7 +64,7 @@ type consumer struct {
 
 func (s *Service) consume(ctx context.Context, sub *subscription) {
 	c := &consumer{svc: s, sub: sub, queues: map[string][]*item{}, bySeq: map[uint64]*item{}}
-	in := make(chan []*item, 8) // decoded (classified) deliveries
+	in := make(chan []broker.Delivery, 8)
 	bsub := s.brokerSubscription(sub)
 	c.bsub = bsub
 	if r, ok := s.broker.(broker.Resumer); ok {
@@ -76,15 +76,8 @@ func (s *Service) consume(ctx context.Context, sub *subscription) {
 		defer close(done)
 		for ctx.Err() == nil {
 			err := s.broker.Consume(ctx, bsub, sub.cfg.batch, func(ctx context.Context, batch []broker.Delivery) {
-				// Decode here, on the transport's goroutine, while the
-				// consumer's runs the previous batch's transaction.
-				its := make([]*item, len(batch))
-				for i, d := range batch {
-					its[i] = &item{d: d}
-					sub.classify(its[i])
-				}
 				select {
-				case in <- its:
+				case in <- batch:
 				case <-ctx.Done():
 					for _, d := range batch {
 						_ = d.Nak(0)
@@ -141,11 +134,10 @@ func (s *Service) consume(ctx context.Context, sub *subscription) {
 	}
 }
 
-// accept queues classified deliveries by key, in stream order.
-func (c *consumer) accept(batch []*item) {
+// accept decodes deliveries and queues them by key, in stream order.
+func (c *consumer) accept(batch []broker.Delivery) {
 	now := time.Now()
-	for _, it := range batch {
-		d := it.d
+	for _, d := range batch {
 		c.seq++
 		if old, ok := c.bySeq[d.Sequence()]; ok && d.Sequence() != 0 {
 			// A redelivery of an event this consumer still holds (its ack
@@ -154,7 +146,7 @@ func (c *consumer) accept(batch []*item) {
 			old.d, old.touched = d, now
 			continue
 		}
-		it.seq, it.touched = d.Sequence(), now
+		it := &item{seq: d.Sequence(), d: d, touched: now}
 		if it.seq == 0 {
 			it.seq = c.seq
 		}
@@ -167,6 +159,7 @@ func (c *consumer) accept(batch []*item) {
 			}
 		}
 		c.bySeq[it.seq] = it
+		c.classify(it)
 		if c.svc.observing() && it.env != nil {
 			c.svc.observe(context.Background(), Observation{Hop: HopConsume, Subscription: c.sub.name, Event: *it.env, Start: now, Outcome: OutcomeOK})
 		}
@@ -286,9 +279,8 @@ type headerSeq interface {
 	Headers() iter.Seq2[string, string]
 }
 
-// classify decodes it.d, or marks why it must be dead-lettered. It only
-// reads sub, so the transport's goroutine runs it.
-func (sub *subscription) classify(it *item) {
+// classify decodes it, or marks why it must be dead-lettered.
+func (c *consumer) classify(it *item) {
 	var e *envelope.Envelope
 	var err error
 	if hs, ok := it.d.(headerSeq); ok {
@@ -303,14 +295,14 @@ func (sub *subscription) classify(it *item) {
 	it.env = e
 	it.key = e.Key
 	switch {
-	case e.Kind != sub.contract.Kind():
-		it.reason, it.lastErr = store.ReasonMalformed, fmt.Sprintf("kind %q on a %s subscription", e.Kind, sub.contract.Kind())
+	case e.Kind != c.sub.contract.Kind():
+		it.reason, it.lastErr = store.ReasonMalformed, fmt.Sprintf("kind %q on a %s subscription", e.Kind, c.sub.contract.Kind())
 		return
-	case e.Type != sub.contract.Name():
-		it.reason, it.lastErr = store.ReasonUnknownType, fmt.Sprintf("type %q: subscription %s takes %q", e.Type, sub.name, sub.contract.Name())
+	case e.Type != c.sub.contract.Name():
+		it.reason, it.lastErr = store.ReasonUnknownType, fmt.Sprintf("type %q: subscription %s takes %q", e.Type, c.sub.name, c.sub.contract.Name())
 		return
 	}
-	v, err := sub.decode(e)
+	v, err := c.sub.decode(e)
 	var ve versionError
 	switch {
 	case errors.As(err, &ve):
