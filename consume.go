@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"math"
 	"sort"
 	"time"
@@ -270,9 +271,23 @@ func (c *consumer) checkRecovery(ctx context.Context, ask bool) {
 	}
 }
 
+// headerSeq is implemented by deliveries that can yield their headers
+// without building the map Header returns (natsjs): a map per event is a
+// good part of what decoding it costs. The keys may be in any case;
+// envelope.FromBinaryHeaders matches them as FromBinary does.
+type headerSeq interface {
+	Headers() iter.Seq2[string, string]
+}
+
 // classify decodes it, or marks why it must be dead-lettered.
 func (c *consumer) classify(it *item) {
-	e, err := envelope.FromBinary(it.d.Header(), it.d.Data())
+	var e *envelope.Envelope
+	var err error
+	if hs, ok := it.d.(headerSeq); ok {
+		e, err = envelope.FromBinaryHeaders(hs.Headers(), it.d.Data())
+	} else {
+		e, err = envelope.FromBinary(it.d.Header(), it.d.Data())
+	}
 	if err != nil {
 		it.reason, it.lastErr = store.ReasonMalformed, err.Error()
 		return

@@ -2,6 +2,7 @@ package envelope
 
 import (
 	"fmt"
+	"iter"
 	"strconv"
 	"time"
 )
@@ -33,7 +34,7 @@ const (
 const maxHeaderValue = 4096
 
 // attributeHeaders lists every header FromBinary reads.
-var attributeHeaders = [...]string{
+var attributeHeaders = [numAttributes]string{
 	HeaderSpecVersion, HeaderID, HeaderSource, HeaderType, HeaderTime, HeaderVersion, HeaderKind,
 	HeaderContentType, HeaderPartitionKey, HeaderCorrelationID, HeaderCausationID, HeaderTraceParent, HeaderTraceState,
 }
@@ -45,25 +46,94 @@ var attributeHeaders = [...]string{
 // FromBinary(ToBinary(e)) returns an equal envelope, with Time in UTC.
 func ToBinary(e *Envelope) (map[string]string, []byte) {
 	h := make(map[string]string, len(attributeHeaders))
-	h[HeaderSpecVersion] = SpecVersion
-	h[HeaderID] = e.ID
-	h[HeaderSource] = e.Source
-	h[HeaderType] = e.Type
-	h[HeaderTime] = e.Time.UTC().Format(time.RFC3339Nano)
-	h[HeaderVersion] = strconv.Itoa(e.Version)
-	h[HeaderKind] = string(e.Kind)
-	set := func(k, v string) {
-		if v != "" {
-			h[k] = v
+	for k, v := range BinaryHeaders(e) {
+		h[k] = v
+	}
+	return h, e.Data
+}
+
+// BinaryHeaders yields the headers ToBinary puts in its map, in a fixed
+// order, without building the map: for transports that copy them into
+// their own header type.
+func BinaryHeaders(e *Envelope) iter.Seq2[string, string] {
+	return func(yield func(k, v string) bool) {
+		_ = yield(HeaderSpecVersion, SpecVersion) &&
+			yield(HeaderID, e.ID) &&
+			yield(HeaderSource, e.Source) &&
+			yield(HeaderType, e.Type) &&
+			yield(HeaderTime, e.Time.UTC().Format(time.RFC3339Nano)) &&
+			yield(HeaderVersion, strconv.Itoa(e.Version)) &&
+			yield(HeaderKind, string(e.Kind)) &&
+			yieldSet(yield, HeaderContentType, e.DataContentType) &&
+			yieldSet(yield, HeaderPartitionKey, e.Key) &&
+			yieldSet(yield, HeaderCorrelationID, e.CorrelationID) &&
+			yieldSet(yield, HeaderCausationID, e.CausationID) &&
+			yieldSet(yield, HeaderTraceParent, e.TraceParent) &&
+			yieldSet(yield, HeaderTraceState, e.TraceState)
+	}
+}
+
+// yieldSet yields k and v unless v is empty (an omitted optional attribute).
+func yieldSet(yield func(k, v string) bool, k, v string) bool {
+	return v == "" || yield(k, v)
+}
+
+// attribute indexes into attributeHeaders.
+const (
+	aSpecVersion = iota
+	aID
+	aSource
+	aType
+	aTime
+	aVersion
+	aKind
+	aContentType
+	aPartitionKey
+	aCorrelationID
+	aCausationID
+	aTraceParent
+	aTraceState
+	numAttributes
+)
+
+// attributeIndex returns the index in attributeHeaders of header key k,
+// matched case-insensitively (ASCII), and whether k is that name exactly
+// (lower case); -1 if k names no attribute.
+func attributeIndex(k string) (i int, exact bool) {
+	switch k { // the common case: the names as ToBinary writes them
+	case HeaderSpecVersion:
+		return aSpecVersion, true
+	case HeaderID:
+		return aID, true
+	case HeaderSource:
+		return aSource, true
+	case HeaderType:
+		return aType, true
+	case HeaderTime:
+		return aTime, true
+	case HeaderVersion:
+		return aVersion, true
+	case HeaderKind:
+		return aKind, true
+	case HeaderContentType:
+		return aContentType, true
+	case HeaderPartitionKey:
+		return aPartitionKey, true
+	case HeaderCorrelationID:
+		return aCorrelationID, true
+	case HeaderCausationID:
+		return aCausationID, true
+	case HeaderTraceParent:
+		return aTraceParent, true
+	case HeaderTraceState:
+		return aTraceState, true
+	}
+	for i, name := range attributeHeaders {
+		if asciiEqualFold(k, name) {
+			return i, false
 		}
 	}
-	set(HeaderContentType, e.DataContentType)
-	set(HeaderPartitionKey, e.Key)
-	set(HeaderCorrelationID, e.CorrelationID)
-	set(HeaderCausationID, e.CausationID)
-	set(HeaderTraceParent, e.TraceParent)
-	set(HeaderTraceState, e.TraceState)
-	return h, e.Data
+	return -1, false
 }
 
 // FromBinary rebuilds an envelope from CloudEvents binary content mode. It
@@ -74,41 +144,82 @@ func ToBinary(e *Envelope) (map[string]string, []byte) {
 // does not know are ignored. The returned envelope's Data is body (not
 // copied) and its Time is in UTC.
 func FromBinary(header map[string]string, body []byte) (*Envelope, error) {
-	vals := make(map[string]string, len(attributeHeaders))
-	for _, k := range attributeHeaders {
-		v, err := lookupHeader(header, k)
-		if err != nil {
-			return nil, err
+	var a attributes
+	for k, v := range header {
+		a.add(k, v)
+	}
+	return a.envelope(body)
+}
+
+// FromBinaryHeaders is FromBinary over headers given as key/value pairs, for
+// transports whose header type is not a map[string]string: it spares them
+// building one. A key in lower case that occurs more than once counts with
+// its first value; keys in other cases must all agree, as in FromBinary.
+func FromBinaryHeaders(headers iter.Seq2[string, string], body []byte) (*Envelope, error) {
+	a := new(attributes) // one allocation: the loop body is a closure
+	for k, v := range headers {
+		a.add(k, v)
+	}
+	return a.envelope(body)
+}
+
+// attributes collects the attribute headers in one pass over the headers,
+// so that a missing attribute costs no search.
+type attributes struct {
+	vals     [numAttributes]string
+	exact    [numAttributes]bool // vals[i] is from the lower-case key
+	folded   [numAttributes]bool // vals[i] is from a key in another case
+	conflict [numAttributes]bool // keys in other cases disagree
+}
+
+// add takes header hk: v into a if it names an attribute.
+func (a *attributes) add(hk, v string) {
+	i, ex := attributeIndex(hk)
+	switch {
+	case i < 0 || a.exact[i]:
+	case ex:
+		a.vals[i], a.exact[i] = v, true
+	case a.folded[i]:
+		a.conflict[i] = a.conflict[i] || v != a.vals[i]
+	default:
+		a.vals[i], a.folded[i] = v, true
+	}
+}
+
+// envelope checks the collected attributes and builds the envelope.
+func (a *attributes) envelope(body []byte) (*Envelope, error) {
+	vals := &a.vals
+	for i, k := range attributeHeaders {
+		if a.conflict[i] && !a.exact[i] {
+			return nil, fmt.Errorf("%w: header %s given more than once, in different cases, with different values", ErrInvalid, k)
 		}
-		if len(v) > maxHeaderValue {
+		if len(vals[i]) > maxHeaderValue {
 			return nil, fmt.Errorf("%w: header %s longer than %d bytes", ErrInvalid, k, maxHeaderValue)
 		}
-		vals[k] = v
 	}
-	get := func(k string) string { return vals[k] }
-	if sv := get(HeaderSpecVersion); sv != SpecVersion {
+	if sv := vals[aSpecVersion]; sv != SpecVersion {
 		return nil, fmt.Errorf("%w: header %s is %q, want %q", ErrInvalid, HeaderSpecVersion, sv, SpecVersion)
 	}
 	e := &Envelope{
-		ID:              get(HeaderID),
-		Source:          get(HeaderSource),
-		Type:            get(HeaderType),
-		Kind:            Kind(get(HeaderKind)),
-		DataContentType: get(HeaderContentType),
-		Key:             get(HeaderPartitionKey),
-		CorrelationID:   get(HeaderCorrelationID),
-		CausationID:     get(HeaderCausationID),
-		TraceParent:     get(HeaderTraceParent),
-		TraceState:      get(HeaderTraceState),
+		ID:              vals[aID],
+		Source:          vals[aSource],
+		Type:            vals[aType],
+		Kind:            Kind(vals[aKind]),
+		DataContentType: vals[aContentType],
+		Key:             vals[aPartitionKey],
+		CorrelationID:   vals[aCorrelationID],
+		CausationID:     vals[aCausationID],
+		TraceParent:     vals[aTraceParent],
+		TraceState:      vals[aTraceState],
 		Data:            body,
 	}
-	v := get(HeaderVersion)
+	v := vals[aVersion]
 	n, err := strconv.Atoi(v)
 	if err != nil {
 		return nil, fmt.Errorf("%w: header %s is %q, not a number", ErrInvalid, HeaderVersion, v)
 	}
 	e.Version = n
-	ts := get(HeaderTime)
+	ts := vals[aTime]
 	t, err := time.Parse(time.RFC3339Nano, ts)
 	if err != nil {
 		return nil, fmt.Errorf("%w: header %s is %q: %v", ErrInvalid, HeaderTime, ts, err)
@@ -118,27 +229,6 @@ func FromBinary(header map[string]string, body []byte) (*Envelope, error) {
 		return nil, err
 	}
 	return e, nil
-}
-
-// lookupHeader returns the value of header k (lower case): the exact key if
-// present, else the keys equal to k under ASCII case folding, which must all
-// carry the same value. A missing header reads as "".
-func lookupHeader(header map[string]string, k string) (string, error) {
-	if v, ok := header[k]; ok {
-		return v, nil
-	}
-	var val string
-	found := false
-	for hk, v := range header {
-		if !asciiEqualFold(hk, k) {
-			continue
-		}
-		if found && v != val {
-			return "", fmt.Errorf("%w: header %s given more than once, in different cases, with different values", ErrInvalid, k)
-		}
-		val, found = v, true
-	}
-	return val, nil
 }
 
 // asciiEqualFold reports whether s and t are equal under ASCII case folding

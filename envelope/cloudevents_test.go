@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"iter"
 	"maps"
 	"strings"
 	"testing"
@@ -371,5 +372,76 @@ func TestFromBinaryDoesNotModifyHeader(t *testing.T) {
 	}
 	if !maps.Equal(h, before) {
 		t.Errorf("FromBinary modified its header: %q, want %q", h, before)
+	}
+}
+
+// pairs yields kv as header key/value pairs, in order, repeats included.
+func pairs(kv ...string) iter.Seq2[string, string] {
+	return func(yield func(k, v string) bool) {
+		for i := 0; i+1 < len(kv); i += 2 {
+			if !yield(kv[i], kv[i+1]) {
+				return
+			}
+		}
+	}
+}
+
+func TestFromBinaryHeaders(t *testing.T) {
+	want := validEnvelope()
+	h, body := ToBinary(want)
+	var base []string
+	for k, v := range BinaryHeaders(want) {
+		if k != HeaderID {
+			base = append(base, k, v)
+		}
+	}
+	tests := []struct {
+		name    string
+		id      []string // the ce-id headers, key and value, in order
+		wantID  string
+		wantErr string
+	}{
+		{"lower", []string{HeaderID, want.ID}, want.ID, ""},
+		{"lower key twice: the first value", []string{HeaderID, want.ID, HeaderID, "second"}, want.ID, ""},
+		{"lower key wins over other cases", []string{"CE-ID", "other", HeaderID, want.ID}, want.ID, ""},
+		{"other cases that agree", []string{"Ce-Id", want.ID, "CE-ID", want.ID}, want.ID, ""},
+		{"other cases that disagree", []string{"Ce-Id", want.ID, "CE-ID", "other"}, "", "different values"},
+		{"missing", nil, "", "empty id"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := FromBinaryHeaders(pairs(append(append([]string{}, base...), tc.id...)...), body)
+			if tc.wantErr != "" {
+				if err == nil || !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want ErrInvalid with %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.ID != tc.wantID {
+				t.Errorf("ID = %q, want %q", got.ID, tc.wantID)
+			}
+		})
+	}
+	t.Run("same as FromBinary", func(t *testing.T) {
+		got, err := FromBinaryHeaders(maps.All(h), body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := envelopeDiff(want, got); diff != "" {
+			t.Fatal(diff)
+		}
+	})
+}
+
+func TestBinaryHeadersIsToBinary(t *testing.T) {
+	for _, tc := range roundTripCases() {
+		h, _ := ToBinary(tc.env)
+		got := maps.Collect(BinaryHeaders(tc.env))
+		if !maps.Equal(h, got) {
+			t.Errorf("%s: BinaryHeaders = %q, ToBinary = %q", tc.name, got, h)
+		}
 	}
 }

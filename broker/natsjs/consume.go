@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -160,20 +162,15 @@ func pullSize(batch, maxAckPending int) int {
 type delivery struct {
 	b   *Broker
 	m   jetstream.Msg
-	hdr map[string]string
 	num uint64
 	seq uint64
+
+	hdrOnce sync.Once
+	hdr     map[string]string // built by the first Header call
 }
 
 func (b *Broker) newDelivery(m jetstream.Msg) *delivery {
-	nh := m.Headers()
-	hdr := make(map[string]string, len(nh))
-	for k, v := range nh {
-		if len(v) > 0 {
-			hdr[strings.ToLower(k)] = v[0]
-		}
-	}
-	d := &delivery{b: b, m: m, hdr: hdr, num: 1}
+	d := &delivery{b: b, m: m, num: 1}
 	if md, err := m.Metadata(); err == nil {
 		d.num = md.NumDelivered
 		d.seq = md.Sequence.Stream
@@ -181,9 +178,43 @@ func (b *Broker) newDelivery(m jetstream.Msg) *delivery {
 	return d
 }
 
+// lowerKey returns header key k in lower case, without allocating for the
+// keys an event message carries.
+func lowerKey(k string) string {
+	if k == jetstream.MsgIDHeader {
+		return "nats-msg-id"
+	}
+	return strings.ToLower(k) // returns k itself when it has no upper case
+}
+
 // Header returns the message headers with lower-case keys (first value of
-// each). The map is the delivery's own; do not modify it.
-func (d *delivery) Header() map[string]string { return d.hdr }
+// each; of keys that differ only in case, one). The map is the delivery's
+// own, built at the first call; do not modify it.
+func (d *delivery) Header() map[string]string {
+	d.hdrOnce.Do(func() {
+		nh := d.m.Headers()
+		d.hdr = make(map[string]string, len(nh))
+		for k, v := range nh {
+			if len(v) > 0 {
+				d.hdr[lowerKey(k)] = v[0]
+			}
+		}
+	})
+	return d.hdr
+}
+
+// Headers yields the message headers as they came, keys in their own case,
+// the first value of each, without building Header's map: for
+// envelope.FromBinaryHeaders.
+func (d *delivery) Headers() iter.Seq2[string, string] {
+	return func(yield func(k, v string) bool) {
+		for k, v := range d.m.Headers() {
+			if len(v) > 0 && !yield(k, v[0]) {
+				return
+			}
+		}
+	}
+}
 
 // Data returns the message body.
 func (d *delivery) Data() []byte { return d.m.Data() }

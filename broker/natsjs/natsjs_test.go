@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"iter"
 	"log/slog"
 	"net"
 	"os"
@@ -825,5 +826,64 @@ func TestConsumerDeletedWhileConsuming(t *testing.T) {
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("Consume did not return after its consumer was deleted")
+	}
+}
+
+// TestDeliveryHeaders checks that a delivery's Headers, which the consumer
+// decodes without building a map, give the envelope that Header gives, and
+// the one published.
+func TestDeliveryHeaders(t *testing.T) {
+	b := embedded(t, WithEphemeral())
+	sub := broker.Subscription{Service: "hdr", Name: "all", Types: []string{"test.hdr.done"},
+		Kind: envelope.KindIntegration, AckWait: 10 * time.Second}
+	if err := b.Provision(testCtx(t, 30*time.Second), broker.Topology{Service: "hdr", Subscriptions: []broker.Subscription{sub}}); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().UTC()
+	full := &envelope.Envelope{ID: envelope.NewID(now), Type: "test.hdr.done", Version: 3, Kind: envelope.KindIntegration,
+		Source: "natsjs-test", Key: "k1", Time: now, CorrelationID: envelope.NewID(now), CausationID: envelope.NewID(now),
+		TraceParent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", TraceState: "a=b",
+		DataContentType: "application/json", Data: []byte(`{"i":1}`)}
+	minimal := &envelope.Envelope{ID: envelope.NewID(now), Type: "test.hdr.done", Version: 1, Kind: envelope.KindIntegration,
+		Source: "natsjs-test", Time: now}
+	want := []*envelope.Envelope{full, minimal}
+	mustPublish(t, b, want)
+
+	ctx, cancel := context.WithCancel(testCtx(t, 60*time.Second))
+	defer cancel()
+	var got []broker.Delivery
+	err := b.Consume(ctx, sub, 10, func(ctx context.Context, ds []broker.Delivery) {
+		got = append(got, ds...)
+		if len(got) >= len(want) {
+			cancel()
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, d := range got {
+		hs, ok := d.(interface {
+			Headers() iter.Seq2[string, string]
+		})
+		if !ok {
+			t.Fatalf("delivery %T has no Headers", d)
+		}
+		fromSeq, err := envelope.FromBinaryHeaders(hs.Headers(), d.Data())
+		if err != nil {
+			t.Fatalf("event %d: FromBinaryHeaders: %v", i, err)
+		}
+		fromMap, err := envelope.FromBinary(d.Header(), d.Data())
+		if err != nil {
+			t.Fatalf("event %d: FromBinary: %v", i, err)
+		}
+		for _, e := range []*envelope.Envelope{fromSeq, fromMap} {
+			if e.ID != want[i].ID || e.Key != want[i].Key || e.Version != want[i].Version || e.TraceState != want[i].TraceState ||
+				e.CausationID != want[i].CausationID || !e.Time.Equal(want[i].Time) || string(e.Data) != string(want[i].Data) {
+				t.Errorf("event %d: got %+v, want %+v", i, e, want[i])
+			}
+		}
+		if got := d.Header()["nats-msg-id"]; got != want[i].ID {
+			t.Errorf("event %d: nats-msg-id %q, want %q", i, got, want[i].ID)
+		}
 	}
 }

@@ -321,10 +321,11 @@ func (b *Broker) eventMsg(e *envelope.Envelope, subject, msgID string) (*nats.Ms
 	if msgID == "" {
 		msgID = e.ID
 	}
-	h, body := envelope.ToBinary(e)
-	vals := make([]string, 0, len(h)+1)
-	hdr := make(nats.Header, len(h)+1)
-	for k, v := range h {
+	// The values share one backing array; each header's slice is capped so
+	// that an append to one cannot overwrite the next.
+	vals := make([]string, 0, maxHeaders)
+	hdr := make(nats.Header, maxHeaders)
+	for k, v := range envelope.BinaryHeaders(e) {
 		if err := wireSafe(v); err != nil {
 			return nil, fmt.Errorf("header %s: %w", k, err)
 		}
@@ -333,8 +334,12 @@ func (b *Broker) eventMsg(e *envelope.Envelope, subject, msgID string) (*nats.Ms
 	}
 	vals = append(vals, msgID)
 	hdr[jetstream.MsgIDHeader] = vals[len(vals)-1:]
-	return &nats.Msg{Subject: subject, Header: hdr, Data: body}, nil
+	return &nats.Msg{Subject: subject, Header: hdr, Data: e.Data}, nil
 }
+
+// maxHeaders is the most headers an event message carries: the envelope's
+// attributes and Nats-Msg-Id.
+const maxHeaders = 14
 
 // wireSafe rejects header values NATS would alter: it trims surrounding
 // spaces and turns CR and LF into spaces.
