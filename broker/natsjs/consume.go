@@ -15,6 +15,9 @@ import (
 	"github.com/heraldhq/herald/broker"
 )
 
+// pullExpiry is how long one pull request of a subscription lasts.
+const pullExpiry = 5 * time.Second
+
 // Consume pulls the events of sub's durable consumer and calls h with
 // batches of at most batch deliveries, in stream order: what is immediately
 // available is grouped, a lone event is not held back waiting for more. It
@@ -68,6 +71,11 @@ func (b *Broker) Consume(ctx context.Context, sub broker.Subscription, batch int
 		}
 	},
 		jetstream.PullMaxMessages(pullSize(batch, info.Config.MaxAckPending)),
+		// A pull the server no longer serves is noticed by its missing
+		// heartbeats (half the expiry) and replaced after two of them. With
+		// nats.go's 30s default a loaded machine saw whole subscriptions
+		// stall for 30s; 5s bounds such a stall at 5s.
+		jetstream.PullExpiry(pullExpiry),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 			if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrBadRequest) ||
 				errors.Is(err, jetstream.ErrConnectionClosed) {
@@ -75,6 +83,10 @@ func (b *Broker) Consume(ctx context.Context, sub broker.Subscription, batch int
 				case fatal <- err:
 				default:
 				}
+				return
+			}
+			if errors.Is(err, jetstream.ErrNoHeartbeat) {
+				b.log.Info("herald/natsjs: consume: the server stopped serving the pull; pulling again", "consumer", durable, "err", err)
 				return
 			}
 			b.log.Debug("herald/natsjs: consume", "consumer", durable, "err", err)
