@@ -405,7 +405,9 @@ func (s *Service) Republish(ctx context.Context, d time.Duration) (int64, error)
 	return n, err
 }
 
-// OutboxStats reports the outbox backlog and the age of its oldest row.
+// OutboxStats reports the outbox backlog and the age of its oldest row. On
+// SQLite rows the broker acknowledged count in the backlog until the relay's
+// next mark (RelayConfig.MarkInterval).
 func (s *Service) OutboxStats(ctx context.Context) (backlog int64, oldest time.Duration, err error) {
 	n, t, err := s.store.OutboxStats(ctx, s.name)
 	if err != nil || t.IsZero() {

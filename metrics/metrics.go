@@ -64,7 +64,7 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 			[]string{"service", "subscription"}, nil),
 		ackPending: prometheus.NewDesc("herald_consumer_ack_pending", "Events delivered to a subscription and not yet acknowledged.",
 			[]string{"service", "subscription"}, nil),
-		backlog: prometheus.NewDesc("herald_outbox_backlog", "Outbox rows not yet published.", []string{"service"}, nil),
+		backlog: prometheus.NewDesc("herald_outbox_backlog", "Outbox rows not yet marked published (the relay marks what the broker acknowledged every RelayConfig.MarkInterval, 100ms by default, on SQLite).", []string{"service"}, nil),
 		oldest:  prometheus.NewDesc("herald_outbox_oldest_age_seconds", "Age of the oldest unpublished outbox row.", []string{"service"}, nil),
 	}
 	for _, c := range []prometheus.Collector{m.hops, m.handle, m.deadLetter, m.retries, m.notes, m} {

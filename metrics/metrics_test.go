@@ -79,7 +79,8 @@ func TestScrapeMetrics(t *testing.T) {
 	for time.Now().Before(deadline) {
 		families = scrape(t, srv.URL)
 		if value(families, "herald_dead_letters_total", nil) >= 1 && value(families, "herald_events_total", map[string]string{"hop": "handle", "outcome": "ok"}) >= 2 &&
-			value(families, "herald_consumer_ack_pending", nil) == 0 { // acks are sent without waiting
+			value(families, "herald_consumer_ack_pending", nil) == 0 && // acks are sent without waiting
+			value(families, "herald_outbox_backlog", map[string]string{"service": "orders"}) == 0 { // the relay marks every 100ms
 			break
 		}
 		time.Sleep(20 * time.Millisecond)
