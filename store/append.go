@@ -20,7 +20,22 @@ type stmtCache map[string]*sql.Stmt
 // does no string work: each is also the key of its prepared statement.
 type oneRow struct {
 	log, outbox, both string
+	// multi holds, on SQLite, the prepared multi-row inserts by prefix
+	// (event log, outbox), largest first.
+	multi map[string][]multiRow
 }
+
+// multiRow is a prepared insert of n rows.
+type multiRow struct {
+	n int
+	q string
+}
+
+// multiRowSizes are the row counts of SQLite's prepared multi-row inserts: a
+// transaction's events go in as few statements of these sizes as fit, the
+// rest one row at a time. Each statement costs a call through database/sql
+// and the driver; the rows cost the same either way.
+var multiRowSizes = []int{32, 8}
 
 func (s *Store) prepareHot(ctx context.Context) error {
 	s.stmts = stmtCache{}
@@ -28,11 +43,23 @@ func (s *Store) prepareHot(ctx context.Context) error {
 		log:    s.d.Rebind(s.queries.eventLogInsert + s.values(1, nEventCols)),
 		outbox: s.d.Rebind(s.queries.outboxInsert + s.values(1, nEventCols)),
 	}
+	var multi []string
+	if s.d.Name() != "postgres" {
+		s.one.multi = map[string][]multiRow{}
+		for _, prefix := range []string{s.queries.eventLogInsert, s.queries.outboxInsert} {
+			for _, n := range multiRowSizes {
+				q := s.d.Rebind(prefix + s.values(n, nEventCols))
+				s.one.multi[prefix] = append(s.one.multi[prefix], multiRow{n: n, q: q})
+				multi = append(multi, q)
+			}
+		}
+	}
 	qs := []string{s.one.log, s.one.outbox, s.queries.inboxClaim, s.queries.inboxClaimBatch, s.queries.outboxPending, s.queries.outboxMark, s.queries.outboxMarkUpTo, sqlSavepoint, sqlRelease, sqlRollbackTo}
 	if s.d.Name() == "postgres" {
 		s.one.both = s.appendBoth(1, 1)
 		qs = append(qs, s.one.both)
 	}
+	qs = append(qs, multi...)
 	for _, q := range qs {
 		st, err := s.db.PrepareContext(ctx, q)
 		if err != nil {
@@ -89,9 +116,22 @@ func (s *Store) appendTo(ctx context.Context, tx *sql.Tx, prefix, one string, ev
 	if len(events) > 1 && s.d.Name() == "postgres" {
 		return s.insertEvents(ctx, tx, prefix, events) // one round trip
 	}
-	// SQLite runs in process: a prepared one-row insert per event beats
-	// parsing a new multi-row statement.
-	args := make([]any, 0, nEventCols)
+	// SQLite runs in process: prepared inserts of a few fixed sizes beat
+	// parsing a new multi-row statement for each count.
+	var args []any
+	for _, m := range s.one.multi[prefix] {
+		for len(events) >= m.n {
+			args = args[:0]
+			for _, e := range events[:m.n] {
+				args = eventArgs(args, e)
+			}
+			if _, err := s.exec(ctx, tx, m.q, args); err != nil {
+				return err
+			}
+			events = events[m.n:]
+		}
+	}
+	args = make([]any, 0, nEventCols)
 	for _, e := range events {
 		if _, err := s.exec(ctx, tx, one, eventArgs(args[:0], e)); err != nil {
 			return err
