@@ -18,6 +18,25 @@ import (
 // pullExpiry is how long one pull request of a subscription lasts.
 const pullExpiry = 5 * time.Second
 
+// watchEvery is how long a Consume waits without a message before it asks
+// the server whether its pull was lost.
+const watchEvery = 500 * time.Millisecond
+
+// pullLost reports whether the server holds events for cons while no pull
+// request of cons is waiting and none of its events is out: then nothing is
+// on its way, and pulling again loses nothing (an event still buffered in
+// the client would count as out, and a restarted pull could drop it, to
+// come back only after the ack wait, behind newer events of its key).
+func pullLost(ctx context.Context, cons jetstream.Consumer) bool {
+	ictx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	ci, err := cons.Info(ictx)
+	if err != nil {
+		return false
+	}
+	return ci.NumPending > 0 && ci.NumWaiting == 0 && ci.NumAckPending == 0
+}
+
 // Consume pulls the events of sub's durable consumer and calls h with
 // batches of at most batch deliveries, in stream order: what is immediately
 // available is grouped, a lone event is not held back waiting for more. It
@@ -64,34 +83,36 @@ func (b *Broker) Consume(ctx context.Context, sub broker.Subscription, batch int
 	msgs := make(chan jetstream.Msg, batch)
 	quit := make(chan struct{})
 	fatal := make(chan error, 1)
-	cc, err := cons.Consume(func(m jetstream.Msg) {
-		select {
-		case msgs <- m:
-		case <-quit:
-		}
-	},
-		jetstream.PullMaxMessages(pullSize(batch, info.Config.MaxAckPending)),
-		// A pull the server no longer serves is noticed by its missing
-		// heartbeats (half the expiry) and replaced after two of them. With
-		// nats.go's 30s default a loaded machine saw whole subscriptions
-		// stall for 30s; 5s bounds such a stall at 5s.
-		jetstream.PullExpiry(pullExpiry),
-		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-			if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrBadRequest) ||
-				errors.Is(err, jetstream.ErrConnectionClosed) {
-				select {
-				case fatal <- err:
-				default:
+	pull := func() (jetstream.ConsumeContext, error) {
+		return cons.Consume(func(m jetstream.Msg) {
+			select {
+			case msgs <- m:
+			case <-quit:
+			}
+		},
+			jetstream.PullMaxMessages(pullSize(batch, info.Config.MaxAckPending)),
+			// A pull the server no longer serves is noticed by its missing
+			// heartbeats (half the expiry) and replaced after two of them;
+			// the watchdog below usually notices sooner.
+			jetstream.PullExpiry(pullExpiry),
+			jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+				if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrBadRequest) ||
+					errors.Is(err, jetstream.ErrConnectionClosed) {
+					select {
+					case fatal <- err:
+					default:
+					}
+					return
 				}
-				return
-			}
-			if errors.Is(err, jetstream.ErrNoHeartbeat) {
-				b.log.Info("herald/natsjs: consume: the server stopped serving the pull; pulling again", "consumer", durable, "err", err)
-				return
-			}
-			b.log.Debug("herald/natsjs: consume", "consumer", durable, "err", err)
-		}),
-	)
+				if errors.Is(err, jetstream.ErrNoHeartbeat) {
+					b.log.Info("herald/natsjs: consume: no heartbeat from the server; pulling again", "consumer", durable, "err", err)
+					return
+				}
+				b.log.Debug("herald/natsjs: consume", "consumer", durable, "err", err)
+			}),
+		)
+	}
+	cc, err := pull()
 	if err != nil {
 		return fmt.Errorf("herald/natsjs: consume %s/%s: %w", sub.Service, sub.Name, err)
 	}
@@ -116,6 +137,16 @@ func (b *Broker) Consume(ctx context.Context, sub broker.Subscription, batch int
 			b.log.Warn("herald/natsjs: consume: pull subscription slow to stop", "consumer", durable)
 		}
 	}()
+
+	// The watchdog: nats.go's pull sometimes believes a request is open
+	// that the server no longer has (seen under load: the server reports
+	// no waiting request and events pending, the client waits for them), and
+	// only the missing heartbeats end that. When nothing arrived for a
+	// while, ask the server; if it holds events for this consumer, none out
+	// and no pull waiting, pull again.
+	watch := time.NewTicker(watchEvery)
+	defer watch.Stop()
+	last := time.Now()
 
 	for {
 		if ctx.Err() != nil {
@@ -142,7 +173,23 @@ func (b *Broker) Consume(ctx context.Context, sub broker.Subscription, batch int
 				return errClosed
 			}
 			return fmt.Errorf("herald/natsjs: consume %s/%s: pull subscription stopped", sub.Service, sub.Name)
+		case <-watch.C:
+			if time.Since(last) < watchEvery || !pullLost(ctx, cons) {
+				continue
+			}
+			b.log.Info("herald/natsjs: consume: the server has events and no pull of this consumer; pulling again", "consumer", durable)
+			cc.Stop()
+			select {
+			case <-stopped:
+			case <-time.After(5 * time.Second):
+			}
+			if cc, err = pull(); err != nil {
+				return fmt.Errorf("herald/natsjs: consume %s/%s: pull again: %w", sub.Service, sub.Name, err)
+			}
+			stopped = cc.Closed()
+			last = time.Now()
 		case m := <-msgs:
+			last = time.Now()
 			ds := make([]broker.Delivery, 1, min(batch, 1+len(msgs)))
 			ds[0] = b.newDelivery(m)
 		fill:

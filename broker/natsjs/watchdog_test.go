@@ -1,0 +1,60 @@
+package natsjs
+
+import (
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/heraldhq/herald/broker"
+	"github.com/heraldhq/herald/envelope"
+)
+
+// TestPullLost checks the watchdog's test against a real server: a consumer
+// with events and neither a pull waiting nor an event out has lost its pull;
+// one with an event out (perhaps still in the client's buffer) or with
+// nothing pending has not.
+func TestPullLost(t *testing.T) {
+	ctx := testCtx(t, 30*time.Second)
+	b := embedded(t, WithEphemeral())
+	typ := "watch.event"
+	sub := broker.Subscription{Service: "watch", Name: "dog", Types: []string{typ}, Kind: envelope.KindIntegration, AckWait: time.Minute}
+	if err := b.Provision(ctx, broker.Topology{Service: "watch", Subscriptions: []broker.Subscription{sub}}); err != nil {
+		t.Fatal(err)
+	}
+	spec, err := b.consumerConfig(sub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons, err := b.consumer(ctx, spec.stream, spec.cfg.Durable)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pullLost(ctx, cons) {
+		t.Fatal("pullLost with nothing pending = true")
+	}
+	mustPublish(t, b, bulk(typ, 3))
+	if !pullLost(ctx, cons) {
+		t.Fatal("pullLost with 3 pending, no pull and nothing out = false")
+	}
+	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []jetstream.Msg
+	for m := range batch.Messages() {
+		out = append(out, m)
+	}
+	if len(out) != 1 {
+		t.Fatalf("fetched %d, want 1", len(out))
+	}
+	if pullLost(ctx, cons) {
+		t.Fatal("pullLost with an event out = true: a new pull could drop it")
+	}
+	if err := out[0].DoubleAck(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !pullLost(ctx, cons) {
+		t.Fatal("pullLost with 2 pending after the ack = false")
+	}
+}
