@@ -232,6 +232,13 @@ type relayState struct {
 	unmarked int
 	markedAt time.Time
 	every    time.Duration
+	// base is the range mark this relay's reads build on (valid when
+	// baseKnown): the newest when it last read the table afresh, or its own
+	// last mark. A mark is written only while the table's newest mark is
+	// still at least base, so a Republish that dropped marks is never
+	// covered up again.
+	base      int64
+	baseKnown bool
 	// ahead is the read of the batch after the one being published, started
 	// when that one was full; after is the seq it reads after.
 	ahead chan pendingRead
@@ -256,6 +263,7 @@ func (rs *relayState) settle() error {
 	if err != nil {
 		rs.cursor = 0
 		rs.unmarked = 0
+		rs.baseKnown = false
 		rs.drop()
 	}
 	return err
@@ -277,6 +285,7 @@ func (rs *relayState) reset() {
 	rs.drop()
 	rs.cursor = 0
 	rs.unmarked = 0
+	rs.baseKnown = false
 }
 
 // maxUnmarked bounds how many acknowledged rows wait for their mark, and so
@@ -297,11 +306,23 @@ func (s *Service) flushMarks(ctx context.Context, rs *relayState) error {
 	if rs.unmarked == 0 {
 		return nil
 	}
-	upto := rs.cursor
+	if s.rewind.Load() != rs.rewind {
+		// Republish reopened rows: what is unmarked goes out again.
+		rs.unmarked = 0
+		return nil
+	}
+	from, upto := rs.base, rs.cursor
 	rs.unmarked = 0
+	rs.base = upto
 	done := make(chan error, 1)
 	rs.mark = done
-	go func() { done <- s.store.MarkPublishedUpTo(ctx, s.name, upto, time.Now()) }()
+	// A mark that Close cuts short is written anyway (within a second), so
+	// a restart does not publish those rows again.
+	mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+	go func() {
+		defer cancel()
+		done <- s.store.MarkPublishedUpTo(mctx, s.name, from, upto, time.Now())
+	}()
 	return nil
 }
 
@@ -318,6 +339,12 @@ func (s *Service) relayOnce(ctx context.Context, batch int, rs *relayState) (int
 		rows, err = r.rows, r.err
 	} else {
 		rs.drop()
+		if !rs.serial && !rs.baseKnown {
+			if rs.base, err = s.store.OutboxCursor(ctx, s.name); err != nil {
+				return 0, err
+			}
+			rs.baseKnown = true
+		}
 		rows, err = s.store.PendingOutboxAfter(ctx, s.name, rs.cursor, batch)
 	}
 	if err != nil {
@@ -395,10 +422,14 @@ func (s *Service) relayOnce(ctx context.Context, batch int, rs *relayState) (int
 // Republish sends again every outbox row published in the last d (within the
 // outbox retention). After a broker lost acknowledged writes — a server
 // without SyncAlways that crashed — this refills it; the broker drops the
-// events it still has by their ids.
+// events it still has by their ids. It returns how many rows it reset in the
+// outbox table; on SQLite the rows published since the relay's last mark
+// (RelayConfig.MarkInterval) are not counted but go out again too.
 func (s *Service) Republish(ctx context.Context, d time.Duration) (int64, error) {
 	n, err := s.store.RepublishSince(ctx, s.name, time.Now().Add(-d))
-	if err == nil && n > 0 {
+	if err == nil {
+		// Even with nothing reset in the table: rows the relay published
+		// since its last mark are unmarked, and go out again too.
 		s.rewind.Add(1)
 		s.signal()
 	}

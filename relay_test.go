@@ -420,3 +420,41 @@ func TestRelayMarksOnCloseWhatItPublished(t *testing.T) {
 		}
 	}
 }
+
+// TestRepublishResendsUnmarkedRows: rows the relay published but has not
+// marked yet (the mark waits for MarkInterval) are published rows too, and
+// Republish must send them again.
+func TestRepublishResendsUnmarkedRows(t *testing.T) {
+	ctx := context.Background()
+	b, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithLogger(quiet))
+	must(t, err)
+	defer b.Close()
+	pubs := &publishCounter{n: map[string]int{}}
+	prod, err := herald.New("orders", herald.WithStore(testdb.SQLite(t)), herald.WithBroker(b), herald.WithLogger(quiet),
+		herald.WithObserver(pubs), herald.WithRelay(herald.RelayConfig{BatchSize: 7, MarkInterval: time.Hour}))
+	must(t, err)
+	must(t, herald.Translate(prod, stepRecorded, orderStepped, func(ctx context.Context, s step) (stepped, error) { return stepped(s), nil }))
+	must(t, prod.Start(ctx))
+	defer prod.Close()
+	for i := range 10 {
+		must(t, prod.Do(ctx, func(tx herald.Tx) error { return herald.Record(tx, stepRecorded, step{OrderID: "o", N: i}) }))
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	var ids []string
+	for len(ids) < 10 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of 10 events published", len(ids))
+		}
+		time.Sleep(10 * time.Millisecond)
+		pubs.mu.Lock()
+		ids = ids[:0]
+		for id := range pubs.n {
+			ids = append(ids, id)
+		}
+		pubs.mu.Unlock()
+	}
+	if _, err := prod.Republish(ctx, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	pubs.waitAll(t, ids, 2)
+}

@@ -178,7 +178,8 @@ func buildQueries(d Dialect) queries {
 		outboxInsert:   "INSERT INTO herald_outbox (" + eventCols + ") VALUES ",
 		outboxPending: r("SELECT seq, " + eventCols + " FROM herald_outbox WHERE service = ? AND published_at IS NULL AND seq > ?" +
 			" AND seq > " + outboxCursor + cond + " ORDER BY seq LIMIT ?"),
-		outboxMarkUpTo:  r("INSERT INTO herald_outbox_marks (service, upto_seq, published_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"),
+		outboxMarkUpTo: r("INSERT INTO herald_outbox_marks (service, upto_seq, published_at) SELECT ?, ?, ? WHERE " + outboxCursor +
+			" >= ? ON CONFLICT DO NOTHING"),
 		outboxMark:      outboxMark(d),
 		outboxPrune:     r("DELETE FROM herald_outbox WHERE published_at IS NOT NULL AND published_at < ?"),
 		outboxStats:     r("SELECT COUNT(*), MIN(event_time) FROM herald_outbox WHERE service = ? AND published_at IS NULL AND seq > " + outboxCursor),
@@ -398,16 +399,49 @@ func (s *Store) MarkPublished(ctx context.Context, seqs []int64, at time.Time) e
 	return nil
 }
 
+// ErrMarkMoved is returned by MarkPublishedUpTo when the service's newest
+// range mark went back below the one the relay's reads started from: a
+// RepublishSince dropped it, and the rows it reopened must be read again.
+var ErrMarkMoved = errors.New("herald/store: the outbox cursor moved back")
+
+// OutboxCursor returns the service's newest range mark: every row up to it
+// was published (0: none).
+func (s *Store) OutboxCursor(ctx context.Context, service string) (int64, error) {
+	if err := s.live(); err != nil {
+		return 0, err
+	}
+	var c int64
+	if err := s.db.QueryRowContext(ctx, s.d.Rebind("SELECT "+outboxCursor), service).Scan(&c); err != nil {
+		return 0, fmt.Errorf("herald/store: outbox cursor of %s: %w", service, err)
+	}
+	return c, nil
+}
+
 // MarkPublishedUpTo records that the broker acknowledged every unpublished
-// row of service up to seq: one small row, whatever the number of rows it
-// covers. A relay may use it only where rows become readable in seq order
-// (!DelaysVisibility, SQLite): there no row below seq can still appear.
-func (s *Store) MarkPublishedUpTo(ctx context.Context, service string, seq int64, at time.Time) error {
+// row of service after from up to seq: one small row, whatever the number
+// of rows it covers. from is the range mark the relay's reads started from
+// (OutboxCursor, or its own last mark); when the newest mark is now below
+// it, it records nothing and returns ErrMarkMoved. A relay may use it only
+// where rows become readable in seq order (!DelaysVisibility, SQLite):
+// there no row below seq can still appear.
+func (s *Store) MarkPublishedUpTo(ctx context.Context, service string, from, seq int64, at time.Time) error {
 	if err := s.live(); err != nil {
 		return err
 	}
-	if _, err := s.stmts[s.queries.outboxMarkUpTo].ExecContext(ctx, service, seq, at.UTC().UnixNano()); err != nil {
+	res, err := s.stmts[s.queries.outboxMarkUpTo].ExecContext(ctx, service, seq, at.UTC().UnixNano(), service, from)
+	if err != nil {
 		return fmt.Errorf("herald/store: mark %s published up to %d: %w", service, seq, err)
+	}
+	if n, err := res.RowsAffected(); err != nil || n == 1 {
+		return err
+	}
+	// Nothing inserted: the same mark exists already, or the cursor moved.
+	c, err := s.OutboxCursor(ctx, service)
+	if err != nil {
+		return err
+	}
+	if c < seq {
+		return fmt.Errorf("herald/store: mark %s published up to %d after %d: %w (now %d)", service, seq, from, ErrMarkMoved, c)
 	}
 	return nil
 }

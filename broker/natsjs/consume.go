@@ -147,6 +147,43 @@ func (b *Broker) Consume(ctx context.Context, sub broker.Subscription, batch int
 	watch := time.NewTicker(watchEvery)
 	defer watch.Stop()
 	last := time.Now()
+	// deliver hands m and what else is already waiting to h, as one batch.
+	deliver := func(m jetstream.Msg) {
+		ds := make([]broker.Delivery, 1, min(batch, 1+len(msgs)))
+		ds[0] = b.newDelivery(m)
+		for len(ds) < batch {
+			select {
+			case m := <-msgs:
+				ds = append(ds, b.newDelivery(m))
+			default:
+				h(hctx, ds)
+				return
+			}
+		}
+		h(hctx, ds)
+	}
+	// handOver delivers what a draining pull still passes on until it has
+	// stopped; false when ctx ended first.
+	handOver := func(ctx context.Context, stopped <-chan struct{}) bool {
+		limit := time.NewTimer(5 * time.Second)
+		defer limit.Stop()
+		for {
+			select {
+			case m := <-msgs:
+				deliver(m)
+			case <-stopped:
+				for len(msgs) > 0 {
+					deliver(<-msgs)
+				}
+				return true
+			case <-limit.C:
+				b.log.Warn("herald/natsjs: consume: pull slow to drain; pulling again anyway", "consumer", durable)
+				return true
+			case <-ctx.Done():
+				return false
+			}
+		}
+	}
 
 	for {
 		if ctx.Err() != nil {
@@ -178,30 +215,21 @@ func (b *Broker) Consume(ctx context.Context, sub broker.Subscription, batch int
 				continue
 			}
 			b.log.Info("herald/natsjs: consume: the server has events and no pull of this consumer; pulling again", "consumer", durable)
-			cc.Stop()
-			select {
-			case <-stopped:
-			case <-time.After(5 * time.Second):
+			// Drain, not Stop: what reaches the old pull before the server
+			// drops it (a pull nats.go sent meanwhile) is still handed to h,
+			// in order, before the new pull starts.
+			cc.Drain()
+			if !handOver(ctx, stopped) {
+				return nil
 			}
-			if cc, err = pull(); err != nil {
+			ncc, err := pull()
+			if err != nil {
 				return fmt.Errorf("herald/natsjs: consume %s/%s: pull again: %w", sub.Service, sub.Name, err)
 			}
-			stopped = cc.Closed()
-			last = time.Now()
+			cc, stopped, last = ncc, ncc.Closed(), time.Now()
 		case m := <-msgs:
 			last = time.Now()
-			ds := make([]broker.Delivery, 1, min(batch, 1+len(msgs)))
-			ds[0] = b.newDelivery(m)
-		fill:
-			for len(ds) < batch {
-				select {
-				case m := <-msgs:
-					ds = append(ds, b.newDelivery(m))
-				default:
-					break fill
-				}
-			}
-			h(hctx, ds)
+			deliver(m)
 		}
 	}
 }

@@ -633,13 +633,27 @@ func (h *harness) outboxMarkUpTo(t *testing.T) {
 	b := events("billing", "ub", 2)
 	commit(t, s, func(tx *sql.Tx) { appendOutbox(t, s, tx, a[0], a[1], b[0], a[2], a[3], b[1], a[4], a[5]) })
 	rows := pending(t, s, "orders", 100)
+	cursor := func() int64 {
+		t.Helper()
+		c, err := s.OutboxCursor(ctx, "orders")
+		if err != nil {
+			t.Fatalf("OutboxCursor: %v", err)
+		}
+		return c
+	}
+	if c := cursor(); c != 0 {
+		t.Fatalf("OutboxCursor before any mark = %d, want 0", c)
+	}
 	upTo := func(i int, at time.Time) {
 		t.Helper()
-		if err := s.MarkPublishedUpTo(ctx, "orders", rows[i].Seq, at); err != nil {
+		if err := s.MarkPublishedUpTo(ctx, "orders", cursor(), rows[i].Seq, at); err != nil {
 			t.Fatalf("MarkPublishedUpTo(%d): %v", i, err)
 		}
 	}
 	upTo(1, t0.Add(-2*time.Hour))
+	if c := cursor(); c != rows[1].Seq {
+		t.Fatalf("OutboxCursor = %d, want %d", c, rows[1].Seq)
+	}
 	checkPending(t, "after marking up to a[1]", pending(t, s, "orders", 100), a[2:])
 	checkPending(t, "billing untouched", pending(t, s, "billing", 100), b)
 	// A read after an older position still starts after the mark.
@@ -670,6 +684,13 @@ func (h *harness) outboxMarkUpTo(t *testing.T) {
 		t.Fatalf("RepublishSince(t0) = %d, %v; want 3", n, err)
 	}
 	checkPending(t, "republished", pending(t, s, "orders", 100), a[2:])
+	// A relay whose reads built on the dropped mark may not cover the
+	// reopened rows again.
+	err = s.MarkPublishedUpTo(ctx, "orders", rows[3].Seq, rows[5].Seq, t0.Add(2*time.Hour))
+	if !errors.Is(err, store.ErrMarkMoved) {
+		t.Fatalf("MarkPublishedUpTo from a dropped mark: err = %v, want ErrMarkMoved", err)
+	}
+	checkPending(t, "after the refused mark", pending(t, s, "orders", 100), a[2:])
 	if got, err := s.LastPublished(ctx, "orders"); err != nil || !got.Equal(t0.Add(-2*time.Hour)) {
 		t.Errorf("LastPublished after republish = %v, %v; want %v", got, err, t0.Add(-2*time.Hour))
 	}
@@ -1867,7 +1888,8 @@ func (h *harness) closed(t *testing.T) {
 		"MarkPublished":       func() error { return s.MarkPublished(ctx, []int64{1}, t0) },
 		"RepublishSince":      func() error { _, err := s.RepublishSince(ctx, "o", t0); return err },
 		"PruneOutbox":         func() error { _, err := s.PruneOutbox(ctx, t0); return err },
-		"MarkPublishedUpTo":   func() error { return s.MarkPublishedUpTo(ctx, "o", 1, t0) },
+		"MarkPublishedUpTo":   func() error { return s.MarkPublishedUpTo(ctx, "o", 0, 1, t0) },
+		"OutboxCursor":        func() error { _, err := s.OutboxCursor(ctx, "o"); return err },
 		"OutboxStats":         func() error { _, _, err := s.OutboxStats(ctx, "o"); return err },
 		"ClaimInbox":          func() error { _, err := s.ClaimInbox(ctx, tx, "s", "e"); return err },
 		"PruneInbox":          func() error { _, err := s.PruneInbox(ctx, t0); return err },
