@@ -102,10 +102,13 @@ func (s *Service) finish(ctx context.Context, t *txn, err error) error {
 	if err := t.sql.Commit(); err != nil {
 		return fmt.Errorf("service %s: commit: %w", s.name, err)
 	}
+	// Observers hear of the commit before the relay does, so they usually
+	// see an event recorded before published (a relay already busy may
+	// still read the rows first: observers get no order across services).
+	s.observeCommit(ctx, t)
 	if len(t.outbox) > 0 {
 		s.signal()
 	}
-	s.observeCommit(ctx, t)
 	return nil
 }
 
