@@ -54,6 +54,47 @@ func (p *publishCounter) waitAll(t *testing.T, ids []string, times int) {
 	}
 }
 
+// waitIDs waits until at least n events were published and returns their ids.
+func (p *publishCounter) waitIDs(t *testing.T, n int) []string {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		p.mu.Lock()
+		ids := make([]string, 0, len(p.n))
+		for id := range p.n {
+			ids = append(ids, id)
+		}
+		p.mu.Unlock()
+		if len(ids) >= n {
+			return ids
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d events published", len(ids), n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// stepsService starts the "orders" service of the relay tests on st and b:
+// stepRecorded translated to orderStepped, reported to pubs.
+func stepsService(t *testing.T, st *store.Store, b *natsjs.Broker, pubs *publishCounter, rc herald.RelayConfig) *herald.Service {
+	t.Helper()
+	s, err := herald.New("orders", herald.WithStore(st), herald.WithBroker(b), herald.WithLogger(quiet),
+		herald.WithObserver(pubs), herald.WithRelay(rc))
+	must(t, err)
+	must(t, herald.Translate(s, stepRecorded, orderStepped, func(ctx context.Context, s step) (stepped, error) { return stepped(s), nil }))
+	must(t, s.Start(context.Background()))
+	return s
+}
+
+// recordSteps records steps from to from+n-1 of order "o", one per Do.
+func recordSteps(t *testing.T, s *herald.Service, from, n int) {
+	t.Helper()
+	for i := from; i < from+n; i++ {
+		must(t, s.Do(context.Background(), func(tx herald.Tx) error { return herald.Record(tx, stepRecorded, step{OrderID: "o", N: i}) }))
+	}
+}
+
 // TestRepublishWhileRunning: the relay reads the outbox after the last row
 // it published, so Republish must send it back to the rows it reset — on a
 // running relay, not only at start.
@@ -63,44 +104,15 @@ func TestRepublishWhileRunning(t *testing.T) {
 	must(t, err)
 	defer b.Close()
 	pubs := &publishCounter{n: map[string]int{}}
-	prod, err := herald.New("orders", herald.WithStore(testdb.SQLite(t)), herald.WithBroker(b), herald.WithLogger(quiet),
-		herald.WithObserver(pubs), herald.WithRelay(herald.RelayConfig{BatchSize: 7, PollInterval: 20 * time.Millisecond}))
-	must(t, err)
-	must(t, herald.Translate(prod, stepRecorded, orderStepped, func(ctx context.Context, s step) (stepped, error) { return stepped(s), nil }))
-	must(t, prod.Start(ctx))
+	prod := stepsService(t, testdb.SQLite(t), b, pubs, herald.RelayConfig{BatchSize: 7, PollInterval: 20 * time.Millisecond})
 	defer prod.Close()
 
-	var ids []string
-	record := func(n int) {
-		for i := range n {
-			must(t, prod.Do(ctx, func(tx herald.Tx) error {
-				return herald.Record(tx, stepRecorded, step{OrderID: "o", N: i})
-			}))
-		}
-	}
-	record(30)
+	recordSteps(t, prod, 0, 30)
 	// The ids are the outbox events'; learn them from the publishes.
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		pubs.mu.Lock()
-		n := len(pubs.n)
-		pubs.mu.Unlock()
-		if n == 30 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of 30 events published", n)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	pubs.mu.Lock()
-	for id := range pubs.n {
-		ids = append(ids, id)
-	}
-	pubs.mu.Unlock()
+	ids := pubs.waitIDs(t, 30)
 	// Wait until the outbox says they are all published, then send them
 	// again: every one must go out a second time.
-	deadline = time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(20 * time.Second)
 	for {
 		backlog, _, err := prod.OutboxStats(ctx)
 		must(t, err)
@@ -119,20 +131,8 @@ func TestRepublishWhileRunning(t *testing.T) {
 	}
 	pubs.waitAll(t, ids, 2)
 	// New events still flow after the rewind.
-	record(5)
-	deadline = time.Now().Add(20 * time.Second)
-	for {
-		pubs.mu.Lock()
-		n := len(pubs.n)
-		pubs.mu.Unlock()
-		if n == 35 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of 35 events published", n)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	recordSteps(t, prod, 30, 5)
+	pubs.waitIDs(t, 35)
 }
 
 // attemptLog records the attempt and outcome of every handler run a
@@ -357,38 +357,7 @@ func TestRelayMarksOnCloseWhatItPublished(t *testing.T) {
 	defer b.Close()
 	st := testdb.SQLite(t)
 	pubs := &publishCounter{n: map[string]int{}}
-	start := func() *herald.Service {
-		s, err := herald.New("orders", herald.WithStore(st), herald.WithBroker(b), herald.WithLogger(quiet),
-			herald.WithObserver(pubs), herald.WithRelay(herald.RelayConfig{BatchSize: 7, MarkInterval: time.Hour}))
-		must(t, err)
-		must(t, herald.Translate(s, stepRecorded, orderStepped, func(ctx context.Context, s step) (stepped, error) { return stepped(s), nil }))
-		must(t, s.Start(ctx))
-		return s
-	}
-	record := func(s *herald.Service, from, n int) {
-		for i := from; i < from+n; i++ {
-			must(t, s.Do(ctx, func(tx herald.Tx) error { return herald.Record(tx, stepRecorded, step{OrderID: "o", N: i}) }))
-		}
-	}
-	published := func(want int) []string {
-		t.Helper()
-		deadline := time.Now().Add(20 * time.Second)
-		for {
-			pubs.mu.Lock()
-			var ids []string
-			for id := range pubs.n {
-				ids = append(ids, id)
-			}
-			pubs.mu.Unlock()
-			if len(ids) >= want {
-				return ids
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%d of %d events published", len(ids), want)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
+	rc := herald.RelayConfig{BatchSize: 7, MarkInterval: time.Hour}
 	backlog := func() int64 {
 		t.Helper()
 		n, _, err := st.OutboxStats(ctx, "orders")
@@ -396,9 +365,9 @@ func TestRelayMarksOnCloseWhatItPublished(t *testing.T) {
 		return n
 	}
 
-	prod := start()
-	record(prod, 0, 20)
-	first := published(20)
+	prod := stepsService(t, st, b, pubs, rc)
+	recordSteps(t, prod, 0, 20)
+	first := pubs.waitIDs(t, 20)
 	if n := backlog(); n != 20 {
 		t.Errorf("backlog while running = %d, want 20: no mark before the interval", n)
 	}
@@ -407,10 +376,10 @@ func TestRelayMarksOnCloseWhatItPublished(t *testing.T) {
 		t.Fatalf("backlog after Close = %d, want 0: Close marks what was published", n)
 	}
 
-	prod = start()
+	prod = stepsService(t, st, b, pubs, rc)
 	defer prod.Close()
-	record(prod, 20, 1)
-	published(21)
+	recordSteps(t, prod, 20, 1)
+	pubs.waitIDs(t, 21)
 	time.Sleep(100 * time.Millisecond) // a wrongly re-sent row would come before the new one anyway
 	pubs.mu.Lock()
 	defer pubs.mu.Unlock()
@@ -430,29 +399,10 @@ func TestRepublishResendsUnmarkedRows(t *testing.T) {
 	must(t, err)
 	defer b.Close()
 	pubs := &publishCounter{n: map[string]int{}}
-	prod, err := herald.New("orders", herald.WithStore(testdb.SQLite(t)), herald.WithBroker(b), herald.WithLogger(quiet),
-		herald.WithObserver(pubs), herald.WithRelay(herald.RelayConfig{BatchSize: 7, MarkInterval: time.Hour}))
-	must(t, err)
-	must(t, herald.Translate(prod, stepRecorded, orderStepped, func(ctx context.Context, s step) (stepped, error) { return stepped(s), nil }))
-	must(t, prod.Start(ctx))
+	prod := stepsService(t, testdb.SQLite(t), b, pubs, herald.RelayConfig{BatchSize: 7, MarkInterval: time.Hour})
 	defer prod.Close()
-	for i := range 10 {
-		must(t, prod.Do(ctx, func(tx herald.Tx) error { return herald.Record(tx, stepRecorded, step{OrderID: "o", N: i}) }))
-	}
-	deadline := time.Now().Add(20 * time.Second)
-	var ids []string
-	for len(ids) < 10 {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of 10 events published", len(ids))
-		}
-		time.Sleep(10 * time.Millisecond)
-		pubs.mu.Lock()
-		ids = ids[:0]
-		for id := range pubs.n {
-			ids = append(ids, id)
-		}
-		pubs.mu.Unlock()
-	}
+	recordSteps(t, prod, 0, 10)
+	ids := pubs.waitIDs(t, 10)
 	if _, err := prod.Republish(ctx, time.Hour); err != nil {
 		t.Fatal(err)
 	}
