@@ -129,13 +129,10 @@ func (s *Service) relay(ctx context.Context, holder string) {
 	var recheck time.Duration
 	rs := &relayState{serial: s.store.DelaysVisibility(), every: rc.MarkInterval}
 	defer func() {
-		// What the broker acknowledged is marked, so a restart does not
-		// publish it again.
-		fctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		if err := s.flushMarks(fctx, rs); err == nil {
-			_ = rs.settle()
-		}
-		cancel()
+		// What the broker acknowledged is marked (a mark outlives ctx by up
+		// to a second; reset waits for it), so a restart does not publish
+		// it again.
+		_ = s.flushMarks(ctx, rs)
 		rs.reset()
 		if !leased.IsZero() {
 			rctx, cancel := context.WithTimeout(context.Background(), time.Second)

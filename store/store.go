@@ -410,8 +410,18 @@ func (s *Store) OutboxCursor(ctx context.Context, service string) (int64, error)
 	if err := s.live(); err != nil {
 		return 0, err
 	}
+	return s.outboxCursor(ctx, s.db, service)
+}
+
+// rowQuerier is what *sql.DB and *sql.Tx share for one-row reads.
+type rowQuerier interface {
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// outboxCursor is OutboxCursor through q (the store's pool or a transaction).
+func (s *Store) outboxCursor(ctx context.Context, q rowQuerier, service string) (int64, error) {
 	var c int64
-	if err := s.db.QueryRowContext(ctx, s.d.Rebind("SELECT "+outboxCursor), service).Scan(&c); err != nil {
+	if err := q.QueryRowContext(ctx, s.d.Rebind("SELECT "+outboxCursor), service).Scan(&c); err != nil {
 		return 0, fmt.Errorf("herald/store: outbox cursor of %s: %w", service, err)
 	}
 	return c, nil
@@ -470,15 +480,15 @@ func (s *Store) RepublishSince(ctx context.Context, service string, since time.T
 	}
 	// Dropping the range marks made since moves the cursor back to the
 	// last mark before it; the rows between are unpublished again.
-	var was, now int64
-	cursor := s.d.Rebind("SELECT " + outboxCursor)
-	if err := tx.QueryRowContext(ctx, cursor, service).Scan(&was); err != nil {
+	was, err := s.outboxCursor(ctx, tx, service)
+	if err != nil {
 		return fail(err)
 	}
 	if _, err := tx.ExecContext(ctx, s.d.Rebind("DELETE FROM herald_outbox_marks WHERE service = ? AND published_at >= ?"), service, at); err != nil {
 		return fail(err)
 	}
-	if err := tx.QueryRowContext(ctx, cursor, service).Scan(&now); err != nil {
+	now, err := s.outboxCursor(ctx, tx, service)
+	if err != nil {
 		return fail(err)
 	}
 	if now < was {
