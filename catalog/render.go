@@ -199,11 +199,7 @@ func (g *Graph) WriteMermaid(w io.Writer) error {
 	var b strings.Builder
 	b.WriteString("flowchart LR\n")
 	for i, s := range g.Services {
-		title := s.Name
-		if s.Stale {
-			title += " (stale)"
-		}
-		fmt.Fprintf(&b, "  subgraph s%d [\"%s\"]\n", i, q(title))
+		fmt.Fprintf(&b, "  subgraph s%d [\"%s\"]\n", i, q(serviceTitle(s)))
 		for _, n := range g.serviceNodes(s.Name) {
 			b.WriteString("    " + shape(n) + "\n")
 		}
@@ -215,14 +211,26 @@ func (g *Graph) WriteMermaid(w io.Writer) error {
 		}
 	}
 	for _, e := range g.Edges {
-		label := string(e.Kind)
-		if e.Label != "" {
-			label += " " + e.Label
-		}
-		fmt.Fprintf(&b, "  %s -- \"%s\" --> %s\n", ids[e.From], q(label), ids[e.To])
+		fmt.Fprintf(&b, "  %s -- \"%s\" --> %s\n", ids[e.From], q(edgeLabel(e)), ids[e.To])
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// serviceTitle is a service's name in a diagram, marked when it is stale.
+func serviceTitle(s ServiceInfo) string {
+	if s.Stale {
+		return s.Name + " (stale)"
+	}
+	return s.Name
+}
+
+// edgeLabel is an edge's kind and, if any, its label.
+func edgeLabel(e Edge) string {
+	if e.Label != "" {
+		return string(e.Kind) + " " + e.Label
+	}
+	return string(e.Kind)
 }
 
 // WriteDOT writes a Graphviz digraph with a cluster per service.
@@ -243,11 +251,7 @@ func (g *Graph) WriteDOT(w io.Writer) error {
 	var b strings.Builder
 	b.WriteString("digraph herald {\n  rankdir=LR;\n  node [fontname=\"Helvetica\"];\n")
 	for i, s := range g.Services {
-		label := s.Name
-		if s.Stale {
-			label += " (stale)"
-		}
-		fmt.Fprintf(&b, "  subgraph cluster_%d {\n    label=%s;\n", i, q(label))
+		fmt.Fprintf(&b, "  subgraph cluster_%d {\n    label=%s;\n", i, q(serviceTitle(s)))
 		for _, n := range g.serviceNodes(s.Name) {
 			fmt.Fprintf(&b, "    %s %s;\n", ids[n.ID], attrs(n))
 		}
@@ -259,11 +263,7 @@ func (g *Graph) WriteDOT(w io.Writer) error {
 		}
 	}
 	for _, e := range g.Edges {
-		label := string(e.Kind)
-		if e.Label != "" {
-			label += " " + e.Label
-		}
-		fmt.Fprintf(&b, "  %s -> %s [label=%s];\n", ids[e.From], ids[e.To], q(label))
+		fmt.Fprintf(&b, "  %s -> %s [label=%s];\n", ids[e.From], ids[e.To], q(edgeLabel(e)))
 	}
 	b.WriteString("}\n")
 	_, err := io.WriteString(w, b.String())
