@@ -5,6 +5,7 @@ import (
 	"iter"
 	"strconv"
 	"time"
+	"unicode/utf8"
 )
 
 // SpecVersion is the CloudEvents version herald speaks.
@@ -195,6 +196,12 @@ func (a *attributes) envelope(body []byte) (*Envelope, error) {
 		}
 		if len(vals[i]) > maxHeaderValue {
 			return nil, fmt.Errorf("%w: header %s longer than %d bytes", ErrInvalid, k, maxHeaderValue)
+		}
+		if !utf8.ValidString(vals[i]) {
+			// Attributes become log fields, trace records and metric
+			// labels: bytes that are not text are refused here, before
+			// any of those sees them.
+			return nil, fmt.Errorf("%w: header %s is not valid UTF-8", ErrInvalid, k)
 		}
 	}
 	if sv := vals[aSpecVersion]; sv != SpecVersion {

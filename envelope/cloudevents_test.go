@@ -183,6 +183,10 @@ func fromBinaryErrorCases() []fromBinaryErrorCase {
 	}
 	cases := []fromBinaryErrorCase{
 		{"missing specversion", without(HeaderSpecVersion), HeaderSpecVersion},
+		{"type not UTF-8", with(HeaderType, "shop.\xffbad"), HeaderType + " is not valid UTF-8"},
+		{"source not UTF-8", with(HeaderSource, "\xc3("), HeaderSource + " is not valid UTF-8"},
+		{"key not UTF-8", with(HeaderPartitionKey, "k\xed\xa0\x80"), HeaderPartitionKey + " is not valid UTF-8"},
+		{"id not UTF-8", with(HeaderID, "\xfe"), HeaderID + " is not valid UTF-8"},
 		{"wrong specversion", with(HeaderSpecVersion, "0.3"), HeaderSpecVersion},
 		{"specversion with space", with(HeaderSpecVersion, "1.0 "), HeaderSpecVersion},
 		{"missing id", without(HeaderID), "empty id"},

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/oklog/ulid/v2"
 )
@@ -66,6 +67,10 @@ func (e *Envelope) Validate() error {
 		return fmt.Errorf("%w: event %s: empty type", ErrInvalid, e.ID)
 	case len(e.Type) > maxHeaderValue:
 		return fmt.Errorf("%w: event %s: type is %d bytes, longer than %d", ErrInvalid, e.ID, len(e.Type), maxHeaderValue)
+	case !utf8.ValidString(e.ID):
+		return fmt.Errorf("%w: id %q is not valid UTF-8", ErrInvalid, e.ID)
+	case !utf8.ValidString(e.Type):
+		return fmt.Errorf("%w: event %s: type %q is not valid UTF-8", ErrInvalid, e.ID, e.Type)
 	case e.Version < 1:
 		return fmt.Errorf("%w: event %s (%s): version %d < 1", ErrInvalid, e.ID, e.Type, e.Version)
 	case !e.Kind.Valid():
@@ -89,6 +94,9 @@ func (e *Envelope) Validate() error {
 	} {
 		if len(a.value) > maxHeaderValue {
 			return fmt.Errorf("%w: event %s (%s): %s is %d bytes, longer than %d", ErrInvalid, e.ID, e.Type, a.name, len(a.value), maxHeaderValue)
+		}
+		if !utf8.ValidString(a.value) {
+			return fmt.Errorf("%w: event %s (%s): %s is not valid UTF-8", ErrInvalid, e.ID, e.Type, a.name)
 		}
 	}
 	return nil

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 // encodeExtra renders headers as "key:value" lines, the form FuzzFromBinary
@@ -78,6 +79,9 @@ func referenceFromBinary(header map[string]string, body []byte) (*Envelope, erro
 		}
 		if len(v) > maxHeaderValue {
 			return nil, fmt.Errorf("%w: header %s longer than %d bytes", ErrInvalid, k, maxHeaderValue)
+		}
+		if !utf8.ValidString(v) {
+			return nil, fmt.Errorf("%w: header %s is not valid UTF-8", ErrInvalid, k)
 		}
 		vals[k] = v
 	}
