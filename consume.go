@@ -62,7 +62,32 @@ type consumer struct {
 	epoch        uint64 // the transport's reconnects seen (broker.Resumer)
 }
 
+// consume runs sub until ctx ends. A panic inside the consumer engine (a
+// bug: handlers and observers are contained on their own) is logged with its
+// stack, the events the consumer held go back to the broker, and the
+// consumer starts again after a growing pause — never a silent stop.
 func (s *Service) consume(ctx context.Context, sub *subscription) {
+	pause := time.Second
+	for {
+		err := s.consumeOnce(ctx, sub)
+		if err == nil || ctx.Err() != nil {
+			return
+		}
+		s.log.Error("subscription consumer panicked; its held events went back to the broker, it restarts",
+			"subscription", sub.name, "err", err, "restart_in", pause)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(pause):
+		}
+		pause = min(2*pause, 30*time.Second)
+	}
+}
+
+// consumeOnce is one run of the consumer; it returns a *PanicError if the
+// engine panicked.
+func (s *Service) consumeOnce(ctx context.Context, sub *subscription) (err error) {
+	ctx, cancel := context.WithCancel(ctx)
 	c := &consumer{svc: s, sub: sub, queues: map[string][]*item{}, bySeq: map[uint64]*item{}}
 	in := make(chan []broker.Delivery, 8)
 	bsub := s.brokerSubscription(sub)
@@ -95,8 +120,12 @@ func (s *Service) consume(ctx context.Context, sub *subscription) {
 		}
 	}()
 	defer func() {
+		// Stop the transport's goroutine first: it may be blocked handing
+		// this loop a batch, which a panic left without a reader.
+		cancel()
 		<-done
 		c.releaseAll()
+		err = recovered(recover())
 	}()
 
 	tick := time.NewTicker(min(sub.cfg.ackWait/4, time.Second))
@@ -568,7 +597,7 @@ func (c *consumer) committed(ctx context.Context, t *txn, handled []handledItem,
 	}
 	s.observeCommit(ctx, t) // what the handlers recorded
 	now := time.Now()
-	if len(s.cfg.batchObservers) > 0 {
+	if s.obs.batching() {
 		b := BatchObservation{Subscription: c.sub.name, Start: batchStart, Duration: now.Sub(batchStart)}
 		for _, h := range handled {
 			if h.outcome == OutcomeOK {

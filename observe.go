@@ -3,6 +3,10 @@ package herald
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/heraldhq/herald/envelope"
@@ -44,14 +48,35 @@ type Observation struct {
 	Reason       string // dead-letter reason, delivery channel, …
 	Attempt      int
 	Err          error
+	// Known reports whether Event.Type is a contract the service registered.
+	// Types that came off the wire unchecked (garbage, a type no contract
+	// here names) are not known: observers that make labels of types use
+	// one label for all of them, so made-up types cannot explode their
+	// cardinality.
+	Known bool
 }
 
-// Observer receives observations. Observe is called synchronously on the hot
-// path, possibly from several goroutines: it must be fast and must not block
-// (buffer and drop rather than wait). Metrics, OpenTelemetry spans and the
-// causal trace are observers.
+// Observer receives observations, possibly from several goroutines. An
+// observer can never stop the flow: a panic in Observe is recovered, counted
+// (ObserverStats) and logged once per observer and hop; and unless the
+// observer is an InlineObserver it is not called on the hot path at all but
+// from a goroutine of its own, through a bounded queue, so a slow one loses
+// observations (counted) instead of slowing a consumer, the relay or the
+// notifier. Each observer sees a goroutine's observations in the order they
+// happened. ctx carries the values of the context the hop ran in, never its
+// cancellation. Metrics, OpenTelemetry spans and the causal trace are
+// observers.
 type Observer interface {
 	Observe(ctx context.Context, o Observation)
+}
+
+// InlineObserver is an Observer whose Observe (and ObserveBatch, if it is a
+// BatchObserver) returns at once and never blocks — a counter, a buffer that
+// drops when full. herald calls it inline, on the hot path, sparing it the
+// queue. Inline is a marker; herald never calls it.
+type InlineObserver interface {
+	Observer
+	Inline()
 }
 
 // ObserverFunc adapts a function to Observer.
@@ -67,25 +92,38 @@ func WithObserver(o Observer) Option {
 			return fmt.Errorf("%w: nil observer", ErrInvalidOption)
 		}
 		c.observers = append(c.observers, o)
-		if bo, ok := o.(BatchObserver); ok {
-			c.batchObservers = append(c.batchObservers, bo)
-		}
 		return nil
 	}
 }
 
+// ObserverStats counts what the service's observers lost.
+type ObserverStats struct {
+	// Panics counts observations whose observer panicked.
+	Panics uint64
+	// Dropped counts observations a queued observer's full queue dropped.
+	Dropped uint64
+}
+
+// ObserverStats reports what the service's observers lost so far.
+func (s *Service) ObserverStats() ObserverStats {
+	return ObserverStats{Panics: s.obs.panics.Load(), Dropped: s.obs.dropped.Load()}
+}
+
 // observe reports o to every observer, filling in the service.
 func (s *Service) observe(ctx context.Context, o Observation) {
-	if len(s.cfg.observers) == 0 {
+	if s.obs.none() {
 		return
 	}
 	o.Service = s.name
-	if o.Event.Data != nil {
-		o.Event.Data = nil
-	}
-	for _, ob := range s.cfg.observers {
-		ob.Observe(ctx, o)
-	}
+	o.Event.Data = nil
+	o.Known = s.reg.knows(o.Event.Type)
+	s.obs.observe(ctx, o)
+}
+
+// observeBatch reports a handled batch to the batch observers.
+func (s *Service) observeBatch(ctx context.Context, b BatchObservation) {
+	b.Service = s.name
+	s.obs.observeBatch(ctx, b)
 }
 
 // Observe lets packages built on herald (the notifier) report their hops
@@ -94,4 +132,186 @@ func (s *Service) Observe(ctx context.Context, o Observation) { s.observe(ctx, o
 
 // observing reports whether anyone listens, so hot paths skip building
 // observations nobody reads.
-func (s *Service) observing() bool { return len(s.cfg.observers) > 0 }
+func (s *Service) observing() bool { return !s.obs.none() }
+
+// observerQueueSize is how many observations a queued observer may lag
+// behind before it loses them.
+const observerQueueSize = 4096
+
+// observerHub hands observations to the service's observers: inline ones
+// directly, the others through their queues; either way contained.
+type observerHub struct {
+	log     *slog.Logger
+	inline  []Observer
+	inlineB []BatchObserver // the inline observers that are BatchObservers
+	queues  []*observerQueue
+	panics  atomic.Uint64
+	dropped atomic.Uint64
+	logged  sync.Map // what was logged once: "panic <observer> <hop>", "drop <observer>"
+}
+
+// observerQueue is one queued observer and its backlog.
+type observerQueue struct {
+	o  Observer
+	bo BatchObserver // o, if it is one
+	ch chan queuedObservation
+}
+
+// queuedObservation is one entry of a queue: an observation or a batch.
+type queuedObservation struct {
+	ctx   context.Context
+	o     Observation
+	batch *BatchObservation
+}
+
+func newObserverHub(log *slog.Logger, obs []Observer) *observerHub {
+	h := &observerHub{log: log}
+	for _, o := range obs {
+		bo, _ := o.(BatchObserver)
+		if _, ok := o.(InlineObserver); ok {
+			h.inline = append(h.inline, o)
+			if bo != nil {
+				h.inlineB = append(h.inlineB, bo)
+			}
+			continue
+		}
+		h.queues = append(h.queues, &observerQueue{o: o, bo: bo, ch: make(chan queuedObservation, observerQueueSize)})
+	}
+	return h
+}
+
+func (h *observerHub) none() bool { return len(h.inline) == 0 && len(h.queues) == 0 }
+
+// batching reports whether any observer is a BatchObserver.
+func (h *observerHub) batching() bool {
+	if len(h.inlineB) > 0 {
+		return true
+	}
+	for _, q := range h.queues {
+		if q.bo != nil {
+			return true
+		}
+	}
+	return false
+}
+
+func (h *observerHub) observe(ctx context.Context, o Observation) {
+	for _, ob := range h.inline {
+		h.call(ob, ctx, o)
+	}
+	if len(h.queues) == 0 {
+		return
+	}
+	ctx = context.WithoutCancel(ctx)
+	for _, q := range h.queues {
+		h.enqueue(q, queuedObservation{ctx: ctx, o: o})
+	}
+}
+
+func (h *observerHub) observeBatch(ctx context.Context, b BatchObservation) {
+	for _, bo := range h.inlineB {
+		h.callBatch(bo, ctx, b)
+	}
+	var shared *BatchObservation
+	for _, q := range h.queues {
+		if q.bo == nil {
+			continue
+		}
+		if shared == nil {
+			shared = &b
+			ctx = context.WithoutCancel(ctx)
+		}
+		h.enqueue(q, queuedObservation{ctx: ctx, batch: shared})
+	}
+}
+
+// enqueue hands e to q's goroutine, or drops it when q is full.
+func (h *observerHub) enqueue(q *observerQueue, e queuedObservation) {
+	select {
+	case q.ch <- e:
+	default:
+		h.dropped.Add(1)
+		h.once("drop "+fmt.Sprintf("%T", q.o), func() {
+			h.log.Warn("observer too slow: dropping observations (counted in ObserverStats); logged once",
+				"observer", fmt.Sprintf("%T", q.o), "queue", observerQueueSize)
+		})
+	}
+}
+
+// call runs ob.Observe, containing a panic.
+func (h *observerHub) call(ob Observer, ctx context.Context, o Observation) {
+	defer h.contain(ob, o.Hop)
+	ob.Observe(ctx, o)
+}
+
+// callBatch runs bo.ObserveBatch, containing a panic.
+func (h *observerHub) callBatch(bo BatchObserver, ctx context.Context, b BatchObservation) {
+	defer h.contain(bo, "batch")
+	bo.ObserveBatch(ctx, b)
+}
+
+// contain, deferred, recovers an observer's panic, counts it and logs it
+// once per observer and hop.
+func (h *observerHub) contain(ob any, hop Hop) {
+	r := recover()
+	if r == nil {
+		return
+	}
+	h.panics.Add(1)
+	name := fmt.Sprintf("%T", ob)
+	h.once("panic "+name+" "+string(hop), func() {
+		h.log.Error("observer panicked; the flow goes on without it (counted in ObserverStats; logged once per observer and hop)",
+			"observer", name, "hop", string(hop), "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+	})
+}
+
+func (h *observerHub) once(key string, f func()) {
+	if _, seen := h.logged.LoadOrStore(key, struct{}{}); !seen {
+		f()
+	}
+}
+
+// run drains the queues until ctx ends, then delivers what they still hold
+// for up to grace; it returns when every queue's goroutine stopped or grace
+// is over (an observer stuck in a call is abandoned, and logged).
+func (h *observerHub) run(ctx context.Context, grace time.Duration) (wait func()) {
+	var wg sync.WaitGroup
+	for _, q := range h.queues {
+		wg.Go(func() { h.drain(ctx, q, grace) })
+	}
+	return func() {
+		done := make(chan struct{})
+		go func() { wg.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(2 * grace):
+			h.log.Warn("an observer did not return in time; abandoning it", "grace", 2*grace)
+		}
+	}
+}
+
+func (h *observerHub) drain(ctx context.Context, q *observerQueue, grace time.Duration) {
+	deliver := func(e queuedObservation) {
+		if e.batch != nil {
+			h.callBatch(q.bo, e.ctx, *e.batch)
+		} else {
+			h.call(q.o, e.ctx, e.o)
+		}
+	}
+	for ctx.Err() == nil {
+		select {
+		case e := <-q.ch:
+			deliver(e)
+		case <-ctx.Done():
+		}
+	}
+	stop := time.Now().Add(grace)
+	for time.Now().Before(stop) {
+		select {
+		case e := <-q.ch:
+			deliver(e)
+		default:
+			return
+		}
+	}
+}

@@ -25,8 +25,9 @@ type BatchObservation struct {
 // BatchObserver is implemented by observers that also want one report per
 // consumer transaction. An Observer passed to WithObserver that implements it
 // gets ObserveBatch after each committed transaction that ran at least one
-// handler, before the transaction's per-event HopHandle observations. Like
-// Observe it runs on the hot path and must not block.
+// handler, before the transaction's per-event HopHandle observations. It is
+// called as Observe is: inline for an InlineObserver, otherwise through the
+// observer's queue, and a panic is contained.
 type BatchObserver interface {
 	ObserveBatch(ctx context.Context, b BatchObservation)
 }
@@ -49,13 +50,5 @@ func WithTraceContext(f TraceContextFunc) Option {
 		}
 		c.traceContext = f
 		return nil
-	}
-}
-
-// observeBatch reports a handled batch to the batch observers.
-func (s *Service) observeBatch(ctx context.Context, b BatchObservation) {
-	b.Service = s.name
-	for _, bo := range s.cfg.batchObservers {
-		bo.ObserveBatch(ctx, b)
 	}
 }

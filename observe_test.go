@@ -3,6 +3,8 @@ package herald_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -93,4 +95,101 @@ func TestObserversSeeEveryHop(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestObserversCannotStopTheFlow: an observer that blocks forever and
+// one that panics on every call slow down neither the producer nor the
+// consumer; what they lose is counted, each kind of failure is logged once,
+// and Close does not wait for the stuck observer.
+func TestObserversCannotStopTheFlow(t *testing.T) {
+	ctx := context.Background()
+	b, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithLogger(quiet))
+	must(t, err)
+	defer b.Close()
+	release := make(chan struct{})
+	defer close(release)
+	stuck := herald.ObserverFunc(func(context.Context, herald.Observation) { <-release })
+	boom := herald.ObserverFunc(func(context.Context, herald.Observation) { panic("observer bug") })
+	var logs syncBuffer
+	logger := slog.New(slog.NewTextHandler(&logs, nil))
+	opts := []herald.Option{herald.WithBroker(b), herald.WithObserver(stuck), herald.WithObserver(boom), herald.WithLogger(logger)}
+	prod, err := herald.New("orders", append(opts, herald.WithStore(testdb.SQLite(t)))...)
+	must(t, err)
+	must(t, herald.Translate(prod, stepRecorded, orderStepped, func(ctx context.Context, s step) (stepped, error) { return stepped(s), nil }))
+	cst := testdb.SQLite(t)
+	_, err = cst.DB().Exec(`CREATE TABLE effects (event_id TEXT PRIMARY KEY)`)
+	must(t, err)
+	cons, err := herald.New("shipping", append(opts, herald.WithStore(cst))...)
+	must(t, err)
+	must(t, herald.Subscribe(cons, orderStepped, "track", func(ctx context.Context, tx herald.Tx, s stepped) error {
+		ev, _ := herald.EventFrom(ctx)
+		_, err := tx.SQL().ExecContext(ctx, `INSERT INTO effects (event_id) VALUES (?)`, ev.ID)
+		return err
+	}))
+	must(t, prod.Start(ctx))
+	must(t, cons.Start(ctx))
+	const n = 2500 // 3 hops each on the producer, 2 on the consumer: more than a queue holds
+	for i := range n / 100 {
+		must(t, prod.Do(ctx, func(tx herald.Tx) error {
+			for j := range 100 {
+				if err := herald.Record(tx, stepRecorded, step{OrderID: fmt.Sprintf("o%d", (i*100+j)%50), N: i*100 + j}); err != nil {
+					return err
+				}
+			}
+			return nil
+		}))
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for testdb.Count(t, cst, "effects", "") < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d events took effect", testdb.Count(t, cst, "effects", ""), n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, s := range []*herald.Service{prod, cons} {
+		st := s.ObserverStats()
+		if st.Panics == 0 || st.Dropped == 0 {
+			t.Errorf("%s: observer stats %+v: want panics and drops counted", s.Name(), st)
+		}
+	}
+	start := time.Now()
+	must(t, prod.Close())
+	must(t, cons.Close())
+	if d := time.Since(start); d > 20*time.Second {
+		t.Errorf("Close took %v with a stuck observer", d)
+	}
+	out := logs.String()
+	// Each service logs once per hop its panicking observer saw.
+	for _, want := range []string{"hop=record", "hop=translate", "hop=publish", "hop=consume", "hop=handle"} {
+		lines := 0
+		for line := range strings.SplitSeq(out, "\n") {
+			if strings.Contains(line, "observer panicked") && strings.Contains(line, want) {
+				lines++
+			}
+		}
+		if lines != 1 {
+			t.Errorf("%d log lines of a panic at %s, want 1", lines, want)
+		}
+	}
+	if c := strings.Count(out, "observer too slow"); c != 2 {
+		t.Errorf("%d log lines of a slow observer, want one per service", c)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent writers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -72,6 +72,13 @@ func (r *Registry) Lookup(name string, version int) (Contract, bool) {
 	return c, ok
 }
 
+// knows reports whether some contract is registered under name.
+func (r *Registry) knows(name string) bool {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return len(r.byName[name]) > 0
+}
+
 // has reports whether exactly c is registered.
 func (r *Registry) has(c Contract) bool {
 	got, ok := r.Lookup(c.Name(), c.Version())

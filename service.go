@@ -23,6 +23,7 @@ type Service struct {
 	log    *slog.Logger
 	reg    *Registry
 	cfg    config
+	obs    *observerHub
 
 	mu           sync.RWMutex // guards the registrations below
 	handlers     map[Contract][]domainHandler
@@ -52,7 +53,6 @@ type config struct {
 	inboxRetention  time.Duration
 	outboxRetention time.Duration
 	observers       []Observer
-	batchObservers  []BatchObserver
 	traceContext    TraceContextFunc
 	version         string // the service's version, for its manifest
 }
@@ -153,6 +153,7 @@ func New(name string, opts ...Option) (*Service, error) {
 		log:          c.log.With("service", name),
 		reg:          NewRegistry(),
 		cfg:          c,
+		obs:          newObserverHub(c.log.With("service", name), c.observers),
 		handlers:     map[Contract][]domainHandler{},
 		translations: map[Contract][]translation{},
 		notifies:     map[Contract]bool{},

@@ -15,6 +15,7 @@ import (
 	"context"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/heraldhq/herald"
 	"github.com/prometheus/client_golang/prometheus"
@@ -31,6 +32,8 @@ type Metrics struct {
 	oldest     *prometheus.Desc
 	pending    *prometheus.Desc
 	ackPending *prometheus.Desc
+	obsPanics  *prometheus.Desc
+	obsDropped *prometheus.Desc
 
 	mu       sync.Mutex
 	services []*herald.Service
@@ -65,7 +68,11 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 		ackPending: prometheus.NewDesc("herald_consumer_ack_pending", "Events delivered to a subscription and not yet acknowledged.",
 			[]string{"service", "subscription"}, nil),
 		backlog: prometheus.NewDesc("herald_outbox_backlog", "Outbox rows not yet marked published (the relay marks what the broker acknowledged every RelayConfig.MarkInterval, 100ms by default, on SQLite).", []string{"service"}, nil),
-		oldest:  prometheus.NewDesc("herald_outbox_oldest_age_seconds", "Age of the oldest unpublished outbox row.", []string{"service"}, nil),
+		obsPanics: prometheus.NewDesc("herald_observer_panics_total", "Observations whose observer panicked (contained: the flow went on).",
+			[]string{"service"}, nil),
+		obsDropped: prometheus.NewDesc("herald_observer_dropped_total", "Observations a slow observer's full queue dropped.",
+			[]string{"service"}, nil),
+		oldest: prometheus.NewDesc("herald_outbox_oldest_age_seconds", "Age of the oldest unpublished outbox row.", []string{"service"}, nil),
 	}
 	for _, c := range []prometheus.Collector{m.hops, m.handle, m.deadLetter, m.retries, m.notes, m} {
 		if err := reg.Register(c); err != nil {
@@ -76,19 +83,47 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 }
 
 // Observe counts one observation; it never blocks.
+//
+// Label values are bounded: an event type becomes its own label only when
+// the service registered it (Observation.Known); every other type — garbage
+// off the wire, a type nobody here subscribes to — counts under "other", so
+// a flood of made-up types cannot explode the metrics' cardinality, and no
+// value that is not valid UTF-8 ever reaches Prometheus (which panics on
+// one).
 func (m *Metrics) Observe(_ context.Context, o herald.Observation) {
-	m.hops.WithLabelValues(o.Service, string(o.Hop), o.Event.Type, o.Outcome).Inc()
+	typ := OtherLabel
+	if o.Known {
+		typ = label(o.Event.Type)
+	}
+	svc := label(o.Service)
+	m.hops.WithLabelValues(svc, label(string(o.Hop)), typ, label(o.Outcome)).Inc()
 	switch o.Hop {
 	case herald.HopHandle:
-		m.handle.WithLabelValues(o.Service, o.Subscription, o.Outcome).Observe(o.Duration.Seconds())
+		m.handle.WithLabelValues(svc, label(o.Subscription), label(o.Outcome)).Observe(o.Duration.Seconds())
 		if o.Outcome == herald.OutcomeRetry {
-			m.retries.WithLabelValues(o.Service, o.Subscription).Inc()
+			m.retries.WithLabelValues(svc, label(o.Subscription)).Inc()
 		}
 	case herald.HopDeliver:
-		m.notes.WithLabelValues(o.Service, o.Reason, o.Outcome).Inc()
+		m.notes.WithLabelValues(svc, label(o.Reason), label(o.Outcome)).Inc()
 	case herald.HopDeadLetter:
-		m.deadLetter.WithLabelValues(o.Service, o.Subscription, o.Reason).Inc()
+		m.deadLetter.WithLabelValues(svc, label(o.Subscription), label(o.Reason)).Inc()
 	}
+}
+
+// Inline marks Metrics as an herald.InlineObserver: counting never blocks,
+// so herald calls it on the hot path instead of through a queue.
+func (m *Metrics) Inline() {}
+
+// OtherLabel is the type label of events whose type the service did not
+// register, and the value of any label that is not valid UTF-8.
+const OtherLabel = "other"
+
+// label returns v, or OtherLabel when Prometheus would refuse v.
+func label(v string) string {
+	if !utf8.ValidString(v) {
+		return OtherLabel
+	}
+	return v
 }
 
 // Watch adds svc's outbox backlog and oldest-row age to every scrape.
@@ -104,6 +139,8 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	ch <- m.oldest
 	ch <- m.pending
 	ch <- m.ackPending
+	ch <- m.obsPanics
+	ch <- m.obsDropped
 }
 
 // Collect implements prometheus.Collector: it reads each watched service's
@@ -122,6 +159,11 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(m.backlog, prometheus.GaugeValue, float64(n), s.Name())
 		ch <- prometheus.MustNewConstMetric(m.oldest, prometheus.GaugeValue, age.Seconds(), s.Name())
+	}
+	for _, s := range svcs {
+		st := s.ObserverStats()
+		ch <- prometheus.MustNewConstMetric(m.obsPanics, prometheus.CounterValue, float64(st.Panics), s.Name())
+		ch <- prometheus.MustNewConstMetric(m.obsDropped, prometheus.CounterValue, float64(st.Dropped), s.Name())
 	}
 	for _, s := range svcs {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

@@ -3,6 +3,7 @@ package metrics_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/broker/natsjs"
+	"github.com/heraldhq/herald/envelope"
 	"github.com/heraldhq/herald/internal/testdb"
 	"github.com/heraldhq/herald/metrics"
 	"github.com/prometheus/client_golang/prometheus"
@@ -156,4 +158,54 @@ func value(fams map[string]*dto.MetricFamily, name string, want map[string]strin
 		}
 	}
 	return sum
+}
+
+// TestLabelsAreBounded: types that came off the wire unchecked share one
+// label, and no value that is not UTF-8 reaches Prometheus, which panics on
+// one (a single such message once stopped three services' consumers).
+func TestLabelsAreBounded(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m, err := metrics.New(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for i := range 1000 {
+		for _, hop := range []herald.Hop{herald.HopConsume, herald.HopDeadLetter} {
+			m.Observe(ctx, herald.Observation{Hop: hop, Service: "shipping", Subscription: "ship", Outcome: "ok",
+				Reason: "unknown-type\xff", Event: envelope.Envelope{Type: fmt.Sprintf("made.up.%d\xff", i)}})
+		}
+	}
+	m.Observe(ctx, herald.Observation{Hop: herald.HopConsume, Service: "shipping", Outcome: "ok", Known: true,
+		Event: envelope.Envelope{Type: "shop.order.placed"}})
+	m.Observe(ctx, herald.Observation{Hop: herald.HopConsume, Service: "shipping", Outcome: "ok", Known: true,
+		Event: envelope.Envelope{Type: "shop.\xc3("}})
+	fams, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	series := map[string]float64{}
+	for _, f := range fams {
+		for _, s := range f.GetMetric() {
+			key := f.GetName()
+			for _, l := range s.GetLabel() {
+				key += " " + l.GetName() + "=" + l.GetValue()
+			}
+			series[key] = s.GetCounter().GetValue()
+		}
+	}
+	want := map[string]float64{
+		"herald_events_total hop=consume outcome=ok service=shipping type=other":             1001,
+		"herald_events_total hop=consume outcome=ok service=shipping type=shop.order.placed": 1,
+		"herald_events_total hop=dead-letter outcome=ok service=shipping type=other":         1000,
+		"herald_dead_letters_total reason=other service=shipping subscription=ship":          1000,
+	}
+	for k, v := range want {
+		if series[k] != v {
+			t.Errorf("%s = %v, want %v", k, series[k], v)
+		}
+	}
+	if len(series) != len(want) {
+		t.Errorf("%d series, want %d: %v", len(series), len(want), series)
+	}
 }

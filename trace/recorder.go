@@ -90,6 +90,10 @@ func NewRecorder(sink Sink, cfg Config) (*Recorder, error) {
 	return &Recorder{sink: sink, cfg: cfg, ch: make(chan Record, cfg.Buffer), syncReq: make(chan chan struct{})}, nil
 }
 
+// Inline marks the recorder as an herald.InlineObserver: Observe never
+// blocks, so herald calls it on the hot path instead of through a queue.
+func (r *Recorder) Inline() {}
+
 // Observe implements herald.Observer: it buffers the record of o, or drops
 // and counts it when the buffer is full.
 func (r *Recorder) Observe(_ context.Context, o herald.Observation) {
