@@ -12,13 +12,13 @@ import (
 
 // runState is what a started service runs; Close stops it.
 type runState struct {
-	cancel   context.CancelFunc
-	wg       sync.WaitGroup
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
 	// The observers' queues outlive the engines, so that what the engines
 	// report while they stop is delivered too.
 	stopObservers  context.CancelFunc
 	observersEnded func()
-	instance string // this instance's id (relay lease holder, catalog)
+	instance       string // this instance's id (relay lease holder, catalog)
 }
 
 // Start provisions the service's streams and consumers on the broker (once,
