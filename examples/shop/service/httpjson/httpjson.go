@@ -18,11 +18,12 @@
 // handler runs, in plain text: a malformed request line, header or URL, or
 // an HTTP/1.1 request without Host (400), a header block over the server's
 // MaxHeaderBytes (431), an unsupported HTTP version (505) or
-// Transfer-Encoding (501), an Expect other than 100-continue (417). A
-// request that does not arrive within the server's timeouts gets no answer
-// at all. ServeMux's redirects of unclean paths (307) keep their small
-// HTML body. And a panic after a handler started writing its answer
-// cannot become a 500: the connection is aborted instead.
+// Transfer-Encoding (501); an Expect other than 100-continue gets 417 with
+// no body. A request that does not arrive within the server's timeouts
+// gets no answer at all. ServeMux's redirects (of unclean paths, or adding
+// a trailing slash) are not errors and keep their small HTML body. And a
+// panic after a handler started writing its answer cannot become a 500:
+// the connection is aborted instead.
 package httpjson
 
 import (
