@@ -65,6 +65,10 @@ func TestBadOrdersAreRefusedAndRecordNothing(t *testing.T) {
 		{"no items", `{"customer_id":"c1","email":"a@b.c","items":[]}`, "at least one item"},
 		{"no customer", `{"email":"a@b.c","items":[{"product_id":"p-mug","quantity":1}]}`, "customer_id"},
 		{"bad email", `{"customer_id":"c1","email":"nope","items":[{"product_id":"p-mug","quantity":1}]}`, "e-mail"},
+		{"display name", `{"customer_id":"c1","email":"Evil <evil@attacker.test>","items":[{"product_id":"p-mug","quantity":1}]}`, "display name"},
+		{"two addresses", `{"customer_id":"c1","email":"a@b.test, c@d.test","items":[{"product_id":"p-mug","quantity":1}]}`, "several addresses"},
+		{"group", `{"customer_id":"c1","email":"g:a@b.test;","items":[{"product_id":"p-mug","quantity":1}]}`, "group syntax"},
+		{"CRLF", `{"customer_id":"c1","email":"a@b.test\r\nBcc: v@c.test","items":[{"product_id":"p-mug","quantity":1}]}`, "line break"},
 		{"two values", `{"customer_id":"c1","email":"a@b.c","items":[{"product_id":"p-mug","quantity":1}]} {}`, "more than one"},
 	}
 	for _, c := range cases {

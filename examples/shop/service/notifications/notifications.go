@@ -232,7 +232,8 @@ func (s *Service) Close() error {
 	return errors.Join(s.Notifier.Close(), s.Service.Close())
 }
 
-// Handler serves PUT /preferences/{customer} and GET /deliveries?customer=….
+// Handler serves PUT /preferences/{customer} and GET /deliveries?customer=…,
+// every answer in JSON (httpjson.Serve).
 func (s *Service) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("PUT /preferences/{customer}", func(w http.ResponseWriter, r *http.Request) {
@@ -242,7 +243,7 @@ func (s *Service) Handler() http.Handler {
 			Enabled  bool   `json:"enabled"`
 		}
 		if err := httpjson.Decode(w, r, &p); err != nil {
-			httpjson.Fail(w, http.StatusBadRequest, err.Error())
+			httpjson.FailErr(w, err)
 			return
 		}
 		err := s.Notifier.SetPreference(r.Context(), notify.Preference{Recipient: r.PathValue("customer"), Category: p.Category, Channel: p.Channel, Enabled: p.Enabled})
@@ -263,5 +264,5 @@ func (s *Service) Handler() http.Handler {
 		}
 		httpjson.Write(w, http.StatusOK, ds)
 	})
-	return mux
+	return httpjson.Serve(mux, nil)
 }

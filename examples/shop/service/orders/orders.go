@@ -15,6 +15,7 @@ import (
 	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/examples/shop/contract"
 	"github.com/heraldhq/herald/examples/shop/service/httpjson"
+	"github.com/heraldhq/herald/examples/shop/service/mailaddr"
 	"github.com/heraldhq/herald/store"
 )
 
@@ -160,13 +161,17 @@ var ErrInvalid = errors.New("invalid order")
 // Place validates req and places the order: the order rows, OrderPlaced and
 // (through the translation) shop.order.confirmed in one transaction.
 func (s *Service) Place(ctx context.Context, req PlaceRequest) (Order, error) {
-	o := Order{ID: herald.NewID(), CustomerID: strings.TrimSpace(req.CustomerID), Email: strings.TrimSpace(req.Email), Status: StatusConfirmed}
-	switch {
-	case o.CustomerID == "":
+	// The e-mail address is taken as it is, not trimmed: mailaddr.Check
+	// accepts only one bare address, so that the confirmation goes to it and
+	// nowhere else.
+	o := Order{ID: herald.NewID(), CustomerID: strings.TrimSpace(req.CustomerID), Email: req.Email, Status: StatusConfirmed}
+	if o.CustomerID == "" {
 		return o, fmt.Errorf("%w: customer_id is required", ErrInvalid)
-	case !strings.Contains(o.Email, "@"):
-		return o, fmt.Errorf("%w: email %q is not an e-mail address", ErrInvalid, o.Email)
-	case len(req.Items) == 0:
+	}
+	if err := mailaddr.Check(o.Email); err != nil {
+		return o, fmt.Errorf("%w: %w", ErrInvalid, &httpjson.FieldError{Field: "email", Err: err})
+	}
+	if len(req.Items) == 0 {
 		return o, fmt.Errorf("%w: an order needs at least one item", ErrInvalid)
 	}
 	seen := map[string]bool{}
@@ -253,13 +258,14 @@ func (s *Service) CountByStatus(ctx context.Context) (map[string]int, error) {
 	return out, rows.Err()
 }
 
-// Handler serves POST /orders and GET /orders/{id}.
+// Handler serves POST /orders and GET /orders/{id}, every answer in JSON
+// (httpjson.Serve).
 func (s *Service) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /orders", func(w http.ResponseWriter, r *http.Request) {
 		var req PlaceRequest
 		if err := httpjson.Decode(w, r, &req); err != nil {
-			httpjson.Fail(w, http.StatusBadRequest, err.Error())
+			httpjson.FailErr(w, err)
 			return
 		}
 		o, err := s.Place(r.Context(), req)
@@ -269,5 +275,5 @@ func (s *Service) Handler() http.Handler {
 		o, err := s.Get(r.Context(), r.PathValue("id"))
 		httpjson.Respond(w, http.StatusOK, o, err, httpjson.As{Err: ErrNotFound, Status: http.StatusNotFound})
 	})
-	return mux
+	return httpjson.Serve(mux, nil)
 }

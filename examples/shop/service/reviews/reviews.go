@@ -134,13 +134,13 @@ func boolInt(b bool) int {
 }
 
 // Handler serves POST /reviews, GET /products/{id}/reviews and
-// GET /verified/{customer}/{product}.
+// GET /verified/{customer}/{product}, every answer in JSON (httpjson.Serve).
 func (s *Service) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /reviews", func(w http.ResponseWriter, r *http.Request) {
 		var rv Review
 		if err := httpjson.Decode(w, r, &rv); err != nil {
-			httpjson.Fail(w, http.StatusBadRequest, err.Error())
+			httpjson.FailErr(w, err)
 			return
 		}
 		rv, err := s.Post(r.Context(), rv)
@@ -174,5 +174,5 @@ func (s *Service) Handler() http.Handler {
 		}
 		httpjson.Write(w, http.StatusOK, map[string]bool{"verified": ok})
 	})
-	return mux
+	return httpjson.Serve(mux, nil)
 }

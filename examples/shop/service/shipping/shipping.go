@@ -181,7 +181,8 @@ func (s *Service) Count(ctx context.Context, status string) (int, error) {
 	return n, err
 }
 
-// Handler serves GET /shipments/{order_id}.
+// Handler serves GET /shipments/{order_id}, every answer in JSON
+// (httpjson.Serve).
 func (s *Service) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /shipments/{order}", func(w http.ResponseWriter, r *http.Request) {
@@ -197,5 +198,5 @@ func (s *Service) Handler() http.Handler {
 			httpjson.Write(w, http.StatusOK, sh)
 		}
 	})
-	return mux
+	return httpjson.Serve(mux, s.log)
 }
