@@ -34,6 +34,9 @@ func TestPullLost(t *testing.T) {
 		t.Fatal("pullLost with nothing pending = true")
 	}
 	mustPublish(t, b, bulk(typ, 3))
+	// The publishes are acknowledged once stored; the consumer counts them
+	// a moment later.
+	waitConsumer(t, cons, "3 pending", func(ci *jetstream.ConsumerInfo) bool { return ci.NumPending == 3 })
 	if !pullLost(ctx, cons) {
 		t.Fatal("pullLost with 3 pending, no pull and nothing out = false")
 	}
@@ -54,7 +57,26 @@ func TestPullLost(t *testing.T) {
 	if err := out[0].DoubleAck(ctx); err != nil {
 		t.Fatal(err)
 	}
+	waitConsumer(t, cons, "2 pending, none out, no pull waiting", func(ci *jetstream.ConsumerInfo) bool {
+		return ci.NumPending == 2 && ci.NumAckPending == 0 && ci.NumWaiting == 0
+	})
 	if !pullLost(ctx, cons) {
 		t.Fatal("pullLost with 2 pending after the ack = false")
+	}
+}
+
+// waitConsumer waits until the server's info of cons satisfies ok.
+func waitConsumer(t *testing.T, cons jetstream.Consumer, what string, ok func(*jetstream.ConsumerInfo) bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ci, err := cons.Info(t.Context())
+		if err == nil && ok(ci) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("consumer never reached %s: %+v (%v)", what, ci, err)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
