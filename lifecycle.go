@@ -12,13 +12,9 @@ import (
 
 // runState is what a started service runs; Close stops it.
 type runState struct {
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	// The observers' queues outlive the engines, so that what the engines
-	// report while they stop is delivered too.
-	stopObservers  context.CancelFunc
-	observersEnded func()
-	instance       string // this instance's id (relay lease holder, catalog)
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	instance string // this instance's id (relay lease holder, catalog)
 }
 
 // Start provisions the service's streams and consumers on the broker (once,
@@ -57,8 +53,6 @@ func (s *Service) Start(ctx context.Context) error {
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	holder := envelope.NewID(time.Now()) // this instance, for the relay lease
 	r := &runState{cancel: cancel, instance: holder}
-	obsCtx, stopObs := context.WithCancel(context.WithoutCancel(ctx))
-	r.stopObservers, r.observersEnded = stopObs, s.obs.run(obsCtx, time.Second)
 	if s.broker != nil {
 		if heartbeat := s.announce(ctx, holder); heartbeat != nil {
 			r.wg.Go(func() { heartbeat(runCtx) })
@@ -104,9 +98,10 @@ func (s *Service) Close() error {
 		if s.broker != nil {
 			s.withdraw(r.instance)
 		}
-		r.stopObservers()
-		r.observersEnded()
 	}
+	// The observers' queues outlive the engines, so that what the engines
+	// reported while they stopped is delivered too.
+	s.obs.close()
 	return nil
 }
 

@@ -62,7 +62,7 @@ type Observation struct {
 // observer is an InlineObserver it is not called on the hot path at all but
 // from a goroutine of its own, through a bounded queue, so a slow one loses
 // observations (counted) instead of slowing a consumer, the relay or the
-// notifier. Each observer sees a goroutine's observations in the order they
+// notifier; Close delivers what the queue still holds, for up to a second. Each observer sees a goroutine's observations in the order they
 // happened. ctx carries the values of the context the hop ran in, never its
 // cancellation. Metrics, OpenTelemetry spans and the causal trace are
 // observers.
@@ -145,6 +145,9 @@ type observerHub struct {
 	inline  []Observer
 	inlineB []BatchObserver // the inline observers that are BatchObservers
 	queues  []*observerQueue
+	started sync.Once // the queues' goroutines run
+	stop    context.CancelFunc
+	wg      sync.WaitGroup
 	panics  atomic.Uint64
 	dropped atomic.Uint64
 	logged  sync.Map // what was logged once: "panic <observer> <hop>", "drop <observer>"
@@ -227,6 +230,7 @@ func (h *observerHub) observeBatch(ctx context.Context, b BatchObservation) {
 
 // enqueue hands e to q's goroutine, or drops it when q is full.
 func (h *observerHub) enqueue(q *observerQueue, e queuedObservation) {
+	h.started.Do(h.start)
 	select {
 	case q.ch <- e:
 	default:
@@ -271,24 +275,37 @@ func (h *observerHub) once(key string, f func()) {
 	}
 }
 
-// run drains the queues until ctx ends, then delivers what they still hold
-// for up to grace; it returns when every queue's goroutine stopped or grace
-// is over (an observer stuck in a call is abandoned, and logged).
-func (h *observerHub) run(ctx context.Context, grace time.Duration) (wait func()) {
-	var wg sync.WaitGroup
+// start runs a goroutine per queue; the first observation to queue calls
+// it, so that a service observed before (or without) Start is observed too.
+func (h *observerHub) start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	h.stop = cancel
 	for _, q := range h.queues {
-		wg.Go(func() { h.drain(ctx, q, grace) })
-	}
-	return func() {
-		done := make(chan struct{})
-		go func() { wg.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(2 * grace):
-			h.log.Warn("an observer did not return in time; abandoning it", "grace", 2*grace)
-		}
+		h.wg.Go(func() { h.drain(ctx, q, observerGrace) })
 	}
 }
+
+// close stops the queues' goroutines once they delivered what they hold,
+// waiting at most about twice observerGrace: an observer stuck in a call is
+// abandoned, and logged. Nothing is queued for delivery afterwards.
+func (h *observerHub) close() {
+	h.started.Do(func() {}) // after close, nothing starts the queues again
+	if h.stop == nil {
+		return
+	}
+	h.stop()
+	done := make(chan struct{})
+	go func() { h.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(2 * observerGrace):
+		h.log.Warn("an observer did not return in time; abandoning it", "waited", 2*observerGrace)
+	}
+}
+
+// observerGrace is how long a closing service keeps delivering what its
+// observers' queues hold.
+const observerGrace = time.Second
 
 func (h *observerHub) drain(ctx context.Context, q *observerQueue, grace time.Duration) {
 	deliver := func(e queuedObservation) {
