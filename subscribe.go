@@ -13,8 +13,8 @@ type RetryPolicy struct {
 	// MaxAttempts counts every run of the handler, the first included
 	// (default 5). After the last one the event is dead-lettered.
 	MaxAttempts int
-	// BaseDelay is the first retry's delay; each next one doubles, with full
-	// jitter (default 100ms).
+	// BaseDelay is the first retry's delay; each next one doubles, with equal
+	// jitter: a delay d is drawn uniformly from [d/2, d] (default 100ms).
 	BaseDelay time.Duration
 	// MaxDelay caps the delay (default 30s).
 	MaxDelay time.Duration

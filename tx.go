@@ -3,6 +3,7 @@ package herald
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -361,7 +362,7 @@ type translation struct {
 
 // ErrSkip, returned by a translation function, publishes nothing for this
 // event without failing the transaction.
-var ErrSkip = fmt.Errorf("herald: skip translation")
+var ErrSkip = errors.New("herald: skip translation")
 
 // Translate declares the only way a domain event leaves the service: each
 // event of from is turned by fn into an integration event of to, written to
@@ -383,7 +384,7 @@ func Translate[D, I any](svc *Service, from *DomainEvent[D], to *IntegrationEven
 		target: to,
 		fn: func(sc *txScope, v any) (*envelope.Envelope, error) {
 			out, err := fn(sc.ctx, v.(D))
-			if err == ErrSkip {
+			if errors.Is(err, ErrSkip) {
 				return nil, nil
 			}
 			if err != nil {
