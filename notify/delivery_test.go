@@ -303,6 +303,62 @@ func TestTwoInstances(t *testing.T) {
 	})
 }
 
+// TestSlowSendKeepsItsClaim: two instances share rows whose sends take 2.5
+// times the lease (and rows that wait for a worker behind them as long).
+// The renewal keeps every claim with its instance, so the other instance,
+// polling all along, never takes a row whose send is still running: each
+// delivery reaches the provider once, in one attempt.
+func TestSlowSendKeepsItsClaim(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, dialect string) {
+		const lease, send, events = time.Second, 2500 * time.Millisecond, 8
+		b, st := newBroker(t), testdb.For(t, dialect)
+		var mu sync.Mutex
+		began := map[string][]string{} // key → the instances that called the provider
+		var envs []*env
+		for i := range 2 {
+			name := fmt.Sprint("instance-", i)
+			envs = append(envs, newEnv(t, dialect, setup{broker: b, store: st,
+				opts: []Option{WithLease(lease), WithSendTimeout(10 * send), WithWorkers(2)},
+				senders: func(e *env) error {
+					return e.n.Senders(Email, FuncSender(Email, name, func(ctx context.Context, m Message) (Receipt, error) {
+						mu.Lock()
+						began[m.Key] = append(began[m.Key], name)
+						mu.Unlock()
+						select {
+						case <-time.After(send):
+							return Receipt{ProviderID: name + "/" + m.Key}, nil
+						case <-ctx.Done():
+							return Receipt{}, ctx.Err()
+						}
+					}))
+				}}))
+		}
+		for i := range events {
+			envs[i%2].emit("slow", order{ID: fmt.Sprint(i), To: []string{"bob"}})
+		}
+		// Two instances of two workers: two rounds of sends, about 5s.
+		ds := envs[0].waitDeliveries(DeliveryFilter{CorrelationID: "slow"}, events)
+		mu.Lock()
+		defer mu.Unlock()
+		per := map[string]int{}
+		for _, d := range ds {
+			who := began[d.Key]
+			if d.State != Sent || d.Attempts != 1 || len(who) != 1 {
+				t.Errorf("%s: %s after %d attempts, provider called by %v", d.Key, d.State, d.Attempts, who)
+				continue
+			}
+			if want := who[0] + "/" + d.Key; d.ProviderID != want {
+				t.Errorf("%s: recorded provider id %q, want %q", d.Key, d.ProviderID, want)
+			}
+			per[who[0]]++
+		}
+		if len(began) != events {
+			t.Errorf("the provider got %d keys, want %d", len(began), events)
+		}
+		t.Logf("sends per instance: %v", per)
+	})
+}
+
 // TestExpiredClaim: a row claimed by an instance that died (its lease
 // expired) is claimed again and sent; a row under a live lease is not.
 func TestExpiredClaim(t *testing.T) {
@@ -337,33 +393,48 @@ func TestExpiredClaim(t *testing.T) {
 	})
 }
 
-// TestShortLeaseReleased: a claimed row whose lease has less than a send
-// timeout left when a worker takes it (it waited behind other sends, or
-// the clock jumped) is not sent but released, without counting an attempt,
-// and sent by a later claim.
-func TestShortLeaseReleased(t *testing.T) {
+// TestExpiredLeaseReleased: a claimed row whose lease ran out before a
+// worker takes it (its renewals failed, or the clock jumped past it) is not
+// sent but released, without counting an attempt, and sent by a later
+// claim; a row with less than a send timeout of its lease left is sent (the
+// renewal keeps it while it sends).
+func TestExpiredLeaseReleased(t *testing.T) {
 	forEachDialect(t, func(t *testing.T, dialect string) {
 		e := newEnv(t, dialect, setup{noStart: true, opts: []Option{WithSendTimeout(time.Minute), WithLease(3 * time.Minute)}})
 		e.emit("short", order{ID: "o1", To: []string{"bob"}})
-		waitFor(t, 10*time.Second, func() bool { return len(e.deliveries(DeliveryFilter{CorrelationID: "short"})) == 1 },
+		e.emit("expired", order{ID: "o2", To: []string{"bob"}})
+		waitFor(t, 10*time.Second, func() bool { return len(e.deliveries(DeliveryFilter{Limit: 10})) == 2 },
 			func() string { return "not decided" })
-		claimed, err := e.n.recordTx(e.ctx, nil, 1)
+		claimed, err := e.n.recordTx(e.ctx, nil, 2)
 		must(t, err)
-		if len(claimed) != 1 {
-			t.Fatalf("claimed %d rows, want 1", len(claimed))
+		if len(claimed) != 2 {
+			t.Fatalf("claimed %d rows, want 2", len(claimed))
+		}
+		short, expired := claimed[0], claimed[1]
+		if short.CorrelationID != "short" {
+			short, expired = expired, short
 		}
 		e.clk.Advance(2*time.Minute + time.Second) // less than the send timeout left
-		j := e.n.process(e.ctx, claimed[0])
+		if j := e.n.process(e.ctx, short); j.o.state != Sent || j.o.release {
+			t.Fatalf("short: outcome %+v, want sent", j.o)
+		} else {
+			e.n.recordBatch([]recordJob{j})
+		}
+		e.clk.Advance(time.Minute) // past the lease
+		j := e.n.process(e.ctx, expired)
 		if !j.o.release {
-			t.Fatalf("outcome %+v, want a release", j.o)
+			t.Fatalf("expired: outcome %+v, want a release", j.o)
 		}
 		e.n.recordBatch([]recordJob{j})
-		if d := e.deliveries(DeliveryFilter{CorrelationID: "short"}); d[0].State != Queued || d[0].Attempts != 0 || e.senders[Email].callCount() != 0 {
+		if d := e.deliveries(DeliveryFilter{CorrelationID: "expired"}); d[0].State != Queued || d[0].Attempts != 0 || e.senders[Email].callCount() != 1 {
 			t.Fatalf("after the release: %s, %d sends", dump(d), e.senders[Email].callCount())
 		}
 		must(t, e.n.Start(e.ctx))
-		if d := e.waitState(DeliveryFilter{CorrelationID: "short"}, Sent); d.Attempts != 1 {
+		if d := e.waitState(DeliveryFilter{CorrelationID: "expired"}, Sent); d.Attempts != 1 {
 			t.Errorf("sent after %d attempts, want 1", d.Attempts)
+		}
+		if d := e.deliveries(DeliveryFilter{CorrelationID: "short"}); d[0].State != Sent || d[0].Attempts != 1 {
+			t.Errorf("short: %s", dump(d))
 		}
 	})
 }
@@ -513,7 +584,7 @@ func TestOptionsAndSpecs(t *testing.T) {
 		"retry":   WithRetry(Retry{BaseDelay: time.Second, MaxDelay: time.Millisecond}),
 		"breaker": WithBreaker(Breaker{Failures: -1}),
 		"timeout": WithSendTimeout(-1),
-		"lease":   WithLease(time.Second), // < the default send timeout
+		"lease":   WithLease(99 * time.Millisecond), // < 100ms
 		"quiet":   WithQuietHours(QuietHours{Start: 25 * time.Hour}),
 		"default": WithDefaultPreference("", Email, false),
 		"render":  WithRenderer(nil),

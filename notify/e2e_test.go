@@ -692,6 +692,7 @@ func startChild(t *testing.T, env ...string) *child {
 	cmd.Env = append(os.Environ(), env...)
 	out := &bytes.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
+	dieWithParent(cmd)
 	check(t, cmd.Start())
 	c := &child{cmd: cmd, out: out, done: make(chan error, 1)}
 	go func() { c.done <- cmd.Wait() }()

@@ -19,7 +19,7 @@ import (
 //	sending → queued                     retryable error: due after backoff
 //	sending → failed                     permanent error, gone, exhausted, expired, template
 //	sending → suppressed                 address suppressed meanwhile; fallback not needed
-//	sending (lease expired) → sending    claimed again: the claimer died
+//	sending (lease expired) → sending    claimed again: the claimer died or could not renew
 //	sent → delivered | failed            MarkDelivered / MarkBounced
 type State string
 

@@ -56,8 +56,14 @@ var (
 // transaction records the outcomes finished since the previous round (a
 // group commit) and claims rows for the free workers, so a busy notifier
 // commits once per many deliveries. Several instances on one database share
-// the rows; a crashed instance's claims expire after the lease (WithLease)
-// and are sent again.
+// the rows. A claim's lease is short (WithLease, default 3s) and renewed,
+// for all the rows the instance holds in one statement, every third of the
+// lease while the instance works: a send may take longer than the lease and
+// keep its row, and a crashed instance's claims expire within one lease and
+// are sent by the others. An instance that cannot renew (its database is
+// unreachable) stops sending the rows whose lease ran out, since another
+// instance may have claimed them; a process paused for longer than a lease
+// loses its claims like a dead one.
 //
 // # Exactly once, except where the channel cannot tell
 //
@@ -65,8 +71,10 @@ var (
 // normally sent once. It is sent a second time only when the provider took
 // it but its outcome was never recorded: the process died between the
 // provider's accept and the commit of the sent state, the database was
-// unreachable for the record, or a sender ignored its context and was
-// abandoned after the send timeout. Every Message carries its delivery's
+// unreachable for the record, a sender ignored its context and was
+// abandoned after the send timeout, or the send's lease ran out unrenewed
+// (the database unreachable or the process paused for a whole lease) as
+// the provider took it. Every Message carries its delivery's
 // Key, so whether a receiver notices depends on the channel:
 //
 //   - Webhook: the Key is the webhook-id; Standard Webhooks receivers drop
@@ -101,6 +109,8 @@ type Notifier struct {
 	closed  bool
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
+
+	leases *leases // the claims this instance holds, renewed while it runs
 
 	wake   chan struct{}
 	seq    atomic.Uint64
@@ -169,7 +179,8 @@ type Breaker struct {
 // WithClock sets the clock of every decision and schedule: quiet hours,
 // throttle windows, digest windows, due times and claim leases (default
 // time.Now). A clock that jumps forward by more than the lease expires the
-// claims in flight, and their rows are sent again, as after a crash.
+// claims in flight, as after a crash: other instances may claim them, and
+// rows whose sends have not started are released.
 func WithClock(now func() time.Time) Option {
 	return func(c *config) error {
 		if now == nil {
@@ -265,7 +276,8 @@ func WithBreaker(b Breaker) Option {
 
 // WithSendTimeout bounds one provider call (default 30s). A sender that
 // ignores its context is abandoned after it and the attempt counts as a
-// retryable failure.
+// retryable failure. It is independent of the lease, which is renewed
+// during the send.
 func WithSendTimeout(d time.Duration) Option {
 	return func(c *config) error {
 		if d <= 0 {
@@ -276,13 +288,21 @@ func WithSendTimeout(d time.Duration) Option {
 	}
 }
 
-// WithLease sets how long a claim lasts (default twice the send timeout
-// plus 10s). A row whose claimer died is sent again once the lease
-// expires; it must exceed the send timeout.
+// WithLease sets how long a claim lasts unrenewed (default DefaultLease,
+// 3s; at least 100ms). While the notifier runs it renews the leases of all
+// its claims every third of the lease, so a send may last longer than the
+// lease; a row whose claimer died is claimed by another instance once the
+// lease runs out, so the lease is how long a crash delays its claims. A
+// shorter lease recovers sooner but renews more often (one write per
+// renewal), and loses the claims of a process that cannot renew (database
+// unreachable, process paused) sooner: such a process sends none of the
+// rows whose leases ran out, and interrupts their sends in flight. The
+// instances' clocks must agree to well within the lease: an instance whose
+// clock runs ahead sees the others' leases run out early.
 func WithLease(d time.Duration) Option {
 	return func(c *config) error {
-		if d <= 0 {
-			return fmt.Errorf("%w: lease %v <= 0", ErrInvalidOption, d)
+		if d < minLease {
+			return fmt.Errorf("%w: lease %v < %v", ErrInvalidOption, d, minLease)
 		}
 		c.lease = d
 		return nil
@@ -383,10 +403,7 @@ func New(svc *herald.Service, dir Directory, opts ...Option) (*Notifier, error) 
 		}
 	}
 	if c.lease == 0 {
-		c.lease = 2*c.sendTimeout + 10*time.Second
-	}
-	if c.lease <= c.sendTimeout {
-		return nil, fmt.Errorf("%w: lease %v must exceed the send timeout %v", ErrInvalidOption, c.lease, c.sendTimeout)
+		c.lease = DefaultLease
 	}
 	st := svc.Store()
 	n := &Notifier{
@@ -401,6 +418,7 @@ func New(svc *herald.Service, dir Directory, opts ...Option) (*Notifier, error) 
 		senders: map[string][]*provider{},
 		wake:    make(chan struct{}, 1),
 	}
+	n.leases = newLeases(c.lease, c.clock, n.log)
 	n.q = buildQueries(st, n.pg)
 	if err := n.prepare(context.Background()); err != nil {
 		return nil, err
@@ -452,8 +470,10 @@ func (n *Notifier) newProvider(channel string, s Sender) *provider {
 		Timeout:     b.OpenFor,
 		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= uint32(b.Failures) },
 		// A permanent error is the message's fault, not the provider's; a
-		// shutdown is nobody's.
-		IsExcluded: func(err error) bool { return errors.Is(err, ErrPermanent) || errors.Is(err, errShutdown) },
+		// shutdown or a lost lease is nobody's.
+		IsExcluded: func(err error) bool {
+			return errors.Is(err, ErrPermanent) || errors.Is(err, errShutdown) || errors.Is(err, errLeaseLost)
+		},
 		OnStateChange: func(name string, from, to gobreaker.State) {
 			log.Warn("sender circuit breaker", "sender", name, "from", from.String(), "to", to.String())
 		},
@@ -500,13 +520,15 @@ func (n *Notifier) Start(ctx context.Context) error {
 	n.cancel = cancel
 	n.started = true
 	n.wg.Go(func() { n.dispatch(runCtx) })
+	n.wg.Go(func() { n.leases.run(runCtx, n.renew) })
 	return nil
 }
 
-// Close stops the worker: no new claims, sends in flight get their context
-// cancelled and their rows are released for another attempt. A sender that
-// ignores cancellation is abandoned (its row's lease then expires). It does
-// not close the service or the store. Close is idempotent.
+// Close stops the worker: no new claims, no more lease renewals, sends in
+// flight get their context cancelled and their rows are released for
+// another attempt. A sender that ignores cancellation is abandoned (if its
+// row's release cannot be recorded, the lease expires). It does not close
+// the service or the store. Close is idempotent.
 func (n *Notifier) Close() error {
 	n.mu.Lock()
 	if n.closed {

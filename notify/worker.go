@@ -36,16 +36,12 @@ const maxRecord = 256
 // claims due rows for the free workers. A busy notifier thus writes one
 // transaction per many deliveries, whatever its number of workers.
 //
-// When the lease leaves room for it (at least twice the send timeout, as by
-// default), a worker's next row is claimed while it still sends: such a row
-// waits at most one send before its own starts, and a row whose lease has
-// less than a send timeout left when its turn comes is released unsent.
+// A worker's next row is claimed while it still sends: such a row waits at
+// most one send before its own starts, its lease renewed meanwhile like
+// those of the rows in a send (see leases).
 func (n *Notifier) dispatch(ctx context.Context) {
 	workers := n.cfg.workers
-	capacity := workers // rows claimed and not yet done
-	if n.cfg.lease >= 2*n.cfg.sendTimeout {
-		capacity = 2 * workers
-	}
+	capacity := 2 * workers // rows claimed and not yet done
 	jobs := make(chan *row, capacity)
 	done := make(chan recordJob, capacity)
 	var ws sync.WaitGroup
@@ -216,24 +212,33 @@ type recordJob struct {
 	took  time.Duration // how long it took
 }
 
-// process renders and sends one claimed row.
+// process renders and sends one claimed row. Its context ends with Close
+// or when the row's lease runs out unrenewed (errLeaseLost).
 func (n *Notifier) process(ctx context.Context, w *row) recordJob {
 	start := time.Now()
-	if ctx.Err() != nil || n.now().Add(n.cfg.sendTimeout).After(w.ClaimUntil) {
-		// Closing, or too little of the lease left for a send: back to the
-		// queue, not an attempt.
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	if ctx.Err() != nil || !n.leases.begin(w, cancel) {
+		// Closing, or the lease ran out before the row's turn (renewals
+		// failed, or the clock jumped): back to the queue, not an attempt.
 		return recordJob{w, outcome{release: true}, start, 0}
 	}
 	o := n.attempt(ctx, w)
 	if ctx.Err() != nil && o.retry {
-		o = outcome{release: true} // interrupted by Close: not an attempt
+		o = outcome{release: true} // interrupted by Close or a lost lease: not an attempt
 	}
 	return recordJob{w, o, start, time.Since(start)}
 }
 
 // recordBatch records batch without claiming: in one transaction, or one by
-// one with retries, so one bad row cannot sink the others.
+// one with retries, so one bad row cannot sink the others. Either way the
+// rows are no longer held (nor renewed) afterwards.
 func (n *Notifier) recordBatch(batch []recordJob) {
+	defer func() {
+		for _, j := range batch {
+			n.leases.forget(j.w)
+		}
+	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if _, err := n.recordTx(ctx, batch, 0); err == nil {
@@ -257,7 +262,9 @@ func (n *Notifier) recordBatch(batch []recordJob) {
 }
 
 // recordTx records the outcomes of batch and claims up to want rows (0: no
-// claim) in one transaction.
+// claim) in one transaction. Once it commits, the recorded rows are no
+// longer held and the claimed ones are, with their leases renewed until
+// recorded.
 func (n *Notifier) recordTx(ctx context.Context, batch []recordJob, want int) ([]*row, error) {
 	tx, err := n.st.Begin(ctx)
 	if err != nil {
@@ -281,7 +288,11 @@ func (n *Notifier) recordTx(ctx context.Context, batch []recordJob, want int) ([
 	if err := tx.Commit(); err != nil {
 		return nil, err
 	}
+	for _, w := range rows {
+		n.leases.hold(w)
+	}
 	for i, j := range batch {
+		n.leases.forget(j.w)
 		n.observeDelivery(ctx, j, final[i])
 	}
 	return rows, nil
@@ -361,7 +372,7 @@ func (n *Notifier) attempt(ctx context.Context, w *row) outcome {
 			st = Delivered
 		}
 		return outcome{state: st, provider: p.s.Name(), providerID: rec.ProviderID, called: true}
-	case errors.Is(err, errShutdown):
+	case errors.Is(err, errShutdown), errors.Is(err, errLeaseLost):
 		return outcome{release: true}
 	case errors.Is(err, errUnavailable):
 		o := n.retryable(w, err, false)
@@ -544,7 +555,11 @@ func (n *Notifier) call(ctx context.Context, s Sender, m Message) (Receipt, erro
 		}
 	}
 	if res.err != nil && ctx.Err() != nil {
-		return res.r, fmt.Errorf("%w: %v", errShutdown, res.err)
+		stop := errShutdown
+		if errors.Is(context.Cause(ctx), errLeaseLost) {
+			stop = errLeaseLost
+		}
+		return res.r, fmt.Errorf("%w: %v", stop, res.err)
 	}
 	return res.r, res.err
 }
