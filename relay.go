@@ -260,7 +260,8 @@ type relayState struct {
 	held      map[string]string
 	heldKnown bool
 	// failSeq is the row whose publish failed with an error no broker
-	// sentinel classifies, failN in how many rounds in a row.
+	// sentinel classifies, failN in how many rounds in a row (another
+	// outcome of a round starts the count again).
 	failSeq int64
 	failN   int
 }
@@ -296,19 +297,23 @@ func (s *Service) readOutbox(ctx context.Context, after int64, limit int, reload
 // it as refused.
 const unclassifiedAttempts = 3
 
-// refusedForGood reports whether a publish failure is the broker refusing
-// the event for good: broker.ErrRejected, or an error that is neither
-// transient nor the broker closed or unprovisioned nor the relay stopping,
-// unclassifiedAttempts times in a row (attempts counts them).
-func refusedForGood(err error, attempts int) bool {
+// Classes of publish failures.
+const (
+	publishRetry        = iota // transient, broker closed or unprovisioned, the relay stopping
+	publishRejected            // broker.ErrRejected: refused for good
+	publishUnclassified        // none of those: refused for good if it repeats
+)
+
+// classifyPublish sorts a publish failure into a class.
+func classifyPublish(err error) int {
 	switch {
 	case errors.Is(err, broker.ErrRejected):
-		return true
+		return publishRejected
 	case errors.Is(err, broker.ErrTransient), errors.Is(err, broker.ErrClosed), errors.Is(err, broker.ErrNotProvisioned),
 		errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		return false
+		return publishRetry
 	}
-	return attempts >= unclassifiedAttempts
+	return publishUnclassified
 }
 
 // parked reports a row the relay parked as a producer-side dead letter.
@@ -563,17 +568,21 @@ func (s *Service) refused(ctx context.Context, rs *relayState, row store.OutboxR
 	if ctx.Err() != nil {
 		return 0, firstErr
 	}
-	if rs.failN > 0 && rs.failSeq == row.Seq {
-		rs.failN++
-	} else {
-		rs.failSeq, rs.failN = row.Seq, 1
-	}
-	attempts := rs.failN
-	if errors.Is(perr, broker.ErrRejected) {
-		attempts = 1 // (counting the rounds only for unclassified errors)
-	}
-	if !refusedForGood(perr, rs.failN) {
+	attempts := 1
+	switch classifyPublish(perr) {
+	case publishRetry:
+		rs.failN = 0
 		return 0, firstErr
+	case publishUnclassified:
+		if rs.failN > 0 && rs.failSeq == row.Seq {
+			rs.failN++
+		} else {
+			rs.failSeq, rs.failN = row.Seq, 1
+		}
+		if rs.failN < unclassifiedAttempts {
+			return 0, firstErr
+		}
+		attempts = rs.failN
 	}
 	rs.failN = 0
 	res, err := s.store.ParkOutbox(ctx, s.name, []store.Park{{Row: row, Reason: store.ReasonRefused, LastError: perr.Error(), Attempts: attempts}})
