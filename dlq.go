@@ -14,7 +14,11 @@ import (
 type DeadLetterFilter = store.DeadLetterFilter
 
 // DeadLetter is an event a subscription gave up on, with the reason, the
-// attempts, the last error and the message exactly as it arrived.
+// attempts, the last error and the message exactly as it arrived; or, with
+// an empty Subscription (DeadLetter.ProducerSide), an event of the service's
+// own outbox that its relay parked: one the broker refused for good
+// (reason "refused"), or a later event of the same partition key held
+// behind it (reason "held").
 type DeadLetter = store.DeadLetter
 
 // DeadLetters lists the service's dead letters matching f, oldest first.
@@ -33,7 +37,9 @@ func (s *Service) DeadLetter(ctx context.Context, id int64) (DeadLetter, error) 
 }
 
 // PurgeDeadLetters deletes the service's dead letters matching f and
-// returns how many.
+// returns how many. Purging the producer-side dead letters of a partition
+// key discards those events and frees the key: the relay publishes its
+// later events again once none of it is parked.
 func (s *Service) PurgeDeadLetters(ctx context.Context, f DeadLetterFilter) (int64, error) {
 	f.Service = s.name
 	return s.store.DeleteDeadLetters(ctx, f)
@@ -48,17 +54,41 @@ var ErrNotReplayable = errors.New("herald: dead letter cannot be replayed")
 // them from the dead-letter table. With dryRun it only returns what it
 // would replay. Replay runs the handler again: the event's inbox row is
 // cleared first.
+//
+// Producer-side dead letters go back into the service's outbox instead, in
+// the order they were parked, with the outbox rows still waiting for their
+// keys behind them, and the relay publishes them again (a broker is needed
+// only for the others). An event whose key still has producer-side dead
+// letters that f did not select is held again behind them, and one the
+// broker refuses again is parked again.
 func (s *Service) ReplayDeadLetters(ctx context.Context, f DeadLetterFilter, dryRun bool) ([]DeadLetter, error) {
-	if s.broker == nil {
-		return nil, fmt.Errorf("%w: service %s has no broker to replay through", ErrInvalidOption, s.name)
-	}
 	dls, err := s.DeadLetters(ctx, f)
 	if err != nil || dryRun {
 		return dls, err
 	}
-	var done []DeadLetter
-	var errs []error
+	var parked []int64
+	var others []DeadLetter
 	for _, d := range dls {
+		if d.ProducerSide() {
+			parked = append(parked, d.ID)
+		} else {
+			others = append(others, d)
+		}
+	}
+	if len(others) > 0 && s.broker == nil {
+		return nil, fmt.Errorf("%w: service %s has no broker to replay through", ErrInvalidOption, s.name)
+	}
+	var done []DeadLetter
+	if len(parked) > 0 {
+		back, err := s.store.ReplayParked(ctx, s.name, DeadLetterFilter{IDs: parked})
+		if err != nil {
+			return nil, err
+		}
+		done = append(done, back...)
+		s.signal()
+	}
+	var errs []error
+	for _, d := range others {
 		if err := s.replay(ctx, d); err != nil {
 			errs = append(errs, fmt.Errorf("dead letter %d: %w", d.ID, err))
 			continue

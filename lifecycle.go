@@ -46,6 +46,7 @@ func (s *Service) Start(ctx context.Context) error {
 		if err := s.refill(ctx); err != nil {
 			return err
 		}
+		s.learnLimit()
 	} else if len(subs) > 0 || s.publishes() {
 		return fmt.Errorf("%w: service %s translates, notifies or subscribes but has no broker: pass herald.WithBroker",
 			ErrInvalidOption, s.name)

@@ -2,10 +2,12 @@ package herald
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"time"
 
+	"github.com/heraldhq/herald/broker"
 	"github.com/heraldhq/herald/envelope"
 	"github.com/heraldhq/herald/store"
 )
@@ -92,6 +94,15 @@ func backoff(attempt int, base, max time.Duration) time.Duration {
 // them; a row whose publish failed is retried (the broker deduplicates by
 // event id, so a publish whose ack was lost costs nothing). Marking a batch
 // published overlaps with reading and publishing the next one.
+//
+// A row the broker refuses for good (broker.ErrRejected, or an error no
+// broker sentinel classifies, unclassifiedAttempts rounds in a row) is
+// parked instead: it becomes a producer-side dead letter (store.ParkOutbox)
+// and the rows behind it go on. The later rows of its partition key are
+// parked too, as "held", for as long as the key has producer-side dead
+// letters, so that none overtakes it; ReplayDeadLetters puts them back in
+// order, PurgeDeadLetters discards them and frees the key. Keyless events
+// hold nothing (they have no order to keep).
 func (s *Service) relay(ctx context.Context, holder string) {
 	rc := s.cfg.relay
 	lease := "relay/" + s.name
@@ -240,12 +251,82 @@ type relayState struct {
 	// when that one was full; after is the seq it reads after.
 	ahead chan pendingRead
 	after int64
+	// held maps each key of the service that has producer-side dead
+	// letters to the event id of the oldest: the relay parks the key's
+	// rows behind it. It is read from the store before every read of the
+	// outbox while it is not empty (an operator may replay or purge them
+	// meanwhile), and after a reset (heldKnown false); only the relay adds
+	// to it, so an empty one stays empty until this relay parks a row.
+	held      map[string]string
+	heldKnown bool
+	// failSeq is the row whose publish failed with an error no broker
+	// sentinel classifies, failN in how many rounds in a row (another
+	// outcome of a round starts the count again).
+	failSeq int64
+	failN   int
 }
 
 // pendingRead is the result of one outbox read.
 type pendingRead struct {
 	rows []store.OutboxRow
+	held map[string]string // the held keys read just before rows; nil: not read
 	err  error
+}
+
+// heldStale reports whether the next outbox read must read the held keys
+// first.
+func (rs *relayState) heldStale() bool { return !rs.heldKnown || len(rs.held) > 0 }
+
+// readOutbox reads up to limit rows after seq after and, with reload, the
+// held keys before them: a row of a key an operator replays is then either
+// read before the replay (and judged held, ParkOutbox finding it gone) or
+// after it (and free).
+func (s *Service) readOutbox(ctx context.Context, after int64, limit int, reload bool) pendingRead {
+	var r pendingRead
+	if reload {
+		if r.held, r.err = s.store.ParkedKeys(ctx, s.name); r.err != nil {
+			return r
+		}
+	}
+	r.rows, r.err = s.store.PendingOutboxAfter(ctx, s.name, after, limit)
+	return r
+}
+
+// unclassifiedAttempts is how many rounds in a row a row's publish may fail
+// with an error that no broker sentinel classifies before the relay parks
+// it as refused.
+const unclassifiedAttempts = 3
+
+// Classes of publish failures.
+const (
+	publishRetry        = iota // transient, broker closed or unprovisioned, the relay stopping
+	publishRejected            // broker.ErrRejected: refused for good
+	publishUnclassified        // none of those: refused for good if it repeats
+)
+
+// classifyPublish sorts a publish failure into a class.
+func classifyPublish(err error) int {
+	switch {
+	case errors.Is(err, broker.ErrRejected):
+		return publishRejected
+	case errors.Is(err, broker.ErrTransient), errors.Is(err, broker.ErrClosed), errors.Is(err, broker.ErrNotProvisioned),
+		errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return publishRetry
+	}
+	return publishUnclassified
+}
+
+// parked reports a row the relay parked as a producer-side dead letter.
+func (s *Service) parked(ctx context.Context, e *envelope.Envelope, reason string, id int64, attempts int, cause string) {
+	msg := "outbox relay parked an event the broker refused; later events of its key are held behind it"
+	if reason == store.ReasonHeld {
+		msg = "outbox relay held an event behind a parked one of its key"
+	}
+	s.log.Warn(msg, "event", e.ID, "type", e.Type, "key", e.Key, "dead_letter", id, "reason", reason, "err", cause)
+	if s.observing() {
+		s.observe(ctx, Observation{Hop: HopDeadLetter, Event: *e, Start: time.Now(), Outcome: OutcomeError,
+			Reason: reason, Attempt: attempts, Err: errors.New(cause)})
+	}
 }
 
 // settle waits for the mark being written and returns its error; after an
@@ -283,6 +364,8 @@ func (rs *relayState) reset() {
 	rs.cursor = 0
 	rs.unmarked = 0
 	rs.baseKnown = false
+	rs.heldKnown = false
+	rs.failN = 0
 }
 
 // maxUnmarked bounds how many acknowledged rows wait for their mark, and so
@@ -328,25 +411,28 @@ func (s *Service) flushMarks(ctx context.Context, rs *relayState) error {
 // the acknowledged rows published and returns without waiting for that; the
 // next call waits for the mark before it starts its own.
 func (s *Service) relayOnce(ctx context.Context, batch int, rs *relayState) (int, error) {
-	var rows []store.OutboxRow
-	var err error
+	var r pendingRead
 	if rs.ahead != nil && rs.after == rs.cursor {
-		r := <-rs.ahead
+		r = <-rs.ahead
 		rs.ahead = nil
-		rows, err = r.rows, r.err
 	} else {
 		rs.drop()
 		if !rs.serial && !rs.baseKnown {
+			var err error
 			if rs.base, err = s.store.OutboxCursor(ctx, s.name); err != nil {
 				return 0, err
 			}
 			rs.baseKnown = true
 		}
-		rows, err = s.store.PendingOutboxAfter(ctx, s.name, rs.cursor, batch)
+		r = s.readOutbox(ctx, rs.cursor, batch, rs.heldStale())
 	}
-	if err != nil {
-		return 0, err
+	if r.err != nil {
+		return 0, r.err
 	}
+	if r.held != nil {
+		rs.held, rs.heldKnown = r.held, true
+	}
+	rows := r.rows
 	if len(rows) == 0 {
 		if rs.markDue() {
 			return 0, s.flushMarks(ctx, rs)
@@ -358,13 +444,22 @@ func (s *Service) relayOnce(ctx context.Context, batch int, rs *relayState) (int
 		after := rows[len(rows)-1].Seq
 		ahead := make(chan pendingRead, 1)
 		rs.ahead, rs.after = ahead, after
-		go func() {
-			rows, err := s.store.PendingOutboxAfter(ctx, s.name, after, batch)
-			ahead <- pendingRead{rows, err}
-		}()
+		reload := rs.heldStale()
+		go func() { ahead <- s.readOutbox(ctx, after, batch, reload) }()
 	}
-	events := make([]*envelope.Envelope, len(rows))
-	for i, r := range rows {
+	// Rows of held keys wait behind their key's parked event.
+	pub, err := s.parkHeld(ctx, rs, rows)
+	if err != nil {
+		return 0, err
+	}
+	if len(pub) == 0 {
+		if !rs.serial {
+			rs.cursor = rows[len(rows)-1].Seq // all parked: nothing to mark
+		}
+		return len(rows), nil
+	}
+	events := make([]*envelope.Envelope, len(pub))
+	for i, r := range pub {
 		events[i] = r.Event
 	}
 	start := time.Now()
@@ -382,11 +477,13 @@ func (s *Service) relayOnce(ctx context.Context, batch int, rs *relayState) (int
 	// Only the acknowledged prefix counts as published: what follows the
 	// first failure is sent again, in order (the broker drops the copies it
 	// already stored).
-	acked := make([]int64, 0, len(rows))
+	acked := make([]int64, 0, len(pub))
 	var firstErr error
-	for i, r := range rows {
+	failed := -1
+	for i, r := range pub {
 		if errs[i] != nil {
 			firstErr = fmt.Errorf("publish %s %s: %w", r.Event.Type, r.Event.ID, errs[i])
+			failed = i
 			break
 		}
 		acked = append(acked, r.Seq)
@@ -398,6 +495,9 @@ func (s *Service) relayOnce(ctx context.Context, batch int, rs *relayState) (int
 			}
 		} else {
 			rs.cursor = acked[len(acked)-1]
+			if firstErr == nil {
+				rs.cursor = rows[len(rows)-1].Seq // the rows after the last published one were parked
+			}
 			if rs.unmarked == 0 {
 				rs.markedAt = time.Now() // the oldest unmarked row's wait starts
 			}
@@ -411,9 +511,95 @@ func (s *Service) relayOnce(ctx context.Context, batch int, rs *relayState) (int
 	}
 	if firstErr != nil {
 		rs.drop() // it read after rows that must go again
+		return s.refused(ctx, rs, pub[failed], errs[failed], firstErr, len(rows))
+	}
+	rs.failN = 0
+	return len(rows), nil
+}
+
+// parkHeld parks the rows of held keys (see relayState.held) and returns the
+// others, in order, to publish.
+func (s *Service) parkHeld(ctx context.Context, rs *relayState, rows []store.OutboxRow) ([]store.OutboxRow, error) {
+	if len(rs.held) == 0 {
+		return rows, nil
+	}
+	var parks []store.Park
+	for _, r := range rows {
+		if first, ok := rs.held[r.Event.Key]; ok && r.Event.Key != "" {
+			parks = append(parks, store.Park{Row: r, Reason: store.ReasonHeld,
+				LastError: fmt.Sprintf("held behind event %s of key %q, which the broker refused", first, r.Event.Key)})
+		}
+	}
+	if len(parks) == 0 {
+		return rows, nil
+	}
+	res, err := s.store.ParkOutbox(ctx, s.name, parks)
+	if err != nil {
+		return nil, err
+	}
+	skip := make(map[int64]bool, len(parks))
+	for i, p := range parks {
+		switch {
+		case res[i].DeadLetter != 0:
+			skip[p.Row.Seq] = true
+			s.parked(ctx, p.Row.Event, p.Reason, res[i].DeadLetter, 0, p.LastError)
+		case res[i].Gone:
+			skip[p.Row.Seq] = true // a replay moved it behind the events it replayed
+		}
+		// Otherwise the key's dead letters were replayed or purged: it
+		// goes out now (the next read forgets the key).
+	}
+	pub := make([]store.OutboxRow, 0, len(rows)-len(skip))
+	for _, r := range rows {
+		if !skip[r.Seq] {
+			pub = append(pub, r)
+		}
+	}
+	return pub, nil
+}
+
+// refused handles the first failed publish of a round, of row with error
+// perr (firstErr in context): a failure worth retrying is returned, so the
+// relay retries the rest of the batch after a backoff; a refusal for good
+// parks the row, holds its key, and lets the rows behind it go on at once
+// (it returns n, the rows the round read, and no error).
+func (s *Service) refused(ctx context.Context, rs *relayState, row store.OutboxRow, perr, firstErr error, n int) (int, error) {
+	s.learnLimit() // the server may have moved, or changed its limit
+	if ctx.Err() != nil {
 		return 0, firstErr
 	}
-	return len(rows), nil
+	attempts := 1
+	switch classifyPublish(perr) {
+	case publishRetry:
+		rs.failN = 0
+		return 0, firstErr
+	case publishUnclassified:
+		if rs.failN > 0 && rs.failSeq == row.Seq {
+			rs.failN++
+		} else {
+			rs.failSeq, rs.failN = row.Seq, 1
+		}
+		if rs.failN < unclassifiedAttempts {
+			return 0, firstErr
+		}
+		attempts = rs.failN
+	}
+	rs.failN = 0
+	res, err := s.store.ParkOutbox(ctx, s.name, []store.Park{{Row: row, Reason: store.ReasonRefused, LastError: perr.Error(), Attempts: attempts}})
+	if err != nil {
+		return 0, fmt.Errorf("%w; parking it: %w", firstErr, err)
+	}
+	if id := res[0].DeadLetter; id != 0 {
+		if k := row.Event.Key; k != "" {
+			if rs.held == nil {
+				rs.held = map[string]string{}
+			}
+			rs.held[k] = row.Event.ID
+		}
+		s.parked(ctx, row.Event, store.ReasonRefused, id, attempts, perr.Error())
+	}
+	s.signal() // the rows behind it go on now, not at the next poll
+	return n, nil
 }
 
 // Republish sends again every outbox row published in the last d (within the

@@ -40,6 +40,9 @@ type Service struct {
 
 	wake   chan struct{} // commit → relay, capacity 1
 	rewind atomic.Uint64 // Republish calls: the relay re-reads the outbox from its start
+
+	limiter  broker.Limiter // the broker's, if it limits event sizes
+	maxEvent atomic.Int64   // the largest event it accepts (0: no limit known)
 }
 
 type config struct {
@@ -146,7 +149,7 @@ func New(name string, opts ...Option) (*Service, error) {
 	if c.store == nil {
 		return nil, fmt.Errorf("%w: service %s has no store: pass herald.WithStore(sqlite.Open(...))", ErrInvalidOption, name)
 	}
-	return &Service{
+	s := &Service{
 		name:         name,
 		store:        c.store,
 		broker:       c.broker,
@@ -158,7 +161,10 @@ func New(name string, opts ...Option) (*Service, error) {
 		translations: map[Contract][]translation{},
 		notifies:     map[Contract]bool{},
 		wake:         make(chan struct{}, 1),
-	}, nil
+	}
+	s.limiter, _ = c.broker.(broker.Limiter)
+	s.learnLimit() // so that Do applies it before Start too
+	return s, nil
 }
 
 // Name is the service's name, the Source of every event it records.

@@ -11,6 +11,32 @@ import (
 	"github.com/heraldhq/herald/envelope"
 )
 
+// ErrEventTooLarge: an integration or notification event is larger, encoded
+// as the broker sends it, than the broker accepts. Record (through a
+// translation) and Notify return an *EventTooLargeError wrapping it, and the
+// transaction rolls back, so the caller can answer 413 and nothing is
+// committed.
+var ErrEventTooLarge = errors.New("herald: event too large for the broker")
+
+// EventTooLargeError names the contract of an event the broker would refuse
+// for its size, the size and the limit.
+type EventTooLargeError struct {
+	Contract string // e.g. `integration contract "shop.order.confirmed" v1`
+	Type     string
+	Version  int
+	// Size is the event's data and headers as the broker encodes them
+	// (broker.Limiter.EventSize); Limit is the most the broker accepts.
+	Size, Limit int
+}
+
+func (e *EventTooLargeError) Error() string {
+	return fmt.Sprintf("herald: event of %s is %d bytes as the broker sends it (data and headers), over the broker's limit of %d bytes",
+		e.Contract, e.Size, e.Limit)
+}
+
+// Unwrap makes errors.Is(err, ErrEventTooLarge) true.
+func (e *EventTooLargeError) Unwrap() error { return ErrEventTooLarge }
+
 // Tx is one database transaction of a service. Inside Do (and inside
 // integration handlers) the user changes their own tables through SQL and
 // records events with Record and Notify; everything commits or rolls back
@@ -222,7 +248,34 @@ func (sc *txScope) newEnvelope(c Contract, v any, key string) (*envelope.Envelop
 			return nil, fmt.Errorf("%w: %s: correlation or trace context %q cannot travel in a message header", ErrEncode, b, v)
 		}
 	}
+	if b.kind != KindDomain {
+		if err := sc.t.svc.checkSize(b, e); err != nil {
+			return nil, err
+		}
+	}
 	return e, nil
+}
+
+// checkSize refuses an event for the outbox that the broker would refuse for
+// its size, with the limit the broker announced (see broker.Limiter).
+func (s *Service) checkSize(b *contractBase, e *envelope.Envelope) error {
+	limit := int(s.maxEvent.Load())
+	if limit <= 0 || s.limiter == nil {
+		return nil
+	}
+	if size := s.limiter.EventSize(e); size > limit {
+		return &EventTooLargeError{Contract: b.String(), Type: b.name, Version: b.version, Size: size, Limit: limit}
+	}
+	return nil
+}
+
+// learnLimit reads the largest event the broker accepts, as its server
+// announced it: when the service is made, at Start, and after a failed
+// publish (the connection may have moved to a server with another limit).
+func (s *Service) learnLimit() {
+	if s.limiter != nil {
+		s.maxEvent.Store(int64(s.limiter.MaxEventSize()))
+	}
 }
 
 // headerSafe reports whether v survives a message header unchanged: no

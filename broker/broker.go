@@ -23,6 +23,13 @@ var (
 	// ErrTransient marks a publish failure worth retrying (timeouts, a
 	// stalled async-publish window, a broker that is restarting).
 	ErrTransient = errors.New("herald/broker: transient failure")
+	// ErrRejected marks a publish the broker refused for good: sending the
+	// same event again cannot succeed (it is larger than the server accepts,
+	// it has a header or subject the server refuses). herald's relay parks
+	// such an event as a producer-side dead letter instead of retrying it.
+	// A failure that every event would meet (a full account, a sealed
+	// stream) is not one: transports report those as ErrTransient.
+	ErrRejected = errors.New("herald/broker: event rejected")
 )
 
 // Subscription names one durable, shared consumer: every instance of Service
@@ -160,4 +167,18 @@ type PendingCounter interface {
 // events back (as after a crash, see PendingCounter) to keep order per key.
 type Resumer interface {
 	Epoch() uint64
+}
+
+// Limiter is implemented by transports that refuse events above a size.
+// herald refuses such an event when it is recorded, inside the business
+// transaction (herald.ErrEventTooLarge), so that it never reaches the outbox.
+type Limiter interface {
+	// MaxEventSize is the largest EventSize the transport accepts, as the
+	// server announced it (0: no limit known). It may change when the
+	// transport connects to another server.
+	MaxEventSize() int
+	// EventSize is the number of bytes e counts against MaxEventSize: its
+	// data and its headers as the transport encodes them, for the largest
+	// message the transport ever sends for e (a publish or a replay).
+	EventSize(e *envelope.Envelope) int
 }

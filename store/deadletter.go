@@ -19,13 +19,26 @@ const (
 	ReasonPermanent   = "permanent"    // the handler returned a permanent error
 )
 
+// Reasons the outbox relay parks an event as a producer-side dead letter
+// (one with an empty Subscription).
+const (
+	ReasonRefused = "refused" // the broker refused the event for good
+	ReasonHeld    = "held"    // a later event of a key whose earlier event is parked
+)
+
 // DeadLetter is an event a subscription gave up on. Header and Data are the
 // message exactly as it arrived, so a dead letter can be replayed even when
 // it could not be decoded.
+//
+// A dead letter with an empty Subscription is a producer-side one: an
+// outbox row of Service that its relay parked (ReasonRefused, ReasonHeld),
+// with the event's CloudEvents binary headers and data, and its partition
+// key in Key. While a key has producer-side dead letters, the relay parks
+// every later event of that key behind them.
 type DeadLetter struct {
 	ID           int64
 	Service      string
-	Subscription string
+	Subscription string // "" for a producer-side dead letter
 	EventID      string // empty when the message had none
 	Type         string
 	Version      int
@@ -35,7 +48,12 @@ type DeadLetter struct {
 	Header       map[string]string
 	Data         []byte
 	Time         time.Time
+	Key          string // the event's partition key (producer side; "" when it has none)
 }
+
+// ProducerSide reports whether the outbox relay parked d (its Subscription
+// is empty), rather than a subscription giving up on it.
+func (d DeadLetter) ProducerSide() bool { return d.Subscription == "" }
 
 // DeadLetterFilter selects dead letters; empty fields match everything.
 type DeadLetterFilter struct {
@@ -45,6 +63,9 @@ type DeadLetterFilter struct {
 	Reason       string
 	IDs          []int64 // nil: any id; empty but non-nil: none
 	Limit        int     // 0 means no limit
+	// ProducerSide selects only the producer-side dead letters (those the
+	// outbox relay parked, with an empty Subscription).
+	ProducerSide bool
 }
 
 func (f DeadLetterFilter) where() (string, []any) {
@@ -60,6 +81,9 @@ func (f DeadLetterFilter) where() (string, []any) {
 	add("subscription", f.Subscription)
 	add("type", f.Type)
 	add("reason", f.Reason)
+	if f.ProducerSide {
+		conds = append(conds, "subscription = ''")
+	}
 	switch {
 	case f.IDs != nil && len(f.IDs) == 0:
 		conds = append(conds, "1 = 0") // an empty id list selects nothing, never everything
@@ -96,7 +120,7 @@ func (s *Store) AddDeadLetter(ctx context.Context, tx *sql.Tx, d DeadLetter) (in
 		ex = tx
 	}
 	args := []any{d.Service, d.Subscription, d.EventID, d.Type, d.Version, d.Reason, d.LastError, d.Attempts,
-		string(hdr), blob(d.Data), d.Time.UTC().UnixNano()}
+		string(hdr), blob(d.Data), d.Time.UTC().UnixNano(), d.Key}
 	if s.d.Name() == "postgres" {
 		// PostgreSQL's driver has no LastInsertId.
 		q := s.queries.dlInsert + " RETURNING id"
@@ -119,12 +143,15 @@ func (s *Store) AddDeadLetter(ctx context.Context, tx *sql.Tx, d DeadLetter) (in
 	return res.LastInsertId()
 }
 
+// dlCols are the columns scanDeadLetter reads, in its order.
+const dlCols = "id, service, subscription, event_id, type, version, reason, last_error, attempts, header, data, created_at, partition_key"
+
 func scanDeadLetter(sc scanner) (DeadLetter, error) {
 	var d DeadLetter
 	var hdr string
 	var t int64
 	if err := sc.Scan(&d.ID, &d.Service, &d.Subscription, &d.EventID, &d.Type, &d.Version, &d.Reason, &d.LastError,
-		&d.Attempts, &hdr, &d.Data, &t); err != nil {
+		&d.Attempts, &hdr, &d.Data, &t, &d.Key); err != nil {
 		return d, err
 	}
 	d.Time = time.Unix(0, t).UTC()
@@ -157,13 +184,22 @@ func (s *Store) DeadLetters(ctx context.Context, f DeadLetterFilter) ([]DeadLett
 	if err := s.live(); err != nil {
 		return nil, err
 	}
+	return s.deadLetters(ctx, s.db, f)
+}
+
+// querier is what *sql.DB and *sql.Tx share for reads of many rows.
+type querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+// deadLetters is DeadLetters through q (the store's pool or a transaction).
+func (s *Store) deadLetters(ctx context.Context, q querier, f DeadLetterFilter) ([]DeadLetter, error) {
 	where, args := f.where()
-	q := "SELECT id, service, subscription, event_id, type, version, reason, last_error, attempts, header, data, created_at FROM herald_dead_letters" +
-		where + " ORDER BY id"
+	query := "SELECT " + dlCols + " FROM herald_dead_letters" + where + " ORDER BY id"
 	if f.Limit > 0 {
-		q += fmt.Sprintf(" LIMIT %d", f.Limit)
+		query += fmt.Sprintf(" LIMIT %d", f.Limit)
 	}
-	rows, err := s.db.QueryContext(ctx, s.d.Rebind(q), args...)
+	rows, err := q.QueryContext(ctx, s.d.Rebind(query), args...)
 	if err != nil {
 		return nil, fmt.Errorf("herald/store: list dead letters: %w", err)
 	}

@@ -188,9 +188,9 @@ func buildQueries(d Dialect) queries {
 		inboxClaimBatch: inboxClaimBatch(d),
 		inboxPrune:      r("DELETE FROM herald_inbox WHERE processed_at < ?"),
 		eventLogPrune:   r("DELETE FROM herald_event_log WHERE id < ?"),
-		dlInsert: r("INSERT INTO herald_dead_letters (service, subscription, event_id, type, version, reason, last_error, attempts, header, data, created_at)" +
-			" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
-		dlGet:          r("SELECT id, service, subscription, event_id, type, version, reason, last_error, attempts, header, data, created_at FROM herald_dead_letters WHERE id = ?"),
+		dlInsert: r("INSERT INTO herald_dead_letters (service, subscription, event_id, type, version, reason, last_error, attempts, header, data, created_at, partition_key)" +
+			" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+		dlGet:          r("SELECT " + dlCols + " FROM herald_dead_letters WHERE id = ?"),
 		eventLogByID:   r("SELECT " + eventCols + " FROM herald_event_log WHERE id = ?"),
 		eventLogByCorr: r("SELECT " + eventCols + " FROM herald_event_log WHERE correlation_id = ? ORDER BY id"),
 	}

@@ -85,6 +85,7 @@ func Embedded(ctx context.Context, opts ...Option) (*Broker, error) {
 		SyncInterval:       syncInterval(cfg),
 		NoSigs:             true,
 		DontListen:         cfg.listen == "",
+		MaxPayload:         cfg.maxPayload, // 0: the server's default
 	}
 	if cfg.listen != "" {
 		sopts.Host = cfg.host

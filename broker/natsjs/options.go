@@ -82,6 +82,7 @@ type config struct {
 	port         int
 	maxMemory    int64
 	maxStore     int64
+	maxPayload   int32
 	syncAlways   bool
 	syncSet      bool
 	syncInterval time.Duration
@@ -360,6 +361,24 @@ func WithMaxStore(bytes int64) Option {
 			return invalid("WithMaxStore(%d): want a positive size", bytes)
 		}
 		c.maxStore = bytes
+		return nil
+	}
+}
+
+// WithMaxPayload sets the embedded server's max_payload: the largest
+// message, headers included, it accepts (default 1 MiB, the nats-server
+// default; at most 64 MiB). herald refuses larger events when they are
+// recorded (see Broker.MaxEventSize). Embedded only: an external server's
+// limit is its own configuration, which the broker learns when it connects.
+func WithMaxPayload(bytes int) Option {
+	return func(c *config) error {
+		if err := c.only(modeEmbedded, "WithMaxPayload"); err != nil {
+			return err
+		}
+		if bytes <= 0 || bytes > 64<<20 {
+			return invalid("WithMaxPayload(%d): want 1 byte to 64 MiB", bytes)
+		}
+		c.maxPayload = int32(bytes)
 		return nil
 	}
 }

@@ -23,8 +23,11 @@ import (
 // deduplicated by ID within the duplicate window. Failures worth retrying
 // (timeouts, a full in-flight window, a disconnected or restarting server)
 // wrap broker.ErrTransient; a missing stream wraps broker.ErrNotProvisioned;
-// a domain event, a malformed type or a header value that NATS cannot carry
-// unchanged fail without either.
+// a connection closed for good wraps broker.ErrClosed. A domain event, a
+// malformed type, a header value that NATS cannot carry unchanged, and an
+// event over the server's max payload (see EventSize) wrap
+// broker.ErrRejected: sending them again cannot succeed. (The events a
+// failure stops from being sent wrap its error too.)
 //
 // With WithAtomicBatches each run of events bound for one stream goes as one
 // atomic batch (all stored or none, one fsync on a server that syncs always);
@@ -73,7 +76,7 @@ func (b *Broker) publishEach(ctx context.Context, events []*envelope.Envelope, e
 		}
 		m, err := b.eventMsg(e, "", "")
 		if err != nil {
-			errs[i] = fmt.Errorf("herald/natsjs: publish %s: %w", eventID(e), err)
+			errs[i] = fmt.Errorf("herald/natsjs: publish %s: %w: %w", eventID(e), broker.ErrRejected, err)
 			stopped = errs[i]
 			continue
 		}
@@ -121,7 +124,7 @@ func (b *Broker) publishAtomic(ctx context.Context, events []*envelope.Envelope,
 	for i, e := range events {
 		m, err := b.eventMsg(e, "", "")
 		if err != nil {
-			errs[i] = fmt.Errorf("herald/natsjs: publish %s: %w", eventID(e), err)
+			errs[i] = fmt.Errorf("herald/natsjs: publish %s: %w: %w", eventID(e), broker.ErrRejected, err)
 			n = i
 			break
 		}
@@ -144,10 +147,11 @@ func (b *Broker) publishAtomic(ctx context.Context, events []*envelope.Envelope,
 		var apiErr *jetstream.APIError
 		switch {
 		case err == nil:
-		case errors.As(err, &apiErr):
+		case errors.As(err, &apiErr), errors.Is(err, nats.ErrMaxPayload):
 			// Refused as a batch (an event already stored, atomic
-			// publishing off, a server limit): nothing of it is stored,
-			// so send it event by event, which drops duplicates.
+			// publishing off, a server limit, one event too large to
+			// send): nothing of it is stored, so send it event by event,
+			// which drops duplicates and tells which event failed.
 			b.log.Debug("herald/natsjs: atomic batch refused, publishing its events one by one", "events", end-start, "err", err)
 			b.publishEach(ctx, events[start:end], errs[start:end])
 			for j := start; j < end; j++ {
@@ -250,6 +254,13 @@ func (b *Broker) publishErr(ctx context.Context, id, stream string, err error) e
 		return fmt.Errorf("herald/natsjs: publish %s: %w: %w", id, broker.ErrTransient, err)
 	case transient(b.nc, err):
 		return fmt.Errorf("herald/natsjs: publish %s: %w: %w", id, broker.ErrTransient, err)
+	case b.nc.IsClosed():
+		// The connection is gone for good (an embedded server that shut
+		// down), whatever err says (nats.go does not always wrap
+		// nats.ErrConnectionClosed): no fault of this event's.
+		return fmt.Errorf("herald/natsjs: publish %s: %w: %w", id, broker.ErrClosed, err)
+	case rejected(err):
+		return fmt.Errorf("herald/natsjs: publish %s: %w: %w", id, broker.ErrRejected, err)
 	default:
 		return fmt.Errorf("herald/natsjs: publish %s: %w", id, err)
 	}

@@ -67,13 +67,15 @@ type dlqFilter struct {
 	ids                       []int64
 	limit                     int
 	all                       bool
+	producer                  bool
 }
 
 func (d *dlqFilter) register(cmd *cobra.Command, withAll bool) {
 	fl := cmd.Flags()
 	fl.StringVar(&d.subscription, "subscription", "", "only this subscription")
 	fl.StringVar(&d.typ, "type", "", "only this event type")
-	fl.StringVar(&d.reason, "reason", "", "only this reason: malformed, unknown-type, version, exhausted, permanent")
+	fl.StringVar(&d.reason, "reason", "", "only this reason: malformed, unknown-type, version, exhausted, permanent; producer side: refused, held")
+	fl.BoolVar(&d.producer, "producer", false, "only producer-side dead letters: events of the service's outbox its relay parked")
 	fl.Int64SliceVar(&d.ids, "id", nil, "only these dead-letter ids (repeatable)")
 	fl.IntVar(&d.limit, "limit", 0, "at most this many (0: no limit)")
 	if withAll {
@@ -82,10 +84,11 @@ func (d *dlqFilter) register(cmd *cobra.Command, withAll bool) {
 }
 
 func (d *dlqFilter) filter(requireSome bool) (herald.DeadLetterFilter, error) {
-	f := herald.DeadLetterFilter{Subscription: d.subscription, Type: d.typ, Reason: d.reason, IDs: d.ids, Limit: d.limit}
-	empty := d.subscription == "" && d.typ == "" && d.reason == "" && len(d.ids) == 0
+	f := herald.DeadLetterFilter{Subscription: d.subscription, Type: d.typ, Reason: d.reason, IDs: d.ids, Limit: d.limit,
+		ProducerSide: d.producer}
+	empty := d.subscription == "" && d.typ == "" && d.reason == "" && len(d.ids) == 0 && !d.producer
 	if requireSome && empty && !d.all {
-		return f, errors.New("say which dead letters: --id, --subscription, --type, --reason, or --all")
+		return f, errors.New("say which dead letters: --id, --subscription, --type, --reason, --producer, or --all")
 	}
 	return f, nil
 }
@@ -99,12 +102,22 @@ func newDLQ() *cobra.Command {
 letter keeps the message exactly as it arrived, the reason (malformed,
 unknown-type, version, exhausted, permanent), the attempts and the last error.
 Replay re-delivers each dead letter to the subscription that gave up on it, and
-to no other, through the broker; purge deletes them.`,
+to no other, through the broker; purge deletes them.
+
+Producer-side dead letters (subscription "(producer)", --producer) are events
+of the service's own outbox that its relay parked: one the broker refused for
+good (reason refused, e.g. larger than the server's max payload), and the later
+events of the same partition key, held behind it so that none overtakes it
+(reason held). Replay puts them back into the outbox, in the order they were
+parked, and the service's relay publishes them again (no --nats needed); one
+refused again is parked again. Purge discards them. Either frees the key once
+none of its events is parked.`,
 		Example: `  herald dlq list --service shipping --db shipping.db
   herald dlq show 42 --service shipping --db shipping.db
   herald dlq replay --service shipping --db shipping.db --reason exhausted --dry-run
   herald dlq replay --service shipping --db shipping.db --all --nats nats://127.0.0.1:4333
-  herald dlq purge --service shipping --postgres postgres://... --reason malformed`,
+  herald dlq purge --service shipping --postgres postgres://... --reason malformed
+  herald dlq replay --service orders --db orders.db --producer`,
 	}
 	sf.register(cmd)
 
@@ -163,19 +176,28 @@ to no other, through the broker; purge deletes them.`,
 			if err != nil {
 				return err
 			}
-			svc, closeFn, err := openService(cmd.Context(), &sf, !dry)
+			svc, closeFn, err := openService(cmd.Context(), &sf, false)
 			if err != nil {
 				return err
 			}
-			defer closeFn()
+			defer func() { closeFn() }()
+			dls, err := svc.DeadLetters(cmd.Context(), f)
+			if err != nil {
+				return err
+			}
 			if dry {
-				dls, err := svc.DeadLetters(cmd.Context(), f)
-				if err != nil {
-					return err
-				}
 				fmt.Fprintf(cmd.OutOrStdout(), "would replay %d dead letters:\n", len(dls))
 				printDeadLetters(cmd.OutOrStdout(), dls)
 				return nil
+			}
+			if !allProducerSide(dls) {
+				// Those go through the broker; producer-side ones only
+				// back into the outbox.
+				closeFn()
+				if svc, closeFn, err = openService(cmd.Context(), &sf, true); err != nil {
+					closeFn = func() {}
+					return err
+				}
 			}
 			done, err := svc.ReplayDeadLetters(cmd.Context(), f, false)
 			fmt.Fprintf(cmd.OutOrStdout(), "replayed %d dead letters\n", len(done))
@@ -265,11 +287,32 @@ func openService(ctx context.Context, sf *storeFlags, withBroker bool) (*herald.
 	}, nil
 }
 
+// allProducerSide reports whether every one of dls is a producer-side dead
+// letter, which replays without the broker.
+func allProducerSide(dls []herald.DeadLetter) bool {
+	for _, d := range dls {
+		if !d.ProducerSide() {
+			return false
+		}
+	}
+	return true
+}
+
+// producerMark stands for the subscription of a producer-side dead letter.
+const producerMark = "(producer)"
+
+func subscriptionOf(d herald.DeadLetter) string {
+	if d.ProducerSide() {
+		return producerMark
+	}
+	return d.Subscription
+}
+
 func printDeadLetters(w io.Writer, dls []herald.DeadLetter) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tTIME\tSUBSCRIPTION\tTYPE\tVERSION\tREASON\tATTEMPTS\tLAST ERROR")
 	for _, d := range dls {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\t%d\t%s\n", d.ID, d.Time.Format(time.RFC3339), d.Subscription, orDash(d.Type),
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\t%d\t%s\n", d.ID, d.Time.Format(time.RFC3339), subscriptionOf(d), orDash(d.Type),
 			d.Version, d.Reason, d.Attempts, clip(d.LastError, 80))
 	}
 	tw.Flush()
@@ -287,10 +330,15 @@ func showDeadLetter(w io.Writer, d herald.DeadLetter) error {
 	}
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
+	side := "subscriber"
+	if d.ProducerSide() {
+		side = "producer"
+	}
 	return enc.Encode(map[string]any{
 		"id": d.ID, "service": d.Service, "subscription": d.Subscription, "event_id": d.EventID,
 		"type": d.Type, "version": d.Version, "reason": d.Reason, "last_error": d.LastError,
 		"attempts": d.Attempts, "time": d.Time, "header": d.Header, "data": data,
+		"side": side, "partition_key": d.Key,
 	})
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -81,5 +82,103 @@ func TestDLQCommands(t *testing.T) {
 	}
 	if _, err = runCLI(t, "dlq", "list", "--service", "shipping", "--db", filepath.Join(t.TempDir(), "missing.db")); err == nil || !strings.Contains(err.Error(), "missing.db") {
 		t.Fatalf("list of a missing file: %v", err)
+	}
+}
+
+// TestDLQProducerSide: the outbox rows a relay parked show as producer-side
+// dead letters; replay puts them back into the outbox without a broker (the
+// service's relay publishes them), purge discards them.
+func TestDLQProducerSide(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "orders.db")
+	ctx := context.Background()
+	st, err := sqlite.Open(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var evs []*envelope.Envelope
+	for i := range 3 {
+		evs = append(evs, &envelope.Envelope{ID: envelope.NewID(time.Now()), Type: "shop.order.confirmed", Version: 1,
+			Kind: envelope.KindIntegration, Source: "orders", Key: "o-1", Time: time.Now(), DataContentType: "application/json",
+			Data: []byte(`{"order_id":"o-1","n":` + strconv.Itoa(i) + `}`)})
+	}
+	tx, err := st.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.AppendOutbox(ctx, tx, evs); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := st.PendingOutbox(ctx, "orders", 10)
+	if err != nil || len(rows) != 3 {
+		t.Fatalf("outbox: %d rows, %v", len(rows), err)
+	}
+	if _, err := st.ParkOutbox(ctx, "orders", []store.Park{
+		{Row: rows[0], Reason: store.ReasonRefused, LastError: "nats: maximum payload exceeded", Attempts: 1},
+		{Row: rows[1], Reason: store.ReasonHeld, LastError: "held behind event " + evs[0].ID},
+		{Row: rows[2], Reason: store.ReasonHeld, LastError: "held behind event " + evs[0].ID},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.AddDeadLetter(ctx, nil, store.DeadLetter{Service: "orders", Subscription: "track", Reason: store.ReasonExhausted,
+		LastError: "subscriber side", Header: map[string]string{}, Data: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	base := []string{"--service", "orders", "--db", db}
+
+	out, err := runCLI(t, append([]string{"dlq", "list"}, base...)...)
+	if err != nil || strings.Count(out, "(producer)") != 3 || !strings.Contains(out, "refused") || !strings.Contains(out, "maximum payload exceeded") ||
+		!strings.Contains(out, "subscriber side") {
+		t.Fatalf("list: %v\n%s", err, out)
+	}
+	out, err = runCLI(t, append([]string{"dlq", "list", "--producer"}, base...)...)
+	if err != nil || strings.Count(out, "(producer)") != 3 || strings.Contains(out, "subscriber side") {
+		t.Fatalf("list --producer: %v\n%s", err, out)
+	}
+	out, err = runCLI(t, append([]string{"dlq", "show", "1"}, base...)...)
+	if err != nil || !strings.Contains(out, `"side": "producer"`) || !strings.Contains(out, `"partition_key": "o-1"`) ||
+		!strings.Contains(out, `"reason": "refused"`) {
+		t.Fatalf("show: %v\n%s", err, out)
+	}
+	// A replay of producer-side and subscriber-side ones needs the broker.
+	if _, err = runCLI(t, append([]string{"dlq", "replay", "--all"}, base...)...); err == nil || !strings.Contains(err.Error(), "--nats") {
+		t.Fatalf("replay --all without --nats: %v", err)
+	}
+	// The producer-side ones alone replay without a broker.
+	out, err = runCLI(t, append([]string{"dlq", "replay", "--producer"}, base...)...)
+	if err != nil || !strings.Contains(out, "replayed 3 dead letters") {
+		t.Fatalf("replay --producer: %v\n%s", err, out)
+	}
+	st, err = sqlite.Open(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	rows, err = st.PendingOutbox(ctx, "orders", 10)
+	if err != nil || len(rows) != 3 {
+		t.Fatalf("outbox after replay: %d rows, %v; want the 3 events back", len(rows), err)
+	}
+	for i, r := range rows {
+		if r.Event.ID != evs[i].ID {
+			t.Errorf("outbox row %d is %s, want %s (parked order)", i, r.Event.ID, evs[i].ID)
+		}
+	}
+	out, err = runCLI(t, append([]string{"dlq", "list"}, base...)...)
+	if err != nil || strings.Contains(out, "(producer)") || !strings.Contains(out, "subscriber side") {
+		t.Fatalf("list after replay: %v\n%s", err, out)
+	}
+	// Parked again, then purged.
+	if _, err := st.ParkOutbox(ctx, "orders", []store.Park{{Row: rows[0], Reason: store.ReasonRefused, LastError: "again"}}); err != nil {
+		t.Fatal(err)
+	}
+	out, err = runCLI(t, append([]string{"dlq", "purge", "--producer"}, base...)...)
+	if err != nil || !strings.Contains(out, "purged 1 dead letters") {
+		t.Fatalf("purge --producer: %v\n%s", err, out)
+	}
+	if keys, err := st.ParkedKeys(ctx, "orders"); err != nil || len(keys) != 0 {
+		t.Fatalf("parked keys after purge: %v, %v", keys, err)
 	}
 }

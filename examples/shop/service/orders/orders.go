@@ -269,7 +269,10 @@ func (s *Service) Handler() http.Handler {
 			return
 		}
 		o, err := s.Place(r.Context(), req)
-		httpjson.Respond(w, http.StatusCreated, o, err, httpjson.As{Err: ErrInvalid, Status: http.StatusBadRequest})
+		// An order whose event the broker would refuse for its size is
+		// refused here, and nothing of it is committed.
+		httpjson.Respond(w, http.StatusCreated, o, err, httpjson.As{Err: ErrInvalid, Status: http.StatusBadRequest},
+			httpjson.As{Err: herald.ErrEventTooLarge, Status: http.StatusRequestEntityTooLarge})
 	})
 	mux.HandleFunc("GET /orders/{id}", func(w http.ResponseWriter, r *http.Request) {
 		o, err := s.Get(r.Context(), r.PathValue("id"))

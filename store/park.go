@@ -1,0 +1,254 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/heraldhq/herald/envelope"
+)
+
+// Producer-side dead letters: the outbox relay parks an outbox row the
+// broker refused for good (ReasonRefused), and every later row of its
+// partition key (ReasonHeld), in herald_dead_letters with an empty
+// subscription, so that the rows behind them go on and no event of the key
+// overtakes the parked one. ReplayParked puts them back into the outbox;
+// purging them (DeleteDeadLetters) discards them. A key is held as long as it
+// has producer-side dead letters: the table is the relay's memory across
+// restarts.
+//
+// ParkOutbox and ReplayParked of one service exclude each other (SQLite's
+// immediate transactions; an advisory lock on PostgreSQL), which is what
+// keeps a held key in order while an operator replays it.
+
+// Park is an outbox row for ParkOutbox.
+type Park struct {
+	Row       OutboxRow
+	Reason    string // ReasonRefused or ReasonHeld
+	LastError string
+	Attempts  int
+}
+
+// ParkResult is what ParkOutbox did with one row. Neither field set: the row
+// was a ReasonHeld one whose key has no producer-side dead letter any more
+// (an operator replayed or purged them), so it stays in the outbox and the
+// relay publishes it.
+type ParkResult struct {
+	// DeadLetter is the id of the dead letter the row became (0: not parked).
+	DeadLetter int64
+	// Gone says the row was no longer in the outbox: ReplayParked moved it
+	// behind the events it replayed. The relay drops it from its batch.
+	Gone bool
+}
+
+// lockParked serialises ParkOutbox and ReplayParked of service. SQLite needs
+// nothing: a write transaction holds the database's only write lock.
+func (s *Store) lockParked(ctx context.Context, tx *sql.Tx, service string) error {
+	if s.d.Name() != "postgres" {
+		return nil
+	}
+	_, err := tx.ExecContext(ctx, "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", "herald_parked/"+service)
+	return err
+}
+
+// hasParked reports whether service has producer-side dead letters of key.
+func (s *Store) hasParked(ctx context.Context, tx *sql.Tx, service, key string) (bool, error) {
+	var n int
+	err := tx.QueryRowContext(ctx, s.d.Rebind("SELECT COUNT(*) FROM (SELECT 1 FROM herald_dead_letters WHERE service = ? AND subscription = '' AND partition_key = ? LIMIT 1) AS parked"),
+		service, key).Scan(&n)
+	return n > 0, err
+}
+
+// ParkOutbox moves outbox rows of service to its producer-side dead letters,
+// in the order given, in one transaction: each row is deleted from the
+// outbox and becomes a dead letter with the event's binary headers and data,
+// its key, the reason, the error and the attempts. A ReasonHeld row is parked
+// only while its key still has producer-side dead letters (see ParkResult).
+func (s *Store) ParkOutbox(ctx context.Context, service string, ps []Park) ([]ParkResult, error) {
+	if err := s.live(); err != nil {
+		return nil, err
+	}
+	fail := func(err error) ([]ParkResult, error) {
+		return nil, fmt.Errorf("herald/store: park outbox rows of %s: %w", service, err)
+	}
+	tx, err := s.Begin(ctx)
+	if err != nil {
+		return fail(err)
+	}
+	defer tx.Rollback()
+	if err := s.lockParked(ctx, tx, service); err != nil {
+		return fail(err)
+	}
+	held := map[string]bool{} // keys known to have producer-side dead letters
+	out := make([]ParkResult, len(ps))
+	now := time.Now()
+	for i, p := range ps {
+		e := p.Row.Event
+		if p.Reason == ReasonHeld && !held[e.Key] {
+			ok, err := s.hasParked(ctx, tx, service, e.Key)
+			if err != nil {
+				return fail(err)
+			}
+			if !ok {
+				continue
+			}
+		}
+		res, err := tx.ExecContext(ctx, s.d.Rebind("DELETE FROM herald_outbox WHERE seq = ? AND service = ?"), p.Row.Seq, service)
+		if err != nil {
+			return fail(err)
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return fail(err)
+		} else if n == 0 {
+			out[i].Gone = true
+			continue
+		}
+		h, data := envelope.ToBinary(e)
+		id, err := s.AddDeadLetter(ctx, tx, DeadLetter{Service: service, EventID: e.ID, Type: e.Type, Version: e.Version,
+			Reason: p.Reason, LastError: p.LastError, Attempts: p.Attempts, Header: h, Data: data, Time: now, Key: e.Key})
+		if err != nil {
+			return fail(err)
+		}
+		out[i].DeadLetter = id
+		if e.Key != "" {
+			held[e.Key] = true
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fail(err)
+	}
+	return out, nil
+}
+
+// ParkedKeys returns the partition keys of service that have producer-side
+// dead letters, each with the event id of its oldest one: the event the
+// key's later events wait for. Keyless events hold nothing.
+func (s *Store) ParkedKeys(ctx context.Context, service string) (map[string]string, error) {
+	if err := s.live(); err != nil {
+		return nil, err
+	}
+	rows, err := s.db.QueryContext(ctx, s.d.Rebind("SELECT partition_key, event_id FROM herald_dead_letters WHERE id IN"+
+		" (SELECT MIN(id) FROM herald_dead_letters WHERE service = ? AND subscription = '' AND partition_key <> '' GROUP BY partition_key)"), service)
+	if err != nil {
+		return nil, fmt.Errorf("herald/store: parked keys of %s: %w", service, err)
+	}
+	defer rows.Close()
+	out := map[string]string{}
+	for rows.Next() {
+		var k, id string
+		if err := rows.Scan(&k, &id); err != nil {
+			return nil, fmt.Errorf("herald/store: parked keys of %s: %w", service, err)
+		}
+		out[k] = id
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("herald/store: parked keys of %s: %w", service, err)
+	}
+	return out, nil
+}
+
+// ReplayParked puts the producer-side dead letters of service that f selects
+// back into the outbox, oldest first, and deletes them, in one transaction;
+// it returns them. The rows still waiting in the outbox for their keys (not
+// yet parked by the relay) move behind them, so that no event overtakes an
+// earlier one of its key. A replayed event whose key still has producer-side
+// dead letters (ones f did not select) is parked again behind them by the
+// relay; one the broker refuses again is parked again. f.Service and
+// f.ProducerSide are set for you.
+func (s *Store) ReplayParked(ctx context.Context, service string, f DeadLetterFilter) ([]DeadLetter, error) {
+	if err := s.live(); err != nil {
+		return nil, err
+	}
+	fail := func(err error) ([]DeadLetter, error) {
+		return nil, fmt.Errorf("herald/store: replay parked events of %s: %w", service, err)
+	}
+	f.Service, f.ProducerSide = service, true
+	tx, err := s.Begin(ctx)
+	if err != nil {
+		return fail(err)
+	}
+	defer tx.Rollback()
+	if err := s.lockParked(ctx, tx, service); err != nil {
+		return fail(err)
+	}
+	dls, err := s.deadLetters(ctx, tx, f)
+	if err != nil {
+		return fail(err)
+	}
+	if len(dls) == 0 {
+		return nil, nil
+	}
+	events := make([]*envelope.Envelope, 0, len(dls))
+	ids := make([]int64, 0, len(dls))
+	var keys []string
+	seen := map[string]bool{}
+	for _, d := range dls {
+		e, err := envelope.FromBinary(d.Header, d.Data)
+		if err != nil {
+			return fail(fmt.Errorf("dead letter %d: %w", d.ID, err))
+		}
+		events = append(events, e)
+		ids = append(ids, d.ID)
+		if e.Key != "" && !seen[e.Key] {
+			seen[e.Key] = true
+			keys = append(keys, e.Key)
+		}
+	}
+	// The rows of those keys still in the outbox go behind them.
+	behind, err := s.takePending(ctx, tx, service, keys)
+	if err != nil {
+		return fail(err)
+	}
+	if err := s.insertEvents(ctx, tx, s.queries.outboxInsert, append(events, behind...)); err != nil {
+		return fail(err)
+	}
+	if _, err := tx.ExecContext(ctx, "DELETE FROM herald_dead_letters WHERE id IN "+int64List(ids)); err != nil {
+		return fail(err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fail(err)
+	}
+	return dls, nil
+}
+
+// takePending deletes the unpublished outbox rows of service with one of
+// keys and returns their events in seq order.
+func (s *Store) takePending(ctx context.Context, tx *sql.Tx, service string, keys []string) ([]*envelope.Envelope, error) {
+	if len(keys) == 0 {
+		return nil, nil
+	}
+	args := []any{service, service}
+	for _, k := range keys {
+		args = append(args, k)
+	}
+	in := "(" + strings.TrimSuffix(strings.Repeat("?, ", len(keys)), ", ") + ")"
+	rows, err := tx.QueryContext(ctx, s.d.Rebind("SELECT seq, "+eventCols+" FROM herald_outbox WHERE service = ? AND published_at IS NULL"+
+		" AND seq > "+outboxCursor+" AND partition_key IN "+in+" ORDER BY seq"), args...)
+	if err != nil {
+		return nil, err
+	}
+	var seqs []int64
+	var out []*envelope.Envelope
+	for rows.Next() {
+		var seq int64
+		e, err := scanEvent(rows, &seq)
+		if err != nil {
+			rows.Close()
+			return nil, err
+		}
+		seqs = append(seqs, seq)
+		out = append(out, e)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	if len(seqs) > 0 {
+		if _, err := tx.ExecContext(ctx, "DELETE FROM herald_outbox WHERE seq IN "+int64List(seqs)); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
