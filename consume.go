@@ -572,7 +572,9 @@ func (c *consumer) handleFast(ctx context.Context, batch []*item) (settled []*it
 func (c *consumer) failed(it *item, herr error) {
 	it.lastErr = herr.Error()
 	switch {
-	case IsPermanent(herr):
+	case IsPermanent(herr), errors.Is(herr, ErrEventTooLarge):
+		// An event too large for the broker that the handler records is
+		// as large on every attempt.
 		it.reason = store.ReasonPermanent
 	case it.attempts >= c.sub.cfg.retry.MaxAttempts:
 		it.reason = store.ReasonExhausted

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/broker/natsjs"
@@ -99,5 +100,44 @@ func TestRecordRefusesEventOverBrokerLimit(t *testing.T) {
 	})
 	if !errors.Is(err, herald.ErrEventTooLarge) || !strings.Contains(err.Error(), `"shop.big-notice"`) {
 		t.Fatalf("Notify over the limit: %v, want ErrEventTooLarge naming shop.big-notice", err)
+	}
+}
+
+// TestHandlerEventTooLargeIsPermanent: a subscription handler whose
+// notification is too large for the broker fails the same way on every
+// attempt, so its event is dead-lettered at the first one instead of
+// holding its key through every retry.
+func TestHandlerEventTooLargeIsPermanent(t *testing.T) {
+	ctx := context.Background()
+	b, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithLogger(quiet))
+	must(t, err)
+	defer b.Close()
+	prod, err := herald.New("orders", herald.WithStore(testdb.SQLite(t)), herald.WithBroker(b), herald.WithLogger(quiet))
+	must(t, err)
+	must(t, herald.Translate(prod, bigOrderPlaced, bigOrderConfirmed, func(_ context.Context, o bigOrder) (bigOrder, error) { return o, nil }))
+	cons, err := herald.New("shipping", herald.WithStore(testdb.SQLite(t)), herald.WithBroker(b), herald.WithLogger(quiet),
+		herald.WithRetry(herald.RetryPolicy{MaxAttempts: 5, BaseDelay: time.Second, MaxDelay: time.Second}))
+	must(t, err)
+	must(t, cons.Register(bigNotice))
+	limit := b.MaxEventSize()
+	must(t, herald.Subscribe(cons, bigOrderConfirmed, "notify", func(ctx context.Context, tx herald.Tx, o bigOrder) error {
+		return herald.Notify(tx, bigNotice, bigNote{To: o.CustomerID, Body: strings.Repeat("x", limit)})
+	}))
+	must(t, prod.Start(ctx))
+	defer prod.Close()
+	must(t, cons.Start(ctx))
+	defer cons.Close()
+	must(t, prod.Do(ctx, func(tx herald.Tx) error {
+		return herald.Record(tx, bigOrderPlaced, bigOrder{OrderID: "o-1", CustomerID: "c-1"})
+	}))
+	var dls []herald.DeadLetter
+	deadline := time.Now().Add(20 * time.Second)
+	for len(dls) == 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+		dls, err = cons.DeadLetters(ctx, herald.DeadLetterFilter{})
+		must(t, err)
+	}
+	if len(dls) != 1 || dls[0].Reason != "permanent" || dls[0].Attempts != 1 || !strings.Contains(dls[0].LastError, "over the broker's limit") {
+		t.Fatalf("dead letters %+v, want one, permanent after 1 attempt, naming the size", dls)
 	}
 }
