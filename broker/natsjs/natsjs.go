@@ -325,6 +325,10 @@ func (b *Broker) LossWindow() time.Duration {
 // arrives on the new connection.
 func (b *Broker) Epoch() uint64 { return b.nc.Stats().Reconnects }
 
+// ConnectedServer returns the name of the server the connection is on now
+// (as a stream's cluster info names its leader), "" while disconnected.
+func (b *Broker) ConnectedServer() string { return b.nc.ConnectedServerName() }
+
 // URL returns the client URL of the embedded server when it listens
 // (WithListen), and "" otherwise.
 func (b *Broker) URL() string { return b.url }
