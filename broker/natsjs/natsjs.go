@@ -135,9 +135,10 @@ func Embedded(ctx context.Context, opts ...Option) (*Broker, error) {
 
 // Connect connects to an external NATS server or cluster with JetStream
 // enabled. urls are tried in random order ("nats://host:4222",
-// "tls://host:4222"). The connection reconnects forever, buffering publishes
-// while it does. Connect waits until the first connection succeeds or ctx
-// ends.
+// "tls://host:4222"). The connection reconnects forever (publishes fail
+// while it does, unless WithReconnectBuffer). Connect waits until the first
+// connection succeeds and JetStream answers — retrying while a cluster
+// elects its meta leader, see WithStartupRetry — or ctx ends.
 func Connect(ctx context.Context, urls []string, opts ...Option) (*Broker, error) {
 	cfg := defaultConfig(modeExternal)
 	if err := cfg.apply(opts); err != nil {
@@ -292,11 +293,17 @@ func (b *Broker) start(ctx context.Context, nc *nats.Conn) error {
 		nc.Close()
 		return fmt.Errorf("herald/natsjs: jetstream: %w", err)
 	}
-	if _, err := js.AccountInfo(ctx); err != nil {
+	b.nc = nc
+	// A cluster that has just started answers only once it has elected its
+	// meta leader.
+	if err := b.retryStartup(ctx, "check JetStream", func(ctx context.Context) error {
+		_, err := js.AccountInfo(ctx)
+		return err
+	}); err != nil {
 		nc.Close()
 		return fmt.Errorf("herald/natsjs: jetstream not available: %w", err)
 	}
-	b.nc, b.js = nc, js
+	b.js = js
 	return nil
 }
 
