@@ -245,6 +245,39 @@ func poll(ctx context.Context, fn func(ctx context.Context) error) error {
 // ($JS.API.STREAM.LEADER.STEPDOWN with a preferred placement) and waits
 // until to leads it.
 func (c *Cluster) MoveStreamLeader(ctx context.Context, stream string, to *Server) error {
+	return c.moveLeader(ctx, "$JS.API.STREAM.LEADER.STEPDOWN."+stream, "stream "+stream, to,
+		func(ctx context.Context) (*Server, error) { return c.StreamLeader(ctx, stream) })
+}
+
+// ConsumerLeader returns the node that leads the durable consumer of
+// stream now, from the consumer's info.
+func (c *Cluster) ConsumerLeader(ctx context.Context, stream, consumer string) (*Server, error) {
+	js, err := c.JetStream()
+	if err != nil {
+		return nil, err
+	}
+	cons, err := js.Consumer(ctx, stream, consumer)
+	if err != nil {
+		return nil, err
+	}
+	ci := cons.CachedInfo().Cluster
+	if ci == nil || ci.Leader == "" {
+		return nil, fmt.Errorf("consumer %s of %s has no leader", consumer, stream)
+	}
+	s := c.Node(ci.Leader)
+	if s == nil {
+		return nil, fmt.Errorf("consumer %s of %s is led by %q, not a node of this cluster", consumer, stream, ci.Leader)
+	}
+	return s, nil
+}
+
+// MoveConsumerLeader is MoveStreamLeader for a consumer.
+func (c *Cluster) MoveConsumerLeader(ctx context.Context, stream, consumer string, to *Server) error {
+	return c.moveLeader(ctx, "$JS.API.CONSUMER.LEADER.STEPDOWN."+stream+"."+consumer, "consumer "+consumer, to,
+		func(ctx context.Context) (*Server, error) { return c.ConsumerLeader(ctx, stream, consumer) })
+}
+
+func (c *Cluster) moveLeader(ctx context.Context, subject, what string, to *Server, leader func(context.Context) (*Server, error)) error {
 	if _, err := c.JetStream(); err != nil {
 		return err
 	}
@@ -253,11 +286,11 @@ func (c *Cluster) MoveStreamLeader(ctx context.Context, stream string, to *Serve
 	c.mu.Unlock()
 	req := fmt.Sprintf(`{"placement":{"preferred":%q}}`, to.name)
 	return poll(ctx, func(ctx context.Context) error {
-		s, err := c.StreamLeader(ctx, stream)
+		s, err := leader(ctx)
 		if err != nil || s == to {
 			return err
 		}
-		resp, err := nc.RequestWithContext(ctx, "$JS.API.STREAM.LEADER.STEPDOWN."+stream, []byte(req))
+		resp, err := nc.RequestWithContext(ctx, subject, []byte(req))
 		if err != nil {
 			return err
 		}
@@ -267,8 +300,8 @@ func (c *Cluster) MoveStreamLeader(ctx context.Context, stream string, to *Serve
 			} `json:"error"`
 		}
 		if json.Unmarshal(resp.Data, &r) == nil && r.Error != nil {
-			return fmt.Errorf("step down: %s", r.Error.Description)
+			return fmt.Errorf("%s: step down: %s", what, r.Error.Description)
 		}
-		return fmt.Errorf("stream %s: leadership moving to %s", stream, to.name)
+		return fmt.Errorf("%s: leadership moving to %s", what, to.name)
 	})
 }
