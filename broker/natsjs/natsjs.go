@@ -40,6 +40,9 @@ type Broker struct {
 	replayTargets sync.Map
 	// buckets caches the catalog's key-value buckets: name -> KeyValue.
 	buckets sync.Map
+	// watches follows the leadership of the event and dead-letter streams
+	// (leader.go): stream name -> watch. Read-only after newBroker.
+	watches map[string]*streamWatch
 
 	mu       sync.Mutex
 	isClosed atomic.Bool
@@ -259,6 +262,11 @@ func newBroker(cfg config) *Broker {
 		closed:     make(chan struct{}),
 		connClosed: make(chan struct{}),
 	}
+	b.watches = map[string]*streamWatch{
+		b.names.intStream: newStreamWatch(),
+		b.names.ntfStream: newStreamWatch(),
+		b.names.dlqStream: newStreamWatch(),
+	}
 	b.baseCtx, b.cancel = context.WithCancel(context.Background())
 	return b
 }
@@ -302,6 +310,10 @@ func (b *Broker) start(ctx context.Context, nc *nats.Conn) error {
 	}); err != nil {
 		nc.Close()
 		return fmt.Errorf("herald/natsjs: jetstream not available: %w", err)
+	}
+	if err := b.watchStreams(nc); err != nil {
+		nc.Close()
+		return err
 	}
 	b.js = js
 	return nil
