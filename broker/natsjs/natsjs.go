@@ -43,6 +43,9 @@ type Broker struct {
 	// watches follows the leadership of the event and dead-letter streams
 	// (leader.go): stream name -> watch. Read-only after newBroker.
 	watches map[string]*streamWatch
+	// leaderMoves counts the leader elections of the consumers that Consume
+	// reads (part of Epoch).
+	leaderMoves atomic.Uint64
 
 	mu       sync.Mutex
 	isClosed atomic.Bool
@@ -339,10 +342,13 @@ func (b *Broker) LossWindow() time.Duration {
 	return syncInterval(b.cfg)
 }
 
-// Epoch counts the connection's reconnects. It implements broker.Resumer.
+// Epoch counts the connection's reconnects and the leader elections of the
+// consumers that Consume reads: after either, deliveries that were on the
+// wire come back only after their ack wait. It implements broker.Resumer.
 // It reads the connection's own counter, which changes before any message
-// arrives on the new connection.
-func (b *Broker) Epoch() uint64 { return b.nc.Stats().Reconnects }
+// arrives on the new connection; an election is counted as its advisory
+// arrives, before Consume pulls from the new leader.
+func (b *Broker) Epoch() uint64 { return b.nc.Stats().Reconnects + b.leaderMoves.Load() }
 
 // ConnectedServer returns the name of the server the connection is on now
 // (as a stream's cluster info names its leader), "" while disconnected.
