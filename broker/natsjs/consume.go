@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/heraldhq/herald/broker"
@@ -112,6 +114,26 @@ func (b *Broker) Consume(ctx context.Context, sub broker.Subscription, batch int
 			}),
 		)
 	}
+	// A consumer of a replicated stream is served by its leader only. When
+	// the leader dies, the pull it served is gone with it; the cluster's
+	// advisory of the next election tells to pull again from the new leader
+	// at once, rather than after two missed heartbeats or the watchdog's
+	// look. Deliveries on the wire when the leader died come back only after
+	// their ack wait, as after a reconnect: Epoch counts the election so
+	// that herald holds newer events back meanwhile.
+	moved := make(chan struct{}, 1)
+	asub, err := b.nc.Subscribe(server.JSAdvisoryConsumerLeaderElectedPre+"."+spec.stream+"."+durable, func(*nats.Msg) {
+		b.leaderMoves.Add(1)
+		select {
+		case moved <- struct{}{}:
+		default:
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("herald/natsjs: consume %s/%s: subscribe to the consumer's leader elections: %w", sub.Service, sub.Name, err)
+	}
+	defer func() { _ = asub.Unsubscribe() }()
+
 	cc, err := pull()
 	if err != nil {
 		return fmt.Errorf("herald/natsjs: consume %s/%s: %w", sub.Service, sub.Name, err)
@@ -185,6 +207,23 @@ func (b *Broker) Consume(ctx context.Context, sub broker.Subscription, batch int
 		}
 	}
 
+	// repull replaces the pull cc (closed by stopped) with a new one; a nil
+	// pull with a nil error means ctx ended.
+	repull := func(cc jetstream.ConsumeContext, stopped <-chan struct{}) (jetstream.ConsumeContext, <-chan struct{}, error) {
+		// Drain, not Stop: what reaches the old pull before the server
+		// drops it (a pull nats.go sent meanwhile) is still handed to h,
+		// in order, before the new pull starts.
+		cc.Drain()
+		if !handOver(ctx, stopped) {
+			return nil, nil, nil
+		}
+		ncc, err := pull()
+		if err != nil {
+			return nil, nil, fmt.Errorf("herald/natsjs: consume %s/%s: pull again: %w", sub.Service, sub.Name, err)
+		}
+		return ncc, ncc.Closed(), nil
+	}
+
 	for {
 		if ctx.Err() != nil {
 			return nil
@@ -215,18 +254,18 @@ func (b *Broker) Consume(ctx context.Context, sub broker.Subscription, batch int
 				continue
 			}
 			b.log.Info("herald/natsjs: consume: the server has events and no pull of this consumer; pulling again", "consumer", durable)
-			// Drain, not Stop: what reaches the old pull before the server
-			// drops it (a pull nats.go sent meanwhile) is still handed to h,
-			// in order, before the new pull starts.
-			cc.Drain()
-			if !handOver(ctx, stopped) {
-				return nil
+			ncc, nstopped, err := repull(cc, stopped)
+			if err != nil || ncc == nil {
+				return err
 			}
-			ncc, err := pull()
-			if err != nil {
-				return fmt.Errorf("herald/natsjs: consume %s/%s: pull again: %w", sub.Service, sub.Name, err)
+			cc, stopped, last = ncc, nstopped, time.Now()
+		case <-moved:
+			b.log.Info("herald/natsjs: consume: the consumer elected a leader; pulling again", "consumer", durable)
+			ncc, nstopped, err := repull(cc, stopped)
+			if err != nil || ncc == nil {
+				return err
 			}
-			cc, stopped, last = ncc, ncc.Closed(), time.Now()
+			cc, stopped, last = ncc, nstopped, time.Now()
 		case m := <-msgs:
 			last = time.Now()
 			deliver(m)

@@ -11,10 +11,10 @@
 // client port (for the nats CLI or other processes); [Broker.URL] returns it.
 // Use it for a single-node deployment, for development and for tests.
 //
-// [Connect] talks to an external server or cluster. It reconnects forever,
-// buffering publishes while reconnecting, and supports user/password, token,
-// NKey seed file, credentials file and TLS. Use [WithReplicas] to replicate
-// the streams in a cluster.
+// [Connect] talks to an external server or cluster. It reconnects forever
+// and supports user/password, token, NKey seed file, credentials file and
+// TLS. Use [WithReplicas] to replicate the streams in a cluster (see
+// Clusters below).
 //
 // # Durability
 //
@@ -43,6 +43,52 @@
 // The tests show it: after kill -9 of an external server, every unacked
 // event is delivered, and some recently acked ones again. herald's inbox
 // deduplicates them.
+//
+// # Clusters
+//
+// With [Connect] to the URLs of a JetStream cluster and [WithReplicas](3),
+// every stream and consumer is replicated on three servers, and the
+// cluster's own Raft groups elect their leaders; the broker never
+// coordinates anything itself. Two moments need care:
+//
+// A cluster that has just started, or lost its meta leader, answers
+// JetStream requests late or not at all (a server without a meta leader
+// stays silent for its first seconds), or says "JetStream system
+// temporarily unavailable", "no suitable peers for placement" or
+// "insufficient resources" while its peers join. Connect's check that
+// JetStream is available, Provision, ProvisionTrace and the creation of the
+// catalog's buckets retry such failures, each request bounded on its own
+// (1 s growing to 5 s), with exponential backoff and jitter, logging each
+// retry with its error and the next delay, for up to [WithStartupRetry]
+// (default 1 minute) or the caller's context. Any other error — an invalid
+// configuration, replicas a single server cannot have, JetStream not
+// enabled — fails at once.
+//
+// When a stream's leader dies, the events it had not acknowledged get no
+// answer. The broker subscribes to the advisories the cluster sends when
+// one of its streams elects a leader
+// ($JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.<stream>), and fails those
+// publishes at the election with an error wrapping broker.ErrTransient,
+// instead of after the publish timeout ([WithPublishTimeout], 30 s); the
+// outbox relay sends them again to the new leader, which drops the ones
+// already stored by their Nats-Msg-Id. A publish whose connection drops
+// fails at once (nats.go fails what awaits an acknowledgement on a
+// reconnect). After such a failure, or an election, Publish sends one event
+// alone until the stream stores it — again at the election, or every
+// 250 ms, for at most the publish timeout — before it pipelines the rest,
+// so that no later event of a batch reaches a new leader before an earlier
+// one. nats-server elects a new leader 4 to 9 s after the last heartbeat of
+// the old one (its Raft timeouts are fixed): that is the stall of a leader's
+// crash; the flow resumes within milliseconds of the election. A server
+// that refuses the advisories' subscription (a user without permission for
+// $JS.EVENT.>) leaves only the wait: those publishes time out.
+//
+// Consume likewise follows its consumer's leader elections
+// ($JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.<stream>.<consumer>): at each
+// it pulls again from the new leader at once, and [Broker.Epoch] counts it,
+// because deliveries on the wire when the old leader died come back only
+// after their ack wait, as after a reconnect; herald holds newer events of
+// the subscription back meanwhile.
 //
 // # Subjects and streams
 //

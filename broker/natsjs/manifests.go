@@ -45,7 +45,11 @@ func (b *Broker) kv(ctx context.Context, instances, create bool) (jetstream.KeyV
 	var kv jetstream.KeyValue
 	var err error
 	if create {
-		kv, err = b.js.CreateOrUpdateKeyValue(ctx, cfg)
+		err = b.retryStartup(ctx, "create bucket "+name, func(ctx context.Context) error {
+			var err error
+			kv, err = b.js.CreateOrUpdateKeyValue(ctx, cfg)
+			return err
+		})
 	} else if kv, err = b.js.KeyValue(ctx, name); errors.Is(err, jetstream.ErrBucketNotFound) {
 		return nil, nil
 	}

@@ -40,6 +40,12 @@ type Broker struct {
 	replayTargets sync.Map
 	// buckets caches the catalog's key-value buckets: name -> KeyValue.
 	buckets sync.Map
+	// watches follows the leadership of the event and dead-letter streams
+	// (leader.go): stream name -> watch. Read-only after newBroker.
+	watches map[string]*streamWatch
+	// leaderMoves counts the leader elections of the consumers that Consume
+	// reads (part of Epoch).
+	leaderMoves atomic.Uint64
 
 	mu       sync.Mutex
 	isClosed atomic.Bool
@@ -136,9 +142,10 @@ func Embedded(ctx context.Context, opts ...Option) (*Broker, error) {
 
 // Connect connects to an external NATS server or cluster with JetStream
 // enabled. urls are tried in random order ("nats://host:4222",
-// "tls://host:4222"). The connection reconnects forever, buffering publishes
-// while it does. Connect waits until the first connection succeeds or ctx
-// ends.
+// "tls://host:4222"). The connection reconnects forever (publishes fail
+// while it does, unless WithReconnectBuffer). Connect waits until the first
+// connection succeeds and JetStream answers — retrying while a cluster
+// elects its meta leader, see WithStartupRetry — or ctx ends.
 func Connect(ctx context.Context, urls []string, opts ...Option) (*Broker, error) {
 	cfg := defaultConfig(modeExternal)
 	if err := cfg.apply(opts); err != nil {
@@ -259,6 +266,11 @@ func newBroker(cfg config) *Broker {
 		closed:     make(chan struct{}),
 		connClosed: make(chan struct{}),
 	}
+	b.watches = map[string]*streamWatch{
+		b.names.intStream: newStreamWatch(),
+		b.names.ntfStream: newStreamWatch(),
+		b.names.dlqStream: newStreamWatch(),
+	}
 	b.baseCtx, b.cancel = context.WithCancel(context.Background())
 	return b
 }
@@ -293,11 +305,21 @@ func (b *Broker) start(ctx context.Context, nc *nats.Conn) error {
 		nc.Close()
 		return fmt.Errorf("herald/natsjs: jetstream: %w", err)
 	}
-	if _, err := js.AccountInfo(ctx); err != nil {
+	b.nc = nc
+	// A cluster that has just started answers only once it has elected its
+	// meta leader.
+	if err := b.retryStartup(ctx, "check JetStream", func(ctx context.Context) error {
+		_, err := js.AccountInfo(ctx)
+		return err
+	}); err != nil {
 		nc.Close()
 		return fmt.Errorf("herald/natsjs: jetstream not available: %w", err)
 	}
-	b.nc, b.js = nc, js
+	if err := b.watchStreams(nc); err != nil {
+		nc.Close()
+		return err
+	}
+	b.js = js
 	return nil
 }
 
@@ -321,10 +343,17 @@ func (b *Broker) LossWindow() time.Duration {
 	return syncInterval(b.cfg)
 }
 
-// Epoch counts the connection's reconnects. It implements broker.Resumer.
+// Epoch counts the connection's reconnects and the leader elections of the
+// consumers that Consume reads: after either, deliveries that were on the
+// wire come back only after their ack wait. It implements broker.Resumer.
 // It reads the connection's own counter, which changes before any message
-// arrives on the new connection.
-func (b *Broker) Epoch() uint64 { return b.nc.Stats().Reconnects }
+// arrives on the new connection; an election is counted as its advisory
+// arrives, before Consume pulls from the new leader.
+func (b *Broker) Epoch() uint64 { return b.nc.Stats().Reconnects + b.leaderMoves.Load() }
+
+// ConnectedServer returns the name of the server the connection is on now
+// (as a stream's cluster info names its leader), "" while disconnected.
+func (b *Broker) ConnectedServer() string { return b.nc.ConnectedServerName() }
 
 // URL returns the client URL of the embedded server when it listens
 // (WithListen), and "" otherwise.

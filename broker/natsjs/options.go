@@ -65,6 +65,7 @@ type config struct {
 	maxAge          time.Duration
 	dlqMaxAge       time.Duration
 	publishTimeout  time.Duration
+	startupRetry    time.Duration
 	drainTimeout    time.Duration
 	logger          *slog.Logger
 	name            string
@@ -110,6 +111,7 @@ func defaultConfig(m mode) config {
 		maxAge:          DefaultMaxAge,
 		dlqMaxAge:       DefaultDeadLetterMaxAge,
 		publishTimeout:  DefaultPublishTimeout,
+		startupRetry:    DefaultStartupRetry,
 		drainTimeout:    DefaultDrainTimeout,
 		maxMemory:       DefaultMaxMemory,
 		maxStore:        DefaultMaxStore,
@@ -244,6 +246,25 @@ func WithPublishTimeout(d time.Duration) Option {
 			return invalid("WithPublishTimeout(%v): want a positive duration", d)
 		}
 		c.publishTimeout = d
+		return nil
+	}
+}
+
+// WithStartupRetry bounds how long the calls that set the broker up keep
+// retrying failures that go away by themselves (default 1 minute): a
+// cluster that has just started, or lost its leader, answers late or not at
+// all, or says it is temporarily unavailable, until it has elected its
+// leaders. They are Connect's check that JetStream is available, Provision,
+// ProvisionTrace and the creation of the catalog's buckets; each retry is
+// logged with its error and the next delay. The caller's context bounds them
+// too. A permanent error (an invalid configuration, JetStream not enabled)
+// fails at once.
+func WithStartupRetry(d time.Duration) Option {
+	return func(c *config) error {
+		if d < 0 {
+			return invalid("WithStartupRetry(%v): want a duration >= 0 (0: no retries)", d)
+		}
+		c.startupRetry = d
 		return nil
 	}
 }

@@ -44,7 +44,11 @@ func (b *Broker) Provision(ctx context.Context, t broker.Topology) error {
 		return err
 	}
 	for _, c := range cfgs {
-		if _, err := b.js.CreateOrUpdateConsumer(ctx, c.stream, c.cfg); err != nil {
+		err := b.retryStartup(ctx, "provision consumer "+c.cfg.Durable, func(ctx context.Context) error {
+			_, err := b.js.CreateOrUpdateConsumer(ctx, c.stream, c.cfg)
+			return err
+		})
+		if err != nil {
 			return fmt.Errorf("herald/natsjs: provision consumer %s on %s: %w", c.cfg.Durable, c.stream, err)
 		}
 	}
@@ -91,31 +95,37 @@ func (b *Broker) streamConfigs() []jetstream.StreamConfig {
 }
 
 // ensureStreams creates or updates the streams. Two processes may race to
-// create a stream; the loser retries as an update.
+// create a stream; the loser retries as an update. Failures of a cluster
+// electing its leaders are retried (see WithStartupRetry).
 func (b *Broker) ensureStreams(ctx context.Context) error {
 	for _, sc := range b.streamConfigs() {
-		if !sc.AllowAtomicPublish {
-			// Never turn atomic publishing off under another publisher
-			// of the stream that uses it.
-			if s, err := b.js.Stream(ctx, sc.Name); err == nil && s.CachedInfo().Config.AllowAtomicPublish {
-				sc.AllowAtomicPublish = true
+		if err := b.ensureStream(ctx, sc, !sc.AllowAtomicPublish); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ensureStream creates or updates the stream of sc, retrying failures that
+// go away by themselves. keepAtomic keeps atomic publishing on if the
+// stream has it: it is never turned off under another publisher of the
+// stream that uses it.
+func (b *Broker) ensureStream(ctx context.Context, sc jetstream.StreamConfig, keepAtomic bool) error {
+	err := b.retryStartup(ctx, "provision stream "+sc.Name, func(ctx context.Context) error {
+		if keepAtomic {
+			s, err := b.js.Stream(ctx, sc.Name)
+			switch {
+			case err == nil:
+				sc.AllowAtomicPublish = sc.AllowAtomicPublish || s.CachedInfo().Config.AllowAtomicPublish
+			case !errors.Is(err, jetstream.ErrStreamNotFound):
+				return err
 			}
 		}
-		var err error
-		for attempt := 0; attempt < 5; attempt++ {
-			_, err = b.js.CreateOrUpdateStream(ctx, sc)
-			if err == nil || !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-				break
-			}
-			select {
-			case <-ctx.Done():
-				return fmt.Errorf("herald/natsjs: provision stream %s: %w", sc.Name, ctx.Err())
-			case <-time.After(time.Duration(attempt+1) * 20 * time.Millisecond):
-			}
-		}
-		if err != nil {
-			return fmt.Errorf("herald/natsjs: provision stream %s: %w", sc.Name, err)
-		}
+		_, err := b.js.CreateOrUpdateStream(ctx, sc)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("herald/natsjs: provision stream %s: %w", sc.Name, err)
 	}
 	return nil
 }

@@ -29,6 +29,13 @@ import (
 // broker.ErrRejected: sending them again cannot succeed. (The events a
 // failure stops from being sent wrap its error too.)
 //
+// In a cluster, the events awaiting the acknowledgement of a stream's leader
+// that dies fail (transient) when the stream elects its next leader, not
+// after the publish timeout; after such a failure Publish sends the first
+// event of the stream alone, waiting up to the publish timeout for a leader
+// to store it, before it pipelines the rest (see the package documentation,
+// Clusters).
+//
 // With WithAtomicBatches each run of events bound for one stream goes as one
 // atomic batch (all stored or none, one fsync on a server that syncs always);
 // a batch the server refuses as a batch is sent again event by event.
@@ -58,10 +65,15 @@ func (b *Broker) publishEach(ctx context.Context, events []*envelope.Envelope, e
 	// failure, or once the connection has reconnected since the batch began,
 	// nothing more of the batch is sent; the caller retries the rest, in order.
 	// Any failure stops the batch, not only transient ones: sending later
-	// events of the failed one's key would store them before it.
+	// events of the failed one's key would store them before it. A stream
+	// that failed a publish or elected a new leader takes one event alone
+	// first (see probe).
 	reconnects := b.nc.Stats().Reconnects
 	var stopped error
 	futures := make([]jetstream.PubAckFuture, len(events))
+	elected := make([]<-chan struct{}, len(events)) // closed when the event's stream elects a leader
+	streams := make([]string, len(events))
+	missing := map[string]bool{} // streamMissing's answers in this call
 	for i, e := range events {
 		if stopped == nil && b.nc.Stats().Reconnects != reconnects {
 			stopped = fmt.Errorf("herald/natsjs: %w: the connection was re-established during the batch", broker.ErrTransient)
@@ -80,10 +92,23 @@ func (b *Broker) publishEach(ctx context.Context, events []*envelope.Envelope, e
 			stopped = errs[i]
 			continue
 		}
+		streams[i], _ = b.names.stream(e.Kind)
+		w := b.watch(streams[i])
+		if w != nil && w.isUnsettled() {
+			if err := b.probe(ctx, w, streams[i], eventID(e), m); err != nil {
+				errs[i] = err
+				stopped = err
+			}
+			continue
+		}
+		if w != nil {
+			elected[i], _ = w.current()
+		}
 		f, err := b.publishAsync(ctx, m)
 		if err != nil {
-			errs[i] = b.eventErr(ctx, e, err)
+			errs[i] = b.publishErrIn(ctx, eventID(e), streams[i], err, missing)
 			stopped = errs[i]
+			b.unsettle(streams[i], errs[i])
 			continue
 		}
 		futures[i] = f
@@ -95,11 +120,118 @@ func (b *Broker) publishEach(ctx context.Context, events []*envelope.Envelope, e
 		select {
 		case <-f.Ok():
 		case err := <-f.Err():
-			errs[i] = b.eventErr(ctx, events[i], err)
+			errs[i] = b.publishErrIn(ctx, eventID(events[i]), streams[i], err, missing)
+		case <-elected[i]:
+			select {
+			case <-f.Ok(): // stored just before
+			default:
+				errs[i] = leaderErr(eventID(events[i]), streams[i])
+			}
 		case <-ctx.Done():
 			errs[i] = ctxErr("publish", eventID(events[i]), ctx.Err())
 		}
+		b.unsettle(streams[i], errs[i])
 	}
+}
+
+// unsettle marks stream for a probe after a transient failure of one of
+// its publishes.
+func (b *Broker) unsettle(stream string, err error) {
+	if err != nil && errors.Is(err, broker.ErrTransient) {
+		if w := b.watch(stream); w != nil {
+			w.unsettle()
+		}
+	}
+}
+
+// probePause is how long a probe waits before it sends its event again to
+// a stream that has no leader, unless the stream elects one first.
+const probePause = 250 * time.Millisecond
+
+// probe sends m (event id) alone to stream and waits until the stream
+// stores it. While the stream has no leader (no responders, no answer, a
+// leader elected before it answered, the cluster temporarily unavailable)
+// it sends it again when the stream elects a leader or after probePause,
+// for at most the publish timeout; other failures — the connection down, a
+// permanent error — return at once, as any publish's.
+func (b *Broker) probe(ctx context.Context, w *streamWatch, stream, id string, m *nats.Msg) error {
+	deadline := time.Now().Add(b.cfg.publishTimeout)
+	var missing chan bool // streamMissing's answer, asked once
+	for {
+		elected, epoch := w.current()
+		f, err := b.publishAsync(ctx, m)
+		if err == nil {
+			t := time.NewTimer(max(time.Until(deadline), time.Millisecond))
+			select {
+			case <-f.Ok():
+				t.Stop()
+				w.settle(epoch)
+				return nil
+			case err = <-f.Err():
+			case <-elected:
+				select {
+				case <-f.Ok():
+					t.Stop()
+					return nil
+				default:
+					err = errLeaderChanged
+				}
+			case <-t.C:
+				err = jetstream.ErrAsyncPublishTimeout
+			case <-ctx.Done():
+				t.Stop()
+				return ctxErr("publish", id, ctx.Err())
+			}
+			t.Stop()
+		}
+		if !leaderless(err) {
+			return b.publishErr(ctx, id, stream, err)
+		}
+		if missing == nil && (errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders)) {
+			// Ask once, without holding the probe up: a cluster without a
+			// meta leader does not answer for seconds.
+			missing = make(chan bool, 1)
+			go func() { missing <- b.streamMissing(ctx, stream) }()
+		}
+		if time.Now().After(deadline) {
+			if errors.Is(err, errLeaderChanged) {
+				return leaderErr(id, stream)
+			}
+			return b.publishErr(ctx, id, stream, err)
+		}
+		next, _ := w.current()
+		t := time.NewTimer(probePause)
+		select {
+		case <-next:
+		case <-t.C:
+		case gone := <-missing:
+			if gone {
+				t.Stop()
+				return fmt.Errorf("herald/natsjs: publish %s: %w: no stream %s (%w)", id, broker.ErrNotProvisioned, stream, err)
+			}
+		case <-ctx.Done():
+			t.Stop()
+			return ctxErr("publish", id, ctx.Err())
+		case <-b.closed:
+			t.Stop()
+			return fmt.Errorf("herald/natsjs: publish %s: %w", id, broker.ErrClosed)
+		}
+		t.Stop()
+	}
+}
+
+// leaderless reports whether a publish that failed with err found its
+// stream without a leader, for the while a cluster elects one.
+func leaderless(err error) bool {
+	switch {
+	case errors.Is(err, errLeaderChanged),
+		errors.Is(err, jetstream.ErrNoStreamResponse),
+		errors.Is(err, nats.ErrNoResponders),
+		errors.Is(err, jetstream.ErrAsyncPublishTimeout):
+		return true
+	}
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.Code == 503
 }
 
 // Headers of JetStream's atomic batch publishing (ADR-50).
@@ -143,7 +275,7 @@ func (b *Broker) publishAtomic(ctx context.Context, events []*envelope.Envelope,
 		for end < n && end-start < maxAtomicBatch && streams[end] == streams[start] {
 			end++
 		}
-		err := b.commitBatch(ctx, msgs[start:end])
+		err := b.commitBatch(ctx, streams[start], msgs[start:end])
 		var apiErr *jetstream.APIError
 		switch {
 		case err == nil:
@@ -176,7 +308,7 @@ func (b *Broker) publishAtomic(ctx context.Context, events []*envelope.Envelope,
 
 // commitBatch sends msgs as one atomic batch and waits until the server
 // stored all of them (nil) or none.
-func (b *Broker) commitBatch(ctx context.Context, msgs []*nats.Msg) error {
+func (b *Broker) commitBatch(ctx context.Context, stream string, msgs []*nats.Msg) error {
 	id := nuid.Next()
 	reconnects := b.nc.Stats().Reconnects
 	for i, m := range msgs {
@@ -193,6 +325,10 @@ func (b *Broker) commitBatch(ctx context.Context, msgs []*nats.Msg) error {
 		if b.nc.Stats().Reconnects != reconnects {
 			return fmt.Errorf("%w: the connection was re-established during the batch", nats.ErrDisconnected)
 		}
+		var elected <-chan struct{} // a commit lost with the stream's leader fails at its election
+		if w := b.watch(stream); w != nil {
+			elected, _ = w.current()
+		}
 		f, err := b.publishAsync(ctx, m)
 		if err != nil {
 			return err
@@ -202,6 +338,13 @@ func (b *Broker) commitBatch(ctx context.Context, msgs []*nats.Msg) error {
 			return nil
 		case err := <-f.Err():
 			return err
+		case <-elected:
+			select {
+			case <-f.Ok():
+				return nil
+			default:
+				return fmt.Errorf("%w: %w", nats.ErrTimeout, errLeaderChanged)
+			}
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -209,12 +352,17 @@ func (b *Broker) commitBatch(ctx context.Context, msgs []*nats.Msg) error {
 	return nil
 }
 
+var noRetry = jetstream.WithRetryAttempts(0)
+
 // publishAsync hands m to the asynchronous publisher, waiting (up to the
 // publish timeout, and while ctx lives) for room in the in-flight window.
 func (b *Broker) publishAsync(ctx context.Context, m *nats.Msg) (jetstream.PubAckFuture, error) {
 	var deadline time.Time
 	for {
-		f, err := b.js.PublishMsgAsync(m)
+		// No retry of nats.go's own after "no responders": it would send
+		// each event of a pipelined batch again on its own timer, out of
+		// the batch's order; probe does it in order.
+		f, err := b.js.PublishMsgAsync(m, noRetry)
 		if !errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
 			return f, err
 		}
@@ -243,12 +391,18 @@ func ctxErr(op, id string, err error) error {
 
 // publishErr classifies the failure of a publish of id to stream.
 func (b *Broker) publishErr(ctx context.Context, id, stream string, err error) error {
+	return b.publishErrIn(ctx, id, stream, err, nil)
+}
+
+// publishErrIn is publishErr remembering in missing (if not nil) whether
+// each stream it asked about is missing, so that a batch asks once.
+func (b *Broker) publishErrIn(ctx context.Context, id, stream string, err error, missing map[string]bool) error {
 	switch {
 	case b.isClosed.Load() && (errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, nats.ErrConnectionDraining) ||
 		errors.Is(err, jetstream.ErrJetStreamPublisherClosed)):
 		return fmt.Errorf("herald/natsjs: publish %s: %w: %w", id, broker.ErrClosed, err)
 	case errors.Is(err, jetstream.ErrNoStreamResponse), errors.Is(err, nats.ErrNoResponders):
-		if stream != "" && b.streamMissing(ctx, stream) {
+		if stream != "" && b.streamMissingIn(ctx, stream, missing) {
 			return fmt.Errorf("herald/natsjs: publish %s: %w: no stream %s (%w)", id, broker.ErrNotProvisioned, stream, err)
 		}
 		return fmt.Errorf("herald/natsjs: publish %s: %w: %w", id, broker.ErrTransient, err)
@@ -301,9 +455,25 @@ func transient(nc *nats.Conn, err error) bool {
 	return false
 }
 
-// streamMissing reports whether stream does not exist.
+// streamMissingIn is streamMissing asking once per stream of missing (if
+// not nil).
+func (b *Broker) streamMissingIn(ctx context.Context, stream string, missing map[string]bool) bool {
+	if missing == nil {
+		return b.streamMissing(ctx, stream)
+	}
+	gone, ok := missing[stream]
+	if !ok {
+		gone = b.streamMissing(ctx, stream)
+		missing[stream] = gone
+	}
+	return gone
+}
+
+// streamMissing reports whether stream does not exist. The meta leader
+// answers at once for a missing stream; a stream that exists but is
+// electing a leader may get no answer, so the wait is short.
 func (b *Broker) streamMissing(ctx context.Context, stream string) bool {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	defer cancel()
 	_, err := b.js.Stream(ctx, stream)
 	return errors.Is(err, jetstream.ErrStreamNotFound)

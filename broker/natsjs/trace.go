@@ -59,18 +59,7 @@ func (b *Broker) ProvisionTrace(ctx context.Context, maxAge time.Duration, maxBy
 		Storage:     jetstream.MemoryStorage,
 		Replicas:    b.cfg.replicas,
 	}
-	var err error
-	for attempt := 0; attempt < 5; attempt++ {
-		_, err = b.js.CreateOrUpdateStream(ctx, sc)
-		if err == nil || !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-			break
-		}
-		time.Sleep(time.Duration(attempt+1) * 20 * time.Millisecond)
-	}
-	if err != nil {
-		return fmt.Errorf("herald/natsjs: provision stream %s: %w", sc.Name, err)
-	}
-	return nil
+	return b.ensureStream(ctx, sc, false)
 }
 
 // AppendTrace stores one batch of encoded trace records of service on the

@@ -195,12 +195,8 @@ func Start(t testing.TB, dir string, port int) *Server {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatalf("natsserver: %v", err)
 	}
-	s := &Server{t: t, bin: bin, dir: dir,
-		conf: filepath.Join(dir, "nats-server.conf"),
-		logf: filepath.Join(dir, "nats-server.log"),
-	}
-	conf := "jetstream {\n  sync_interval: always\n  max_memory_store: 256MB\n  max_file_store: 4GB\n}\n"
-	if err := os.WriteFile(s.conf, []byte(conf), 0o600); err != nil {
+	s := newServer(t, bin, dir)
+	if err := s.writeConf(""); err != nil {
 		t.Fatalf("natsserver: %v", err)
 	}
 	t.Cleanup(s.Kill)
@@ -221,11 +217,30 @@ func Start(t testing.TB, dir string, port int) *Server {
 	return s
 }
 
+// jetstreamConf is the JetStream block of every server's configuration.
+const jetstreamConf = "jetstream {\n  sync_interval: always\n  max_memory_store: 256MB\n  max_file_store: 4GB\n}\n"
+
+func newServer(t testing.TB, bin, dir string) *Server {
+	return &Server{t: t, bin: bin, dir: dir,
+		conf: filepath.Join(dir, "nats-server.conf"),
+		logf: filepath.Join(dir, "nats-server.log"),
+	}
+}
+
+// writeConf writes the configuration file: JetStream, then extra.
+func (s *Server) writeConf(extra string) error {
+	return os.WriteFile(s.conf, []byte(jetstreamConf+extra), 0o600)
+}
+
 // URL is the server's client URL.
 func (s *Server) URL() string { return "nats://127.0.0.1:" + strconv.Itoa(s.port) }
 
 // Port is the server's client port.
 func (s *Server) Port() int { return s.port }
+
+// Name is the server's name (server_name), as JetStream reports it, e.g.
+// as a stream's leader.
+func (s *Server) Name() string { return s.name }
 
 // Dir is the server's store directory.
 func (s *Server) Dir() string { return s.dir }
