@@ -142,9 +142,15 @@ func Embedded(ctx context.Context, opts ...Option) (*Broker, error) {
 
 // Connect connects to an external NATS server or cluster with JetStream
 // enabled. urls are tried in random order ("nats://host:4222",
-// "tls://host:4222"). The connection reconnects forever (publishes fail
-// while it does, unless WithReconnectBuffer). Connect waits until the first
-// connection succeeds and JetStream answers — retrying while a cluster
+// "tls://host:4222"). Once connected, the connection reconnects forever
+// (publishes fail while it does, unless WithReconnectBuffer).
+//
+// The first connection tries every URL; when none accepts it, Connect logs
+// the cause (connection refused, no such host, a timeout, an authorization
+// error) at Warn and tries again every WithReconnectWait until it succeeds or
+// ctx ends, then fails with the last cause. With WithConnectRetry(false) it
+// fails at once with the cause instead, the choice of a command-line tool.
+// Connected, it waits until JetStream answers — retrying while a cluster
 // elects its meta leader, see WithStartupRetry — or ctx ends.
 func Connect(ctx context.Context, urls []string, opts ...Option) (*Broker, error) {
 	cfg := defaultConfig(modeExternal)
@@ -165,7 +171,6 @@ func Connect(ctx context.Context, urls []string, opts ...Option) (*Broker, error
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(cfg.reconnectWait),
 		nats.ReconnectBufSize(cfg.reconnectBuffer),
-		nats.RetryOnFailedConnect(true),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil && !b.isClosed.Load() {
 				b.log.Warn("herald/natsjs: disconnected; reconnecting", "err", err)
@@ -201,12 +206,8 @@ func Connect(ctx context.Context, urls []string, opts ...Option) (*Broker, error
 		nopts = append(nopts, nats.Secure(cfg.tlsConfig))
 	}
 
-	nc, err := nats.Connect(strings.Join(urls, ","), nopts...)
+	nc, err := b.firstConnect(ctx, urls, nopts)
 	if err != nil {
-		return nil, fmt.Errorf("herald/natsjs: connect: %w", err)
-	}
-	if err := waitConnected(ctx, nc); err != nil {
-		nc.Close()
 		return nil, err
 	}
 	if err := b.start(ctx, nc); err != nil {

@@ -99,6 +99,7 @@ type config struct {
 	certFile       string
 	keyFile        string
 	tlsConfig      *tls.Config
+	connectRetry   bool
 }
 
 func defaultConfig(m mode) config {
@@ -118,6 +119,7 @@ func defaultConfig(m mode) config {
 		syncInterval:    DefaultSyncInterval,
 		reconnectBuffer: DefaultReconnectBuffer,
 		reconnectWait:   DefaultReconnectWait,
+		connectRetry:    true,
 	}
 }
 
@@ -594,6 +596,23 @@ func WithReconnectWait(d time.Duration) Option {
 			return invalid("WithReconnectWait(%v): want a positive duration", d)
 		}
 		c.reconnectWait = d
+		return nil
+	}
+}
+
+// WithConnectRetry says what Connect does when no server accepts the first
+// connection. With true, the default, it logs the cause at Warn and tries
+// again every WithReconnectWait until it connects or its ctx ends: a service
+// started before its broker waits for it. With false it fails at once with
+// the cause (connection refused, no such host, ...): a command-line tool's
+// user wants to hear why now. Once connected, the connection reconnects
+// forever either way. Connect only.
+func WithConnectRetry(retry bool) Option {
+	return func(c *config) error {
+		if err := c.only(modeExternal, "WithConnectRetry"); err != nil {
+			return err
+		}
+		c.connectRetry = retry
 		return nil
 	}
 }
