@@ -11,6 +11,9 @@ import (
 // implements server.Logger.
 type serverLogger struct {
 	l *slog.Logger
+	// fatal, if set, receives the first fatal error (such as a client port
+	// already in use), which the server only logs.
+	fatal chan<- string
 }
 
 func (s serverLogger) log(level slog.Level, format string, v []any) {
@@ -23,7 +26,16 @@ func (s serverLogger) log(level slog.Level, format string, v []any) {
 
 func (s serverLogger) Noticef(format string, v ...any) { s.log(slog.LevelInfo, format, v) }
 func (s serverLogger) Warnf(format string, v ...any)   { s.log(slog.LevelWarn, format, v) }
-func (s serverLogger) Fatalf(format string, v ...any)  { s.log(slog.LevelError+4, format, v) }
 func (s serverLogger) Errorf(format string, v ...any)  { s.log(slog.LevelError, format, v) }
 func (s serverLogger) Debugf(format string, v ...any)  { s.log(slog.LevelDebug, format, v) }
 func (s serverLogger) Tracef(format string, v ...any)  { s.log(slog.LevelDebug-4, format, v) }
+
+func (s serverLogger) Fatalf(format string, v ...any) {
+	s.log(slog.LevelError+4, format, v)
+	if s.fatal != nil {
+		select {
+		case s.fatal <- strings.TrimSpace(fmt.Sprintf(format, v...)):
+		default:
+		}
+	}
+}

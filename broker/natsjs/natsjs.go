@@ -106,16 +106,17 @@ func Embedded(ctx context.Context, opts ...Option) (*Broker, error) {
 		return nil, fmt.Errorf("herald/natsjs: embedded server: %w", err)
 	}
 	srvLog := cfg.logger.With("component", "nats-server")
-	srv.SetLoggerV2(serverLogger{l: srvLog}, srvLog.Enabled(ctx, slog.LevelDebug), false, false)
+	fatal := make(chan string, 1)
+	srv.SetLoggerV2(serverLogger{l: srvLog, fatal: fatal}, srvLog.Enabled(ctx, slog.LevelDebug), false, false)
 	srv.Start()
 	b.srv = srv
 	wait := defaultServerStartupWait
 	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < wait {
 		wait = max(time.Until(dl), time.Millisecond)
 	}
-	if !srv.ReadyForConnections(wait) {
+	if err := waitReady(srv, wait, fatal); err != nil {
 		b.stopServer()
-		return nil, fmt.Errorf("herald/natsjs: embedded server not ready after %v", wait)
+		return nil, err
 	}
 	if !srv.JetStreamEnabled() {
 		b.stopServer()
@@ -214,6 +215,26 @@ func Connect(ctx context.Context, urls []string, opts ...Option) (*Broker, error
 		return nil, err
 	}
 	return b, nil
+}
+
+// waitReady waits for the embedded server to accept connections, and
+// returns at once with the server's fatal error (a client port already in
+// use, say) when it has one.
+func waitReady(srv *server.Server, wait time.Duration, fatal <-chan string) error {
+	deadline := time.Now().Add(wait)
+	for {
+		select {
+		case msg := <-fatal:
+			return fmt.Errorf("herald/natsjs: embedded server failed: %s", msg)
+		default:
+		}
+		if srv.ReadyForConnections(50 * time.Millisecond) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("herald/natsjs: embedded server not ready after %v", wait)
+		}
+	}
 }
 
 func validURL(s string) error {
