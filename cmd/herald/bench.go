@@ -99,17 +99,17 @@ func runBench(cmd *cobra.Command, args []string, f benchFlags) error {
 	out, errw := cmd.OutOrStdout(), cmd.ErrOrStderr()
 	switch {
 	case f.events < 1:
-		return fmt.Errorf("--events %d: want at least 1", f.events)
+		return usageErrorf("--events %d: want at least 1", f.events)
 	case f.notes < 1:
-		return fmt.Errorf("--notifications %d: want at least 1", f.notes)
+		return usageErrorf("--notifications %d: want at least 1", f.notes)
 	case f.transactions < 1:
-		return fmt.Errorf("--transactions %d: want at least 1", f.transactions)
+		return usageErrorf("--transactions %d: want at least 1", f.transactions)
 	case f.rate < 1:
-		return fmt.Errorf("--rate %d: want at least 1 event per second", f.rate)
+		return usageErrorf("--rate %d: want at least 1 event per second", f.rate)
 	case f.duration <= 0 || f.tick <= 0:
-		return fmt.Errorf("--duration %v, --tick %v: want positive durations", f.duration, f.tick)
+		return usageErrorf("--duration %v, --tick %v: want positive durations", f.duration, f.tick)
 	case float64(f.rate)*f.duration.Seconds() < 1:
-		return fmt.Errorf("--rate %d for --duration %v is less than one event", f.rate, f.duration)
+		return usageErrorf("--rate %d for --duration %v is less than one event", f.rate, f.duration)
 	}
 	if len(args) == 0 {
 		args = []string{"all"}
@@ -121,7 +121,7 @@ func runBench(cmd *cobra.Command, args []string, f benchFlags) error {
 	}
 	for _, a := range args {
 		if a != "all" && !contains(benchrun.Names(), a) {
-			return fmt.Errorf("%w %q: want all or one of %s", benchrun.ErrUnknownScenario, a, strings.Join(benchrun.Names(), ", "))
+			return usageErrorf("%w %q: want all or one of %s", benchrun.ErrUnknownScenario, a, strings.Join(benchrun.Names(), ", "))
 		}
 	}
 	cfg := benchrun.Config{Events: f.events, Notifications: f.notes, Transactions: f.transactions, Rate: f.rate, Duration: f.duration, Tick: f.tick, PostgresURL: f.postgres, ProfileDir: f.profileDir}

@@ -110,6 +110,9 @@ and services with no live instance.`,
   herald catalog --format dot --from catalog.json | dot -Tsvg > system.svg`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if !slices.Contains(catalog.Formats, format) {
+				return usageErrorf("unknown --format %q (want %s)", format, strings.Join(catalog.Formats, ", "))
+			}
 			g, err := sf.graph(cmd)
 			if err != nil {
 				return err
@@ -137,6 +140,9 @@ the notifier sends them on. What a handler records or notifies is what it
 declares with herald.Emits; undeclared effects end the chain.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if whyFormat != "text" && whyFormat != "json" {
+				return usageErrorf("unknown --format %q (want text or json)", whyFormat)
+			}
 			g, err := sf.graph(cmd)
 			if err != nil {
 				return err

@@ -69,11 +69,11 @@ non-zero if anything is missing. Ctrl-C stops the load early and still checks.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			switch {
 			case f.rate < 1:
-				return fmt.Errorf("--rate %d: want at least 1 order per second", f.rate)
+				return usageErrorf("--rate %d: want at least 1 order per second", f.rate)
 			case f.duration <= 0:
-				return fmt.Errorf("--duration %v: want a positive duration", f.duration)
+				return usageErrorf("--duration %v: want a positive duration", f.duration)
 			case f.customers < 1:
-				return fmt.Errorf("--customers %d: want at least 1", f.customers)
+				return usageErrorf("--customers %d: want at least 1", f.customers)
 			}
 			return runDemo(cmd.Context(), cmd.OutOrStdout(), f)
 		},

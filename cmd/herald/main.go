@@ -23,21 +23,25 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := newRoot().ExecuteContext(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, "herald:", err)
-		os.Exit(1)
-	}
+	code := execute(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
 }
 
 func newRoot() *cobra.Command {
 	root := &cobra.Command{
-		Use:           "herald",
-		Short:         "Event-driven microservices with domain, integration and notification events",
+		Use:   "herald",
+		Short: "Event-driven microservices with domain, integration and notification events",
+		Long: `herald runs a demo of an event-driven system, an embedded NATS JetStream for
+services in other processes, and the tools to operate them: dead letters, the
+catalog, schema checks, causal traces.
+
+` + exitStatusHelp,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
 	root.AddCommand(newDemo(), newDev(), newDLQ(), newCatalog(), newSchema(), newTrace(), newTail(), newBench(), newVersion())
+	markUsageErrors(root)
 	return root
 }
 

@@ -62,7 +62,7 @@ In the shop a flow is named after its order: herald trace <order id>.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id := strings.TrimSpace(args[0])
 			if id == "" {
-				return errors.New("empty id: pass a correlation id or an event id")
+				return usageErrorf("empty id: pass a correlation id or an event id")
 			}
 			b, err := f.connect(cmd.Context())
 			if err != nil {
@@ -102,12 +102,12 @@ every filter given. Stop with Ctrl-C.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			for _, k := range filter.Kinds {
 				if !envelope.Kind(k).Valid() {
-					return fmt.Errorf("--kind %q: want domain, integration or notification", k)
+					return usageErrorf("--kind %q: want domain, integration or notification", k)
 				}
 			}
 			for _, h := range filter.Hops {
 				if !validHop(h) {
-					return fmt.Errorf("--hop %q: want one of %s", h, strings.Join(hops, ", "))
+					return usageErrorf("--hop %q: want one of %s", h, strings.Join(hops, ", "))
 				}
 			}
 			b, err := f.connect(cmd.Context())
