@@ -3,14 +3,12 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"maps"
 	"os"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/heraldhq/herald/broker/natsjs"
 	"github.com/heraldhq/herald/catalog"
@@ -18,7 +16,7 @@ import (
 )
 
 // sourceFlags say where the manifests come from: a running system's
-// key-value bucket (--nats) or a JSON file (--from).
+// key-value bucket (--server) or a JSON file (--from).
 type sourceFlags struct {
 	nats   string
 	prefix string
@@ -27,23 +25,17 @@ type sourceFlags struct {
 
 func (f *sourceFlags) register(cmd *cobra.Command) {
 	p := cmd.PersistentFlags()
-	p.StringVar(&f.nats, "nats", envOr("HERALD_NATS_URL", ""), "NATS URLs of the running system, comma-separated (env HERALD_NATS_URL)")
-	p.StringVar(&f.prefix, "prefix", envOr("HERALD_NATS_PREFIX", natsjs.DefaultPrefix), "the system's subject and bucket prefix (env HERALD_NATS_PREFIX)")
-	p.StringVar(&f.from, "from", "", "read manifests from this JSON file (one manifest, an array, or `herald catalog --format json` output; - for stdin) instead of NATS")
+	registerNATS(p, &f.nats, "of the running system")
+	p.StringVar(&f.prefix, "prefix", envOr("HERALD_NATS_PREFIX", natsjs.DefaultPrefix), "the system's subject and bucket `PREFIX` (env HERALD_NATS_PREFIX)")
+	p.StringVar(&f.from, "from", "", "read the manifests from the JSON `FILE` instead of NATS: one manifest, an array, or the output of herald catalog --format json; - for stdin")
 }
 
 // connect opens the running system's broker.
 func (f *sourceFlags) connect(ctx context.Context) (*natsjs.Broker, error) {
 	if f.nats == "" {
-		return nil, errors.New("where is the system? pass --nats URL (or set HERALD_NATS_URL), or --from FILE")
+		return nil, usageErrorf("where is the system? pass --server URL (or set NATS_URL), or --from FILE")
 	}
-	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	b, err := natsjs.Connect(cctx, strings.Split(f.nats, ","), natsjs.WithPrefix(f.prefix))
-	if err != nil {
-		return nil, fmt.Errorf("connect to NATS at %s: %w", f.nats, err)
-	}
-	return b, nil
+	return connectNATS(ctx, f.nats, natsjs.WithPrefix(f.prefix))
 }
 
 // manifests reads the manifests from --from or the running system.

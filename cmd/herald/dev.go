@@ -1,9 +1,11 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 
 	"github.com/heraldhq/herald/broker/natsjs"
 	"github.com/spf13/cobra"
@@ -19,28 +21,44 @@ func newDev() *cobra.Command {
 client port on loopback and its files in --data-dir, and prints its URL. Run
 each shop service as its own process against it, then stop dev with Ctrl-C.
 
+The other herald commands and the shop's services connect to dev's default
+URL, ` + devURL + `, unless told otherwise; for another --listen, dev prints
+the export NATS_URL=... line that makes them use it.
+
 Services in other processes cannot re-publish what an unsynced server lost
 if the machine dies, so dev fsyncs every write (--sync-always, default on).`,
-		Example: `  herald dev --listen 127.0.0.1:4333 --data-dir ./nats-data
-  go run ./examples/shop/orders   --nats nats://127.0.0.1:4333 --db orders.db   --listen 127.0.0.1:8081
-  go run ./examples/shop/shipping --nats nats://127.0.0.1:4333 --db shipping.db --listen 127.0.0.1:8082`,
+		Example: `  herald dev --data-dir ./nats-data
+  go run ./examples/shop/orders   --db orders.db   --listen 127.0.0.1:8081
+  go run ./examples/shop/shipping --db shipping.db --listen 127.0.0.1:8082
+  herald dev --listen 127.0.0.1:4334 &   # another port: then export the NATS_URL it prints`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelInfo}))
 			b, err := natsjs.Embedded(cmd.Context(), natsjs.WithDataDir(dataDir), natsjs.WithListen(listen),
 				natsjs.WithSyncAlways(syncAlways), natsjs.WithLogger(log))
 			if err != nil {
-				return fmt.Errorf("start NATS JetStream on %s with data in %s: %w", listen, dataDir, err)
+				if errors.Is(err, natsjs.ErrInvalidOption) {
+					return usageErrorf("--listen %s: %w", listen, err)
+				}
+				hint := ""
+				if strings.Contains(err.Error(), "address already in use") {
+					hint = " (is another herald dev or NATS server running there? Pick another port with --listen)"
+				}
+				return fmt.Errorf("start NATS JetStream on %s with data in %s: %w%s", listen, dataDir, err, hint)
 			}
 			defer b.Close()
-			fmt.Fprintf(cmd.OutOrStdout(), "NATS JetStream ready: %s (data in %s)\nexport HERALD_NATS_URL=%s\n", b.URL(), dataDir, b.URL())
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "NATS JetStream ready: %s (data in %s)\nexport NATS_URL=%s\n", b.URL(), dataDir, b.URL())
+			if h := os.Getenv("HERALD_NATS_URL"); h != "" && h != b.URL() {
+				fmt.Fprintf(out, "note: HERALD_NATS_URL=%s is set and wins over NATS_URL: unset HERALD_NATS_URL\n", h)
+			}
 			<-cmd.Context().Done()
 			fmt.Fprintln(cmd.OutOrStdout(), "stopping")
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:4333", "loopback host:port for NATS clients")
-	cmd.Flags().StringVar(&dataDir, "data-dir", "herald-dev-data", "JetStream storage directory")
+	cmd.Flags().StringVar(&listen, "listen", devListen, "loopback `HOST:PORT` for NATS clients (port 0: a free one)")
+	cmd.Flags().StringVar(&dataDir, "data-dir", "herald-dev-data", "JetStream storage `DIR`")
 	cmd.Flags().BoolVar(&syncAlways, "sync-always", true, "fsync every write before acknowledging it")
 	return cmd
 }

@@ -72,6 +72,7 @@ func TestExitStatuses(t *testing.T) {
 		{[]string{"catalog", "why", "x", "--format", "yaml", "--from", before}, exitUsage, "herald catalog why"},
 		{[]string{"bench", "--events", "0"}, exitUsage, "herald bench"},
 		{[]string{"bench", "nosuch"}, exitUsage, "herald bench"},
+		{[]string{"catalog", "-s", "http://127.0.0.1:1"}, exitUsage, "herald catalog"},
 	} {
 		code, _, stderr := runExit(t, c.args...)
 		if code != c.code {

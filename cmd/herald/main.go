@@ -36,7 +36,14 @@ func newRoot() *cobra.Command {
 services in other processes, and the tools to operate them: dead letters, the
 catalog, schema checks, causal traces.
 
+Every command that talks to NATS takes --server (-s) URL, or reads
+HERALD_NATS_URL or NATS_URL, and defaults to herald dev's ` + devURL + `.
+
 ` + exitStatusHelp,
+		Example: `  herald demo
+  herald dev &
+  herald tail
+  herald dlq list --service shipping --db shipping.db`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}

@@ -3,11 +3,8 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
-	"fmt"
 	"io"
 	"strings"
-	"time"
 
 	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/broker/natsjs"
@@ -23,21 +20,15 @@ type brokerFlags struct {
 }
 
 func (f *brokerFlags) register(cmd *cobra.Command) {
-	cmd.Flags().StringVar(&f.nats, "nats", envOr("HERALD_NATS_URL", ""), "NATS URLs, comma-separated (env HERALD_NATS_URL)")
-	cmd.Flags().StringVar(&f.prefix, "prefix", natsjs.DefaultPrefix, "the services' subject prefix (natsjs.WithPrefix)")
+	registerNATS(cmd.Flags(), &f.nats, "whose trace stream to read")
+	cmd.Flags().StringVar(&f.prefix, "prefix", envOr("HERALD_NATS_PREFIX", natsjs.DefaultPrefix), "the services' subject `PREFIX` (natsjs.WithPrefix; env HERALD_NATS_PREFIX)")
 }
 
 func (f *brokerFlags) connect(ctx context.Context) (*natsjs.Broker, error) {
 	if f.nats == "" {
-		return nil, errors.New("the trace is on the broker: pass --nats nats://HOST:PORT (or set HERALD_NATS_URL; `herald dev` prints it)")
+		return nil, usageErrorf("the trace is on the broker: pass --server nats://HOST:PORT (or set NATS_URL; herald dev prints it)")
 	}
-	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	b, err := natsjs.Connect(cctx, strings.Split(f.nats, ","), natsjs.WithPrefix(f.prefix), natsjs.WithName("herald-cli"))
-	if err != nil {
-		return nil, fmt.Errorf("connect to NATS at %s: %w", f.nats, err)
-	}
-	return b, nil
+	return connectNATS(ctx, f.nats, natsjs.WithPrefix(f.prefix))
 }
 
 func newTrace() *cobra.Command {
