@@ -42,7 +42,7 @@ func (f *storeFlags) register(cmd *cobra.Command) {
 	p.StringVar(&f.service, "service", envOr("HERALD_SERVICE", ""), "the service whose dead letters to use (env HERALD_SERVICE)")
 	p.StringVar(&f.db, "db", envOr("HERALD_DB", ""), "the service's SQLite database file (env HERALD_DB)")
 	p.StringVar(&f.postgres, "postgres", envOr("HERALD_POSTGRES_URL", ""), "the service's PostgreSQL URL, instead of --db (env HERALD_POSTGRES_URL)")
-	p.StringVar(&f.nats, "nats", envOr("HERALD_NATS_URL", ""), "NATS URLs, comma-separated, for replay (env HERALD_NATS_URL)")
+	registerNATS(p, &f.nats, "for replay")
 }
 
 func (f *storeFlags) openStore(ctx context.Context) (*store.Store, error) {
@@ -109,13 +109,13 @@ of the service's own outbox that its relay parked: one the broker refused for
 good (reason refused, e.g. larger than the server's max payload), and the later
 events of the same partition key, held behind it so that none overtakes it
 (reason held). Replay puts them back into the outbox, in the order they were
-parked, and the service's relay publishes them again (no --nats needed); one
+parked, and the service's relay publishes them again (no --server needed); one
 refused again is parked again. Purge discards them. Either frees the key once
 none of its events is parked.`,
 		Example: `  herald dlq list --service shipping --db shipping.db
   herald dlq show 42 --service shipping --db shipping.db
   herald dlq replay --service shipping --db shipping.db --reason exhausted --dry-run
-  herald dlq replay --service shipping --db shipping.db --all --nats nats://127.0.0.1:4333
+  herald dlq replay --service shipping --db shipping.db --all --server nats://127.0.0.1:4333
   herald dlq purge --service shipping --postgres postgres://... --reason malformed
   herald dlq replay --service orders --db orders.db --producer`,
 	}
@@ -259,14 +259,12 @@ func openService(ctx context.Context, sf *storeFlags, withBroker bool) (*herald.
 	if withBroker {
 		if sf.nats == "" {
 			st.Close()
-			return nil, nil, errors.New("replay goes through the broker: pass --nats nats://HOST:PORT (or set HERALD_NATS_URL)")
+			return nil, nil, usageErrorf("replay goes through the broker: pass --server nats://HOST:PORT (or set NATS_URL)")
 		}
-		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		b, err = natsjs.Connect(cctx, strings.Split(sf.nats, ","))
+		b, err = connectNATS(ctx, sf.nats)
 		if err != nil {
 			st.Close()
-			return nil, nil, fmt.Errorf("connect to NATS at %s: %w", sf.nats, err)
+			return nil, nil, err
 		}
 		opts = append(opts, herald.WithBroker(b))
 	}

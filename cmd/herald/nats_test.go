@@ -12,6 +12,8 @@ import (
 
 	"github.com/heraldhq/herald/broker"
 	"github.com/heraldhq/herald/broker/natsjs"
+	"github.com/heraldhq/herald/store"
+	"github.com/heraldhq/herald/store/sqlite"
 )
 
 // downURL returns the URL of a loopback port nothing listens on.
@@ -200,5 +202,28 @@ func TestDevPrintsTheNATSURL(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Errorf("herald dev: %v", err)
+	}
+}
+
+// TestDLQReplayNATSDown: replay goes through the broker, and fails fast
+// when it is down.
+func TestDLQReplayNATSDown(t *testing.T) {
+	clearNATSEnv(t)
+	db := filepath.Join(t.TempDir(), "shipping.db")
+	st, err := sqlite.Open(context.Background(), db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.AddDeadLetter(context.Background(), nil, store.DeadLetter{Service: "shipping", Subscription: "schedule",
+		Reason: store.ReasonExhausted, Header: map[string]string{}, Data: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	url := downURL(t)
+	t.Setenv("NATS_URL", url)
+	start := time.Now()
+	code, _, stderr := runExit(t, "dlq", "replay", "--all", "--service", "shipping", "--db", db)
+	if code != exitFailure || !strings.Contains(stderr, "cannot connect to "+url+": connection refused") || time.Since(start) > 5*time.Second {
+		t.Errorf("replay with NATS down: exit %d after %v: %s", code, time.Since(start), stderr)
 	}
 }
