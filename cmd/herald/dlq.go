@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -48,18 +47,24 @@ func (f *storeFlags) register(cmd *cobra.Command) {
 func (f *storeFlags) openStore(ctx context.Context) (*store.Store, error) {
 	switch {
 	case f.service == "":
-		return nil, errors.New("which service? pass --service NAME (or set HERALD_SERVICE)")
+		return nil, usageErrorf("which service? pass --service NAME (or set HERALD_SERVICE)")
 	case f.postgres != "" && f.db != "":
-		return nil, errors.New("pass --db or --postgres, not both")
+		return nil, usageErrorf("pass --db or --postgres, not both")
 	case f.postgres != "":
+		if err := f.checkDatabase(ctx); err != nil {
+			return nil, err
+		}
 		return postgres.Open(ctx, f.postgres)
 	case f.db != "":
 		if _, err := os.Stat(f.db); err != nil {
 			return nil, fmt.Errorf("--db %s: %w (pass the service's database file)", f.db, err)
 		}
+		if err := f.checkDatabase(ctx); err != nil {
+			return nil, err
+		}
 		return sqlite.Open(ctx, f.db)
 	}
-	return nil, errors.New("where is the service's database? pass --db FILE or --postgres URL (or set HERALD_DB / HERALD_POSTGRES_URL)")
+	return nil, usageErrorf("where is the service's database? pass --db FILE or --postgres URL (or set HERALD_DB / HERALD_POSTGRES_URL)")
 }
 
 type dlqFilter struct {
@@ -86,9 +91,15 @@ func (d *dlqFilter) register(cmd *cobra.Command, withAll bool) {
 func (d *dlqFilter) filter(requireSome bool) (herald.DeadLetterFilter, error) {
 	f := herald.DeadLetterFilter{Subscription: d.subscription, Type: d.typ, Reason: d.reason, IDs: d.ids, Limit: d.limit,
 		ProducerSide: d.producer}
+	if err := checkReason(d.reason); err != nil {
+		return f, err
+	}
+	if d.limit < 0 {
+		return f, usageErrorf("--limit %d: want 0 (no limit) or more", d.limit)
+	}
 	empty := d.subscription == "" && d.typ == "" && d.reason == "" && len(d.ids) == 0 && !d.producer
 	if requireSome && empty && !d.all {
-		return f, errors.New("say which dead letters: --id, --subscription, --type, --reason, --producer, or --all")
+		return f, usageErrorf("say which dead letters: --id, --subscription, --type, --reason, --producer, or --all")
 	}
 	return f, nil
 }
@@ -127,15 +138,22 @@ none of its events is parked.`,
 		Short: "List dead letters, oldest first",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			f, err := lf.filter(false)
+			if err != nil {
+				return err
+			}
 			svc, closeFn, err := openService(cmd.Context(), &sf, false)
 			if err != nil {
 				return err
 			}
 			defer closeFn()
-			f, _ := lf.filter(false)
 			dls, err := svc.DeadLetters(cmd.Context(), f)
 			if err != nil {
 				return err
+			}
+			if len(dls) == 0 {
+				fmt.Fprintln(cmd.OutOrStdout(), noDeadLetters(sf.service, f))
+				return nil
 			}
 			printDeadLetters(cmd.OutOrStdout(), dls)
 			return nil
@@ -150,7 +168,7 @@ none of its events is parked.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id, err := strconv.ParseInt(args[0], 10, 64)
 			if err != nil {
-				return fmt.Errorf("dead-letter id %q is not a number", args[0])
+				return usageErrorf("dead-letter id %q is not a number", args[0])
 			}
 			svc, closeFn, err := openService(cmd.Context(), &sf, false)
 			if err != nil {
@@ -252,6 +270,10 @@ none of its events is parked.`,
 func openService(ctx context.Context, sf *storeFlags, withBroker bool) (*herald.Service, func(), error) {
 	st, err := sf.openStore(ctx)
 	if err != nil {
+		return nil, nil, err
+	}
+	if err := checkService(ctx, st, sf.where(), sf.service); err != nil {
+		st.Close()
 		return nil, nil, err
 	}
 	opts := []herald.Option{herald.WithStore(st)}
