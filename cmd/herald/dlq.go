@@ -133,6 +133,7 @@ none of its events is parked.`,
 	sf.register(cmd)
 
 	var lf dlqFilter
+	var listJSON bool
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "List dead letters, oldest first",
@@ -151,6 +152,9 @@ none of its events is parked.`,
 			if err != nil {
 				return err
 			}
+			if listJSON {
+				return writeDeadLettersJSON(cmd.OutOrStdout(), dls)
+			}
 			if len(dls) == 0 {
 				fmt.Fprintln(cmd.OutOrStdout(), noDeadLetters(sf.service, f))
 				return nil
@@ -160,6 +164,7 @@ none of its events is parked.`,
 		},
 	}
 	lf.register(list, false)
+	list.Flags().BoolVar(&listJSON, "json", false, "print JSON lines, one per dead letter, with the fields of dlq show (nothing when there are none)")
 
 	show := &cobra.Command{
 		Use:   "show ID",

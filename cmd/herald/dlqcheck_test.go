@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -164,5 +165,32 @@ func TestDLQWrongDatabase(t *testing.T) {
 	}
 	if fi, err := os.Stat(empty); err != nil || fi.Size() != 0 {
 		t.Errorf("herald dlq wrote to the empty file: %v %v", fi.Size(), err)
+	}
+}
+
+// TestDLQListJSON: --json prints one JSON object per dead letter, with
+// the fields of dlq show, and nothing for none.
+func TestDLQListJSON(t *testing.T) {
+	db := deadLetterDB(t)
+	code, out, stderr := runExit(t, "dlq", "list", "--json", "--service", "shipping", "--db", db)
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("want 2 lines:\n%s", out)
+	}
+	for i, reason := range []string{store.ReasonExhausted, store.ReasonMalformed} {
+		var d map[string]any
+		if err := json.Unmarshal([]byte(lines[i]), &d); err != nil {
+			t.Fatalf("line %d: %v: %s", i, err, lines[i])
+		}
+		if d["reason"] != reason || d["service"] != "shipping" || d["subscription"] != "schedule" || d["last_error"] != "boom" || d["id"] != float64(i+1) {
+			t.Errorf("line %d: %v", i, d)
+		}
+	}
+	code, out, stderr = runExit(t, "dlq", "list", "--json", "--service", "reviews", "--db", db)
+	if code != exitOK || out != "" {
+		t.Errorf("--json of none: exit %d, stdout %q, stderr %q", code, out, stderr)
 	}
 }
