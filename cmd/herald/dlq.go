@@ -38,9 +38,9 @@ func envOr(key, def string) string {
 
 func (f *storeFlags) register(cmd *cobra.Command) {
 	p := cmd.PersistentFlags()
-	p.StringVar(&f.service, "service", envOr("HERALD_SERVICE", ""), "the service whose dead letters to use (env HERALD_SERVICE)")
-	p.StringVar(&f.db, "db", envOr("HERALD_DB", ""), "the service's SQLite database file (env HERALD_DB)")
-	p.StringVar(&f.postgres, "postgres", envOr("HERALD_POSTGRES_URL", ""), "the service's PostgreSQL URL, instead of --db (env HERALD_POSTGRES_URL)")
+	p.StringVar(&f.service, "service", envOr("HERALD_SERVICE", ""), "the `SERVICE` whose dead letters to use (env HERALD_SERVICE)")
+	p.StringVar(&f.db, "db", envOr("HERALD_DB", ""), "the service's SQLite database `FILE` (env HERALD_DB)")
+	p.StringVar(&f.postgres, "postgres", envOr("HERALD_POSTGRES_URL", ""), "the service's PostgreSQL `URL`, instead of --db (env HERALD_POSTGRES_URL)")
 	registerNATS(p, &f.nats, "for replay")
 }
 
@@ -77,12 +77,12 @@ type dlqFilter struct {
 
 func (d *dlqFilter) register(cmd *cobra.Command, withAll bool) {
 	fl := cmd.Flags()
-	fl.StringVar(&d.subscription, "subscription", "", "only this subscription")
-	fl.StringVar(&d.typ, "type", "", "only this event type")
-	fl.StringVar(&d.reason, "reason", "", "only this reason: malformed, unknown-type, version, exhausted, permanent; producer side: refused, held")
+	fl.StringVar(&d.subscription, "subscription", "", "only this `SUBSCRIPTION`")
+	fl.StringVar(&d.typ, "type", "", "only this event `TYPE`")
+	fl.StringVar(&d.reason, "reason", "", "only this `REASON`: "+strings.Join(subscriberReasons, ", ")+"; producer side: "+strings.Join(producerReasons, ", "))
 	fl.BoolVar(&d.producer, "producer", false, "only producer-side dead letters: events of the service's outbox its relay parked")
-	fl.Int64SliceVar(&d.ids, "id", nil, "only these dead-letter ids (repeatable)")
-	fl.IntVar(&d.limit, "limit", 0, "at most this many (0: no limit)")
+	fl.Int64SliceVar(&d.ids, "id", nil, "only the dead letter `ID` (repeatable, or comma-separated)")
+	fl.IntVar(&d.limit, "limit", 0, "at most `N` dead letters (0: no limit)")
 	if withAll {
 		fl.BoolVar(&d.all, "all", false, "every dead letter of the service (required when no other filter is given)")
 	}
@@ -137,7 +137,10 @@ none of its events is parked.`,
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "List dead letters, oldest first",
-		Args:  cobra.NoArgs,
+		Example: `  herald dlq list --service shipping --db shipping.db
+  herald dlq list --service shipping --db shipping.db --reason exhausted --limit 20
+  herald dlq list --service shipping --db shipping.db --json | jq .id`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			f, err := lf.filter(false)
 			if err != nil {
@@ -167,9 +170,10 @@ none of its events is parked.`,
 	list.Flags().BoolVar(&listJSON, "json", false, "print JSON lines, one per dead letter, with the fields of dlq show (nothing when there are none)")
 
 	show := &cobra.Command{
-		Use:   "show ID",
-		Short: "Show one dead letter with its headers and data",
-		Args:  cobra.ExactArgs(1),
+		Use:     "show ID",
+		Short:   "Show one dead letter with its headers and data",
+		Example: `  herald dlq show 42 --service shipping --db shipping.db`,
+		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id, err := strconv.ParseInt(args[0], 10, 64)
 			if err != nil {
@@ -193,7 +197,10 @@ none of its events is parked.`,
 	replay := &cobra.Command{
 		Use:   "replay",
 		Short: "Re-deliver dead letters to their subscriptions (--dry-run shows what would be replayed)",
-		Args:  cobra.NoArgs,
+		Example: `  herald dlq replay --service shipping --db shipping.db --reason exhausted --dry-run
+  herald dlq replay --service shipping --db shipping.db --id 42 --id 43
+  herald dlq replay --service shipping --db shipping.db --all --server nats://127.0.0.1:4334`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			f, err := rf.filter(true)
 			if err != nil {
@@ -235,7 +242,9 @@ none of its events is parked.`,
 	purge := &cobra.Command{
 		Use:   "purge",
 		Short: "Delete dead letters (--dry-run shows what would be deleted)",
-		Args:  cobra.NoArgs,
+		Example: `  herald dlq purge --service shipping --db shipping.db --reason malformed --dry-run
+  herald dlq purge --service shipping --postgres "$HERALD_POSTGRES_URL" --all`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			f, err := pf.filter(true)
 			if err != nil {
