@@ -81,16 +81,16 @@ program draws the --chart.`,
 	fl.IntVar(&f.rate, "rate", d.Rate, "events per second in latency")
 	fl.DurationVar(&f.duration, "duration", d.Duration, "how long latency runs")
 	fl.DurationVar(&f.tick, "tick", d.Tick, "latency commits the events due every tick in one transaction")
-	fl.StringVar(&f.postgres, "postgres", os.Getenv("HERALD_POSTGRES_URL"), "PostgreSQL URL: adds PostgreSQL runs to bus and outbox, each in a schema dropped afterwards (default $HERALD_POSTGRES_URL)")
+	fl.StringVar(&f.postgres, "postgres", os.Getenv("HERALD_POSTGRES_URL"), "PostgreSQL `URL`: adds PostgreSQL runs to bus and outbox, each in a schema dropped afterwards (default $HERALD_POSTGRES_URL)")
 	fl.BoolVar(&f.peers, "peers", true, "run the Watermill peers of the bench module in bus")
-	fl.StringVar(&f.peersSrc, "peers-src", "", "directory of the bench module (default: bench/ at or above the working directory)")
-	fl.StringVar(&f.markdown, "markdown", "", "write the tables, goals and run description into this markdown file (between its markers, if it has them)")
-	fl.StringVar(&f.chart, "chart", "", "draw events/s per scenario and system into this PNG file")
-	fl.StringVar(&f.chartLink, "chart-link", "", "how the markdown links the chart (default: the chart's path relative to the markdown file)")
-	fl.StringVar(&f.jsonOut, "json", "", "write the results as JSON into this file")
+	fl.StringVar(&f.peersSrc, "peers-src", "", "`DIR` of the bench module (default: bench/ at or above the working directory)")
+	fl.StringVar(&f.markdown, "markdown", "", "write the tables, goals and run description into this markdown `FILE` (between its markers, if it has them)")
+	fl.StringVar(&f.chart, "chart", "", "draw events/s per scenario and system into this PNG `FILE`")
+	fl.StringVar(&f.chartLink, "chart-link", "", "the `LINK` by which the markdown refers to the chart (default: the chart's path relative to the markdown file)")
+	fl.StringVar(&f.jsonOut, "json", "", "write the results as JSON into this `FILE`")
 	fl.BoolVar(&f.quiet, "quiet", false, "no progress bar")
 	fl.BoolVar(&f.verbose, "verbose", false, "print herald's own logs (relays, subscriptions, servers) on stderr")
-	fl.StringVar(&f.profileDir, "cpuprofile-dir", "", "write a CPU profile of each scenario into this directory (<scenario>.pprof, for go tool pprof)")
+	fl.StringVar(&f.profileDir, "cpuprofile-dir", "", "write a CPU profile of each scenario into this `DIR` (<scenario>.pprof, for go tool pprof)")
 	return cmd
 }
 

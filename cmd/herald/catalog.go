@@ -95,10 +95,10 @@ JetStream key-value bucket, and renders the whole system. It ends with
 warnings: events nobody subscribes to, subscriptions nobody publishes for,
 versions a consumer does not accept, schemas that break an accepted version,
 and services with no live instance.`,
-		Example: `  herald catalog --nats nats://127.0.0.1:4333
-  herald catalog --nats nats://127.0.0.1:4333 --format mermaid > system.mmd
-  herald catalog --nats nats://127.0.0.1:4333 --format asyncapi > asyncapi.json
-  herald catalog why order.confirmed --nats nats://127.0.0.1:4333
+		Example: `  herald catalog
+  herald catalog --format mermaid > system.mmd
+  herald catalog --server nats://127.0.0.1:4334 --format asyncapi > asyncapi.json
+  herald catalog why order.confirmed
   herald catalog --format dot --from catalog.json | dot -Tsvg > system.svg`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -117,8 +117,8 @@ and services with no live instance.`,
 		},
 	}
 	sf.register(cmd)
-	cmd.Flags().StringVar(&format, "format", "text", "output format: "+strings.Join(catalog.Formats, ", "))
-	cmd.Flags().StringVar(&title, "title", "", "title of the AsyncAPI document (default \"herald system\")")
+	cmd.Flags().StringVar(&format, "format", "text", "output `FORMAT`: "+strings.Join(catalog.Formats, ", "))
+	cmd.Flags().StringVar(&title, "title", "", "`TITLE` of the AsyncAPI document (default \"herald system\")")
 
 	var whyFormat string
 	why := &cobra.Command{
@@ -130,6 +130,8 @@ publish, the subscriptions that receive them, the domain events those record
 (and their translations, again), the notifications they emit and the channels
 the notifier sends them on. What a handler records or notifies is what it
 declares with herald.Emits; undeclared effects end the chain.`,
+		Example: `  herald catalog why order.confirmed
+  herald catalog why shop.order.confirmed --format json --from catalog.json`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if whyFormat != "text" && whyFormat != "json" {
@@ -154,13 +156,21 @@ declares with herald.Emits; undeclared effects end the chain.`,
 			return fmt.Errorf("unknown --format %q (want text or json)", whyFormat)
 		},
 	}
-	why.Flags().StringVar(&whyFormat, "format", "text", "output format: text or json")
+	why.Flags().StringVar(&whyFormat, "format", "text", "output `FORMAT`: text or json")
 
 	forget := &cobra.Command{
 		Use:   "forget SERVICE",
 		Short: "Remove a retired service's manifest (a stopped service stays listed as stale until then)",
-		Args:  cobra.ExactArgs(1),
+		Long: `forget deletes SERVICE's manifest from the running system's key-value bucket,
+so that the catalog no longer lists it. It needs the running system: --from
+cannot be used.`,
+		Example: `  herald catalog forget reviews
+  herald catalog forget reviews --server nats://127.0.0.1:4334`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if sf.from != "" {
+				return usageErrorf("forget removes a manifest from the running system: --from %s cannot be used (pass --server URL)", sf.from)
+			}
 			b, err := sf.connect(cmd.Context())
 			if err != nil {
 				return err
@@ -198,19 +208,22 @@ with a lock file committed next to the code. check fails on a breaking change
 (a field removed or retyped, a required field added) of a contract whose
 version was not bumped; lock writes the lock file.
 
-The contracts come from manifests: a running system (--nats) or a JSON file
+The contracts come from manifests: a running system (--server) or a JSON file
 (--from), e.g. written by a program or test with herald's Service.Manifest.
-In a Go project the simplest check is a test: catalog/schematest.CheckLock.`,
+In a Go project the simplest check is a test with schematest.CheckContracts
+or schematest.CheckServices (package github.com/heraldhq/herald/catalog/schematest).`,
 		Example: `  herald schema check --lock herald.lock.json --from manifests.json
-  herald schema lock  --lock herald.lock.json --nats nats://127.0.0.1:4333`,
+  herald schema lock  --lock herald.lock.json --server nats://127.0.0.1:4333`,
 	}
 	sf.register(cmd)
-	cmd.PersistentFlags().StringVar(&lock, "lock", "herald.lock.json", "the lock file")
+	cmd.PersistentFlags().StringVar(&lock, "lock", "herald.lock.json", "the lock `FILE`")
 
 	check := &cobra.Command{
 		Use:   "check",
 		Short: "Fail on a breaking contract change without a version bump",
-		Args:  cobra.NoArgs,
+		Example: `  herald schema check --lock herald.lock.json --from manifests.json
+  herald schema check --strict   # the running system's contracts, at NATS_URL`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ms, err := sf.manifests(cmd.Context(), cmd.InOrStdin())
 			if err != nil {
@@ -247,7 +260,9 @@ In a Go project the simplest check is a test: catalog/schematest.CheckLock.`,
 	write := &cobra.Command{
 		Use:   "lock",
 		Short: "Write the lock file from the current contracts",
-		Args:  cobra.NoArgs,
+		Example: `  herald schema lock --lock herald.lock.json --from manifests.json
+  herald schema lock   # the running system's contracts, at NATS_URL`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ms, err := sf.manifests(cmd.Context(), cmd.InOrStdin())
 			if err != nil {

@@ -81,13 +81,13 @@ non-zero if anything is missing. Ctrl-C stops the load early and still checks.`,
 	cmd.Flags().IntVar(&f.rate, "rate", 50, "orders placed per second")
 	cmd.Flags().DurationVar(&f.duration, "duration", 10*time.Second, "how long to place orders")
 	cmd.Flags().IntVar(&f.customers, "customers", 100, "how many different customers order")
-	cmd.Flags().StringVar(&f.dataDir, "data-dir", "", "where the databases and the JetStream files go (default: a temporary directory, removed afterwards)")
+	cmd.Flags().StringVar(&f.dataDir, "data-dir", "", "`DIR` for the databases and the JetStream files (default: a temporary directory, removed afterwards)")
 	cmd.Flags().BoolVar(&f.keep, "keep", false, "keep the temporary data directory")
 	cmd.Flags().DurationVar(&f.drain, "drain-timeout", time.Minute, "how long to wait, after the load, for every order to be shipped")
 	cmd.Flags().BoolVar(&f.trace, "trace", true, "record the causal trace and print the first order's at the end")
 	f.otel = tracing.ConfigFromEnv("herald-demo")
-	cmd.Flags().StringVar(&f.otel.Exporter, "otel", f.otel.Exporter, "OpenTelemetry span exporter: none, stdout or otlp (env OTEL_TRACES_EXPORTER)")
-	cmd.Flags().StringVar(&f.otel.Endpoint, "otel-endpoint", "", "OTLP/HTTP endpoint URL (default: OTEL_EXPORTER_OTLP_ENDPOINT)")
+	cmd.Flags().StringVar(&f.otel.Exporter, "otel", f.otel.Exporter, "OpenTelemetry span `EXPORTER`: none, stdout or otlp (env OTEL_TRACES_EXPORTER)")
+	cmd.Flags().StringVar(&f.otel.Endpoint, "otel-endpoint", "", "OTLP/HTTP endpoint `URL` (default: OTEL_EXPORTER_OTLP_ENDPOINT)")
 	return cmd
 }
 

@@ -70,6 +70,7 @@ func TestExitStatuses(t *testing.T) {
 		{[]string{"tail", "--kind", "bogus"}, exitUsage, "herald tail"},
 		{[]string{"catalog", "--format", "svg", "--from", before}, exitUsage, "herald catalog"},
 		{[]string{"catalog", "why", "x", "--format", "yaml", "--from", before}, exitUsage, "herald catalog why"},
+		{[]string{"catalog", "forget", "billing", "--from", before}, exitUsage, "herald catalog forget"}, // it ignored --from
 		{[]string{"bench", "--events", "0"}, exitUsage, "herald bench"},
 		{[]string{"bench", "nosuch"}, exitUsage, "herald bench"},
 		{[]string{"catalog", "-s", "http://127.0.0.1:1"}, exitUsage, "herald catalog"},

@@ -34,7 +34,7 @@ func natsURLFromEnv() string {
 func registerNATS(fs *pflag.FlagSet, url *string, what string) {
 	def := natsURLFromEnv()
 	fs.StringVarP(url, "server", "s", def, "NATS server `URLS`, comma-separated, "+what+
-		" (env HERALD_NATS_URL or NATS_URL; default "+devURL+", herald dev's)")
+		" (env HERALD_NATS_URL or NATS_URL; herald dev's URL by default)")
 	fs.StringVar(url, "nats", def, "the old name of --server")
 	_ = fs.MarkHidden("nats")
 }

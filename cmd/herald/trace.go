@@ -47,8 +47,8 @@ took. Causes missing from the trace (records dropped, or older than the
 stream keeps) are listed as gaps.
 
 In the shop a flow is named after its order: herald trace <order id>.`,
-		Example: `  herald trace 01J9Z3X1Q4T0J8S1V5M2C7D6EA --nats nats://127.0.0.1:4333
-  herald trace 01J9Z3X1Q4T0J8S1V5M2C7D6EA --json | jq .`,
+		Example: `  herald trace 01J9Z3X1Q4T0J8S1V5M2C7D6EA
+  herald trace 01J9Z3X1Q4T0J8S1V5M2C7D6EA --server nats://127.0.0.1:4334 --json | jq .`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id := strings.TrimSpace(args[0])
@@ -86,7 +86,7 @@ func newTail() *cobra.Command {
 service (and subscription), kind, type, event id, outcome, flow, duration.
 Each filter flag may be repeated; records pass if they match one value of
 every filter given. Stop with Ctrl-C.`,
-		Example: `  herald tail --nats nats://127.0.0.1:4333
+		Example: `  herald tail
   herald tail --service shipping --kind integration
   herald tail --type shop.order.confirmed --hop handle --hop dead-letter`,
 		Args: cobra.NoArgs,
@@ -116,10 +116,10 @@ every filter given. Stop with Ctrl-C.`,
 		},
 	}
 	f.register(cmd)
-	cmd.Flags().StringArrayVar(&filter.Types, "type", nil, "only this event type (repeatable)")
-	cmd.Flags().StringArrayVar(&filter.Services, "service", nil, "only hops in this service (repeatable)")
-	cmd.Flags().StringArrayVar(&filter.Kinds, "kind", nil, "only this kind: domain, integration, notification (repeatable)")
-	cmd.Flags().StringArrayVar(&filter.Hops, "hop", nil, "only this hop (repeatable)")
+	cmd.Flags().StringArrayVar(&filter.Types, "type", nil, "only this event `TYPE` (repeatable)")
+	cmd.Flags().StringArrayVar(&filter.Services, "service", nil, "only hops in this `SERVICE` (repeatable)")
+	cmd.Flags().StringArrayVar(&filter.Kinds, "kind", nil, "only this `KIND`: domain, integration, notification (repeatable)")
+	cmd.Flags().StringArrayVar(&filter.Hops, "hop", nil, "only this `HOP`: "+strings.Join(hops, ", ")+" (repeatable)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON lines")
 	return cmd
 }
