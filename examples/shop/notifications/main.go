@@ -2,7 +2,7 @@
 // process; --smtp sends real e-mail, otherwise a development mailbox keeps
 // the messages at http://LISTEN/mailbox/:
 //
-//	go run ./examples/shop/notifications --nats nats://127.0.0.1:PORT --db notifications.db --smtp 127.0.0.1:2525
+//	go run ./examples/shop/notifications --db notifications.db --smtp 127.0.0.1:2525
 package main
 
 import "github.com/heraldhq/herald/examples/shop/shop"

@@ -5,11 +5,13 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -29,25 +31,72 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
+// DevURL is the NATS server a service connects to when neither a flag nor
+// the environment names one: where herald dev listens by default.
+const DevURL = "nats://127.0.0.1:4333"
+
+// Exit statuses of a service process.
+const (
+	ExitOK      = 0 // a clean shutdown, or -h
+	ExitFailure = 1 // it could not start or run
+	ExitUsage   = 2 // a flag that does not parse, or an invalid value
+)
+
 // Main runs the shop service name as its own process, configured by flags
-// and environment variables:
+// and environment variables; name -h lists them:
 //
-//	--nats      NATS URLs, comma-separated      (HERALD_NATS_URL)
-//	--db        SQLite file                      (HERALD_DB, default ./<name>.db)
-//	--postgres  PostgreSQL URL instead of SQLite (HERALD_POSTGRES_URL)
-//	--listen    HTTP address                     (HERALD_LISTEN, default 127.0.0.1:0)
-//	--trace     record the causal trace on the broker (default true; read it with herald trace / herald tail)
-//	--otel      OpenTelemetry exporter: none, stdout, otlp (OTEL_TRACES_EXPORTER; otlp when OTEL_EXPORTER_OTLP_ENDPOINT is set)
+//	--server, -s NATS URLs, comma-separated     (HERALD_NATS_URL, NATS_URL, default herald dev's nats://127.0.0.1:4333; --nats is its old name)
+//	--db         SQLite file                     (HERALD_DB, default ./<name>.db)
+//	--postgres   PostgreSQL URL instead of SQLite (HERALD_POSTGRES_URL)
+//	--listen     HTTP address                    (HERALD_LISTEN, default 127.0.0.1:0)
+//	--trace      record the causal trace on the broker (default true; read it with herald trace / herald tail)
+//	--otel       OpenTelemetry exporter: none, stdout, otlp (OTEL_TRACES_EXPORTER; otlp when OTEL_EXPORTER_OTLP_ENDPOINT is set)
 //	--otel-endpoint  OTLP/HTTP endpoint URL (OTEL_EXPORTER_OTLP_ENDPOINT)
 //
-// Every service serves Prometheus metrics at /metrics.
+// and, for shipping, --dispatch-delay; for notifications, --smtp and
+// --smtp-from. Every service serves Prometheus metrics at /metrics.
 //
-// It exits on SIGINT or SIGTERM after a clean shutdown.
+// It takes its HTTP port and opens its database first, and fails at once
+// when either fails, before it joins any subscription. Then it connects to
+// NATS, waiting for a server that is not up yet: it logs each failed
+// attempt, every 2 s. It exits on SIGINT or SIGTERM after a clean shutdown.
 func Main(name string) {
-	if err := run(name, os.Args[1:]); err != nil {
-		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
-		os.Exit(1)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := Run(ctx, name, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// Run is Main without the process: it runs the service name with the
+// command-line args until ctx ends, logs to stderr and returns the exit
+// status.
+func Run(ctx context.Context, name string, args []string, stdout, stderr io.Writer) int {
+	if !slices.Contains(Services, name) {
+		fmt.Fprintf(stderr, "shop: unknown service %q (want one of %s)\n", name, strings.Join(Services, ", "))
+		return ExitUsage
 	}
+	fs, o := newFlags(name)
+	fs.SetOutput(io.Discard) // Run prints the errors and the help itself
+	err := fs.Parse(args)
+	if err == nil && fs.NArg() > 0 {
+		err = fmt.Errorf("unexpected argument %q: %s takes flags only", fs.Arg(0), name)
+	}
+	if err == nil {
+		err = o.check()
+	}
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		printUsage(stdout, fs, name)
+		return ExitOK
+	case err != nil:
+		fmt.Fprintf(stderr, "%s: %v\nRun '%s -h' for the flags.\n", name, err, name)
+		return ExitUsage
+	}
+	if err := run(ctx, name, o, stdout, stderr); err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", name, err)
+		return ExitFailure
+	}
+	return ExitOK
 }
 
 func env(key, def string) string {
@@ -57,61 +106,100 @@ func env(key, def string) string {
 	return def
 }
 
-func run(name string, args []string) error {
+// options are a service process's flags.
+type options struct {
+	nats, db, pg, listen string
+	trace                bool
+	otel                 tracing.Config
+	delay                time.Duration // shipping
+	smtpAddr, smtpFrom   string        // notifications
+}
+
+// newFlags defines the flags of service name: the common ones and its own.
+func newFlags(name string) (*flag.FlagSet, *options) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	natsURL := fs.String("nats", env("HERALD_NATS_URL", ""), "NATS server URLs, comma-separated (start one with `herald dev`)")
-	db := fs.String("db", env("HERALD_DB", name+".db"), "SQLite database file")
-	pg := fs.String("postgres", env("HERALD_POSTGRES_URL", ""), "PostgreSQL URL (instead of --db)")
-	listen := fs.String("listen", env("HERALD_LISTEN", "127.0.0.1:0"), "HTTP listen address")
-	delay := fs.Duration("dispatch-delay", 200*time.Millisecond, "shipping: time from scheduling to dispatch")
-	smtpAddr := fs.String("smtp", env("HERALD_SMTP", ""), "notifications: SMTP server host:port (default: a development mailbox at /mailbox/)")
-	smtpFrom := fs.String("smtp-from", env("HERALD_SMTP_FROM", "shop@example.com"), "notifications: the From address")
-	recordTrace := fs.Bool("trace", true, "record the causal trace of every hop on the broker (read it with `herald trace` and `herald tail`)")
-	otelCfg := tracing.ConfigFromEnv(name)
-	fs.StringVar(&otelCfg.Exporter, "otel", otelCfg.Exporter, "OpenTelemetry span exporter: none, stdout or otlp")
-	fs.StringVar(&otelCfg.Endpoint, "otel-endpoint", "", "OTLP/HTTP endpoint URL (default: OTEL_EXPORTER_OTLP_ENDPOINT)")
-	if err := fs.Parse(args); err != nil {
-		return err
+	o := &options{otel: tracing.ConfigFromEnv(name)}
+	natsURL := env("HERALD_NATS_URL", env("NATS_URL", DevURL))
+	fs.StringVar(&o.nats, "server", natsURL, "NATS server `URLS`, comma-separated (env HERALD_NATS_URL or NATS_URL; herald dev's URL by default)")
+	fs.StringVar(&o.nats, "s", natsURL, "shorthand for --server `URLS`")
+	fs.StringVar(&o.nats, "nats", natsURL, "the old name of --server `URLS`")
+	fs.StringVar(&o.db, "db", env("HERALD_DB", name+".db"), "SQLite database `FILE` (env HERALD_DB)")
+	fs.StringVar(&o.pg, "postgres", env("HERALD_POSTGRES_URL", ""), "PostgreSQL `URL`, instead of --db (env HERALD_POSTGRES_URL)")
+	fs.StringVar(&o.listen, "listen", env("HERALD_LISTEN", "127.0.0.1:0"), "HTTP listen `ADDRESS` (env HERALD_LISTEN)")
+	fs.BoolVar(&o.trace, "trace", true, "record the causal trace of every hop on the broker (read it with herald trace and herald tail)")
+	fs.StringVar(&o.otel.Exporter, "otel", o.otel.Exporter, "OpenTelemetry span `EXPORTER`: none, stdout or otlp (env OTEL_TRACES_EXPORTER)")
+	fs.StringVar(&o.otel.Endpoint, "otel-endpoint", "", "OTLP/HTTP endpoint `URL` (default: OTEL_EXPORTER_OTLP_ENDPOINT)")
+	switch name {
+	case "shipping":
+		fs.DurationVar(&o.delay, "dispatch-delay", 200*time.Millisecond, "time from scheduling a shipment to dispatching it")
+	case "notifications":
+		fs.StringVar(&o.smtpAddr, "smtp", env("HERALD_SMTP", ""), "SMTP server `HOST:PORT` (env HERALD_SMTP; default: a development mailbox at /mailbox/)")
+		fs.StringVar(&o.smtpFrom, "smtp-from", env("HERALD_SMTP_FROM", "shop@example.com"), "the From `ADDRESS` (env HERALD_SMTP_FROM)")
 	}
-	if *natsURL == "" {
-		return errors.New("no NATS server: pass --nats nats://127.0.0.1:PORT or set HERALD_NATS_URL (`herald dev` starts one)")
+	return fs, o
+}
+
+// check rejects values no service could start with.
+func (o *options) check() error {
+	switch {
+	case o.nats == "":
+		return errors.New("no NATS server: pass --server nats://HOST:PORT or set NATS_URL (herald dev starts one)")
+	case o.pg == "" && o.db == "":
+		return errors.New("no database: pass --db FILE or --postgres URL")
+	case o.delay < 0:
+		return fmt.Errorf("--dispatch-delay %v: want 0 or more", o.delay)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})).With("service", name)
-	b, err := natsjs.Connect(ctx, strings.Split(*natsURL, ","), natsjs.WithLogger(log), natsjs.WithName(name))
+	return nil
+}
+
+func printUsage(w io.Writer, fs *flag.FlagSet, name string) {
+	fmt.Fprintf(w, `Usage: %[1]s [flags]
+
+%[1]s runs the shop's %[1]s service as its own process: its HTTP API on
+--listen, its state in --db (or --postgres), its events through the NATS
+server at --server.
+
+It takes its HTTP port and opens its database first and exits at once if
+either fails, before it joins any subscription. Then it connects to NATS;
+while no server answers it logs each failed attempt and tries again every
+2s (Ctrl-C stops it). Once connected it reconnects forever.
+
+Exit status: 0 after a clean shutdown (SIGINT, SIGTERM) or -h; 1 when it
+cannot start or run; 2 on a usage error.
+
+Flags:
+`, name)
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+	fs.SetOutput(io.Discard)
+}
+
+// run runs service name until ctx ends. What can fail without the broker
+// — the HTTP port, the database, the SMTP sender — is checked before it
+// connects, so a service that cannot serve never joins the shared
+// consumers.
+func run(ctx context.Context, name string, o *options, stdout, stderr io.Writer) error {
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo})).With("service", name)
+	l, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return fmt.Errorf("--listen %s: %w", o.listen, err)
+	}
+	defer l.Close()
+	var st *store.Store
+	if o.pg != "" {
+		st, err = postgres.Open(ctx, o.pg)
+	} else {
+		st, err = sqlite.Open(ctx, o.db)
+	}
 	if err != nil {
 		return err
 	}
-	defer b.Close()
-	reg := prometheus.NewRegistry()
-	m, err := metrics.New(reg)
-	if err != nil {
-		return err
-	}
-	cfg := Config{Broker: b, DispatchDelay: *delay, Logger: log, Metrics: m, Registry: reg}
-	tp, shutdown, err := tracing.Setup(ctx, otelCfg)
-	if err != nil {
-		return err
-	}
-	defer shutdown(context.Background())
-	if otelCfg.Exporter != "" && otelCfg.Exporter != tracing.ExporterNone {
-		cfg.Options = append(cfg.Options, tracing.New(tp).Options()...)
-	}
-	if *recordTrace {
-		rec, err := trace.NewRecorder(b, trace.Config{Source: name, Logger: log})
-		if err != nil {
-			return err
-		}
-		if err := rec.Start(ctx); err != nil {
-			return err
-		}
-		defer rec.Close()
-		cfg.Options = append(cfg.Options, herald.WithObserver(rec))
-	}
+	defer st.Close()
+
+	cfg := Config{DispatchDelay: o.delay, Logger: log}
 	if name == "notifications" {
-		if *smtpAddr != "" {
-			mail, err := smtp.New(*smtpAddr, *smtpFrom, smtp.WithTLSPolicy(smtp.TLSOpportunistic))
+		if o.smtpAddr != "" {
+			mail, err := smtp.New(o.smtpAddr, o.smtpFrom, smtp.WithTLSPolicy(smtp.TLSOpportunistic))
 			if err != nil {
 				return err
 			}
@@ -126,16 +214,42 @@ func run(name string, args []string) error {
 			cfg.Senders = notifications.Senders{Email: box.Sender(notify.Email), Push: box.Sender(notify.Push)}
 		}
 	}
-	var st *store.Store
-	if *pg != "" {
-		st, err = postgres.Open(ctx, *pg)
-	} else {
-		st, err = sqlite.Open(ctx, *db)
-	}
+	tp, shutdown, err := tracing.Setup(ctx, o.otel)
 	if err != nil {
 		return err
 	}
-	defer st.Close()
+	defer shutdown(context.Background())
+	if o.otel.Exporter != "" && o.otel.Exporter != tracing.ExporterNone {
+		cfg.Options = append(cfg.Options, tracing.New(tp).Options()...)
+	}
+
+	b, err := natsjs.Connect(ctx, strings.Split(o.nats, ","), natsjs.WithLogger(log), natsjs.WithName(name))
+	if err != nil {
+		if ctx.Err() != nil { // stopped while waiting for the server: a clean stop
+			log.Info("stopped before connecting to NATS", "err", err)
+			return nil
+		}
+		return err
+	}
+	defer b.Close()
+	cfg.Broker = b
+	reg := prometheus.NewRegistry()
+	m, err := metrics.New(reg)
+	if err != nil {
+		return err
+	}
+	cfg.Metrics, cfg.Registry = m, reg
+	if o.trace {
+		rec, err := trace.NewRecorder(b, trace.Config{Source: name, Logger: log})
+		if err != nil {
+			return err
+		}
+		if err := rec.Start(ctx); err != nil {
+			return err
+		}
+		defer rec.Close()
+		cfg.Options = append(cfg.Options, herald.WithObserver(rec))
+	}
 	svc, err := NewService(ctx, name, st, cfg.withDefaults())
 	if err != nil {
 		return err
@@ -144,13 +258,9 @@ func run(name string, args []string) error {
 		return err
 	}
 	defer svc.Close()
-	l, err := net.Listen("tcp", *listen)
-	if err != nil {
-		return err
-	}
 	srv := &http.Server{Handler: cfg.withMetrics(svc.Handler()), ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(l) }()
-	fmt.Printf("%s listening on http://%s\n", name, l.Addr())
+	fmt.Fprintf(stdout, "%s listening on http://%s\n", name, l.Addr())
 	<-ctx.Done()
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
