@@ -10,6 +10,7 @@ import (
 
 	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/broker/natsjs"
+	"github.com/heraldhq/herald/envelope"
 	"github.com/heraldhq/herald/internal/testdb"
 )
 
@@ -139,5 +140,27 @@ func TestHandlerEventTooLargeIsPermanent(t *testing.T) {
 	}
 	if len(dls) != 1 || dls[0].Reason != "permanent" || dls[0].Attempts != 1 || !strings.Contains(dls[0].LastError, "over the broker's limit") {
 		t.Fatalf("dead letters %+v, want one, permanent after 1 attempt, naming the size", dls)
+	}
+}
+
+// TestRecordRefusesAKeyThatCannotTravel: a partition key that is not UTF-8,
+// or longer than a header takes, is refused at Record, not parked later by
+// the relay with its key held.
+func TestRecordRefusesAKeyThatCannotTravel(t *testing.T) {
+	ctx := context.Background()
+	svc, err := herald.New("orders", herald.WithStore(testdb.SQLite(t)), herald.WithLogger(quiet))
+	must(t, err)
+	defer svc.Close()
+	must(t, herald.Translate(svc, bigOrderPlaced, bigOrderConfirmed, func(_ context.Context, o bigOrder) (bigOrder, error) { return o, nil }))
+	for _, key := range []string{"o-\xff", strings.Repeat("k", 5000)} {
+		err := svc.Do(ctx, func(tx herald.Tx) error {
+			return herald.Record(tx, bigOrderPlaced, bigOrder{OrderID: key})
+		})
+		if !errors.Is(err, herald.ErrEncode) || !errors.Is(err, envelope.ErrInvalid) || !strings.Contains(err.Error(), "partitionkey") {
+			t.Errorf("key of %d bytes: Do = %v, want ErrEncode naming the partition key", len(key), err)
+		}
+	}
+	if n := testdb.Count(t, svc.Store(), "herald_outbox", ""); n != 0 {
+		t.Fatalf("%d outbox rows after refused keys", n)
 	}
 }

@@ -142,8 +142,8 @@ const observerQueueSize = 4096
 // directly, the others through their queues; either way contained.
 type observerHub struct {
 	log     *slog.Logger
-	inline  []Observer
-	inlineB []BatchObserver // the inline observers that are BatchObservers
+	inline  []*observerEntry
+	inlineB []*observerEntry // the inline observers that are BatchObservers
 	queues  []*observerQueue
 	started sync.Once // the queues' goroutines run
 	stop    context.CancelFunc
@@ -155,9 +155,15 @@ type observerHub struct {
 
 // observerQueue is one queued observer and its backlog.
 type observerQueue struct {
+	*observerEntry
+	ch chan queuedObservation
+}
+
+// observerEntry is one observer of the service.
+type observerEntry struct {
+	n  int // its place among the service's observers, for what is logged once
 	o  Observer
 	bo BatchObserver // o, if it is one
-	ch chan queuedObservation
 }
 
 // queuedObservation is one entry of a queue: an observation or a batch.
@@ -169,16 +175,17 @@ type queuedObservation struct {
 
 func newObserverHub(log *slog.Logger, obs []Observer) *observerHub {
 	h := &observerHub{log: log}
-	for _, o := range obs {
-		bo, _ := o.(BatchObserver)
+	for i, o := range obs {
+		e := &observerEntry{n: i + 1, o: o}
+		e.bo, _ = o.(BatchObserver)
 		if _, ok := o.(InlineObserver); ok {
-			h.inline = append(h.inline, o)
-			if bo != nil {
-				h.inlineB = append(h.inlineB, bo)
+			h.inline = append(h.inline, e)
+			if e.bo != nil {
+				h.inlineB = append(h.inlineB, e)
 			}
 			continue
 		}
-		h.queues = append(h.queues, &observerQueue{o: o, bo: bo, ch: make(chan queuedObservation, observerQueueSize)})
+		h.queues = append(h.queues, &observerQueue{observerEntry: e, ch: make(chan queuedObservation, observerQueueSize)})
 	}
 	return h
 }
@@ -235,37 +242,40 @@ func (h *observerHub) enqueue(q *observerQueue, e queuedObservation) {
 	case q.ch <- e:
 	default:
 		h.dropped.Add(1)
-		h.once("drop "+fmt.Sprintf("%T", q.o), func() {
+		h.once(fmt.Sprintf("drop %d", q.n), func() {
 			h.log.Warn("observer too slow: dropping observations (counted in ObserverStats); logged once",
-				"observer", fmt.Sprintf("%T", q.o), "queue", observerQueueSize)
+				"observer", q.name(), "queue", observerQueueSize)
 		})
 	}
 }
 
-// call runs ob.Observe, containing a panic.
-func (h *observerHub) call(ob Observer, ctx context.Context, o Observation) {
-	defer h.contain(ob, o.Hop)
-	ob.Observe(ctx, o)
+// name names the observer in logs: its place among the service's observers
+// and its type.
+func (e *observerEntry) name() string { return fmt.Sprintf("#%d (%T)", e.n, e.o) }
+
+// call runs e's Observe, containing a panic.
+func (h *observerHub) call(e *observerEntry, ctx context.Context, o Observation) {
+	defer h.contain(e, o.Hop)
+	e.o.Observe(ctx, o)
 }
 
-// callBatch runs bo.ObserveBatch, containing a panic.
-func (h *observerHub) callBatch(bo BatchObserver, ctx context.Context, b BatchObservation) {
-	defer h.contain(bo, "batch")
-	bo.ObserveBatch(ctx, b)
+// callBatch runs e's ObserveBatch, containing a panic.
+func (h *observerHub) callBatch(e *observerEntry, ctx context.Context, b BatchObservation) {
+	defer h.contain(e, "batch")
+	e.bo.ObserveBatch(ctx, b)
 }
 
 // contain, deferred, recovers an observer's panic, counts it and logs it
 // once per observer and hop.
-func (h *observerHub) contain(ob any, hop Hop) {
+func (h *observerHub) contain(e *observerEntry, hop Hop) {
 	r := recover()
 	if r == nil {
 		return
 	}
 	h.panics.Add(1)
-	name := fmt.Sprintf("%T", ob)
-	h.once("panic "+name+" "+string(hop), func() {
+	h.once(fmt.Sprintf("panic %d %s", e.n, hop), func() {
 		h.log.Error("observer panicked; the flow goes on without it (counted in ObserverStats; logged once per observer and hop)",
-			"observer", name, "hop", string(hop), "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			"observer", e.name(), "hop", string(hop), "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
 	})
 }
 
@@ -310,9 +320,9 @@ const observerGrace = time.Second
 func (h *observerHub) drain(ctx context.Context, q *observerQueue, grace time.Duration) {
 	deliver := func(e queuedObservation) {
 		if e.batch != nil {
-			h.callBatch(q.bo, e.ctx, *e.batch)
+			h.callBatch(q.observerEntry, e.ctx, *e.batch)
 		} else {
-			h.call(q.o, e.ctx, e.o)
+			h.call(q.observerEntry, e.ctx, e.o)
 		}
 	}
 	for ctx.Err() == nil {

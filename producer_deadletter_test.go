@@ -359,3 +359,6 @@ func dlSummary(dls []herald.DeadLetter) []string {
 	}
 	return out
 }
+
+// Inline: tests read the log right after the parked rows they wait for.
+func (d *dropLog) Inline() {}

@@ -249,6 +249,11 @@ func (sc *txScope) newEnvelope(c Contract, v any, key string) (*envelope.Envelop
 		}
 	}
 	if b.kind != KindDomain {
+		// What leaves the service must be a valid envelope (a key of at most
+		// 4096 bytes of UTF-8, say), or the relay would have to park it.
+		if err := e.Validate(); err != nil {
+			return nil, fmt.Errorf("%w: %s: %w", ErrEncode, b, err)
+		}
 		if err := sc.t.svc.checkSize(b, e); err != nil {
 			return nil, err
 		}
