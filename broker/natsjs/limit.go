@@ -3,6 +3,7 @@ package natsjs
 import (
 	"errors"
 	"strconv"
+	"strings"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -23,8 +24,15 @@ func (b *Broker) MaxEventSize() int {
 	if b.nc == nil {
 		return 0
 	}
-	return int(b.nc.MaxPayload())
+	return int(min(b.nc.MaxPayload(), maxStoredMessage))
 }
+
+// maxStoredMessage bounds what a JetStream file store keeps as one message:
+// it refuses records over 32 MiB ("message too large"), record framing and
+// the subject included; the margin covers a subject of the longest type.
+// A server whose max_payload is above it (up to 64 MiB) would accept a
+// larger publish and then refuse to store it.
+const maxStoredMessage = 32<<20 - 64<<10
 
 // nuidLen is the length of a NUID: the unique suffix of a replay's
 // Nats-Msg-Id and the id of an atomic batch.
@@ -70,10 +78,18 @@ func rejected(err error) bool {
 		switch apiErr.ErrorCode {
 		case jetstream.JSErrCodeStreamMessageExceedsMaximum, jsErrCodeStreamHeaderExceedsMaximum:
 			return true
+		case jsErrCodeStreamStoreFailed:
+			// The store's refusal of a message over its record limit; other
+			// store failures (a full disk, say) are worth retrying.
+			return strings.Contains(apiErr.Description, "message too large")
 		}
 	}
 	return false
 }
+
+// jsErrCodeStreamStoreFailed is the server's "{err}" of a store that did not
+// take a message (JSStreamStoreFailedF, a 503).
+const jsErrCodeStreamStoreFailed jetstream.ErrorCode = 10077
 
 // jsErrCodeStreamHeaderExceedsMaximum is the server's error for a message
 // whose headers exceed 64 KiB (nats.go has no constant for it).

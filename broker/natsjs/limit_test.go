@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/heraldhq/herald/broker"
 	"github.com/heraldhq/herald/envelope"
@@ -117,5 +118,46 @@ func TestPublishOnDeadConnectionIsClosed(t *testing.T) {
 	err := b.Publish(ctx, bulk("test.dead", 1))[0]
 	if !errors.Is(err, broker.ErrClosed) || errors.Is(err, broker.ErrRejected) {
 		t.Fatalf("Publish on a dead connection: %v, want ErrClosed", err)
+	}
+}
+
+// TestMaxEventSizeWithinTheFileStore: a server whose max_payload is above
+// what its file store keeps as one message (32 MiB) would take a publish
+// and refuse to store it; MaxEventSize stays below the store's limit.
+func TestMaxEventSizeWithinTheFileStore(t *testing.T) {
+	b := embedded(t, WithEphemeral(), WithMaxPayload(40<<20))
+	if got := b.MaxEventSize(); got != maxStoredMessage || got >= 32<<20 {
+		t.Fatalf("MaxEventSize = %d with max_payload 40 MiB, want %d", got, maxStoredMessage)
+	}
+}
+
+// TestPublishErrorClasses: the server's API errors that one event meets
+// (too large for the stream or its store) park it; the ones every event
+// would meet (a sealed stream, a store that failed otherwise) are retried.
+func TestPublishErrorClasses(t *testing.T) {
+	b := embedded(t, WithEphemeral())
+	ctx := testCtx(t, 10*time.Second)
+	for _, tc := range []struct {
+		name string
+		err  error
+		want error
+	}{
+		{"message over the stream's max_msg_size", &jetstream.APIError{Code: 400, ErrorCode: jetstream.JSErrCodeStreamMessageExceedsMaximum, Description: "message size exceeds maximum allowed"}, broker.ErrRejected},
+		{"message over the file store's record limit", &jetstream.APIError{Code: 503, ErrorCode: jsErrCodeStreamStoreFailed, Description: "message too large"}, broker.ErrRejected},
+		{"store failed otherwise", &jetstream.APIError{Code: 503, ErrorCode: jsErrCodeStreamStoreFailed, Description: "no space left on device"}, broker.ErrTransient},
+		{"sealed stream", &jetstream.APIError{Code: 400, ErrorCode: jsErrCodeStreamSealed, Description: "invalid operation on sealed stream"}, broker.ErrTransient},
+		{"no quorum", &jetstream.APIError{Code: 503, ErrorCode: 10008, Description: "JetStream system temporarily unavailable"}, broker.ErrTransient},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := b.publishErrIn(ctx, "e-1", "", tc.err, nil)
+			if !errors.Is(got, tc.want) {
+				t.Fatalf("%v: want %v", got, tc.want)
+			}
+			for _, other := range []error{broker.ErrRejected, broker.ErrTransient} {
+				if other != tc.want && errors.Is(got, other) {
+					t.Fatalf("%v wraps %v too", got, other)
+				}
+			}
+		})
 	}
 }

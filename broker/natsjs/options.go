@@ -391,7 +391,8 @@ func WithMaxStore(bytes int64) Option {
 // WithMaxPayload sets the embedded server's max_payload: the largest
 // message, headers included, it accepts (default 1 MiB, the nats-server
 // default; at most 64 MiB). herald refuses larger events when they are
-// recorded (see Broker.MaxEventSize). Embedded only: an external server's
+// recorded (see Broker.MaxEventSize, which never exceeds what the file store
+// keeps as one message, just under 32 MiB). Embedded only: an external server's
 // limit is its own configuration, which the broker learns when it connects.
 func WithMaxPayload(bytes int) Option {
 	return func(c *config) error {

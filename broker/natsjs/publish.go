@@ -172,6 +172,8 @@ func (b *Broker) probe(ctx context.Context, w *streamWatch, stream, id string, m
 				select {
 				case <-f.Ok():
 					t.Stop()
+					_, now := w.current()
+					w.settle(now)
 					return nil
 				default:
 					err = errLeaderChanged
@@ -406,6 +408,10 @@ func (b *Broker) publishErrIn(ctx context.Context, id, stream string, err error,
 			return fmt.Errorf("herald/natsjs: publish %s: %w: no stream %s (%w)", id, broker.ErrNotProvisioned, stream, err)
 		}
 		return fmt.Errorf("herald/natsjs: publish %s: %w: %w", id, broker.ErrTransient, err)
+	case rejected(err):
+		// Before transient: the file store's "message too large" comes as a
+		// 503, which would otherwise read as the server being unavailable.
+		return fmt.Errorf("herald/natsjs: publish %s: %w: %w", id, broker.ErrRejected, err)
 	case transient(b.nc, err):
 		return fmt.Errorf("herald/natsjs: publish %s: %w: %w", id, broker.ErrTransient, err)
 	case b.nc.IsClosed():
@@ -413,8 +419,6 @@ func (b *Broker) publishErrIn(ctx context.Context, id, stream string, err error,
 		// down), whatever err says (nats.go does not always wrap
 		// nats.ErrConnectionClosed): no fault of this event's.
 		return fmt.Errorf("herald/natsjs: publish %s: %w: %w", id, broker.ErrClosed, err)
-	case rejected(err):
-		return fmt.Errorf("herald/natsjs: publish %s: %w: %w", id, broker.ErrRejected, err)
 	default:
 		return fmt.Errorf("herald/natsjs: publish %s: %w", id, err)
 	}
@@ -449,11 +453,22 @@ func transient(nc *nats.Conn, err error) bool {
 		return nc != nil && !nc.IsClosed()
 	}
 	var apiErr *jetstream.APIError
-	if errors.As(err, &apiErr) && apiErr.Code >= 500 {
-		return true // e.g. "JetStream system temporarily unavailable", no quorum
+	if errors.As(err, &apiErr) {
+		switch {
+		case apiErr.Code >= 500:
+			return true // e.g. "JetStream system temporarily unavailable", no quorum
+		case apiErr.ErrorCode == jsErrCodeStreamSealed:
+			// Every event would meet it, not this one only: an operator's
+			// decision to undo, never a reason to park the outbox row by row.
+			return true
+		}
 	}
 	return false
 }
+
+// jsErrCodeStreamSealed is the server's "invalid operation on sealed
+// stream" (nats.go has no constant for it).
+const jsErrCodeStreamSealed jetstream.ErrorCode = 10109
 
 // streamMissingIn is streamMissing asking once per stream of missing (if
 // not nil).
