@@ -58,9 +58,11 @@ var ErrNotReplayable = errors.New("herald: dead letter cannot be replayed")
 // Producer-side dead letters go back into the service's outbox instead, in
 // the order they were parked, with the outbox rows still waiting for their
 // keys behind them, and the relay publishes them again (a broker is needed
-// only for the others). An event whose key still has producer-side dead
-// letters that f did not select is held again behind them, and one the
-// broker refuses again is parked again.
+// only for the others). A key's parked events go back together: f selecting
+// any of them (the refused one, say) replays every one of its key, since a
+// part put back would be parked again behind the rest and come out of
+// order; a dry run lists what f selects. One the broker refuses again is
+// parked again.
 func (s *Service) ReplayDeadLetters(ctx context.Context, f DeadLetterFilter, dryRun bool) ([]DeadLetter, error) {
 	dls, err := s.DeadLetters(ctx, f)
 	if err != nil || dryRun {

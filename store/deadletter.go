@@ -228,9 +228,29 @@ func (s *Store) DeleteDeadLetters(ctx context.Context, f DeadLetterFilter) (int6
 		// DELETE … LIMIT is not portable (PostgreSQL has none).
 		q = fmt.Sprintf("DELETE FROM herald_dead_letters WHERE id IN (SELECT id FROM herald_dead_letters%s ORDER BY id LIMIT %d)", where, f.Limit)
 	}
-	res, err := s.db.ExecContext(ctx, s.d.Rebind(q), args...)
+	fail := func(err error) (int64, error) { return 0, fmt.Errorf("herald/store: purge dead letters: %w", err) }
+	tx, err := s.Begin(ctx)
 	if err != nil {
-		return 0, fmt.Errorf("herald/store: purge dead letters: %w", err)
+		return fail(err)
 	}
-	return res.RowsAffected()
+	defer tx.Rollback()
+	if f.Service != "" && f.Subscription == "" {
+		// Producer-side ones may be among them: exclude ParkOutbox, which
+		// parks a held row only while its key has some (see lockParked).
+		if err := s.lockParked(ctx, tx, f.Service); err != nil {
+			return fail(err)
+		}
+	}
+	res, err := tx.ExecContext(ctx, s.d.Rebind(q), args...)
+	if err != nil {
+		return fail(err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return fail(err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fail(err)
+	}
+	return n, nil
 }

@@ -1,9 +1,11 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -33,8 +35,8 @@ type Park struct {
 
 // ParkResult is what ParkOutbox did with one row. Neither field set: the row
 // was a ReasonHeld one whose key has no producer-side dead letter any more
-// (an operator replayed or purged them), so it stays in the outbox and the
-// relay publishes it.
+// (an operator replayed or purged them) and it is still in the outbox, so it
+// stays there and the relay publishes it.
 type ParkResult struct {
 	// DeadLetter is the id of the dead letter the row became (0: not parked).
 	DeadLetter int64
@@ -92,6 +94,16 @@ func (s *Store) ParkOutbox(ctx context.Context, service string, ps []Park) ([]Pa
 				return fail(err)
 			}
 			if !ok {
+				// The key is free again. A replay may have moved this row
+				// behind the events it put back (the relay read it before):
+				// then it is gone, and the relay must not publish this copy
+				// ahead of them.
+				var n int
+				if err := tx.QueryRowContext(ctx, s.d.Rebind("SELECT COUNT(*) FROM herald_outbox WHERE seq = ? AND service = ?"),
+					p.Row.Seq, service).Scan(&n); err != nil {
+					return fail(err)
+				}
+				out[i].Gone = n == 0
 				continue
 			}
 		}
@@ -151,12 +163,14 @@ func (s *Store) ParkedKeys(ctx context.Context, service string) (map[string]stri
 
 // ReplayParked puts the producer-side dead letters of service that f selects
 // back into the outbox, oldest first, and deletes them, in one transaction;
-// it returns them. The rows still waiting in the outbox for their keys (not
-// yet parked by the relay) move behind them, so that no event overtakes an
-// earlier one of its key. A replayed event whose key still has producer-side
-// dead letters (ones f did not select) is parked again behind them by the
-// relay; one the broker refuses again is parked again. f.Service and
-// f.ProducerSide are set for you.
+// it returns them. A key's parked events go back together: selecting one
+// (say the refused one, by --reason or --id) replays every producer-side dead
+// letter of its key, since putting back part of a key's chain would let the
+// rest, parked again behind it, come out of order. The rows still waiting in
+// the outbox for their keys (not yet parked by the relay) move behind them,
+// so that no event overtakes an earlier one of its key. One the broker
+// refuses again is parked again. f.Service and f.ProducerSide are set for
+// you.
 func (s *Store) ReplayParked(ctx context.Context, service string, f DeadLetterFilter) ([]DeadLetter, error) {
 	if err := s.live(); err != nil {
 		return nil, err
@@ -179,6 +193,9 @@ func (s *Store) ReplayParked(ctx context.Context, service string, f DeadLetterFi
 	}
 	if len(dls) == 0 {
 		return nil, nil
+	}
+	if dls, err = s.wholeChains(ctx, tx, service, dls); err != nil {
+		return fail(err)
 	}
 	events := make([]*envelope.Envelope, 0, len(dls))
 	ids := make([]int64, 0, len(dls))
@@ -211,6 +228,55 @@ func (s *Store) ReplayParked(ctx context.Context, service string, f DeadLetterFi
 		return fail(err)
 	}
 	return dls, nil
+}
+
+// wholeChains returns dls together with every other producer-side dead
+// letter of service with one of their keys, in id (parking) order.
+func (s *Store) wholeChains(ctx context.Context, tx *sql.Tx, service string, dls []DeadLetter) ([]DeadLetter, error) {
+	have := map[int64]bool{}
+	var keys []any
+	seen := map[string]bool{}
+	for _, d := range dls {
+		have[d.ID] = true
+		if d.Key != "" && !seen[d.Key] {
+			seen[d.Key] = true
+			keys = append(keys, d.Key)
+		}
+	}
+	if len(keys) == 0 {
+		return dls, nil
+	}
+	in := "(" + strings.TrimSuffix(strings.Repeat("?, ", len(keys)), ", ") + ")"
+	rows, err := tx.QueryContext(ctx, s.d.Rebind("SELECT id FROM herald_dead_letters WHERE service = ? AND subscription = '' AND partition_key IN "+in),
+		append([]any{service}, keys...)...)
+	if err != nil {
+		return nil, err
+	}
+	var more []int64
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		if !have[id] {
+			more = append(more, id)
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	if len(more) == 0 {
+		return dls, nil
+	}
+	extra, err := s.deadLetters(ctx, tx, DeadLetterFilter{Service: service, ProducerSide: true, IDs: more})
+	if err != nil {
+		return nil, err
+	}
+	all := append(dls, extra...)
+	slices.SortFunc(all, func(a, b DeadLetter) int { return cmp.Compare(a.ID, b.ID) })
+	return all, nil
 }
 
 // takePending deletes the unpublished outbox rows of service with one of

@@ -120,8 +120,9 @@ of the service's own outbox that its relay parked: one the broker refused for
 good (reason refused, e.g. larger than the server's max payload), and the later
 events of the same partition key, held behind it so that none overtakes it
 (reason held). Replay puts them back into the outbox, in the order they were
-parked, and the service's relay publishes them again (no --server needed); one
-refused again is parked again. Purge discards them. Either frees the key once
+parked, and the service's relay publishes them again (no --server needed); a
+key's parked events go back together (selecting one replays all of its key);
+one refused again is parked again. Purge discards them. Either frees the key once
 none of its events is parked.`,
 		Example: `  herald dlq list --service shipping --db shipping.db
   herald dlq show 42 --service shipping --db shipping.db

@@ -118,6 +118,7 @@ func Run(t *testing.T, c Config) {
 		t.Run("Gone", h.parkGone)
 		t.Run("Replay", h.parkReplay)
 		t.Run("ReplayPart", h.parkReplayPart)
+		t.Run("HeldAfterReplay", h.parkHeldAfterReplay)
 		t.Run("RangeMarks", h.parkRangeMarks)
 		t.Run("Reopen", h.parkReopen)
 	})
@@ -2132,35 +2133,61 @@ func dlEventIDs(ds []store.DeadLetter) []string {
 	return out
 }
 
-// parkReplayPart: replaying only some dead letters of a key leaves the key
-// held by the others, and touches neither subscriber-side dead letters nor
-// other services.
+// parkReplayPart: replay takes a key's parked events together, whatever
+// part of them the filter selects — putting back only the held one would
+// let the refused one, parked again behind it, come out after it — and
+// nothing of other services or of subscriptions.
 func (h *harness) parkReplayPart(t *testing.T) {
 	s := h.open(t)
 	ctx := context.Background()
 	a := keyed("orders", "a", "k-a", 2)
+	c := keyed("orders", "c", "k-c", 1)
 	other := keyed("billing", "o", "k-a", 1)
-	commit(t, s, func(tx *sql.Tx) { appendOutbox(t, s, tx, a[0], a[1], other[0]) })
+	commit(t, s, func(tx *sql.Tx) { appendOutbox(t, s, tx, a[0], a[1], c[0], other[0]) })
 	rows := pending(t, s, "orders", 100)
 	first := parkRows(t, s, "orders", store.ReasonRefused, rows[0])[0]
 	held := parkRows(t, s, "orders", store.ReasonHeld, rows[1])[0]
+	otherKey := parkRows(t, s, "orders", store.ReasonRefused, rows[2])[0]
 	parkRows(t, s, "billing", store.ReasonRefused, pending(t, s, "billing", 100)...)
 	sub := addDeadLetter(t, s, nil, deadLetter("orders", "track", "t", store.ReasonExhausted, 1))
 	got, err := s.ReplayParked(ctx, "orders", store.DeadLetterFilter{IDs: []int64{held, sub}})
-	if err != nil || len(got) != 1 || got[0].ID != held {
-		t.Fatalf("ReplayParked(held, subscriber's) = %v, %v; want only the held one", got, err)
+	if err != nil || !slices.Equal(dlIDs(got), []int64{first, held}) {
+		t.Fatalf("ReplayParked(held, subscriber's) = %v, %v; want k-a's chain %v", dlIDs(got), err, []int64{first, held})
 	}
-	checkPending(t, "after replaying the held one", pending(t, s, "orders", 100), a[1:])
-	if got := parkedKeys(t, s, "orders"); got["k-a"] != a[0].ID {
-		t.Errorf("ParkedKeys = %v, want k-a still held by %s", got, a[0].ID)
+	checkPending(t, "after replaying k-a", pending(t, s, "orders", 100), a)
+	if got := parkedKeys(t, s, "orders"); len(got) != 1 || got["k-c"] != c[0].ID {
+		t.Errorf("ParkedKeys = %v, want only k-c held", got)
 	}
 	left, err := s.DeadLetters(ctx, store.DeadLetterFilter{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(left) != 3 || left[0].ID != first || left[2].ID != sub {
-		t.Errorf("dead letters left %v, want orders' first, billing's and the subscriber's", dlIDs(left))
+	if len(left) != 3 || left[0].ID != otherKey || left[2].ID != sub {
+		t.Errorf("dead letters left %v, want orders' k-c, billing's and the subscriber's", dlIDs(left))
 	}
+}
+
+// parkHeldAfterReplay: a held row the relay read before a replay moved it
+// behind the replayed events is reported gone, so the relay does not
+// publish that stale copy ahead of them.
+func (h *harness) parkHeldAfterReplay(t *testing.T) {
+	s := h.open(t)
+	ctx := context.Background()
+	a := keyed("orders", "a", "k-a", 2)
+	commit(t, s, func(tx *sql.Tx) { appendOutbox(t, s, tx, a...) })
+	rows := pending(t, s, "orders", 100)
+	parkRows(t, s, "orders", store.ReasonRefused, rows[0])
+	if _, err := s.ReplayParked(ctx, "orders", store.DeadLetterFilter{}); err != nil {
+		t.Fatal(err)
+	}
+	res, err := s.ParkOutbox(ctx, "orders", []store.Park{{Row: rows[1], Reason: store.ReasonHeld}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res[0].Gone || res[0].DeadLetter != 0 {
+		t.Fatalf("ParkOutbox(the stale held row) = %+v, want it gone", res[0])
+	}
+	checkPending(t, "after replay", pending(t, s, "orders", 100), a)
 }
 
 // parkRangeMarks: parking and replay work with the relay's range marks:
