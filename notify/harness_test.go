@@ -197,9 +197,9 @@ func newEnv(t testing.TB, dialect string, s setup) *env {
 	tpl, err := NewTemplates(testTemplates)
 	must(t, err)
 	opts := append([]Option{WithClock(e.clk.Now), WithRenderer(tpl), WithPollInterval(10 * time.Millisecond), WithLogger(quiet()),
-		WithRetry(Retry{MaxAttempts: 4, BaseDelay: 10 * time.Millisecond, MaxDelay: 40 * time.Millisecond, MaxAge: time.Minute}),
+		WithSendRetry(Retry{MaxAttempts: 4, BaseDelay: 10 * time.Millisecond, MaxDelay: 40 * time.Millisecond, MaxAge: time.Minute}),
 		WithBreaker(Breaker{Failures: 1000})}, s.opts...)
-	e.n, err = New(e.svc, e.dir, opts...)
+	e.n, err = NewNotifier(e.svc, e.dir, opts...)
 	must(t, err)
 	spec := s.spec
 	if spec.Recipients == nil {

@@ -88,7 +88,7 @@ var (
 //
 // # Order of calls
 //
-// New, Route and Senders before the service's Start (Route registers a
+// NewNotifier, Route and Senders before the service's Start (Route registers a
 // subscription), then Start; Close before closing the store. Decisions made
 // while no worker runs wait in the log.
 type Notifier struct {
@@ -228,9 +228,10 @@ func WithPollInterval(d time.Duration) Option {
 	}
 }
 
-// WithRetry sets the retry policy of sends; zero fields keep their
-// defaults.
-func WithRetry(r Retry) Option {
+// WithSendRetry sets the retry policy of sends; zero fields keep their
+// defaults. (herald.WithRetry is the other tier's: how a subscription
+// retries its handler.)
+func WithSendRetry(r Retry) Option {
 	return func(c *config) error {
 		d := defaultRetry()
 		if r.MaxAttempts == 0 {
@@ -376,9 +377,10 @@ func defaultRetry() Retry {
 	return Retry{MaxAttempts: 8, BaseDelay: time.Second, MaxDelay: 10 * time.Minute, MaxAge: 24 * time.Hour}
 }
 
-// New returns a notifier on svc's store that resolves recipients through
-// dir. Register routes with Route and senders with Senders, then Start it.
-func New(svc *herald.Service, dir Directory, opts ...Option) (*Notifier, error) {
+// NewNotifier returns a notifier on svc's store that resolves recipients
+// through dir. Register routes with Route and senders with Senders, then
+// Start it.
+func NewNotifier(svc *herald.Service, dir Directory, opts ...Option) (*Notifier, error) {
 	if svc == nil {
 		return nil, fmt.Errorf("%w: nil service", ErrInvalidOption)
 	}

@@ -86,8 +86,11 @@ var (
 	ErrRefused = fmt.Errorf("%w: destination refused", ErrPermanent)
 )
 
-// Permanent wraps err so the pipeline does not retry it.
-func Permanent(err error) error {
+// PermanentFailure wraps err so the pipeline does not retry the send: a
+// Sender returns it for a message that can never be delivered (an invalid
+// address, a refused request). (herald.Permanent is the other tier's: a
+// handler error that dead-letters the event.)
+func PermanentFailure(err error) error {
 	if err == nil || errors.Is(err, ErrPermanent) {
 		return err
 	}

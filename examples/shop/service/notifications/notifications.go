@@ -83,7 +83,7 @@ type Config struct {
 	DigestWindow time.Duration
 	// QuietHours, if set, apply in each customer's time zone.
 	QuietHours *notify.QuietHours
-	// NotifyOptions are passed to notify.New.
+	// NotifyOptions are passed to notify.NewNotifier.
 	NotifyOptions []notify.Option
 }
 
@@ -127,7 +127,7 @@ func New(ctx context.Context, st *store.Store, senders Senders, cfg Config, opts
 	if cfg.QuietHours != nil {
 		nopts = append(nopts, notify.WithQuietHours(*cfg.QuietHours))
 	}
-	n, err := notify.New(svc, notify.DirectoryFunc(s.lookup), nopts...)
+	n, err := notify.NewNotifier(svc, notify.DirectoryFunc(s.lookup), nopts...)
 	if err != nil {
 		return nil, err
 	}
