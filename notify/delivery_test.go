@@ -18,7 +18,8 @@ import (
 
 // TestRetries: a retryable error is retried with growing, jittered
 // delays until it succeeds; it fails for good after MaxAttempts or MaxAge;
-// a Retry-After is honoured; a permanent error is not retried; ErrGone also
+// a Retry-After is honoured; a permanent error (PermanentFailure, or
+// herald.Permanent) is not retried; ErrGone also
 // suppresses the address.
 func TestRetries(t *testing.T) {
 	forEachDialect(t, func(t *testing.T, dialect string) {
@@ -44,13 +45,15 @@ func TestRetries(t *testing.T) {
 				}
 			case "permanent":
 				return PermanentFailure(errors.New("550 mailbox does not exist"))
+			case "herald-permanent": // the handlers' marker means the same in a Sender
+				return herald.Permanent(errors.New("551 user not local"))
 			case "gone":
 				return fmt.Errorf("hard bounce: %w", ErrGone)
 			}
 			return nil
 		})
 		start := time.Now()
-		for _, c := range []string{"flaky", "down", "slow-down", "permanent"} {
+		for _, c := range []string{"flaky", "down", "slow-down", "permanent", "herald-permanent"} {
 			e.emit(c, order{ID: c, To: []string{"bob"}})
 		}
 		e.emit("gone", order{ID: "gone", To: []string{"dave"}})
@@ -69,6 +72,10 @@ func TestRetries(t *testing.T) {
 		perm := e.waitState(DeliveryFilter{CorrelationID: "permanent"}, Failed)
 		if perm.Attempts != 1 || !strings.HasPrefix(perm.Reason, ReasonPermanent+": ") || !strings.Contains(perm.Reason, "550") {
 			t.Errorf("permanent: %+v", perm)
+		}
+		hp := e.waitState(DeliveryFilter{CorrelationID: "herald-permanent"}, Failed)
+		if hp.Attempts != 1 || !strings.HasPrefix(hp.Reason, ReasonPermanent+": ") || !strings.Contains(hp.Reason, "551") {
+			t.Errorf("herald.Permanent from a sender: %+v", hp)
 		}
 		gone := e.waitState(DeliveryFilter{CorrelationID: "gone"}, Failed)
 		if gone.Attempts != 1 || !strings.HasPrefix(gone.Reason, ReasonGone+": ") {

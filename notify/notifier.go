@@ -474,7 +474,7 @@ func (n *Notifier) newProvider(channel string, s Sender) *provider {
 		// A permanent error is the message's fault, not the provider's; a
 		// shutdown or a lost lease is nobody's.
 		IsExcluded: func(err error) bool {
-			return errors.Is(err, ErrPermanent) || errors.Is(err, errShutdown) || errors.Is(err, errLeaseLost)
+			return isPermanent(err) || errors.Is(err, errShutdown) || errors.Is(err, errLeaseLost)
 		},
 		OnStateChange: func(name string, from, to gobreaker.State) {
 			log.Warn("sender circuit breaker", "sender", name, "from", from.String(), "to", to.String())

@@ -383,7 +383,7 @@ func (n *Notifier) attempt(ctx context.Context, w *row) outcome {
 	switch {
 	case errors.Is(err, ErrGone):
 		o.state, o.reason, o.gone = Failed, ReasonGone+": "+err.Error(), true
-	case errors.Is(err, ErrPermanent):
+	case isPermanent(err):
 		o.state, o.reason = Failed, ReasonPermanent+": "+err.Error()
 	default:
 		ro := n.retryable(w, err, true)
