@@ -192,7 +192,7 @@ func WithClock(now func() time.Time) Option {
 }
 
 // WithRenderer sets the template renderer (required when a route names a
-// template). NewTemplates builds a simple one.
+// template): a notify/template *Set, or any Renderer.
 func WithRenderer(r Renderer) Option {
 	return func(c *config) error {
 		if r == nil {

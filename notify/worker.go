@@ -472,7 +472,7 @@ func (n *Notifier) message(ctx context.Context, r *route, w *row) (*Message, err
 		out, err = n.cfg.renderer.Render(w.Template, w.Channel, w.Locale, td)
 	}
 	switch {
-	case err != nil && w.Channel == Webhook && errors.Is(err, ErrTemplateNotFound):
+	case err != nil && w.Channel == Webhook && templateNotFound(err):
 		out = Rendered{Subject: td.EventType, Text: td.EventType + " " + td.EventID}
 	case err != nil:
 		return nil, templateError{fmt.Errorf("%s for %s: %w", w.Template, w.Channel, err)}

@@ -120,10 +120,7 @@ func New(ctx context.Context, st *store.Store, senders Senders, cfg Config, opts
 			return nil, err
 		}
 	}
-	nopts := append([]notify.Option{notify.WithRenderer(notify.RendererFunc(func(name, channel, locale string, data any) (notify.Rendered, error) {
-		r, err := set.Render(name, channel, locale, data)
-		return notify.Rendered(r), err
-	}))}, cfg.NotifyOptions...)
+	nopts := append([]notify.Option{notify.WithRenderer(set)}, cfg.NotifyOptions...)
 	if cfg.QuietHours != nil {
 		nopts = append(nopts, notify.WithQuietHours(*cfg.QuietHours))
 	}
