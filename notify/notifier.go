@@ -86,6 +86,18 @@ var (
 //     Web Push Topic, in which case the push service replaces an undelivered
 //     one.
 //
+// # What it reports
+//
+// Every delivery's end is a herald.HopDeliver observation of the service
+// (the metrics package counts them in herald_notifications_total by
+// channel, outcome and reason code; see DeliveryError): what the worker
+// records, and the deliveries a decision ended (failed, suppressed,
+// throttled), once their transaction is seen committed. A delivery that
+// failed because the recipient has no address on the channel (reason
+// no-address) is also logged, at Warn, once per recipient and channel: the
+// notifier remembers the 4096 pairs it logged most recently (an LRU), and
+// logs a pair again only after forgetting it.
+//
 // # Order of calls
 //
 // NewNotifier, Route and Senders before the service's Start (Route registers a
@@ -111,6 +123,9 @@ type Notifier struct {
 	wg      sync.WaitGroup
 
 	leases *leases // the claims this instance holds, renewed while it runs
+
+	ended     decidedMemo // decisions that ended a delivery, until seen committed (report.go)
+	noAddress *lru        // (recipient, channel) pairs whose missing address was logged
 
 	wake   chan struct{}
 	seq    atomic.Uint64
@@ -419,6 +434,8 @@ func NewNotifier(svc *herald.Service, dir Directory, opts ...Option) (*Notifier,
 		routes:  map[string]*route{},
 		senders: map[string][]*provider{},
 		wake:    make(chan struct{}, 1),
+
+		noAddress: newLRU(maxNoAddressLogs),
 	}
 	n.leases = newLeases(c.lease, c.clock, n.log)
 	n.q = buildQueries(st, n.pg)
