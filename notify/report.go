@@ -103,8 +103,9 @@ func (n *Notifier) deliverObservation(d *Delivery) herald.Observation {
 const (
 	maxDecided       = 4096
 	decidedTTL       = 2 * time.Minute
-	decidedBatch     = 256  // ids looked up per query
-	maxNoAddressLogs = 4096 // (recipient, channel) pairs remembered as logged
+	decidedBatch     = 256                   // ids looked up per query
+	reportEvery      = 10 * time.Millisecond // at most one look-up per this, however busy the rounds
+	maxNoAddressLogs = 4096                  // (recipient, channel) pairs remembered as logged
 )
 
 type decidedMemo struct {

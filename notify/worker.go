@@ -58,6 +58,7 @@ func (n *Notifier) dispatch(ctx context.Context) {
 	poll := time.NewTimer(n.cfg.poll)
 	defer poll.Stop()
 	var recheck <-chan time.Time
+	var reported time.Time // the last reportDecided
 	for ctx.Err() == nil {
 		if len(pending) == 0 && (!due || inflight == capacity) {
 			select {
@@ -105,7 +106,10 @@ func (n *Notifier) dispatch(ctx context.Context) {
 		for _, w := range rows {
 			jobs <- w // never blocks: at most capacity rows are in flight
 		}
-		n.reportDecided(ctx)
+		if time.Since(reported) >= reportEvery {
+			n.reportDecided(ctx)
+			reported = time.Now()
+		}
 		n.maybePrune(ctx)
 	}
 	// Closing: the workers release what they have not sent; record every
