@@ -92,7 +92,7 @@ func (n *Notifier) deliverObservation(d *Delivery) herald.Observation {
 // decision's transaction is seen committed: the decision runs inside the
 // subscription's transaction, which may still roll back (a failing handler
 // in the same consumer batch, the database), and then runs again with new
-// delivery ids. So the decider only remembers the delivery (decided.add),
+// delivery ids. So the decider only remembers the delivery (decided),
 // and the worker, after each round, looks the remembered ids up in the
 // delivery log (reportDecided): those found are reported and forgotten,
 // those not found after decidedTTL are forgotten unreported (rolled back).
@@ -139,7 +139,9 @@ func (m *decidedMemo) add(d Delivery, at time.Time) (firstDrop bool) {
 	return false
 }
 
-// some returns up to k remembered entries, oldest first.
+// some returns up to k remembered entries (any k, when there are more:
+// those left out come in later calls), sorted by id, which is by decision
+// time.
 func (m *decidedMemo) some(k int) []decidedEntry {
 	m.mu.Lock()
 	defer m.mu.Unlock()
