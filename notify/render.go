@@ -5,9 +5,9 @@ import (
 	"fmt"
 	htmltemplate "html/template"
 	"strings"
-	"text/template"
+	texttemplate "text/template"
 
-	ntemplate "github.com/heraldhq/herald/notify/template"
+	"github.com/heraldhq/herald/notify/template"
 )
 
 // ErrTemplateNotFound is what a Renderer returns (wrapped or not) when it
@@ -19,7 +19,7 @@ var ErrTemplateNotFound = errors.New("notify: template not found")
 
 // templateNotFound reports whether err says the renderer has no template.
 func templateNotFound(err error) bool {
-	return errors.Is(err, ErrTemplateNotFound) || errors.Is(err, ntemplate.ErrNoTemplate)
+	return errors.Is(err, ErrTemplateNotFound) || errors.Is(err, template.ErrNoTemplate)
 }
 
 // Renderer renders a named template for a channel and locale. data is a
@@ -35,7 +35,7 @@ type Renderer interface {
 }
 
 // A *template.Set is a Renderer.
-var _ Renderer = (*ntemplate.Set)(nil)
+var _ Renderer = (*template.Set)(nil)
 
 // RendererFunc adapts a function to Renderer.
 type RendererFunc func(name, channel, locale string, data any) (Rendered, error)
@@ -49,7 +49,7 @@ func (f RendererFunc) Render(name, channel, locale string, data any) (Rendered, 
 // without a template gets a default), HTML (e-mail only, optional) and the
 // Locale actually used. It is notify/template's Rendered, which is what
 // makes a *template.Set a Renderer.
-type Rendered = ntemplate.Rendered
+type Rendered = template.Rendered
 
 // Template is the source of one template of NewTemplates: Go text/template
 // for Subject and Text, html/template for HTML.
@@ -69,7 +69,7 @@ type TemplateSet struct {
 }
 
 type parsed struct {
-	subject, text *template.Template
+	subject, text *texttemplate.Template
 	html          *htmltemplate.Template
 }
 
@@ -90,10 +90,10 @@ func NewTemplates(ts map[string]Template) (*TemplateSet, error) {
 	for key, t := range ts {
 		var p parsed
 		var err error
-		if p.subject, err = template.New(key).Option("missingkey=error").Parse(t.Subject); err != nil {
+		if p.subject, err = texttemplate.New(key).Option("missingkey=error").Parse(t.Subject); err != nil {
 			return nil, fmt.Errorf("%w: template %s subject: %v", ErrInvalidOption, key, err)
 		}
-		if p.text, err = template.New(key).Option("missingkey=error").Parse(t.Text); err != nil {
+		if p.text, err = texttemplate.New(key).Option("missingkey=error").Parse(t.Text); err != nil {
 			return nil, fmt.Errorf("%w: template %s text: %v", ErrInvalidOption, key, err)
 		}
 		if t.HTML != "" {
