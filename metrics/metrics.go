@@ -1,7 +1,7 @@
 // Package metrics exports herald's hops as Prometheus metrics: an observer
 // (herald.WithObserver) that counts every hop by service, event type and
 // outcome, times handlers, counts retries, dead letters and notifications by
-// channel and outcome, and — for the services it watches — reports the outbox
+// channel, outcome and reason, and — for the services it watches — reports the outbox
 // backlog, the age of its oldest row and each subscription's pending events
 // at the broker, at scrape time.
 //
@@ -13,11 +13,13 @@ package metrics
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 	"unicode/utf8"
 
 	"github.com/heraldhq/herald"
+	"github.com/heraldhq/herald/notify"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -61,8 +63,8 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 		}, []string{"service", "subscription"}),
 		notes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "herald", Name: "notifications_total",
-			Help: "Notification delivery attempts recorded, by channel and outcome (sent, delivered, failed, suppressed, retry).",
-		}, []string{"service", "channel", "outcome"}),
+			Help: "Notification deliveries recorded, by channel, outcome (sent, delivered, failed, suppressed, throttled, retry) and reason code (no-address, opted-out, permanent, …; empty when sent).",
+		}, []string{"service", "channel", "outcome", "reason"}),
 		pending: prometheus.NewDesc("herald_consumer_pending", "Events the broker holds for a subscription, not yet delivered to it.",
 			[]string{"service", "subscription"}, nil),
 		ackPending: prometheus.NewDesc("herald_consumer_ack_pending", "Events delivered to a subscription and not yet acknowledged.",
@@ -104,10 +106,25 @@ func (m *Metrics) Observe(_ context.Context, o herald.Observation) {
 			m.retries.WithLabelValues(svc, label(o.Subscription)).Inc()
 		}
 	case herald.HopDeliver:
-		m.notes.WithLabelValues(svc, label(o.Reason), label(o.Outcome)).Inc()
+		m.notes.WithLabelValues(svc, label(o.Reason), label(o.Outcome), deliveryReason(o.Err)).Inc()
 	case herald.HopDeadLetter:
 		m.deadLetter.WithLabelValues(svc, label(o.Subscription), label(o.Reason)).Inc()
 	}
+}
+
+// deliveryReason is the reason label of a deliver hop: the reason code of
+// its *notify.DeliveryError, one of a fixed set (notify.ReasonCode), "" for
+// a delivery without one (sent, delivered), OtherLabel for a code outside
+// the set.
+func deliveryReason(err error) string {
+	var de *notify.DeliveryError
+	if !errors.As(err, &de) {
+		return ""
+	}
+	if code := notify.ReasonCode(de.Reason); code != "" {
+		return code
+	}
+	return OtherLabel
 }
 
 // Inline marks Metrics as an herald.InlineObserver: counting never blocks,

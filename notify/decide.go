@@ -109,6 +109,7 @@ func (n *Notifier) decideRecipient(ctx context.Context, tx *sql.Tx, r *route, ev
 		if err := n.insert(ctx, tx, d); err != nil {
 			return err
 		}
+		n.decided(d)
 		decided[ch] = d
 	}
 	for _, fb := range r.fallbacks {
@@ -134,6 +135,7 @@ func (n *Notifier) decideRecipient(ctx context.Context, tx *sql.Tx, r *route, ev
 		if err := n.insert(ctx, tx, d); err != nil {
 			return err
 		}
+		n.decided(d)
 	}
 	return nil
 }

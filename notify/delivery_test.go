@@ -18,12 +18,13 @@ import (
 
 // TestRetries: a retryable error is retried with growing, jittered
 // delays until it succeeds; it fails for good after MaxAttempts or MaxAge;
-// a Retry-After is honoured; a permanent error is not retried; ErrGone also
+// a Retry-After is honoured; a permanent error (PermanentFailure, or
+// herald.Permanent) is not retried; ErrGone also
 // suppresses the address.
 func TestRetries(t *testing.T) {
 	forEachDialect(t, func(t *testing.T, dialect string) {
 		e := newEnv(t, dialect, setup{opts: []Option{
-			WithRetry(Retry{MaxAttempts: 4, BaseDelay: 40 * time.Millisecond, MaxDelay: 160 * time.Millisecond, MaxAge: time.Minute})}})
+			WithSendRetry(Retry{MaxAttempts: 4, BaseDelay: 40 * time.Millisecond, MaxDelay: 160 * time.Millisecond, MaxAge: time.Minute})}})
 		var mu sync.Mutex
 		calls := map[string]int{}
 		e.senders[Email].setFail(func(m Message, _ int) error {
@@ -43,14 +44,16 @@ func TestRetries(t *testing.T) {
 					return &RetryAfterError{After: 400 * time.Millisecond, Err: errors.New("429")}
 				}
 			case "permanent":
-				return Permanent(errors.New("550 mailbox does not exist"))
+				return PermanentFailure(errors.New("550 mailbox does not exist"))
+			case "herald-permanent": // the handlers' marker means the same in a Sender
+				return herald.Permanent(errors.New("551 user not local"))
 			case "gone":
 				return fmt.Errorf("hard bounce: %w", ErrGone)
 			}
 			return nil
 		})
 		start := time.Now()
-		for _, c := range []string{"flaky", "down", "slow-down", "permanent"} {
+		for _, c := range []string{"flaky", "down", "slow-down", "permanent", "herald-permanent"} {
 			e.emit(c, order{ID: c, To: []string{"bob"}})
 		}
 		e.emit("gone", order{ID: "gone", To: []string{"dave"}})
@@ -69,6 +72,10 @@ func TestRetries(t *testing.T) {
 		perm := e.waitState(DeliveryFilter{CorrelationID: "permanent"}, Failed)
 		if perm.Attempts != 1 || !strings.HasPrefix(perm.Reason, ReasonPermanent+": ") || !strings.Contains(perm.Reason, "550") {
 			t.Errorf("permanent: %+v", perm)
+		}
+		hp := e.waitState(DeliveryFilter{CorrelationID: "herald-permanent"}, Failed)
+		if hp.Attempts != 1 || !strings.HasPrefix(hp.Reason, ReasonPermanent+": ") || !strings.Contains(hp.Reason, "551") {
+			t.Errorf("herald.Permanent from a sender: %+v", hp)
 		}
 		gone := e.waitState(DeliveryFilter{CorrelationID: "gone"}, Failed)
 		if gone.Attempts != 1 || !strings.HasPrefix(gone.Reason, ReasonGone+": ") {
@@ -99,7 +106,7 @@ func TestBackoff(t *testing.T) {
 	e := newEnv(t, "sqlite", setup{opts: []Option{
 		// MaxAge leaves room for a few attempts on a loaded machine; the
 		// attempts never reach MaxAttempts, so age is what ends them.
-		WithRetry(Retry{MaxAttempts: 100, BaseDelay: 30 * time.Millisecond, MaxDelay: 60 * time.Millisecond, MaxAge: time.Second})}})
+		WithSendRetry(Retry{MaxAttempts: 100, BaseDelay: 30 * time.Millisecond, MaxDelay: 60 * time.Millisecond, MaxAge: time.Second})}})
 	e.senders[Email].setFail(func(Message, int) error { return errors.New("still down") })
 	e.emit("age", order{ID: "o", To: []string{"bob"}})
 	d := e.waitState(DeliveryFilter{CorrelationID: "age"}, Failed)
@@ -176,7 +183,7 @@ func TestFallback(t *testing.T) {
 		e := newEnv(t, dialect, setup{spec: spec})
 		e.senders[Push].setFail(func(m Message, _ int) error {
 			if m.To == "dave-push" {
-				return Permanent(errors.New("invalid subscription"))
+				return PermanentFailure(errors.New("invalid subscription"))
 			}
 			return nil
 		})
@@ -481,9 +488,9 @@ func TestBusinessFlowNotBlocked(t *testing.T) {
 	notifications, err := herald.New("notifications", herald.WithStore(nst), herald.WithBroker(b), herald.WithLogger(quiet()))
 	must(t, err)
 	tpl, _ := NewTemplates(testTemplates)
-	n, err := New(notifications, testDirectory(), WithRenderer(tpl), WithLogger(quiet()), WithPollInterval(10*time.Millisecond),
+	n, err := NewNotifier(notifications, testDirectory(), WithRenderer(tpl), WithLogger(quiet()), WithPollInterval(10*time.Millisecond),
 		WithSendTimeout(100*time.Millisecond), WithLease(time.Second), WithWorkers(4),
-		WithRetry(Retry{BaseDelay: 10 * time.Millisecond, MaxDelay: 50 * time.Millisecond}))
+		WithSendRetry(Retry{BaseDelay: 10 * time.Millisecond, MaxDelay: 50 * time.Millisecond}))
 	must(t, err)
 	spec := defaultSpec()
 	spec.Channels = []string{Email, Push}
@@ -583,7 +590,7 @@ func TestOptionsAndSpecs(t *testing.T) {
 		"clock":   WithClock(nil),
 		"workers": WithWorkers(0),
 		"poll":    WithPollInterval(0),
-		"retry":   WithRetry(Retry{BaseDelay: time.Second, MaxDelay: time.Millisecond}),
+		"retry":   WithSendRetry(Retry{BaseDelay: time.Second, MaxDelay: time.Millisecond}),
 		"breaker": WithBreaker(Breaker{Failures: -1}),
 		"timeout": WithSendTimeout(-1),
 		"lease":   WithLease(99 * time.Millisecond), // < 100ms
@@ -594,14 +601,14 @@ func TestOptionsAndSpecs(t *testing.T) {
 		"keep":    WithRetention(-1),
 		"check":   WithAddressCheck(Email, nil),
 	} {
-		if _, err := New(svc, MapDirectory{}, o); !errors.Is(err, ErrInvalidOption) || !errors.Is(err, herald.ErrInvalidOption) {
+		if _, err := NewNotifier(svc, MapDirectory{}, o); !errors.Is(err, ErrInvalidOption) || !errors.Is(err, herald.ErrInvalidOption) {
 			t.Errorf("%s: %v", name, err)
 		}
 	}
-	if _, err := New(svc, nil); !errors.Is(err, ErrInvalidOption) {
+	if _, err := NewNotifier(svc, nil); !errors.Is(err, ErrInvalidOption) {
 		t.Errorf("nil directory: %v", err)
 	}
-	n, err := New(svc, MapDirectory{})
+	n, err := NewNotifier(svc, MapDirectory{})
 	must(t, err)
 	ok := defaultSpec()
 	for name, mod := range map[string]func(s *Spec[order]){

@@ -345,7 +345,7 @@ func newStack(ctx context.Context, t testing.TB, c stackConfig) *e2eStack {
 	check(t, err)
 	opts := append([]notify.Option{notify.WithRenderer(tpl), notify.WithLogger(e2eLogger()),
 		notify.WithPollInterval(10 * time.Millisecond)}, c.opts...)
-	n, err := notify.New(svc, e2eDirectory(c.users), opts...)
+	n, err := notify.NewNotifier(svc, e2eDirectory(c.users), opts...)
 	check(t, err)
 	check(t, notify.Route(n, e2eShipped, notify.Spec[e2eOrder]{
 		Category:   "orders",
@@ -422,7 +422,7 @@ func TestSMTPProviderDown(t *testing.T) {
 		st: testdb.SQLite(t), b: b, smtpAddr: srv.addr, users: users,
 		relay: herald.RelayConfig{PollInterval: 20 * time.Millisecond},
 		opts: []notify.Option{
-			notify.WithRetry(notify.Retry{MaxAttempts: 1000, BaseDelay: 50 * time.Millisecond, MaxDelay: 400 * time.Millisecond, MaxAge: 5 * time.Minute}),
+			notify.WithSendRetry(notify.Retry{MaxAttempts: 1000, BaseDelay: 50 * time.Millisecond, MaxDelay: 400 * time.Millisecond, MaxAge: 5 * time.Minute}),
 			notify.WithBreaker(notify.Breaker{Failures: 5, OpenFor: 300 * time.Millisecond}),
 			notify.WithSendTimeout(2 * time.Second),
 		},
@@ -642,7 +642,7 @@ func TestNotifierRole(t *testing.T) {
 			notify.WithWorkers(killWorkers),
 			notify.WithSendTimeout(2 * time.Second),
 			notify.WithLease(3 * time.Second), // a dead instance's claims come back after 3s
-			notify.WithRetry(notify.Retry{MaxAttempts: 100, BaseDelay: 50 * time.Millisecond, MaxDelay: 500 * time.Millisecond, MaxAge: 5 * time.Minute}),
+			notify.WithSendRetry(notify.Retry{MaxAttempts: 100, BaseDelay: 50 * time.Millisecond, MaxDelay: 500 * time.Millisecond, MaxAge: 5 * time.Minute}),
 			notify.WithBreaker(notify.Breaker{Failures: 1000}),
 		},
 		smtpOpts: []smtp.Option{smtp.WithPoolSize(killWorkers)},

@@ -77,7 +77,7 @@ func TestWebhookGuardInPipeline(t *testing.T) {
 	defer b.Close()
 	svc, err := herald.New("hooks", herald.WithStore(testdb.SQLite(t)), herald.WithBroker(b), herald.WithLogger(quiet))
 	must(t, err)
-	n, err := New(svc, dir, WithPollInterval(10*time.Millisecond), WithLogger(quiet))
+	n, err := NewNotifier(svc, dir, WithPollInterval(10*time.Millisecond), WithLogger(quiet))
 	must(t, err)
 	must(t, Route(n, hookShipped, Spec[hookEvent]{Category: "orders", Channels: []string{Webhook},
 		Recipients: func(e hookEvent) []string { return e.To }}))

@@ -117,6 +117,7 @@ type setup struct {
 	broker   *natsjs.Broker
 	store    *store.Store
 	dir      MapDirectory
+	svcOpts  []herald.Option // more options of the service
 }
 
 func quiet() *slog.Logger {
@@ -189,17 +190,18 @@ func newEnv(t testing.TB, dialect string, s setup) *env {
 		e.dir = testDirectory()
 	}
 	var err error
-	e.svc, err = herald.New("shop", herald.WithStore(e.st), herald.WithBroker(e.b), herald.WithLogger(quiet()),
+	e.svc, err = herald.New("shop", append([]herald.Option{herald.WithStore(e.st), herald.WithBroker(e.b), herald.WithLogger(quiet()),
 		herald.WithRelay(herald.RelayConfig{PollInterval: 20 * time.Millisecond}),
-		herald.WithRetry(herald.RetryPolicy{MaxAttempts: 3, BaseDelay: 10 * time.Millisecond, MaxDelay: 50 * time.Millisecond}))
+		herald.WithRetry(herald.RetryPolicy{MaxAttempts: 3, BaseDelay: 10 * time.Millisecond, MaxDelay: 50 * time.Millisecond})},
+		s.svcOpts...)...)
 	must(t, err)
 	must(t, e.svc.Register(orderShipped))
 	tpl, err := NewTemplates(testTemplates)
 	must(t, err)
 	opts := append([]Option{WithClock(e.clk.Now), WithRenderer(tpl), WithPollInterval(10 * time.Millisecond), WithLogger(quiet()),
-		WithRetry(Retry{MaxAttempts: 4, BaseDelay: 10 * time.Millisecond, MaxDelay: 40 * time.Millisecond, MaxAge: time.Minute}),
+		WithSendRetry(Retry{MaxAttempts: 4, BaseDelay: 10 * time.Millisecond, MaxDelay: 40 * time.Millisecond, MaxAge: time.Minute}),
 		WithBreaker(Breaker{Failures: 1000})}, s.opts...)
-	e.n, err = New(e.svc, e.dir, opts...)
+	e.n, err = NewNotifier(e.svc, e.dir, opts...)
 	must(t, err)
 	spec := s.spec
 	if spec.Recipients == nil {

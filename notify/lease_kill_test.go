@@ -85,7 +85,7 @@ func leaseService(ctx context.Context, t testing.TB, st *store.Store, b *natsjs.
 		id := fmt.Sprintf("u%d", i)
 		dir[id] = notify.Recipient{Name: "User " + id, Addresses: map[string]string{notify.Webhook: r.Hook + "/" + id}}
 	}
-	n, err := notify.New(svc, dir, append([]notify.Option{notify.WithRenderer(tpl), notify.WithLogger(e2eLogger())}, opts...)...)
+	n, err := notify.NewNotifier(svc, dir, append([]notify.Option{notify.WithRenderer(tpl), notify.WithLogger(e2eLogger())}, opts...)...)
 	check(t, err)
 	check(t, notify.Route(n, e2eShipped, notify.Spec[e2eOrder]{
 		Category:   "orders",

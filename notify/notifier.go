@@ -86,9 +86,21 @@ var (
 //     Web Push Topic, in which case the push service replaces an undelivered
 //     one.
 //
+// # What it reports
+//
+// Every delivery's end is a herald.HopDeliver observation of the service
+// (the metrics package counts them in herald_notifications_total by
+// channel, outcome and reason code; see DeliveryError): what the worker
+// records, and the deliveries a decision ended (failed, suppressed,
+// throttled), once their transaction is seen committed. A delivery that
+// failed because the recipient has no address on the channel (reason
+// no-address) is also logged, at Warn, once per recipient and channel: the
+// notifier remembers the 4096 pairs it logged most recently (an LRU), and
+// logs a pair again only after forgetting it.
+//
 // # Order of calls
 //
-// New, Route and Senders before the service's Start (Route registers a
+// NewNotifier, Route and Senders before the service's Start (Route registers a
 // subscription), then Start; Close before closing the store. Decisions made
 // while no worker runs wait in the log.
 type Notifier struct {
@@ -111,6 +123,9 @@ type Notifier struct {
 	wg      sync.WaitGroup
 
 	leases *leases // the claims this instance holds, renewed while it runs
+
+	ended     decidedMemo // decisions that ended a delivery, until seen committed (report.go)
+	noAddress *lru        // (recipient, channel) pairs whose missing address was logged
 
 	wake   chan struct{}
 	seq    atomic.Uint64
@@ -192,7 +207,7 @@ func WithClock(now func() time.Time) Option {
 }
 
 // WithRenderer sets the template renderer (required when a route names a
-// template). NewTemplates builds a simple one.
+// template): a notify/template *Set, or any Renderer.
 func WithRenderer(r Renderer) Option {
 	return func(c *config) error {
 		if r == nil {
@@ -228,9 +243,10 @@ func WithPollInterval(d time.Duration) Option {
 	}
 }
 
-// WithRetry sets the retry policy of sends; zero fields keep their
-// defaults.
-func WithRetry(r Retry) Option {
+// WithSendRetry sets the retry policy of sends; zero fields keep their
+// defaults. (herald.WithRetry is the other tier's: how a subscription
+// retries its handler.)
+func WithSendRetry(r Retry) Option {
 	return func(c *config) error {
 		d := defaultRetry()
 		if r.MaxAttempts == 0 {
@@ -376,9 +392,10 @@ func defaultRetry() Retry {
 	return Retry{MaxAttempts: 8, BaseDelay: time.Second, MaxDelay: 10 * time.Minute, MaxAge: 24 * time.Hour}
 }
 
-// New returns a notifier on svc's store that resolves recipients through
-// dir. Register routes with Route and senders with Senders, then Start it.
-func New(svc *herald.Service, dir Directory, opts ...Option) (*Notifier, error) {
+// NewNotifier returns a notifier on svc's store that resolves recipients
+// through dir. Register routes with Route and senders with Senders, then
+// Start it.
+func NewNotifier(svc *herald.Service, dir Directory, opts ...Option) (*Notifier, error) {
 	if svc == nil {
 		return nil, fmt.Errorf("%w: nil service", ErrInvalidOption)
 	}
@@ -417,6 +434,8 @@ func New(svc *herald.Service, dir Directory, opts ...Option) (*Notifier, error) 
 		routes:  map[string]*route{},
 		senders: map[string][]*provider{},
 		wake:    make(chan struct{}, 1),
+
+		noAddress: newLRU(maxNoAddressLogs),
 	}
 	n.leases = newLeases(c.lease, c.clock, n.log)
 	n.q = buildQueries(st, n.pg)
@@ -472,7 +491,7 @@ func (n *Notifier) newProvider(channel string, s Sender) *provider {
 		// A permanent error is the message's fault, not the provider's; a
 		// shutdown or a lost lease is nobody's.
 		IsExcluded: func(err error) bool {
-			return errors.Is(err, ErrPermanent) || errors.Is(err, errShutdown) || errors.Is(err, errLeaseLost)
+			return isPermanent(err) || errors.Is(err, errShutdown) || errors.Is(err, errLeaseLost)
 		},
 		OnStateChange: func(name string, from, to gobreaker.State) {
 			log.Warn("sender circuit breaker", "sender", name, "from", from.String(), "to", to.String())

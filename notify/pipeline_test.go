@@ -13,6 +13,7 @@ import (
 
 	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/envelope"
+	ntemplate "github.com/heraldhq/herald/notify/template"
 )
 
 // byKey indexes deliveries by recipient/channel.
@@ -490,5 +491,43 @@ func TestWebhookPayload(t *testing.T) {
 	must(t, json.Unmarshal(m.Payload, &body))
 	if m.Secret != "whsec_abc" || m.Key != d.Key || body.Type != "shop.order.shipped" || body.Data.ID != "o1" || body.Data.Total != 7 || m.Text == "" {
 		t.Fatalf("webhook %+v, body %+v", m, body)
+	}
+}
+
+// TestTemplateSetRenderer: a notify/template Set is the notifier's renderer
+// as it is, with its locale fallback; a webhook it has no template for gets
+// the default payload (its ErrNoTemplate counts as ErrTemplateNotFound).
+func TestTemplateSetRenderer(t *testing.T) {
+	t.Parallel()
+	set, err := ntemplate.NewSet()
+	must(t, err)
+	must(t, set.Add(ntemplate.Spec{Name: "order.shipped", Channel: Email, Subject: "Order {{.Data.ID}} shipped",
+		Text: "Hi {{.Recipient.Name}}, {{money .Data.Total}} on its way."}))
+	must(t, set.Add(ntemplate.Spec{Name: "order.shipped", Channel: Email, Locale: "ja", Subject: "{{.Data.ID}} 発送",
+		Text: "{{.Recipient.Name}}さん"}))
+	dir := testDirectory()
+	dir["hooks"] = Recipient{Name: "Hooks", Addresses: map[string]string{Email: "hooks@example.com", Webhook: "https://hooks.example/x"}}
+	spec := defaultSpec()
+	spec.Channels = []string{Email, Webhook}
+	e := newEnv(t, "sqlite", setup{spec: spec, dir: dir, opts: []Option{WithRenderer(set)}})
+	e.emit("set", order{ID: "o1", To: []string{"hooks", "alice"}, Total: 1250})
+	got := byKey(e.waitDeliveries(DeliveryFilter{CorrelationID: "set"}, 4))
+	expect(t, got, "hooks/email", Sent, "")
+	expect(t, got, "hooks/webhook", Sent, "")
+	expect(t, got, "alice/email", Sent, "")
+	expect(t, got, "alice/webhook", Failed, ReasonNoAddress)
+	mails := map[string]Message{}
+	for _, m := range e.senders[Email].sent() {
+		mails[m.To] = m
+	}
+	if m := mails["hooks@example.com"]; m.Subject != "Order o1 shipped" || m.Text != "Hi Hooks, 12.50 on its way." {
+		t.Errorf("e-mail to hooks: %+v", m)
+	}
+	if m := mails["alice@example.com"]; m.Subject != "o1 発送" || m.Text != "Aliceさん" { // locale ja-JP falls back to ja
+		t.Errorf("e-mail to alice (ja-JP): %+v", m)
+	}
+	hooks := e.senders[Webhook].sent()
+	if len(hooks) != 1 || !strings.HasPrefix(hooks[0].Text, "shop.order.shipped ") || len(hooks[0].Payload) == 0 {
+		t.Errorf("webhook without a template: %+v", hooks)
 	}
 }

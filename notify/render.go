@@ -5,21 +5,37 @@ import (
 	"fmt"
 	htmltemplate "html/template"
 	"strings"
-	"text/template"
+	texttemplate "text/template"
+
+	"github.com/heraldhq/herald/notify/template"
 )
 
 // ErrTemplateNotFound is what a Renderer returns (wrapped or not) when it
-// has no template for a name and channel. The delivery is recorded as
-// failed with reason "template"; so is any other rendering error, since
-// rendering again would fail again.
+// has no template for a name and channel; notify/template's ErrNoTemplate
+// counts as it. The delivery is recorded as failed with reason "template"
+// (except on Webhook, which then posts a default payload); so is any other
+// rendering error, since rendering again would fail again.
 var ErrTemplateNotFound = errors.New("notify: template not found")
 
+// templateNotFound reports whether err says the renderer has no template.
+func templateNotFound(err error) bool {
+	return errors.Is(err, ErrTemplateNotFound) || errors.Is(err, template.ErrNoTemplate)
+}
+
 // Renderer renders a named template for a channel and locale. data is a
-// TemplateData. notify/template adapts to it; NewTemplates is a small
-// built-in one.
+// TemplateData.
+//
+// Templates are notify/template's: a *template.Set is a Renderer as it is
+// (template.NewSet, Set.Add one template.Spec per name, channel and locale,
+// then WithRenderer(set)), with locale fallback, template functions and a
+// plain-text part derived from the HTML. RendererFunc adapts anything else.
+// NewTemplates, an older map of templates without locales, is deprecated.
 type Renderer interface {
 	Render(name, channel, locale string, data any) (Rendered, error)
 }
+
+// A *template.Set is a Renderer.
+var _ Renderer = (*template.Set)(nil)
 
 // RendererFunc adapts a function to Renderer.
 type RendererFunc func(name, channel, locale string, data any) (Rendered, error)
@@ -29,42 +45,55 @@ func (f RendererFunc) Render(name, channel, locale string, data any) (Rendered, 
 	return f(name, channel, locale, data)
 }
 
-// Rendered is a rendered message.
-type Rendered struct {
-	Subject string
-	Text    string // required (a webhook without a template gets a default)
-	HTML    string // e-mail only, optional
-	Locale  string // the locale actually used
-}
+// Rendered is a rendered message: Subject, Text (required; a webhook
+// without a template gets a default), HTML (e-mail only, optional) and the
+// Locale actually used. It is notify/template's Rendered, which is what
+// makes a *template.Set a Renderer.
+type Rendered = template.Rendered
 
-// Template is the source of one built-in template: Go text/template for
-// Subject and Text, html/template for HTML.
+// Template is the source of one template of NewTemplates: Go text/template
+// for Subject and Text, html/template for HTML.
+//
+// Deprecated: use notify/template's Spec (see NewTemplates).
 type Template struct {
 	Subject, Text, HTML string
 }
 
-// TemplateSet is the built-in Renderer: templates looked up by
+// TemplateSet is the Renderer of NewTemplates: templates looked up by
 // "name/channel", then "name", parsed once, executed with
 // missingkey=error. It ignores locales.
+//
+// Deprecated: use notify/template's Set (see NewTemplates).
 type TemplateSet struct {
 	m map[string]parsed
 }
 
 type parsed struct {
-	subject, text *template.Template
+	subject, text *texttemplate.Template
 	html          *htmltemplate.Template
 }
 
 // NewTemplates parses ts, keyed "name" or "name/channel".
+//
+// Deprecated: use notify/template, herald's one template system, whose
+// *Set is a Renderer:
+//
+//	set, err := template.NewSet()
+//	err = set.Add(template.Spec{Name: "welcome", Channel: notify.Email,
+//		Subject: `Welcome, {{.Recipient.Name}}`, Text: `…`, HTML: `…`})
+//	n, err := notify.NewNotifier(svc, dir, notify.WithRenderer(set))
+//
+// A Spec names its channel: a key "name" here, which served every channel,
+// becomes one Spec per channel the route sends on.
 func NewTemplates(ts map[string]Template) (*TemplateSet, error) {
 	s := &TemplateSet{m: map[string]parsed{}}
 	for key, t := range ts {
 		var p parsed
 		var err error
-		if p.subject, err = template.New(key).Option("missingkey=error").Parse(t.Subject); err != nil {
+		if p.subject, err = texttemplate.New(key).Option("missingkey=error").Parse(t.Subject); err != nil {
 			return nil, fmt.Errorf("%w: template %s subject: %v", ErrInvalidOption, key, err)
 		}
-		if p.text, err = template.New(key).Option("missingkey=error").Parse(t.Text); err != nil {
+		if p.text, err = texttemplate.New(key).Option("missingkey=error").Parse(t.Text); err != nil {
 			return nil, fmt.Errorf("%w: template %s text: %v", ErrInvalidOption, key, err)
 		}
 		if t.HTML != "" {

@@ -15,6 +15,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/heraldhq/herald"
 )
 
 // Channels herald knows. A Sender serves exactly one.
@@ -67,8 +69,9 @@ type Sender interface {
 	Name() string
 	// Channel is the channel the provider serves (Email, SMS, …).
 	Channel() string
-	// Send delivers m. Errors wrapping ErrPermanent are not retried (an
-	// invalid address, a refused request); ErrGone additionally marks the
+	// Send delivers m. Errors wrapping ErrPermanent (PermanentFailure) are
+	// not retried (an invalid address, a refused request), nor are those
+	// marked with herald.Permanent; ErrGone additionally marks the
 	// address dead (a webhook's 410, a hard bounce); a *RetryAfterError says
 	// how long the provider asked to wait; any other error is retried with
 	// backoff.
@@ -86,12 +89,22 @@ var (
 	ErrRefused = fmt.Errorf("%w: destination refused", ErrPermanent)
 )
 
-// Permanent wraps err so the pipeline does not retry it.
-func Permanent(err error) error {
+// PermanentFailure wraps err so the pipeline does not retry the send: a
+// Sender returns it for a message that can never be delivered (an invalid
+// address, a refused request). (herald.Permanent is the other tier's: a
+// handler error that dead-letters the event.)
+func PermanentFailure(err error) error {
 	if err == nil || errors.Is(err, ErrPermanent) {
 		return err
 	}
 	return fmt.Errorf("%w: %w", ErrPermanent, err)
+}
+
+// isPermanent reports whether a send failed for good: the error wraps
+// ErrPermanent, or the Sender marked it with herald.Permanent (the
+// handlers' marker, which means the same here).
+func isPermanent(err error) bool {
+	return errors.Is(err, ErrPermanent) || herald.IsPermanent(err)
 }
 
 // RetryAfterError is a retryable failure for which the provider asked for a

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/heraldhq/herald"
-	"github.com/heraldhq/herald/envelope"
 	"github.com/sony/gobreaker/v2"
 )
 
@@ -59,6 +58,7 @@ func (n *Notifier) dispatch(ctx context.Context) {
 	poll := time.NewTimer(n.cfg.poll)
 	defer poll.Stop()
 	var recheck <-chan time.Time
+	var reported time.Time // the last reportDecided
 	for ctx.Err() == nil {
 		if len(pending) == 0 && (!due || inflight == capacity) {
 			select {
@@ -106,6 +106,10 @@ func (n *Notifier) dispatch(ctx context.Context) {
 		for _, w := range rows {
 			jobs <- w // never blocks: at most capacity rows are in flight
 		}
+		if time.Since(reported) >= reportEvery {
+			n.reportDecided(ctx)
+			reported = time.Now()
+		}
 		n.maybePrune(ctx)
 	}
 	// Closing: the workers release what they have not sent; record every
@@ -127,6 +131,10 @@ func (n *Notifier) dispatch(ctx context.Context) {
 		n.recordBatch(pending)
 	}
 	wait.Wait()
+	// Report the decisions committed since the last round.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+	n.reportDecided(rctx)
+	cancel()
 }
 
 // claimSize is the largest claim statement's size that fits free workers.
@@ -299,31 +307,20 @@ func (n *Notifier) recordTx(ctx context.Context, batch []recordJob, want int) ([
 }
 
 // observeDelivery reports the recorded outcome of one attempt as a
-// herald.HopDeliver observation of the notifier's service: the event is the
-// delivery (its id, caused by the notification event, in the event's flow),
-// Reason is the channel, Outcome the delivery's state or "retry".
+// herald.HopDeliver observation of the notifier's service (see
+// deliverObservation): Outcome is the delivery's state or "retry", Err a
+// *DeliveryError with the reason code unless it was sent or delivered.
+// Deliveries a decision ended are reported by reportDecided.
 func (n *Notifier) observeDelivery(ctx context.Context, j recordJob, o outcome) {
 	if o.release || o.skip {
 		return
 	}
-	w := j.w
-	ob := herald.Observation{
-		Hop: herald.HopDeliver,
-		// The delivery log keeps the event's type, not its version.
-		Event: envelope.Envelope{ID: w.ID, Type: w.EventType, Version: 1, Kind: envelope.KindNotification,
-			Source: n.svc.Name(), Time: w.CreatedAt, CorrelationID: w.CorrelationID, CausationID: w.EventID},
-		Start: j.start, Duration: j.took, Outcome: string(o.state), Reason: w.Channel, Attempt: o.attempts,
-	}
+	ob := n.deliverObservation(&j.w.Delivery)
+	ob.Start, ob.Duration, ob.Outcome, ob.Attempt = j.start, j.took, string(o.state), o.attempts
 	if o.retry {
 		ob.Outcome = herald.OutcomeRetry
 	}
-	switch {
-	case o.state == Sent || o.state == Delivered:
-	case o.lastErr != "":
-		ob.Err = errors.New(o.lastErr)
-	case o.reason != "":
-		ob.Err = errors.New(o.reason) // failed or suppressed without a provider error
-	}
+	ob.Err = deliveryError(o.state, o.retry, o.reason, o.lastErr)
 	n.svc.Observe(ctx, ob)
 }
 
@@ -383,7 +380,7 @@ func (n *Notifier) attempt(ctx context.Context, w *row) outcome {
 	switch {
 	case errors.Is(err, ErrGone):
 		o.state, o.reason, o.gone = Failed, ReasonGone+": "+err.Error(), true
-	case errors.Is(err, ErrPermanent):
+	case isPermanent(err):
 		o.state, o.reason = Failed, ReasonPermanent+": "+err.Error()
 	default:
 		ro := n.retryable(w, err, true)
@@ -472,7 +469,7 @@ func (n *Notifier) message(ctx context.Context, r *route, w *row) (*Message, err
 		out, err = n.cfg.renderer.Render(w.Template, w.Channel, w.Locale, td)
 	}
 	switch {
-	case err != nil && w.Channel == Webhook && errors.Is(err, ErrTemplateNotFound):
+	case err != nil && w.Channel == Webhook && templateNotFound(err):
 		out = Rendered{Subject: td.EventType, Text: td.EventType + " " + td.EventID}
 	case err != nil:
 		return nil, templateError{fmt.Errorf("%s for %s: %w", w.Template, w.Channel, err)}

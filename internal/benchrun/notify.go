@@ -299,7 +299,7 @@ func (r *runner) heraldNotify(ctx context.Context, box *mailbox, n int) (Result,
 	if err != nil {
 		return res, err
 	}
-	nf, err := notify.New(svc, notifyDirectory(), notify.WithRenderer(tpl), notify.WithLogger(r.cfg.Logger),
+	nf, err := notify.NewNotifier(svc, notifyDirectory(), notify.WithRenderer(tpl), notify.WithLogger(r.cfg.Logger),
 		notify.WithPollInterval(10*time.Millisecond), notify.WithWorkers(16))
 	if err != nil {
 		return res, err

@@ -176,15 +176,15 @@ func (s *Sender) Send(ctx context.Context, m notify.Message) (notify.Receipt, er
 	}
 	if s.channel == "" {
 		b.countFailure()
-		return notify.Receipt{}, notify.Permanent(fmt.Errorf("devbox %s: sender has no channel", b.name))
+		return notify.Receipt{}, notify.PermanentFailure(fmt.Errorf("devbox %s: sender has no channel", b.name))
 	}
 	if m.Channel != "" && m.Channel != s.channel {
 		b.countFailure()
-		return notify.Receipt{}, notify.Permanent(fmt.Errorf("devbox %s: %s sender got a %s message", b.name, s.channel, m.Channel))
+		return notify.Receipt{}, notify.PermanentFailure(fmt.Errorf("devbox %s: %s sender got a %s message", b.name, s.channel, m.Channel))
 	}
 	if strings.TrimSpace(m.To) == "" {
 		b.countFailure()
-		return notify.Receipt{}, notify.Permanent(fmt.Errorf("devbox %s: message has no recipient", b.name))
+		return notify.Receipt{}, notify.PermanentFailure(fmt.Errorf("devbox %s: message has no recipient", b.name))
 	}
 	m.Channel = s.channel
 	m.Payload = append([]byte(nil), m.Payload...)
@@ -227,10 +227,10 @@ func (b *Box) countFailure() {
 }
 
 // FailNext makes the next n Sends of any of the box's senders fail with
-// err, or with ErrInjected when err is nil. Wrap err with notify.Permanent
-// or use notify.ErrGone to show permanent failures; a plain error is
-// retried, a *notify.RetryAfterError asks for a pause. It replaces what an
-// earlier FailNext left; n ≤ 0 cancels it.
+// err, or with ErrInjected when err is nil. Wrap err with
+// notify.PermanentFailure or use notify.ErrGone to show permanent failures;
+// a plain error is retried, a *notify.RetryAfterError asks for a pause. It
+// replaces what an earlier FailNext left; n ≤ 0 cancels it.
 func (b *Box) FailNext(n int, err error) {
 	if err == nil {
 		err = ErrInjected

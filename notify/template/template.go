@@ -1,4 +1,15 @@
-// Package template renders herald notifications.
+// Package template renders herald notifications. It is herald's template
+// system: a *Set is a notify.Renderer as it is (notify.Rendered is this
+// package's Rendered), so the notifier takes it directly:
+//
+//	set, err := template.NewSet()
+//	err = set.Add(template.Spec{Name: "welcome", Channel: notify.Email,
+//		Subject: `Welcome, {{.Recipient.Name}}`, Text: `Hello {{.Recipient.Name}}!`})
+//	n, err := notify.NewNotifier(svc, dir, notify.WithRenderer(set))
+//
+// Templates get a notify.TemplateData: .Data is the event's payload, .Items
+// a digest's items, .Recipient the recipient's profile. (notify.NewTemplates,
+// an older map of templates without locales, is deprecated in its favour.)
 //
 // A Set holds templates keyed by (template name, channel, locale). Each
 // entry has a subject and a plain-text body, both executed with
@@ -66,9 +77,9 @@ type Spec struct {
 	HTML string
 }
 
-// Rendered is the output of one render. It has the fields of
-// notify.Rendered, in the same order, so that notify.Rendered(r) converts
-// it without this package importing notify.
+// Rendered is the output of one render. notify.Rendered is an alias of
+// it, which makes a *Set a notify.Renderer without this package importing
+// notify.
 type Rendered struct {
 	// Subject is the rendered subject on one line ("" without one).
 	Subject string

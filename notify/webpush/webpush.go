@@ -326,11 +326,11 @@ func ParseSubscription(data string) (Subscription, error) {
 // the subscription's push service.
 func (s *Sender) Send(ctx context.Context, m notify.Message) (notify.Receipt, error) {
 	if m.Channel != "" && m.Channel != notify.Push {
-		return notify.Receipt{}, notify.Permanent(fmt.Errorf("webpush: cannot send a %s message", m.Channel))
+		return notify.Receipt{}, notify.PermanentFailure(fmt.Errorf("webpush: cannot send a %s message", m.Channel))
 	}
 	sub, err := ParseSubscription(m.To)
 	if err != nil {
-		return notify.Receipt{}, notify.Permanent(fmt.Errorf("webpush: %w", err))
+		return notify.Receipt{}, notify.PermanentFailure(fmt.Errorf("webpush: %w", err))
 	}
 	u, _ := url.Parse(sub.Endpoint) // parsed by ParseSubscription
 	origin := u.Scheme + "://" + u.Host
@@ -349,11 +349,11 @@ func (s *Sender) Send(ctx context.Context, m notify.Message) (notify.Receipt, er
 			Body  string `json:"body"`
 		}{m.Subject, m.Text})
 		if err != nil {
-			return notify.Receipt{}, notify.Permanent(fmt.Errorf("webpush: payload: %w", err))
+			return notify.Receipt{}, notify.PermanentFailure(fmt.Errorf("webpush: payload: %w", err))
 		}
 	}
 	if len(payload) > MaxPayload {
-		return notify.Receipt{}, notify.Permanent(fmt.Errorf("webpush: payload of %d bytes exceeds %d", len(payload), MaxPayload))
+		return notify.Receipt{}, notify.PermanentFailure(fmt.Errorf("webpush: payload of %d bytes exceeds %d", len(payload), MaxPayload))
 	}
 	if err := ctx.Err(); err != nil {
 		return notify.Receipt{}, fmt.Errorf("webpush: %w", err)
@@ -370,7 +370,7 @@ func (s *Sender) Send(ctx context.Context, m notify.Message) (notify.Receipt, er
 	})
 	if err != nil {
 		if errors.Is(err, wp.ErrMaxPadExceeded) {
-			return notify.Receipt{}, notify.Permanent(fmt.Errorf("webpush: %w", err))
+			return notify.Receipt{}, notify.PermanentFailure(fmt.Errorf("webpush: %w", err))
 		}
 		// A *url.Error names the whole endpoint, whose path is the
 		// subscription's secret capability: report the origin only.
@@ -400,7 +400,7 @@ func (s *Sender) Send(ctx context.Context, m notify.Message) (notify.Receipt, er
 		}
 		return notify.Receipt{}, status
 	default:
-		return notify.Receipt{}, notify.Permanent(status)
+		return notify.Receipt{}, notify.PermanentFailure(status)
 	}
 }
 

@@ -83,7 +83,7 @@ type Config struct {
 	DigestWindow time.Duration
 	// QuietHours, if set, apply in each customer's time zone.
 	QuietHours *notify.QuietHours
-	// NotifyOptions are passed to notify.New.
+	// NotifyOptions are passed to notify.NewNotifier.
 	NotifyOptions []notify.Option
 }
 
@@ -120,14 +120,11 @@ func New(ctx context.Context, st *store.Store, senders Senders, cfg Config, opts
 			return nil, err
 		}
 	}
-	nopts := append([]notify.Option{notify.WithRenderer(notify.RendererFunc(func(name, channel, locale string, data any) (notify.Rendered, error) {
-		r, err := set.Render(name, channel, locale, data)
-		return notify.Rendered(r), err
-	}))}, cfg.NotifyOptions...)
+	nopts := append([]notify.Option{notify.WithRenderer(set)}, cfg.NotifyOptions...)
 	if cfg.QuietHours != nil {
 		nopts = append(nopts, notify.WithQuietHours(*cfg.QuietHours))
 	}
-	n, err := notify.New(svc, notify.DirectoryFunc(s.lookup), nopts...)
+	n, err := notify.NewNotifier(svc, notify.DirectoryFunc(s.lookup), nopts...)
 	if err != nil {
 		return nil, err
 	}
