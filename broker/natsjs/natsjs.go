@@ -40,6 +40,9 @@ type Broker struct {
 	replayTargets sync.Map
 	// buckets caches the catalog's key-value buckets: name -> KeyValue.
 	buckets sync.Map
+	// acks keeps each consumer's last acks, to send again after a
+	// reconnect: durable name -> *ackLog.
+	acks sync.Map
 
 	mu       sync.Mutex
 	isClosed atomic.Bool
