@@ -1338,8 +1338,14 @@ func brokerRestartUnderLoad(t *testing.T, dialect string, defaultAckWait bool) {
 	r.defaultAckWait = defaultAckWait
 	r.arrivals = &faultArrivals{}
 	ackWait := 2 * time.Second // newFaultConsumer's, for the log
+	// The producer's pause between transactions: production must outlast
+	// the first restart and the consumer's recovery from it, or the second
+	// kill (as the relay publishes) never comes. With the long ack wait a
+	// recovery that waits for events lost on the wire takes ~10s.
+	pace := 15 * time.Millisecond
 	if defaultAckWait {
 		ackWait = 10 * time.Second // herald's
+		pace = 150 * time.Millisecond
 	}
 	n := faultEvents
 	const perDo = 50
@@ -1373,7 +1379,7 @@ func brokerRestartUnderLoad(t *testing.T, dialect string, defaultAckWait bool) {
 	progress := r.sampleProgress(cst)
 	produced := make(chan error, 1)
 	go func() {
-		produced <- faultPlaceOrders(context.Background(), producer, pst, 0, n, perDo, 15*time.Millisecond)
+		produced <- faultPlaceOrders(context.Background(), producer, pst, 0, n, perDo, pace)
 	}()
 
 	var ups, kills []time.Time // restarts, and the kills after them
