@@ -5,7 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"iter"
-	"math"
+	"log/slog"
+	"maps"
 	"sort"
 	"time"
 
@@ -51,15 +52,13 @@ type consumer struct {
 	seq    uint64 // arrival counter, for transports without sequences
 
 	// After a crash the broker redelivers the dead instance's unacked events
-	// only when their ack wait ends, while new events flow at once. Until
-	// those redeliveries are back (or the wait is surely over), first
-	// deliveries are held so that no event overtakes an older one of its key.
-	recovering   bool
-	awaiting     int
-	recoverUntil time.Time // from then on, ask the broker whether others' events are still out
-	recoverCap   time.Time // the longest hold, for when other live instances always have some
-	bsub         broker.Subscription
-	epoch        uint64 // the transport's reconnects seen (broker.Resumer)
+	// only when their ack wait ends, while new events flow at once; after a
+	// reconnect, so it does the events that were on the wire. Until those
+	// redeliveries are back (the broker counts none out), first deliveries
+	// are held so that no event overtakes an older one of its key.
+	hold  hold
+	bsub  broker.Subscription
+	epoch uint64 // the transport's reconnects seen (broker.Resumer)
 }
 
 // consume runs sub until ctx ends. A panic inside the consumer engine (a
@@ -89,13 +88,14 @@ func (s *Service) consume(ctx context.Context, sub *subscription) {
 func (s *Service) consumeOnce(ctx context.Context, sub *subscription) (err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	c := &consumer{svc: s, sub: sub, queues: map[string][]*item{}, bySeq: map[uint64]*item{}}
+	c.hold = hold{ackWait: sub.cfg.ackWait, tick: consumeTick(sub.cfg.ackWait)}
 	in := make(chan []broker.Delivery, 8)
 	bsub := s.brokerSubscription(sub)
 	c.bsub = bsub
 	if r, ok := s.broker.(broker.Resumer); ok {
 		c.epoch = r.Epoch()
 	}
-	c.recover(ctx, 0, false)
+	c.recover(ctx, false)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -128,7 +128,7 @@ func (s *Service) consumeOnce(ctx context.Context, sub *subscription) (err error
 		err = recovered(recover())
 	}()
 
-	tick := time.NewTicker(min(sub.cfg.ackWait/4, time.Second))
+	tick := time.NewTicker(consumeTick(sub.cfg.ackWait))
 	defer tick.Stop()
 	var timer <-chan time.Time
 	for {
@@ -149,13 +149,18 @@ func (s *Service) consumeOnce(ctx context.Context, sub *subscription) (err error
 					break more
 				}
 			}
+			c.checkHold(ctx)
 		case <-tick.C:
 			c.heartbeat()
 			c.resumed(ctx)
-			c.checkRecovery(ctx, true)
+			c.checkHold(ctx)
 		case <-timer:
+			c.checkHold(ctx)
 		}
 		next := c.round(ctx)
+		if w := c.hold.wake(); !w.IsZero() && (next.IsZero() || w.Before(next)) {
+			next = w
+		}
 		timer = nil
 		if !next.IsZero() {
 			timer = time.After(time.Until(next))
@@ -163,9 +168,16 @@ func (s *Service) consumeOnce(ctx context.Context, sub *subscription) (err error
 	}
 }
 
+// consumeTick is how often a consumer heartbeats the events it holds and
+// looks for a reconnect.
+func consumeTick(ackWait time.Duration) time.Duration {
+	return min(ackWait/4, time.Second)
+}
+
 // accept decodes deliveries and queues them by key, in stream order.
 func (c *consumer) accept(batch []broker.Delivery) {
 	now := time.Now()
+	back := false // the hold's last awaited event arrived
 	for _, d := range batch {
 		c.seq++
 		if old, ok := c.bySeq[d.Sequence()]; ok && d.Sequence() != 0 {
@@ -179,12 +191,12 @@ func (c *consumer) accept(batch []broker.Delivery) {
 		if it.seq == 0 {
 			it.seq = c.seq
 		}
-		if c.recovering {
+		if c.hold.active {
 			// Hold everything, redeliveries too: the broker redelivers in
 			// ack-deadline order, not stream order; the queues sort them.
 			it.held = true
-			if d.NumDelivered() > 1 {
-				c.awaiting--
+			if c.hold.arrived(now, it.seq, d.NumDelivered() > 1) {
+				back = true
 			}
 		}
 		c.bySeq[it.seq] = it
@@ -202,7 +214,9 @@ func (c *consumer) accept(batch []broker.Delivery) {
 		c.queues[it.key] = q
 		c.held++
 	}
-	c.checkRecovery(context.Background(), false)
+	if back {
+		c.release(true, "the events that were out are back")
+	}
 }
 
 // resumed starts a recovery when the transport's connection came back since
@@ -214,90 +228,104 @@ func (c *consumer) resumed(ctx context.Context) {
 	}
 	if e := r.Epoch(); e != c.epoch {
 		c.epoch = e
-		c.recover(ctx, c.held, true)
+		c.recover(ctx, true)
 	}
 }
 
-// recover starts holding deliveries if the broker has events of this
-// subscription delivered but unacknowledged beyond the own ones this consumer
-// holds: a crashed predecessor's, or ones lost on the wire when the
-// connection dropped. The broker redelivers them when their ack wait ends;
-// until they are back (or that wait is surely over) new deliveries wait, so no
-// event overtakes an older one of its key.
+// recover starts holding deliveries while the broker may have events of
+// this subscription out — delivered and unacknowledged beyond the ones this
+// consumer holds: a crashed predecessor's, or ones lost on the wire when the
+// connection dropped (reconnected). The broker redelivers them when their
+// ack wait ends; until they are back new deliveries wait, so no event
+// overtakes an older one of its key. It asks the broker at once (most
+// reconnects end the hold there) and then every 200ms for a few seconds,
+// later on the tick, until the broker counts nothing out; a hold from the
+// start also ends once the events counted out have arrived. See hold.
 //
-// After a reconnect (reconnected set) the count cannot be trusted: a broker
-// that restarted may have lost the last of its consumer state, and counts
-// fewer pending events than are on their way back. So a reconnect always
-// holds until the ack wait is over, then asks the broker again.
-func (c *consumer) recover(ctx context.Context, own int, reconnected bool) {
-	pc, ok := c.svc.broker.(broker.PendingCounter)
-	if !ok {
+// After a reconnect a bare count (broker.PendingCounter) cannot be trusted:
+// a broker that restarted may have lost the last of its consumer state and
+// count fewer events than are out. Only a broker that also tells its
+// delivered sequence (broker.PendingStater) can end such a hold before the
+// ack wait is over.
+func (c *consumer) recover(ctx context.Context, reconnected bool) {
+	_, stater := c.svc.broker.(broker.PendingStater)
+	if _, ok := c.svc.broker.(broker.PendingCounter); !ok && !stater {
 		return
 	}
-	n, err := pc.Pending(ctx, c.bsub)
-	unknown := reconnected
-	if err != nil {
-		// A broker that has just restarted may not answer yet: assume the
-		// worst and hold until the ack wait is over, then ask again.
-		c.svc.log.Info("subscription recovering: cannot count unacknowledged events; holding new ones",
-			"subscription", c.sub.name, "err", err)
-		unknown = true
-	}
-	if !unknown && n <= own {
-		return
-	}
-	now := time.Now()
-	c.recovering = true
-	var pending any = n - own
-	if unknown {
-		// No count of redeliveries ends this hold early: only the ack wait
-		// and then the broker's answer do.
-		c.awaiting, pending = math.MaxInt32, "unknown"
-	} else {
-		c.awaiting = n - own
-	}
-	c.recoverUntil = now.Add(c.sub.cfg.ackWait + time.Second)
-	c.recoverCap = now.Add(2*c.sub.cfg.ackWait + time.Second)
-	c.svc.log.Info("subscription recovering: holding new events until earlier ones are redelivered",
-		"subscription", c.sub.name, "pending", pending, "at_most", c.recoverCap.Sub(now).Round(time.Millisecond))
+	c.hold.begin(time.Now(), stater || !reconnected, !reconnected)
+	c.ask(ctx, true)
 }
 
-// checkRecovery ends the hold on first deliveries once the crashed
-// instance's events are back. Their ack wait has run out by recoverUntil,
-// but on a loaded machine the redeliveries may still be on their way; from
-// then on (when ask is set: it costs a round trip) the broker is asked
-// whether any event is unacknowledged beyond the ones this consumer holds,
-// and the hold ends when none is, or at recoverCap: with other live
-// instances of the subscription there always are some.
-func (c *consumer) checkRecovery(ctx context.Context, ask bool) {
-	if !c.recovering {
+// checkHold ends the hold at its cap, or asks the broker when the hold says
+// it is time.
+func (c *consumer) checkHold(ctx context.Context) {
+	if !c.hold.active {
 		return
 	}
-	if c.awaiting > 0 {
-		now := time.Now()
-		if now.Before(c.recoverUntil) {
-			return
-		}
-		if now.Before(c.recoverCap) {
-			if !ask {
-				return
-			}
-			pc, ok := c.svc.broker.(broker.PendingCounter)
-			if !ok {
-				return
-			}
-			n, err := pc.Pending(ctx, c.bsub)
-			if err != nil || n > c.held {
-				return
-			}
-		}
+	if c.hold.expire(time.Now()) {
+		c.release(true, "its longest hold is over")
+		return
 	}
-	c.recovering = false
+	if c.hold.due(time.Now()) {
+		c.ask(ctx, false)
+	}
+}
+
+// ask asks the broker what of the subscription is unacknowledged and hands
+// the answer to the hold. The first answer of a hold (first) is logged.
+func (c *consumer) ask(ctx context.Context, first bool) {
+	actx, cancel := context.WithTimeout(ctx, consumeTick(c.sub.cfg.ackWait))
+	var a holdAnswer
+	if ps, ok := c.svc.broker.(broker.PendingStater); ok {
+		st, err := ps.PendingState(actx, c.bsub)
+		a = holdAnswer{err: err, pending: st.Pending, seqs: true, delivered: st.Delivered, floor: st.AckFloor}
+	} else if pc, ok := c.svc.broker.(broker.PendingCounter); ok {
+		n, err := pc.Pending(actx, c.bsub)
+		a = holdAnswer{err: err, pending: n}
+	}
+	cancel()
+	if ctx.Err() != nil {
+		return
+	}
+	before := c.hold.out()
+	if c.hold.answer(time.Now(), a, maps.Keys(c.bySeq)) {
+		// At the first answer: nothing was out, there was no hold to speak of.
+		c.release(!first, "the broker counts no event out beyond the held ones")
+		return
+	}
+	switch out := c.hold.out(); {
+	case a.err != nil && first:
+		// A broker that has just restarted may not answer yet: hold, and
+		// ask again shortly.
+		c.svc.log.Info("subscription recovering: cannot count unacknowledged events; holding new ones",
+			"subscription", c.sub.name, "err", a.err)
+	case out >= 0 && before < 0:
+		c.svc.log.Info("subscription recovering: holding new events until earlier ones are redelivered",
+			"subscription", c.sub.name, "pending", out, "at_most", time.Until(c.hold.cap).Round(time.Millisecond))
+	case first && out < 0:
+		c.svc.log.Info("subscription recovering: holding new events until the ack wait is over",
+			"subscription", c.sub.name, "pending", "unknown", "at_most", time.Until(c.hold.cap).Round(time.Millisecond))
+	}
+}
+
+// release lets the held deliveries go, the hold being over (why; logged at
+// info level when report is set, else at debug level).
+func (c *consumer) release(report bool, why string) {
+	c.hold.end()
+	n := 0
 	for _, q := range c.queues {
 		for _, it := range q {
-			it.held = false
+			if it.held {
+				it.held = false
+				n++
+			}
 		}
 	}
+	level := slog.LevelDebug
+	if report {
+		level = slog.LevelInfo
+	}
+	c.svc.log.Log(context.Background(), level, "subscription recovered: releasing held events", "subscription", c.sub.name, "held", n, "why", why)
 }
 
 // headerSeq is implemented by deliveries that can yield their headers
@@ -422,6 +450,7 @@ func (c *consumer) remove(it *item) {
 	}
 	delete(c.bySeq, it.seq)
 	c.held--
+	c.hold.settle(it.seq)
 }
 
 // handleBatch runs the batch in one transaction. It returns the items that

@@ -161,6 +161,37 @@ type PendingCounter interface {
 	Pending(ctx context.Context, sub Subscription) (int, error)
 }
 
+// PendingState is a broker's view of one subscription's deliveries, by
+// stream sequence (Delivery.Sequence).
+type PendingState struct {
+	// Pending counts the events delivered and not yet acknowledged, as
+	// PendingCounter does.
+	Pending int
+	// Delivered is the highest stream sequence the broker has delivered (or
+	// passed over). It delivers every later event as a first delivery, in
+	// stream order. A broker that restarted and lost the last of its
+	// consumer state reports a lower Delivered than it had, and delivers
+	// the events above it again as first deliveries.
+	Delivered uint64
+	// AckFloor: every event at or below this stream sequence is
+	// acknowledged.
+	AckFloor uint64
+}
+
+// PendingStater is implemented by transports that can tell, besides how many
+// events of a subscription are unacknowledged, up to which stream sequence
+// those events lie. herald uses it after a reconnect: the events it holds
+// itself count as out only when they lie at or below Delivered (a broker that
+// lost the last of its consumer state does not count the later ones), so
+// what else is out — the events that will come back only after their ack
+// wait — is Pending less those. A transport that can lose acknowledgements
+// across a reconnect (sent while the connection was down, or not yet stored
+// by a broker that then restarted) sends the ones it still knows again
+// before it counts, so that Pending holds what is really out.
+type PendingStater interface {
+	PendingState(ctx context.Context, sub Subscription) (PendingState, error)
+}
+
 // Resumer is implemented by transports whose connection can drop and come
 // back. Epoch changes each time it comes back: deliveries that were on the
 // wire when it dropped return only after their ack wait, so herald holds new

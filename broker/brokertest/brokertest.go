@@ -93,6 +93,7 @@ func Run(t *testing.T, caps Capabilities, newBroker func(t *testing.T) broker.Br
 		{"CloseStopsConsume", nil, s.closeStopsConsume},
 		{"CallsAfterCloseFail", nil, s.callsAfterCloseFail},
 		{"PersistentAcrossBrokers", func(c Capabilities) bool { return c.Persistent }, s.persistentAcrossBrokers},
+		{"PendingState", nil, s.pendingState},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -982,5 +983,72 @@ func (s *suite) persistentAcrossBrokers(t *testing.T) {
 		if n := c3.count(e.ID); n != 0 {
 			t.Fatalf("acked event %s delivered again by the third broker", e.ID)
 		}
+	}
+}
+
+// pendingState checks broker.PendingStater, for transports that implement
+// it: the count of unacknowledged events, and that they lie above the ack
+// floor and at or below the delivered sequence.
+func (s *suite) pendingState(t *testing.T) {
+	b := s.newBroker(t)
+	ps, ok := b.(broker.PendingStater)
+	if !ok {
+		t.Skip("transport does not implement broker.PendingStater")
+	}
+	svc, name, typ := names(t)
+	sub := subscription(svc, name, typ, envelope.KindIntegration, 30*time.Second) // no redelivery during the test
+	provision(t, b, sub)
+	es := newEvents(typ, envelope.KindIntegration, 6)
+	publish(t, b, es...)
+	// Acknowledge the 1st, 2nd and 4th; keep the 3rd, 5th and 6th.
+	keep := map[string]bool{es[2].ID: true, es[4].ID: true, es[5].ID: true}
+	c := startConsume(t, b, sub, 10, func(ctx context.Context, d broker.Delivery, r received) {
+		if !keep[r.id] {
+			if err := d.Ack(ctx); err != nil {
+				t.Errorf("Ack: %v", err)
+			}
+		}
+	})
+	waitFor(t, "6 deliveries", func() bool { return len(c.snapshot()) >= len(es) })
+	got := c.snapshot()
+	equalIDs(t, c.ids(), ids(es))
+	seqs := make([]uint64, len(got))
+	for i, r := range got {
+		seqs[i] = r.d.Sequence()
+		if seqs[i] == 0 || i > 0 && seqs[i] <= seqs[i-1] {
+			t.Fatalf("stream sequences %v: want increasing and non-zero", seqs[:i+1])
+		}
+	}
+	st, err := ps.PendingState(ctxT(t), sub)
+	if err != nil {
+		t.Fatalf("PendingState: %v", err)
+	}
+	if st.Pending != 3 {
+		t.Errorf("Pending %d, want 3 (the 3rd, 5th and 6th events are not acknowledged)", st.Pending)
+	}
+	if st.Delivered < seqs[5] {
+		t.Errorf("Delivered %d, below the last delivery's sequence %d", st.Delivered, seqs[5])
+	}
+	if st.AckFloor >= seqs[2] {
+		t.Errorf("AckFloor %d, at or above the unacknowledged 3rd event's sequence %d", st.AckFloor, seqs[2])
+	}
+	if pc, ok := b.(broker.PendingCounter); ok {
+		if n, err := pc.Pending(ctxT(t), sub); err != nil || n != st.Pending {
+			t.Errorf("Pending() = %d, %v; PendingState says %d", n, err, st.Pending)
+		}
+	}
+	for _, r := range got {
+		if keep[r.id] {
+			if err := r.d.Ack(ctxT(t)); err != nil {
+				t.Fatalf("Ack: %v", err)
+			}
+		}
+	}
+	st, err = ps.PendingState(ctxT(t), sub)
+	if err != nil {
+		t.Fatalf("PendingState: %v", err)
+	}
+	if st.Pending != 0 || st.Delivered < seqs[5] {
+		t.Errorf("after acking every event: Pending %d, Delivered %d; want 0 and at least %d", st.Pending, st.Delivered, seqs[5])
 	}
 }

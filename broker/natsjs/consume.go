@@ -81,6 +81,7 @@ func (b *Broker) Consume(ctx context.Context, sub broker.Subscription, batch int
 
 	hctx, stop := b.bind(ctx)
 	defer stop()
+	acks := b.ackLog(durable, ackLogSize(info.Config.MaxAckPending))
 
 	msgs := make(chan jetstream.Msg, batch)
 	quit := make(chan struct{})
@@ -172,11 +173,11 @@ func (b *Broker) Consume(ctx context.Context, sub broker.Subscription, batch int
 	// deliver hands m and what else is already waiting to h, as one batch.
 	deliver := func(m jetstream.Msg) {
 		ds := make([]broker.Delivery, 1, min(batch, 1+len(msgs)))
-		ds[0] = b.newDelivery(m)
+		ds[0] = b.newDelivery(m, acks)
 		for len(ds) < batch {
 			select {
 			case m := <-msgs:
-				ds = append(ds, b.newDelivery(m))
+				ds = append(ds, b.newDelivery(m, acks))
 			default:
 				h(hctx, ds)
 				return
@@ -286,17 +287,18 @@ func pullSize(batch, maxAckPending int) int {
 
 // delivery is a broker.Delivery over a JetStream message.
 type delivery struct {
-	b   *Broker
-	m   jetstream.Msg
-	num uint64
-	seq uint64
+	b    *Broker
+	m    jetstream.Msg
+	num  uint64
+	seq  uint64
+	acks *ackLog // where its ack is kept, to be sent again after a reconnect
 
 	hdrOnce sync.Once
 	hdr     map[string]string // built by the first Header call
 }
 
-func (b *Broker) newDelivery(m jetstream.Msg) *delivery {
-	d := &delivery{b: b, m: m, num: 1}
+func (b *Broker) newDelivery(m jetstream.Msg, acks *ackLog) *delivery {
+	d := &delivery{b: b, m: m, num: 1, acks: acks}
 	if md, err := m.Metadata(); err == nil {
 		d.num = md.NumDelivered
 		d.seq = md.Sequence.Stream
@@ -385,6 +387,7 @@ func (d *delivery) Ack(ctx context.Context) error {
 	if ctx == nil {
 		ctx = context.Background()
 	}
+	d.keepAck()
 	return d.settleErr("ack", d.m.DoubleAck(ctx))
 }
 
@@ -394,7 +397,17 @@ func (d *delivery) AckNoWait() error {
 	if d.b.isClosed.Load() {
 		return errClosed
 	}
+	d.keepAck()
 	return d.settleErr("ack", d.m.Ack())
+}
+
+// keepAck records the ack subject, so that an ack lost across a reconnect
+// can be sent again (see ackLog). Even a confirmed ack can be lost: by a
+// server killed before it stored it.
+func (d *delivery) keepAck() {
+	if d.acks != nil {
+		d.acks.add(d.seq, d.m.Reply())
+	}
 }
 
 // Nak asks for redelivery after at least delay (at once when delay <= 0).

@@ -46,6 +46,9 @@ type Broker struct {
 	// leaderMoves counts the leader elections of the consumers that Consume
 	// reads (part of Epoch).
 	leaderMoves atomic.Uint64
+	// acks keeps each consumer's last acks, to send again after a
+	// reconnect: durable name -> *ackLog.
+	acks sync.Map
 
 	mu       sync.Mutex
 	isClosed atomic.Bool
