@@ -67,9 +67,10 @@
 // Register contracts, handlers, translations and subscriptions, then Start:
 // it provisions the broker's streams and consumers, and runs the relay, the
 // subscriptions and the retention janitor until Close. Close lets running
-// Do calls finish, hands events a subscription held back to the broker and
-// withdraws the instance from the catalog; the store and the broker stay
-// the caller's to close.
+// Do calls finish, hands events a subscription held back to the broker,
+// publishes what was committed (for at most RelayConfig.DrainTimeout, saying
+// at Warn what it left in the outbox) and withdraws the instance from the
+// catalog; the store and the broker stay the caller's to close, after it.
 //
 // # Errors
 //

@@ -15,6 +15,11 @@ type runState struct {
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 	instance string // this instance's id (relay lease holder, catalog)
+	// The relay outlives the rest: Close closes drain once the subscriptions
+	// stopped, and cancels relayCtx after the drain timeout.
+	drain       chan struct{}
+	relayCancel context.CancelFunc
+	relayDone   chan struct{} // nil without a broker
 }
 
 // Start provisions the service's streams and consumers on the broker (once,
@@ -58,7 +63,12 @@ func (s *Service) Start(ctx context.Context) error {
 		if heartbeat := s.announce(ctx, holder); heartbeat != nil {
 			r.wg.Go(func() { heartbeat(runCtx) })
 		}
-		r.wg.Go(func() { s.relay(runCtx, holder) })
+		relayCtx, relayCancel := context.WithCancel(context.WithoutCancel(ctx))
+		r.drain, r.relayCancel, r.relayDone = make(chan struct{}), relayCancel, make(chan struct{})
+		go func() {
+			defer close(r.relayDone)
+			s.relay(relayCtx, holder, r.drain)
+		}()
 		r.wg.Go(func() {
 			// Commits of other processes (PostgreSQL) wake the relay too.
 			_ = s.store.Listen(runCtx, func(service string) {
@@ -78,11 +88,19 @@ func (s *Service) Start(ctx context.Context) error {
 }
 
 // Close stops the service: new Do calls fail with ErrClosed, running ones
-// finish, then the relay, the subscriptions and the janitor stop (events held
-// by a subscription go back to the broker), and the instance leaves the
-// catalog (the manifest stays: the service shows as stale until an instance
-// starts again or `herald catalog forget` retires it). It does not close the
-// store or the broker, which the caller owns. Close is idempotent.
+// finish, then the subscriptions and the janitor stop (events held by a
+// subscription go back to the broker). Then the relay publishes what was
+// committed — by those Do calls and by the subscriptions' handlers — until
+// the outbox is empty, for at most RelayConfig.DrainTimeout (default 5s), and
+// stops: a process that commits and exits has published its events. If the
+// broker is unreachable, Close gives up after the timeout (at once if the
+// broker is closed) and logs at Warn how many events it left in the outbox;
+// the service's next start, or another instance, publishes them. An instance
+// that does not hold the relay lease has nothing to publish: the one that
+// holds it does. Last, the instance leaves the catalog (the manifest stays:
+// the service shows as stale until an instance starts again or `herald
+// catalog forget` retires it). Close does not close the store or the broker,
+// which the caller owns: close them after it. Close is idempotent.
 func (s *Service) Close() error {
 	s.life.Lock()
 	if s.closed {
@@ -96,6 +114,13 @@ func (s *Service) Close() error {
 	if r != nil {
 		r.cancel()
 		r.wg.Wait()
+		if r.relayDone != nil {
+			close(r.drain)
+			stop := time.AfterFunc(s.cfg.relay.DrainTimeout, r.relayCancel)
+			<-r.relayDone
+			stop.Stop()
+			r.relayCancel()
+		}
 		if s.broker != nil {
 			s.withdraw(r.instance)
 		}

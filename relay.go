@@ -34,17 +34,26 @@ type RelayConfig struct {
 	// and the inboxes drop the copies. On PostgreSQL, where rows can become
 	// readable out of seq order, every batch is marked before the next read.
 	MarkInterval time.Duration
+	// DrainTimeout bounds how long Close keeps publishing what was committed
+	// before it (default 5s), once the subscriptions have stopped: the
+	// relay publishes the outbox until it is empty, retrying failures, and
+	// gives up at the timeout — at once if the broker is closed. What it
+	// leaves stays in the outbox for the next start (or another instance's
+	// relay) and is logged at Warn with its count. An instance that does not
+	// hold the relay lease has nothing to publish: the instance that holds
+	// it does.
+	DrainTimeout time.Duration
 }
 
 func defaultRelayConfig() RelayConfig {
 	return RelayConfig{BatchSize: 1000, PollInterval: 500 * time.Millisecond, LeaseTTL: 10 * time.Second,
-		MaxBackoff: 5 * time.Second, MarkInterval: 100 * time.Millisecond}
+		MaxBackoff: 5 * time.Second, MarkInterval: 100 * time.Millisecond, DrainTimeout: 5 * time.Second}
 }
 
 // WithRelay tunes the outbox relay; zero fields keep their defaults.
 func WithRelay(rc RelayConfig) Option {
 	return func(c *config) error {
-		if rc.BatchSize < 0 || rc.PollInterval < 0 || rc.LeaseTTL < 0 || rc.MaxBackoff < 0 || rc.MarkInterval < 0 {
+		if rc.BatchSize < 0 || rc.PollInterval < 0 || rc.LeaseTTL < 0 || rc.MaxBackoff < 0 || rc.MarkInterval < 0 || rc.DrainTimeout < 0 {
 			return fmt.Errorf("%w: relay config %+v has a negative field", ErrInvalidOption, rc)
 		}
 		d := defaultRelayConfig()
@@ -62,6 +71,9 @@ func WithRelay(rc RelayConfig) Option {
 		}
 		if rc.MarkInterval == 0 {
 			rc.MarkInterval = d.MarkInterval
+		}
+		if rc.DrainTimeout == 0 {
+			rc.DrainTimeout = d.DrainTimeout
 		}
 		c.relay = rc
 		return nil
@@ -103,7 +115,7 @@ func backoff(attempt int, base, max time.Duration) time.Duration {
 // letters, so that none overtakes it; ReplayDeadLetters puts them back in
 // order, PurgeDeadLetters discards them and frees the key. Keyless events
 // hold nothing (they have no order to keep).
-func (s *Service) relay(ctx context.Context, holder string) {
+func (s *Service) relay(ctx context.Context, holder string, drain <-chan struct{}) {
 	rc := s.cfg.relay
 	lease := "relay/" + s.name
 	var leased time.Time // when the lease was last renewed; zero if not held
@@ -111,6 +123,20 @@ func (s *Service) relay(ctx context.Context, holder string) {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	woke := false // the last wait ended with a commit signal
+	// Close closes drain: from then on the relay publishes until the outbox
+	// is empty (drained), without waiting for commits or polls, and stops;
+	// Close cancels ctx when the drain timeout is over.
+	draining, drained := false, false
+	var lastErr error // the last round's failure
+	checkDrain := func() {
+		if !draining {
+			select {
+			case <-drain:
+				draining = true
+			default:
+			}
+		}
+	}
 	wait := func(d time.Duration, wakeable bool) bool {
 		if !timer.Stop() {
 			select {
@@ -123,6 +149,10 @@ func (s *Service) relay(ctx context.Context, holder string) {
 		if wakeable {
 			wake = s.wake
 		}
+		var closing <-chan struct{}
+		if !draining {
+			closing = drain
+		}
 		woke = false
 		select {
 		case <-ctx.Done():
@@ -130,6 +160,8 @@ func (s *Service) relay(ctx context.Context, holder string) {
 		case <-timer.C:
 		case <-wake:
 			woke = true
+		case <-closing:
+			draining = true
 		}
 		return true
 	}
@@ -146,12 +178,16 @@ func (s *Service) relay(ctx context.Context, holder string) {
 		_ = s.flushMarks(ctx, rs)
 		rs.reset()
 		if !leased.IsZero() {
+			if !drained {
+				s.leftBehind(lastErr)
+			}
 			rctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			_ = s.store.ReleaseLease(rctx, lease, holder)
 			cancel()
 		}
 	}()
 	for ctx.Err() == nil {
+		checkDrain()
 		if time.Since(leased) > rc.LeaseTTL/3 {
 			ok, err := s.store.AcquireLease(ctx, lease, holder, rc.LeaseTTL)
 			if err != nil || !ok {
@@ -162,6 +198,9 @@ func (s *Service) relay(ctx context.Context, holder string) {
 					rs.reset() // another relay may publish meanwhile
 				}
 				leased = time.Time{}
+				if draining {
+					return // the relay that holds the lease publishes the rest
+				}
 				if !wait(rc.LeaseTTL/3, false) {
 					return
 				}
@@ -180,7 +219,15 @@ func (s *Service) relay(ctx context.Context, holder string) {
 		n, err := s.relayOnce(ctx, rc.BatchSize, rs)
 		if err != nil {
 			if ctx.Err() != nil {
+				if lastErr == nil {
+					lastErr = err
+				}
 				return
+			}
+			lastErr = err
+			checkDrain()
+			if draining && errors.Is(err, broker.ErrClosed) {
+				return // no retry can succeed before the timeout
 			}
 			failures++
 			d := backoff(failures, 50*time.Millisecond, rc.MaxBackoff)
@@ -193,6 +240,14 @@ func (s *Service) relay(ctx context.Context, holder string) {
 		failures = 0
 		if n >= rc.BatchSize {
 			continue
+		}
+		checkDrain()
+		if draining {
+			if n == 0 {
+				drained = true
+				return
+			}
+			continue // read again until nothing is left
 		}
 		d := rc.PollInterval
 		switch {
@@ -214,6 +269,23 @@ func (s *Service) relay(ctx context.Context, holder string) {
 		if !wait(d, true) {
 			return
 		}
+	}
+}
+
+// leftBehind logs, at Close, what the relay could not publish before the
+// drain timeout (or the broker closed): the rows still in the outbox, which
+// the next relay of the service publishes. err is the last failure.
+func (s *Service) leftBehind(err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	n, oldest, serr := s.OutboxStats(ctx)
+	switch {
+	case serr != nil:
+		s.log.Warn("closed without publishing everything it committed; cannot count what is left in the outbox",
+			"err", serr, "publish_err", err)
+	case n > 0:
+		s.log.Warn("closed with committed events not published: they stay in the outbox until the service relays again",
+			"unpublished", n, "oldest", oldest.Round(time.Millisecond), "drain_timeout", s.cfg.relay.DrainTimeout, "err", err)
 	}
 }
 
