@@ -88,7 +88,10 @@ func WithBroker(b broker.Broker) Option {
 	}
 }
 
-// WithLogger sets the logger (default slog.Default()).
+// WithLogger sets the logger (default slog.Default()). The service adds
+// service=<name> to every line it logs, so l should not carry that
+// attribute already (it would appear twice); a process that runs one service
+// labels the loggers of its other parts (the broker's, say) instead.
 func WithLogger(l *slog.Logger) Option {
 	return func(c *config) error {
 		if l == nil {

@@ -179,7 +179,11 @@ Flags:
 // connects, so a service that cannot serve never joins the shared
 // consumers.
 func run(ctx context.Context, name string, o *options, stdout, stderr io.Writer) error {
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo})).With("service", name)
+	// herald labels each of its lines with service=<name> itself: it gets
+	// the bare logger, the rest of the process (the broker, the recorder)
+	// the labelled one, so that every line says it once.
+	base := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	log := base.With("service", name)
 	l, err := net.Listen("tcp", o.listen)
 	if err != nil {
 		return fmt.Errorf("--listen %s: %w", o.listen, err)
@@ -196,7 +200,7 @@ func run(ctx context.Context, name string, o *options, stdout, stderr io.Writer)
 	}
 	defer st.Close()
 
-	cfg := Config{DispatchDelay: o.delay, Logger: log}
+	cfg := Config{DispatchDelay: o.delay, Logger: base}
 	if name == "notifications" {
 		if o.smtpAddr != "" {
 			mail, err := smtp.New(o.smtpAddr, o.smtpFrom, smtp.WithTLSPolicy(smtp.TLSOpportunistic))

@@ -40,7 +40,8 @@ type Config struct {
 	Postgres map[string]string
 	// DispatchDelay is how long shipping waits before dispatching (default 200ms).
 	DispatchDelay time.Duration
-	// Logger (default: warnings and errors to slog.Default()).
+	// Logger (default: warnings and errors to slog.Default()). Each
+	// service adds service=<name> to its lines: do not add it here.
 	Logger *slog.Logger
 	// Listen is the host the HTTP APIs listen on (default 127.0.0.1, random ports).
 	Listen string
