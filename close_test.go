@@ -122,7 +122,8 @@ func TestCloseDeliversWhatWasCommitted(t *testing.T) {
 // TestCloseWithTheServerDownGivesUpAtTheTimeout: with the NATS server down
 // (the connection reconnecting) Close retries for the drain timeout, then
 // returns and logs at Warn how many committed events it left in the outbox;
-// they are still there.
+// they are still there. The relay's failures say the server is
+// unreachable, not "nats: outbound buffer limit exceeded".
 func TestCloseWithTheServerDownGivesUpAtTheTimeout(t *testing.T) {
 	ctx := context.Background()
 	srv, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithListen("127.0.0.1:0"), natsjs.WithLogger(quiet))
@@ -162,6 +163,9 @@ func TestCloseWithTheServerDownGivesUpAtTheTimeout(t *testing.T) {
 	}
 	if backlog, _, err := st.OutboxStats(ctx, "orders"); err != nil || backlog != n {
 		t.Errorf("outbox backlog after Close = %d (err %v), want %d", backlog, err, n)
+	}
+	if l := logs.String(); strings.Contains(l, "outbound buffer limit exceeded") || !strings.Contains(l, "NATS server is unreachable") {
+		t.Errorf("the relay's failures do not say the server is unreachable:\n%s", l)
 	}
 }
 

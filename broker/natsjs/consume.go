@@ -373,6 +373,9 @@ func (b *Broker) Pending(ctx context.Context, sub broker.Subscription) (int, err
 		return 0, err
 	}
 	info, err := cons.Info(ctx)
+	if reconnecting(err) {
+		err = fmt.Errorf("%w: %w", broker.ErrTransient, unreachable(err))
+	}
 	if err != nil {
 		return 0, fmt.Errorf("herald/natsjs: pending %s/%s: %w", sub.Service, sub.Name, err)
 	}

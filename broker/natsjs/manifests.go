@@ -76,6 +76,9 @@ func (b *Broker) kvCall(ctx context.Context, op string, instances, create bool, 
 			b.buckets.Delete(kv.Bucket())
 		}
 	}
+	if reconnecting(err) {
+		return fmt.Errorf("herald/natsjs: %s: %w: %w", op, broker.ErrTransient, unreachable(err))
+	}
 	if err != nil {
 		return fmt.Errorf("herald/natsjs: %s: %w", op, err)
 	}

@@ -195,6 +195,8 @@ func (b *Broker) consumer(ctx context.Context, stream, durable string) (jetstrea
 		return c, nil
 	case errors.Is(err, jetstream.ErrConsumerNotFound), errors.Is(err, jetstream.ErrStreamNotFound):
 		return nil, fmt.Errorf("herald/natsjs: consumer %s on stream %s: %w (%w)", durable, stream, broker.ErrNotProvisioned, err)
+	case reconnecting(err):
+		return nil, fmt.Errorf("herald/natsjs: consumer %s on stream %s: %w: %w", durable, stream, broker.ErrTransient, unreachable(err))
 	default:
 		return nil, fmt.Errorf("herald/natsjs: consumer %s on stream %s: %w", durable, stream, err)
 	}

@@ -403,6 +403,8 @@ func (b *Broker) publishErrIn(ctx context.Context, id, stream string, err error,
 	case b.isClosed.Load() && (errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, nats.ErrConnectionDraining) ||
 		errors.Is(err, jetstream.ErrJetStreamPublisherClosed)):
 		return fmt.Errorf("herald/natsjs: publish %s: %w: %w", id, broker.ErrClosed, err)
+	case reconnecting(err):
+		return fmt.Errorf("herald/natsjs: publish %s: %w: %w", id, broker.ErrTransient, unreachable(err))
 	case errors.Is(err, jetstream.ErrNoStreamResponse), errors.Is(err, nats.ErrNoResponders):
 		if stream != "" && b.streamMissingIn(ctx, stream, missing) {
 			return fmt.Errorf("herald/natsjs: publish %s: %w: no stream %s (%w)", id, broker.ErrNotProvisioned, stream, err)
@@ -432,6 +434,26 @@ func (b *Broker) eventErr(ctx context.Context, e *envelope.Envelope, err error) 
 	}
 	return b.publishErr(ctx, eventID(e), stream, err)
 }
+
+// reconnecting reports whether a call failed with err because the
+// connection is down and reconnecting. Without a reconnect buffer (the
+// default, WithReconnectBuffer) nats.go refuses every publish meanwhile
+// with "nats: outbound buffer limit exceeded", which names neither cause.
+func reconnecting(err error) bool {
+	return errors.Is(err, nats.ErrReconnectBufExceeded) || errors.Is(err, nats.ErrConnectionReconnecting)
+}
+
+// unreachableError replaces nats.go's message for a call made while the
+// connection is reconnecting; it unwraps to nats.go's error.
+type unreachableError struct{ cause error }
+
+func (e *unreachableError) Error() string {
+	return "the NATS server is unreachable: disconnected, reconnecting"
+}
+
+func (e *unreachableError) Unwrap() error { return e.cause }
+
+func unreachable(err error) error { return &unreachableError{cause: err} }
 
 // transient reports whether a publish that failed with err is worth retrying.
 func transient(nc *nats.Conn, err error) bool {

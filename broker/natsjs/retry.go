@@ -107,8 +107,12 @@ func (b *Broker) retryStartup(ctx context.Context, op string, fn func(ctx contex
 		if time.Since(start) > startupQuiet {
 			level = slog.LevelWarn
 		}
-		b.log.Log(ctx, level, "herald/natsjs: "+op+" failed; retrying (a cluster may still be electing its leaders)",
-			"err", err, "attempt", attempt, "retry_in", d.Round(time.Millisecond))
+		why, logErr := "a cluster may still be electing its leaders", err
+		if reconnecting(err) {
+			why, logErr = "waiting for the connection to come back", unreachable(err)
+		}
+		b.log.Log(ctx, level, "herald/natsjs: "+op+" failed; retrying ("+why+")",
+			"err", logErr, "attempt", attempt, "retry_in", d.Round(time.Millisecond))
 		t := time.NewTimer(d)
 		select {
 		case <-t.C:

@@ -75,8 +75,11 @@ func (b *Broker) AppendTrace(ctx context.Context, service string, batch []byte) 
 	ctx, stop := b.bind(ctx)
 	defer stop()
 	if _, err := b.js.Publish(ctx, b.names.prefix+"."+tokTrace+"."+safeToken(service), batch); err != nil {
-		if errors.Is(err, jetstream.ErrNoStreamResponse) {
+		switch {
+		case errors.Is(err, jetstream.ErrNoStreamResponse):
 			err = fmt.Errorf("%w (%w)", broker.ErrNotProvisioned, err)
+		case reconnecting(err):
+			err = fmt.Errorf("%w: %w", broker.ErrTransient, unreachable(err))
 		}
 		return fmt.Errorf("herald/natsjs: append trace of %s: %w", service, err)
 	}
