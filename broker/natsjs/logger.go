@@ -10,7 +10,8 @@ import (
 // serverLogger routes the nats-server's log lines to a *slog.Logger. It
 // implements server.Logger.
 type serverLogger struct {
-	l *slog.Logger
+	l   *slog.Logger
+	min slog.Level // lines below it are dropped (WithServerLogLevel)
 	// fatal, if set, receives the first fatal error (such as a client port
 	// already in use), which the server only logs.
 	fatal chan<- string
@@ -18,7 +19,7 @@ type serverLogger struct {
 
 func (s serverLogger) log(level slog.Level, format string, v []any) {
 	ctx := context.Background()
-	if !s.l.Enabled(ctx, level) {
+	if level < s.min || !s.l.Enabled(ctx, level) {
 		return
 	}
 	s.l.Log(ctx, level, strings.TrimSpace(fmt.Sprintf(format, v...)))

@@ -110,7 +110,8 @@ func Embedded(ctx context.Context, opts ...Option) (*Broker, error) {
 	}
 	srvLog := cfg.logger.With("component", "nats-server")
 	fatal := make(chan string, 1)
-	srv.SetLoggerV2(serverLogger{l: srvLog, fatal: fatal}, srvLog.Enabled(ctx, slog.LevelDebug), false, false)
+	debug := cfg.serverLog <= slog.LevelDebug && srvLog.Enabled(ctx, slog.LevelDebug)
+	srv.SetLoggerV2(serverLogger{l: srvLog, min: cfg.serverLog, fatal: fatal}, debug, false, false)
 	srv.Start()
 	b.srv = srv
 	wait := defaultServerStartupWait

@@ -30,6 +30,7 @@ const (
 	DefaultReconnectWait     = 2 * time.Second
 	DefaultDrainTimeout      = 30 * time.Second
 	DefaultSyncInterval      = time.Second      // embedded server, unless WithSyncAlways(true)
+	DefaultServerLogLevel    = slog.LevelWarn   // the embedded server's lines below it are dropped
 	DefaultSubscriptionAck   = 30 * time.Second // AckWait of a Subscription that sets none
 	DefaultMaxAckPending     = 1024             // MaxAckPending of a Subscription that sets none
 	defaultServerStartupWait = 10 * time.Second
@@ -76,6 +77,7 @@ type config struct {
 	atomicSet       bool
 
 	// embedded
+	serverLog    slog.Level // the least level of the server's lines that are logged
 	dataDir      string
 	ephemeral    bool
 	listen       string
@@ -120,6 +122,7 @@ func defaultConfig(m mode) config {
 		reconnectBuffer: DefaultReconnectBuffer,
 		reconnectWait:   DefaultReconnectWait,
 		connectRetry:    true,
+		serverLog:       DefaultServerLogLevel,
 	}
 }
 
@@ -284,13 +287,31 @@ func WithDrainTimeout(d time.Duration) Option {
 }
 
 // WithLogger sets the logger of the broker and, for Embedded, of the
-// nats-server (default slog.Default()).
+// nats-server (default slog.Default()); the server's lines carry
+// component=nats-server, and only those at WithServerLogLevel or above are
+// logged.
 func WithLogger(l *slog.Logger) Option {
 	return func(c *config) error {
 		if l == nil {
 			return invalid("WithLogger(nil)")
 		}
 		c.logger = l
+		return nil
+	}
+}
+
+// WithServerLogLevel sets the least level of the embedded nats-server's
+// lines that reach the logger (default DefaultServerLogLevel, slog.LevelWarn:
+// its warnings and errors). The server's notices — some two dozen lines of
+// banner and settings at start, four at shutdown — are at slog.LevelInfo,
+// its debug lines at slog.LevelDebug; the logger's own level applies too.
+// A command's --verbose flag is the place for slog.LevelInfo. Embedded only.
+func WithServerLogLevel(level slog.Level) Option {
+	return func(c *config) error {
+		if err := c.only(modeEmbedded, "WithServerLogLevel"); err != nil {
+			return err
+		}
+		c.serverLog = level
 		return nil
 	}
 }

@@ -130,6 +130,7 @@ func runBench(cmd *cobra.Command, args []string, f benchFlags) error {
 	}
 	if f.verbose {
 		cfg.Logger = slog.New(slog.NewTextHandler(errw, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		cfg.ServerNotices = true
 	}
 	dir, err := os.MkdirTemp("", "herald-bench-")
 	if err != nil {

@@ -38,6 +38,7 @@ type demoFlags struct {
 	keep      bool
 	drain     time.Duration
 	trace     bool
+	verbose   bool
 	otel      tracing.Config
 }
 
@@ -85,6 +86,7 @@ non-zero if anything is missing. Ctrl-C stops the load early and still checks.`,
 	cmd.Flags().BoolVar(&f.keep, "keep", false, "keep the temporary data directory")
 	cmd.Flags().DurationVar(&f.drain, "drain-timeout", time.Minute, "how long to wait, after the load, for every order to be shipped")
 	cmd.Flags().BoolVar(&f.trace, "trace", true, "record the causal trace and print the first order's at the end")
+	cmd.Flags().BoolVar(&f.verbose, "verbose", false, "log at Info on stderr: the services' notices and the embedded NATS server's (default: warnings and errors only)")
 	f.otel = tracing.ConfigFromEnv("herald-demo")
 	cmd.Flags().StringVar(&f.otel.Exporter, "otel", f.otel.Exporter, "OpenTelemetry span `EXPORTER`: none, stdout or otlp (env OTEL_TRACES_EXPORTER)")
 	cmd.Flags().StringVar(&f.otel.Endpoint, "otel-endpoint", "", "OTLP/HTTP endpoint `URL` (default: OTEL_EXPORTER_OTLP_ENDPOINT)")
@@ -105,8 +107,13 @@ func runDemo(ctx context.Context, out io.Writer, f demoFlags) error {
 	} else if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	b, err := natsjs.Embedded(ctx, natsjs.WithDataDir(filepath.Join(dir, "nats")), natsjs.WithLogger(log))
+	level := slog.LevelWarn
+	if f.verbose {
+		level = slog.LevelInfo
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	b, err := natsjs.Embedded(ctx, natsjs.WithDataDir(filepath.Join(dir, "nats")), natsjs.WithLogger(log),
+		natsjs.WithServerLogLevel(serverLogLevel(f.verbose)))
 	if err != nil {
 		return fmt.Errorf("start the embedded NATS JetStream: %w", err)
 	}

@@ -13,7 +13,7 @@ import (
 
 func newDev() *cobra.Command {
 	var listen, dataDir string
-	var syncAlways bool
+	var syncAlways, verbose bool
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Run an embedded NATS JetStream on a loopback port for services in other processes",
@@ -35,7 +35,7 @@ if the machine dies, so dev fsyncs every write (--sync-always, default on).`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelInfo}))
 			b, err := natsjs.Embedded(cmd.Context(), natsjs.WithDataDir(dataDir), natsjs.WithListen(listen),
-				natsjs.WithSyncAlways(syncAlways), natsjs.WithLogger(log))
+				natsjs.WithSyncAlways(syncAlways), natsjs.WithLogger(log), natsjs.WithServerLogLevel(serverLogLevel(verbose)))
 			if err != nil {
 				if errors.Is(err, natsjs.ErrInvalidOption) {
 					return usageErrorf("--listen %s: %w", listen, err)
@@ -60,5 +60,18 @@ if the machine dies, so dev fsyncs every write (--sync-always, default on).`,
 	cmd.Flags().StringVar(&listen, "listen", devListen, "loopback `HOST:PORT` for NATS clients (port 0: a free one)")
 	cmd.Flags().StringVar(&dataDir, "data-dir", "herald-dev-data", "JetStream storage `DIR`")
 	cmd.Flags().BoolVar(&syncAlways, "sync-always", true, "fsync every write before acknowledging it")
+	cmd.Flags().BoolVar(&verbose, "verbose", false, verboseUsage)
 	return cmd
+}
+
+// verboseUsage is the --verbose flag of the commands that embed a NATS
+// server.
+const verboseUsage = "log the embedded NATS server's notices (its start-up banner and settings, its shutdown) on stderr, not only its warnings"
+
+// serverLogLevel is the embedded server's log level for --verbose.
+func serverLogLevel(verbose bool) slog.Level {
+	if verbose {
+		return slog.LevelInfo
+	}
+	return natsjs.DefaultServerLogLevel
 }

@@ -22,6 +22,8 @@ import (
 	"runtime/pprof"
 	"slices"
 	"time"
+
+	"github.com/heraldhq/herald/broker/natsjs"
 )
 
 // ErrUnknownScenario is returned for a scenario name Run does not know.
@@ -93,6 +95,18 @@ type Config struct {
 	ProfileDir string
 	// Logger receives herald's logs; discarded when nil.
 	Logger *slog.Logger
+	// ServerNotices lets the embedded NATS servers log their notices (Info:
+	// the start-up banner, the shutdown), not only their warnings.
+	ServerNotices bool
+}
+
+// logOpts are the logging options of the scenarios' brokers.
+func (c Config) logOpts() []natsjs.Option {
+	level := natsjs.DefaultServerLogLevel
+	if c.ServerNotices {
+		level = slog.LevelInfo
+	}
+	return []natsjs.Option{natsjs.WithLogger(c.Logger), natsjs.WithServerLogLevel(level)}
 }
 
 // DefaultConfig is what `herald bench all` uses: about five minutes on a

@@ -24,7 +24,7 @@ func runBus(ctx context.Context, r *runner) error {
 	if err != nil {
 		return err
 	}
-	br, err := natsjs.Embedded(ctx, natsjs.WithDataDir(dir), natsjs.WithListen("127.0.0.1:0"), natsjs.WithLogger(r.cfg.Logger))
+	br, err := natsjs.Embedded(ctx, append(r.cfg.logOpts(), natsjs.WithDataDir(dir), natsjs.WithListen("127.0.0.1:0"))...)
 	if err != nil {
 		return fmt.Errorf("embedded nats-server: %w", err)
 	}

@@ -34,7 +34,7 @@ func runDurable(ctx context.Context, r *runner) error {
 		if err != nil {
 			return err
 		}
-		opts := append([]natsjs.Option{natsjs.WithDataDir(dir), natsjs.WithLogger(r.cfg.Logger)}, v.opts...)
+		opts := append(append(r.cfg.logOpts(), natsjs.WithDataDir(dir)), v.opts...)
 		if v.raw {
 			opts = append(opts, natsjs.WithListen("127.0.0.1:0"))
 		}

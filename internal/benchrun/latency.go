@@ -35,7 +35,7 @@ func runLatency(ctx context.Context, r *runner) error {
 		return nil
 	}
 	res := Result{Scenario: "latency", System: system}
-	br, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithLogger(r.cfg.Logger))
+	br, err := natsjs.Embedded(ctx, append(r.cfg.logOpts(), natsjs.WithEphemeral())...)
 	if err != nil {
 		return err
 	}

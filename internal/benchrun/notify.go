@@ -276,7 +276,7 @@ var notifyShipped = herald.Notification[shipped]("bench.order.shipped")
 
 func (r *runner) heraldNotify(ctx context.Context, box *mailbox, n int) (Result, error) {
 	res := Result{Scenario: "notify", System: "herald-notify-sqlite"}
-	br, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithLogger(r.cfg.Logger))
+	br, err := natsjs.Embedded(ctx, append(r.cfg.logOpts(), natsjs.WithEphemeral())...)
 	if err != nil {
 		return res, err
 	}

@@ -81,7 +81,7 @@ func (r *runner) bareTx(ctx context.Context, dialect string, n int) (Result, err
 // running; latency is from the event's record to its handler.
 func (r *runner) heraldTx(ctx context.Context, dialect string, n int) (Result, error) {
 	res := Result{Scenario: "outbox", System: "herald-tx-" + dialect}
-	br, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithLogger(r.cfg.Logger))
+	br, err := natsjs.Embedded(ctx, append(r.cfg.logOpts(), natsjs.WithEphemeral())...)
 	if err != nil {
 		return res, err
 	}
