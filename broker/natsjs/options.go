@@ -75,6 +75,8 @@ type config struct {
 	instanceTTL     time.Duration
 	atomicBatches   bool
 	atomicSet       bool
+	traceStorage    TraceStorage
+	traceStorageSet bool
 
 	// embedded
 	serverLog    slog.Level // the least level of the server's lines that are logged

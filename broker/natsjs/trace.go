@@ -26,11 +26,56 @@ func (n names) traceStream() string {
 	return strings.ToUpper(strings.ReplaceAll(n.prefix, ".", "_")) + "_TRACE"
 }
 
+// TraceStorage is where the trace stream keeps its records
+// (WithTraceStorage).
+type TraceStorage int
+
+const (
+	// TraceInMemory keeps the records in the server's memory, the default:
+	// a trace is a diagnostic, and they are lost when the server restarts.
+	TraceInMemory TraceStorage = iota
+	// TraceOnFile keeps them in the server's file store: they survive its
+	// restarts (within the stream's limits). herald dev uses it.
+	TraceOnFile
+)
+
+func (s TraceStorage) String() string {
+	switch s {
+	case TraceInMemory:
+		return "memory"
+	case TraceOnFile:
+		return "file"
+	}
+	return fmt.Sprintf("TraceStorage(%d)", int(s))
+}
+
+func (s TraceStorage) jetstream() jetstream.StorageType {
+	if s == TraceOnFile {
+		return jetstream.FileStorage
+	}
+	return jetstream.MemoryStorage
+}
+
+// WithTraceStorage sets where ProvisionTrace creates the trace stream
+// (default TraceInMemory). A stream's storage cannot change, so an existing
+// trace stream keeps its own: the first process to create it decides.
+func WithTraceStorage(s TraceStorage) Option {
+	return func(c *config) error {
+		if s != TraceInMemory && s != TraceOnFile {
+			return invalid("WithTraceStorage(%d): want TraceInMemory or TraceOnFile", int(s))
+		}
+		c.traceStorage, c.traceStorageSet = s, true
+		return nil
+	}
+}
+
 // ProvisionTrace creates or updates the bounded stream of causal trace
-// records, <PREFIX>_TRACE on subjects <prefix>.trace.<service>: in memory,
-// oldest records dropped beyond maxAge or maxBytes (zero: the defaults). A
-// trace is a diagnostic, so it lives in memory and is lost when the server
-// restarts. Call it once at start; it is idempotent.
+// records, <PREFIX>_TRACE on subjects <prefix>.trace.<service>, oldest
+// records dropped beyond maxAge or maxBytes (zero: the defaults). It creates
+// the stream in memory, lost when the server restarts, unless
+// WithTraceStorage(TraceOnFile); an existing stream keeps its storage. A
+// trace.Recorder calls it when it starts, and again when an append finds
+// the stream gone (a server restarted without it). It is idempotent.
 func (b *Broker) ProvisionTrace(ctx context.Context, maxAge time.Duration, maxBytes int64) error {
 	if err := b.enter(); err != nil {
 		return err
@@ -56,10 +101,30 @@ func (b *Broker) ProvisionTrace(ctx context.Context, maxAge time.Duration, maxBy
 		MaxAge:      maxAge,
 		MaxBytes:    maxBytes,
 		MaxMsgs:     -1,
-		Storage:     jetstream.MemoryStorage,
+		Storage:     b.cfg.traceStorage.jetstream(),
 		Replicas:    b.cfg.replicas,
 	}
-	return b.ensureStream(ctx, sc, false)
+	err := b.retryStartup(ctx, "provision stream "+sc.Name, func(ctx context.Context) error {
+		s, err := b.js.Stream(ctx, sc.Name)
+		switch {
+		case err == nil:
+			if have := s.CachedInfo().Config.Storage; have != sc.Storage {
+				if b.cfg.traceStorageSet {
+					b.log.Warn("herald/natsjs: the trace stream exists on other storage, which cannot change; it keeps it",
+						"stream", sc.Name, "storage", have.String(), "want", sc.Storage.String())
+				}
+				sc.Storage = have
+			}
+		case !errors.Is(err, jetstream.ErrStreamNotFound):
+			return err
+		}
+		_, err = b.js.CreateOrUpdateStream(ctx, sc)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("herald/natsjs: provision stream %s: %w", sc.Name, err)
+	}
+	return nil
 }
 
 // AppendTrace stores one batch of encoded trace records of service on the
@@ -109,7 +174,8 @@ func (b *Broker) readTrace(ctx context.Context, from jetstream.DeliverPolicy, st
 	name := b.names.traceStream()
 	st, err := b.js.Stream(ctx, name)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		return fmt.Errorf("herald/natsjs: trace stream %s: %w (no service has recorded a trace on this server)", name, broker.ErrNotProvisioned)
+		return fmt.Errorf("herald/natsjs: no trace stream %s on this server: %w (a trace.Recorder creates it when it starts, "+
+			"and again when it next records after the stream was lost)", name, broker.ErrNotProvisioned)
 	}
 	if err != nil {
 		return fmt.Errorf("herald/natsjs: trace stream %s: %w", name, err)
