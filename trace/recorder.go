@@ -10,15 +10,18 @@ import (
 	"time"
 
 	"github.com/heraldhq/herald"
+	"github.com/heraldhq/herald/broker"
 )
 
 // Sink is where a Recorder appends its batches: the broker's trace stream.
 // natsjs.Broker implements it.
 type Sink interface {
 	// ProvisionTrace creates the bounded trace stream (zero limits: the
-	// transport's defaults). It is called once, by Start.
+	// transport's defaults). Start calls it, and the writer again when an
+	// append finds the stream gone.
 	ProvisionTrace(ctx context.Context, maxAge time.Duration, maxBytes int64) error
-	// AppendTrace stores one encoded batch of source's records.
+	// AppendTrace stores one encoded batch of source's records. Its error
+	// wraps broker.ErrNotProvisioned when the stream does not exist.
 	AppendTrace(ctx context.Context, source string, batch []byte) error
 }
 
@@ -44,7 +47,10 @@ type Config struct {
 
 // Recorder is a herald.Observer that appends a Record of every observation to
 // the trace stream. Observe never blocks. Create it with NewRecorder, then
-// Start it; Close flushes what is buffered.
+// Start it; Close flushes what is buffered. When an append finds the stream
+// gone (the server restarted and lost it, or an operator deleted it) the
+// writer creates it again, at most once a second (backing off to once a
+// minute while that fails), and logs it at Warn.
 type Recorder struct {
 	sink Sink
 	cfg  Config
@@ -131,6 +137,13 @@ func (r *Recorder) Start(ctx context.Context) error {
 	return nil
 }
 
+// provision creates the trace stream again, for at most five seconds.
+func (r *Recorder) provision(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	return r.sink.ProvisionTrace(ctx, r.cfg.MaxAge, r.cfg.MaxBytes)
+}
+
 // Close stops the writer after it sent what was buffered (for at most five
 // seconds). Records observed after Close are dropped.
 func (r *Recorder) Close() error {
@@ -178,18 +191,45 @@ func (r *Recorder) Sync(ctx context.Context) error {
 	}
 }
 
+// Bounds of the writer's re-provisioning of a trace stream that is gone:
+// at most one attempt per reprovisionMin, the wait doubling after each
+// failed one up to reprovisionMax.
+const (
+	reprovisionMin = time.Second
+	reprovisionMax = time.Minute
+)
+
 // write batches records until ctx ends, then flushes what is buffered.
 func (r *Recorder) write(ctx context.Context) {
 	defer close(r.done)
 	buf := NewBatch(r.cfg.BatchBytes + 512)
 	n := 0
+	var nextProvision time.Time // no re-provisioning before
+	provisionWait := reprovisionMin
+	appendBatch := func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		return r.sink.AppendTrace(ctx, r.cfg.Source, buf)
+	}
 	flush := func(ctx context.Context) {
 		if n == 0 {
 			return
 		}
-		fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		err := r.sink.AppendTrace(fctx, r.cfg.Source, buf)
-		cancel()
+		err := appendBatch(ctx)
+		if errors.Is(err, broker.ErrNotProvisioned) && !time.Now().Before(nextProvision) {
+			// The stream is gone: on a server that restarted, a stream in
+			// memory is lost. Create it again, at most once per wait.
+			if perr := r.provision(ctx); perr != nil {
+				r.cfg.Logger.Warn("herald/trace: the trace stream is gone and cannot be created again; records are lost until it is",
+					"source", r.cfg.Source, "err", perr, "retry_in", provisionWait)
+				nextProvision = time.Now().Add(provisionWait)
+				provisionWait = min(2*provisionWait, reprovisionMax)
+			} else {
+				r.cfg.Logger.Warn("herald/trace: the trace stream was gone; created it again", "source", r.cfg.Source)
+				nextProvision, provisionWait = time.Now().Add(reprovisionMin), reprovisionMin
+				err = appendBatch(ctx)
+			}
+		}
 		if err != nil {
 			r.lost.Add(uint64(n))
 			r.cfg.Logger.Debug("herald/trace: append", "source", r.cfg.Source, "records", n, "err", err)

@@ -33,8 +33,10 @@ func Collect(ctx context.Context, src Source, id string) ([]Record, error) {
 	}
 	var recs []Record
 	flow := ""
+	total := 0
 	err := src.ReadTrace(ctx, func(b []byte) error {
 		return DecodeBatch(b, func(r Record) error {
+			total++
 			switch {
 			case r.CorrelationID == id:
 				recs = append(recs, r)
@@ -49,7 +51,10 @@ func Collect(ctx context.Context, src Source, id string) ([]Record, error) {
 	}
 	if len(recs) > 0 || flow == "" {
 		if len(recs) == 0 {
-			return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
+			if total == 0 {
+				return nil, fmt.Errorf("%w: %s (the trace holds no records at all)", ErrNotFound, id)
+			}
+			return nil, fmt.Errorf("%w: %s (the trace holds %d records, of other flows)", ErrNotFound, id, total)
 		}
 		return recs, nil
 	}
