@@ -26,7 +26,9 @@ URL, ` + devURL + `, unless told otherwise; for another --listen, dev prints
 the export NATS_URL=... line that makes them use it.
 
 Services in other processes cannot re-publish what an unsynced server lost
-if the machine dies, so dev fsyncs every write (--sync-always, default on).`,
+if the machine dies, so dev fsyncs every write (--sync-always, default on).
+It keeps the services' causal trace stream on file too, so that herald trace
+and herald tail see what was recorded before dev restarted.`,
 		Example: `  herald dev --data-dir ./nats-data
   go run ./examples/shop/orders   --db orders.db   --listen 127.0.0.1:8081
   go run ./examples/shop/shipping --db shipping.db --listen 127.0.0.1:8082
@@ -35,7 +37,8 @@ if the machine dies, so dev fsyncs every write (--sync-always, default on).`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelInfo}))
 			b, err := natsjs.Embedded(cmd.Context(), natsjs.WithDataDir(dataDir), natsjs.WithListen(listen),
-				natsjs.WithSyncAlways(syncAlways), natsjs.WithLogger(log), natsjs.WithServerLogLevel(serverLogLevel(verbose)))
+				natsjs.WithSyncAlways(syncAlways), natsjs.WithLogger(log), natsjs.WithServerLogLevel(serverLogLevel(verbose)),
+				natsjs.WithTraceStorage(natsjs.TraceOnFile))
 			if err != nil {
 				if errors.Is(err, natsjs.ErrInvalidOption) {
 					return usageErrorf("--listen %s: %w", listen, err)
@@ -47,6 +50,12 @@ if the machine dies, so dev fsyncs every write (--sync-always, default on).`,
 				return fmt.Errorf("start NATS JetStream on %s with data in %s: %w%s", listen, dataDir, err, hint)
 			}
 			defer b.Close()
+			// The trace stream, on file, before any service creates it in
+			// memory: herald trace and herald tail read what the services
+			// recorded before dev restarted.
+			if err := b.ProvisionTrace(cmd.Context(), 0, 0); err != nil {
+				return fmt.Errorf("create the trace stream: %w", err)
+			}
 			out := cmd.OutOrStdout()
 			fmt.Fprintf(out, "NATS JetStream ready: %s (data in %s)\nexport NATS_URL=%s\n", b.URL(), dataDir, b.URL())
 			if h := os.Getenv("HERALD_NATS_URL"); h != "" && h != b.URL() {

@@ -14,6 +14,7 @@ import (
 	"github.com/heraldhq/herald/broker/natsjs"
 	"github.com/heraldhq/herald/store"
 	"github.com/heraldhq/herald/store/sqlite"
+	"github.com/heraldhq/herald/trace"
 )
 
 // downURL returns the URL of a loopback port nothing listens on.
@@ -196,8 +197,8 @@ func TestDevPrintsTheNATSURL(t *testing.T) {
 		}
 	}
 	t.Setenv("NATS_URL", url)
-	if _, err := runCLI(t, "trace", "no-such-flow"); !errors.Is(err, broker.ErrNotProvisioned) {
-		t.Errorf("herald trace with NATS_URL=%s: %v, want broker.ErrNotProvisioned (connected)", url, err)
+	if _, err := runCLI(t, "trace", "no-such-flow"); !errors.Is(err, trace.ErrNotFound) {
+		t.Errorf("herald trace with NATS_URL=%s: %v, want trace.ErrNotFound (connected, and dev created the trace stream)", url, err)
 	}
 	cancel()
 	if err := <-done; err != nil {

@@ -3,10 +3,13 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"strings"
 
 	"github.com/heraldhq/herald"
+	"github.com/heraldhq/herald/broker"
 	"github.com/heraldhq/herald/broker/natsjs"
 	"github.com/heraldhq/herald/envelope"
 	"github.com/heraldhq/herald/trace"
@@ -62,7 +65,7 @@ In the shop a flow is named after its order: herald trace <order id>.`,
 			defer b.Close()
 			recs, err := trace.Collect(cmd.Context(), b, id)
 			if err != nil {
-				return err
+				return traceReadError(err, f.nats)
 			}
 			if asJSON {
 				return writeJSON(cmd.OutOrStdout(), recs)
@@ -122,6 +125,21 @@ every filter given. Stop with Ctrl-C.`,
 	cmd.Flags().StringArrayVar(&filter.Hops, "hop", nil, "only this `HOP`: "+strings.Join(hops, ", ")+" (repeatable)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON lines")
 	return cmd
+}
+
+// traceReadError tells a missing trace stream from a trace without the
+// flow asked for: services may be recording on a server whose stream was
+// lost, and the stream may hold only other flows.
+func traceReadError(err error, server string) error {
+	switch {
+	case errors.Is(err, broker.ErrNotProvisioned):
+		return fmt.Errorf("no trace stream on %s yet: a service with a trace recorder creates it when it starts, "+
+			"and again when it next records after a server restart lost it (herald dev keeps it on file): %w", server, err)
+	case errors.Is(err, trace.ErrNotFound):
+		return fmt.Errorf("no trace records of this flow on %s: pass a correlation id or the id of a recorded event; "+
+			"records beyond the trace stream's limits (24h or 64 MiB by default) are dropped: %w", server, err)
+	}
+	return err
 }
 
 var hops = []string{string(herald.HopRecord), string(herald.HopTranslate), string(herald.HopNotify), string(herald.HopPublish),
