@@ -8,7 +8,9 @@
 // Recording never slows or fails the business flow: Observe copies the
 // record into a bounded buffer and returns; when the buffer is full the record
 // is dropped and counted (Recorder.Dropped). On NATS JetStream the stream is
-// <PREFIX>_TRACE, in memory, bounded by age and bytes (natsjs.ProvisionTrace).
+// <PREFIX>_TRACE, in memory unless natsjs.WithTraceStorage(natsjs.TraceOnFile),
+// bounded by age and bytes (natsjs.ProvisionTrace); a Recorder creates it
+// again when it is lost.
 //
 //	rec, _ := trace.NewRecorder(broker, trace.Config{Source: "orders"})
 //	svc, _ := herald.New("orders", herald.WithObserver(rec), …)
