@@ -294,3 +294,29 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestCloseAfterTheStoreClosedReturnsAtOnce: a closed store can neither
+// be read nor marked, so Close does not wait for the drain timeout.
+func TestCloseAfterTheStoreClosedReturnsAtOnce(t *testing.T) {
+	ctx := context.Background()
+	b, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithLogger(quiet))
+	must(t, err)
+	defer b.Close()
+	st := testdb.SQLite(t)
+	const timeout = time.Minute
+	// A long lease: the relay would not find the store closed by renewing
+	// it before the timeout.
+	svc, err := herald.New("orders", herald.WithStore(st), herald.WithBroker(b), herald.WithLogger(quiet),
+		herald.WithRelay(herald.RelayConfig{DrainTimeout: timeout, LeaseTTL: time.Hour}))
+	must(t, err)
+	must(t, herald.Translate(svc, stepRecorded, orderStepped, func(_ context.Context, s step) (stepped, error) { return stepped(s), nil }))
+	must(t, svc.Start(ctx))
+	defer svc.Close()
+	recordSteps(t, svc, 0, 1)
+	must(t, st.Close())
+	start := time.Now()
+	must(t, svc.Close())
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("Close took %v after the store closed, want it not to wait for the drain timeout %v", took, timeout)
+	}
+}

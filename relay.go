@@ -37,11 +37,11 @@ type RelayConfig struct {
 	// DrainTimeout bounds how long Close keeps publishing what was committed
 	// before it (default 5s), once the subscriptions have stopped: the
 	// relay publishes the outbox until it is empty, retrying failures, and
-	// gives up at the timeout — at once if the broker is closed. What it
-	// leaves stays in the outbox for the next start (or another instance's
-	// relay) and is logged at Warn with its count. An instance that does not
-	// hold the relay lease has nothing to publish: the instance that holds
-	// it does.
+	// gives up at the timeout — at once if the broker or the store is
+	// closed. What it leaves stays in the outbox for the next start (or
+	// another instance's relay) and is logged at Warn with its count. An
+	// instance that does not hold the relay lease has nothing to publish:
+	// the instance that holds it does.
 	DrainTimeout time.Duration
 }
 
@@ -226,7 +226,7 @@ func (s *Service) relay(ctx context.Context, holder string, drain <-chan struct{
 			}
 			lastErr = err
 			checkDrain()
-			if draining && errors.Is(err, broker.ErrClosed) {
+			if draining && (errors.Is(err, broker.ErrClosed) || errors.Is(err, store.ErrClosed)) {
 				return // no retry can succeed before the timeout
 			}
 			failures++
