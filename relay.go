@@ -41,7 +41,8 @@ type RelayConfig struct {
 	// closed. What it leaves stays in the outbox for the next start (or
 	// another instance's relay) and is logged at Warn with its count. An
 	// instance that does not hold the relay lease has nothing to publish:
-	// the instance that holds it does.
+	// the instance that holds it does (logged at Info if the outbox is not
+	// empty).
 	DrainTimeout time.Duration
 }
 
@@ -124,9 +125,9 @@ func (s *Service) relay(ctx context.Context, holder string, drain <-chan struct{
 	defer timer.Stop()
 	woke := false // the last wait ended with a commit signal
 	// Close closes drain: from then on the relay publishes until the outbox
-	// is empty (drained), without waiting for commits or polls, and stops;
-	// Close cancels ctx when the drain timeout is over.
-	draining, drained := false, false
+	// is empty, without waiting for commits or polls, and stops; Close
+	// cancels ctx when the drain timeout is over.
+	draining := false
 	var lastErr error // the last round's failure
 	checkDrain := func() {
 		if !draining {
@@ -178,9 +179,9 @@ func (s *Service) relay(ctx context.Context, holder string, drain <-chan struct{
 		_ = s.flushMarks(ctx, rs)
 		rs.reset()
 		if !leased.IsZero() {
-			if !drained {
-				s.leftBehind(lastErr)
-			}
+			// Drained, the outbox may still hold rows: on PostgreSQL, ones
+			// a running transaction elsewhere keeps unreadable.
+			s.leftBehind(lastErr)
 			rctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			_ = s.store.ReleaseLease(rctx, lease, holder)
 			cancel()
@@ -199,6 +200,9 @@ func (s *Service) relay(ctx context.Context, holder string, drain <-chan struct{
 				}
 				leased = time.Time{}
 				if draining {
+					if err == nil {
+						s.leftToHolder()
+					}
 					return // the relay that holds the lease publishes the rest
 				}
 				if !wait(rc.LeaseTTL/3, false) {
@@ -244,8 +248,7 @@ func (s *Service) relay(ctx context.Context, holder string, drain <-chan struct{
 		checkDrain()
 		if draining {
 			if n == 0 {
-				drained = true
-				return
+				return // drained
 			}
 			continue // read again until nothing is left
 		}
@@ -269,6 +272,18 @@ func (s *Service) relay(ctx context.Context, holder string, drain <-chan struct{
 		if !wait(d, true) {
 			return
 		}
+	}
+}
+
+// leftToHolder logs, at Close of an instance without the relay lease, what
+// the outbox holds for the instance that holds it — or, if that one died,
+// for the next start after the lease expires.
+func (s *Service) leftToHolder() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if n, _, err := s.OutboxStats(ctx); err == nil && n > 0 {
+		s.log.Info("closed without the relay lease: the instance that holds it publishes the events in the outbox "+
+			"(if it died, the next start does once the lease expires)", "unpublished", n, "lease_ttl", s.cfg.relay.LeaseTTL)
 	}
 }
 
