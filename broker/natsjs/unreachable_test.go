@@ -15,9 +15,10 @@ import (
 
 // TestCallsWhileTheServerIsDownSayItIsUnreachable: with the server gone and
 // the connection reconnecting, a publish, a catalog heartbeat, a trace
-// append and a pending count fail with an error that says the server is
-// unreachable and wraps broker.ErrTransient — not with nats.go's "nats:
-// outbound buffer limit exceeded", which is what a down server looked like.
+// append and a pending count or state fail with an error that says the
+// server is unreachable and wraps broker.ErrTransient — not with nats.go's
+// "nats: outbound buffer limit exceeded", which is what a down server
+// looked like.
 func TestCallsWhileTheServerIsDownSayItIsUnreachable(t *testing.T) {
 	srv := embedded(t, WithEphemeral(), WithListen("127.0.0.1:0"))
 	b := connect(t, srv.URL(), WithReconnectWait(50*time.Millisecond))
@@ -49,6 +50,10 @@ func TestCallsWhileTheServerIsDownSayItIsUnreachable(t *testing.T) {
 		"trace":     call(func(ctx context.Context) error { return b.AppendTrace(ctx, "orders", []byte("x")) }),
 		"pending": call(func(ctx context.Context) error {
 			_, err := b.Pending(ctx, sub)
+			return err
+		}),
+		"pending state": call(func(ctx context.Context) error {
+			_, err := b.PendingState(ctx, sub)
 			return err
 		}),
 	} {
