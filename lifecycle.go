@@ -94,13 +94,14 @@ func (s *Service) Start(ctx context.Context) error {
 // the outbox is empty, for at most RelayConfig.DrainTimeout (default 5s), and
 // stops: a process that commits and exits has published its events. If the
 // broker is unreachable, Close gives up after the timeout (at once if the
-// broker is closed) and logs at Warn how many events it left in the outbox;
-// the service's next start, or another instance, publishes them. An instance
-// that does not hold the relay lease has nothing to publish: the one that
-// holds it does (Close logs at Info what the outbox holds for it). Last, the instance leaves the catalog (the manifest stays:
-// the service shows as stale until an instance starts again or `herald
-// catalog forget` retires it). Close does not close the store or the broker,
-// which the caller owns: close them after it. Close is idempotent.
+// broker or the store is closed) and logs at Warn how many events it left in
+// the outbox; the service's next start, or another instance, publishes them.
+// An instance that does not hold the relay lease has nothing to publish: the
+// one that holds it does (Close logs at Info what the outbox holds for it).
+// Last, the instance leaves the catalog (the manifest stays: the service
+// shows as stale until an instance starts again or `herald catalog forget`
+// retires it). Close does not close the store or the broker, which the
+// caller owns: close them after it. Close is idempotent.
 func (s *Service) Close() error {
 	s.life.Lock()
 	if s.closed {
