@@ -1,6 +1,9 @@
 package main
 
 import (
+	"errors"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -76,33 +79,76 @@ func TestHelpOfEveryCommand(t *testing.T) {
 func TestExamplesParse(t *testing.T) {
 	commands(func(c *cobra.Command) {
 		for _, line := range strings.Split(c.Example, "\n") {
-			words := strings.Fields(line)
-			if len(words) == 0 || words[0] != "herald" {
-				continue
-			}
-			for i, w := range words {
-				if w == "|" || w == ">" || w == "&" || w == "#" || w == "&&" {
-					words = words[:i]
-					break
-				}
-			}
-			root := newRoot()
-			cmd, rest, err := root.Find(words[1:])
-			if err == nil {
-				err = cmd.ParseFlags(rest)
-			}
-			if err == nil {
-				pos := cmd.Flags().Args()
-				switch {
-				case cmd.HasSubCommands() && len(pos) > 0:
-					err = usageErrorf("unknown command %q", pos[0])
-				case cmd.Args != nil:
-					err = cmd.Args(cmd, pos)
-				}
-			}
-			if err != nil {
+			if err := parseExample(line); err != nil {
 				t.Errorf("%s: example %q: %v", c.CommandPath(), strings.TrimSpace(line), err)
 			}
 		}
 	})
+}
+
+// parseExample parses a "herald …" command line against the real command
+// tree, up to a shell operator or comment; other lines are not commands.
+func parseExample(line string) error {
+	words := strings.Fields(line)
+	if len(words) == 0 || words[0] != "herald" {
+		return nil
+	}
+	for i, w := range words {
+		if w == "|" || w == ">" || w == "&" || w == "#" || w == "&&" {
+			words = words[:i]
+			break
+		}
+	}
+	root := newRoot()
+	cmd, rest, err := root.Find(words[1:])
+	if err == nil {
+		err = cmd.ParseFlags(rest)
+		if errors.Is(err, pflag.ErrHelp) {
+			return nil // --help is a command too
+		}
+	}
+	if err == nil {
+		pos := cmd.Flags().Args()
+		switch {
+		case cmd.HasSubCommands() && len(pos) > 0:
+			err = usageErrorf("unknown command %q", pos[0])
+		case cmd.Args != nil:
+			err = cmd.Args(cmd, pos)
+		}
+	}
+	return err
+}
+
+// TestREADMECommandsParse: every herald command the README shows in a shell
+// block (bare, or as go run ./cmd/herald) parses against the real command
+// tree, flags and arguments included, so the README cannot drift from the
+// CLI.
+func TestREADMECommandsParse(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	inShell, n := false, 0
+	for i, line := range strings.Split(string(b), "\n") {
+		trimmed := strings.TrimSpace(line)
+		switch {
+		case strings.HasPrefix(trimmed, "```"):
+			inShell = !inShell && (trimmed == "```sh" || trimmed == "```bash" || trimmed == "```console")
+			continue
+		case !inShell:
+			continue
+		}
+		trimmed = strings.TrimPrefix(trimmed, "$ ")
+		trimmed = strings.Replace(trimmed, "go run ./cmd/herald ", "herald ", 1)
+		if !strings.HasPrefix(trimmed, "herald ") {
+			continue
+		}
+		n++
+		if err := parseExample(trimmed); err != nil {
+			t.Errorf("README.md:%d: %q: %v", i+1, trimmed, err)
+		}
+	}
+	if n < 10 {
+		t.Fatalf("found %d herald commands in the README's shell blocks, want its examples (at least 10)", n)
+	}
 }
