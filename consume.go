@@ -2,11 +2,13 @@ package herald
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"iter"
 	"log/slog"
 	"maps"
+	"slices"
 	"sort"
 	"time"
 
@@ -532,12 +534,15 @@ func (c *consumer) handleFast(ctx context.Context, batch []*item) (settled []*it
 			lastBeat = time.Now()
 		}
 		if it.reason != "" {
-			if err := c.deadLetter(ctx, t, it); err != nil {
+			added, err := c.deadLetter(ctx, t, it)
+			if err != nil {
 				giveUp()
 				return nil, fastFallback{use: true}, nil
 			}
 			settled = append(settled, it)
-			deadLettered = append(deadLettered, it)
+			if added {
+				deadLettered = append(deadLettered, it)
+			}
 			continue
 		}
 		isFresh := fresh[n]
@@ -687,11 +692,14 @@ func (c *consumer) handleIsolated(ctx context.Context, batch []*item, handled []
 			continue
 		}
 		if it.reason != "" {
-			if err := c.deadLetter(ctx, t, it); err != nil {
+			added, err := c.deadLetter(ctx, t, it)
+			if err != nil {
 				return nil, c.abort(t, err)
 			}
 			settled = append(settled, it)
-			deadLettered = append(deadLettered, it)
+			if added {
+				deadLettered = append(deadLettered, it)
+			}
 			continue
 		}
 		if err := st.Savepoint(ctx, sqlTx); err != nil {
@@ -741,11 +749,14 @@ func (c *consumer) handleIsolated(ctx context.Context, batch []*item, handled []
 		t.log, t.outbox, t.failed = t.log[:nlog], t.outbox[:nout], nil
 		c.failed(it, herr)
 		if it.reason != "" {
-			if err := c.deadLetter(ctx, t, it); err != nil {
+			added, err := c.deadLetter(ctx, t, it)
+			if err != nil {
 				return nil, c.abort(t, err)
 			}
 			settled = append(settled, it)
-			deadLettered = append(deadLettered, it)
+			if added {
+				deadLettered = append(deadLettered, it)
+			}
 			continue
 		}
 		blocked[it.key] = true
@@ -774,8 +785,11 @@ func (c *consumer) abort(t *txn, err error) error {
 }
 
 // deadLetter stores it as a dead letter inside t, with the inbox row that
-// keeps a redelivery from dead-lettering it twice.
-func (c *consumer) deadLetter(ctx context.Context, t *txn, it *item) error {
+// keeps a redelivery from dead-lettering it twice: the event's id, or for a
+// message that could not be decoded its stream sequence and a digest of its
+// bytes. It reports false, storing nothing, for such a redelivery (its ack
+// was lost, or its ack wait ran out while it waited on a loaded machine).
+func (c *consumer) deadLetter(ctx context.Context, t *txn, it *item) (bool, error) {
 	dl := store.DeadLetter{
 		Service:      c.svc.name,
 		Subscription: c.sub.name,
@@ -786,21 +800,42 @@ func (c *consumer) deadLetter(ctx context.Context, t *txn, it *item) error {
 		Data:         it.d.Data(),
 		Time:         time.Now(),
 	}
+	key := undecodableKey(it.seq, dl.Header, dl.Data)
 	if it.env != nil {
 		dl.EventID, dl.Type, dl.Version = it.env.ID, it.env.Type, it.env.Version
-		if _, err := c.svc.store.ClaimInbox(ctx, t.sql, c.sub.inbox, it.env.ID); err != nil {
-			return err
-		}
+		key = it.env.ID
+	}
+	fresh, err := c.svc.store.ClaimInbox(ctx, t.sql, c.sub.inbox, key)
+	if err != nil {
+		return false, err
+	}
+	if !fresh {
+		c.svc.log.Debug("dead letter already recorded; acknowledging the redelivery", "subscription", c.sub.name,
+			"event", dl.EventID, "seq", it.seq)
+		return false, nil
 	}
 	if dl.Data == nil {
 		dl.Data = []byte{}
 	}
-	_, err := c.svc.store.AddDeadLetter(ctx, t.sql, dl)
-	if err == nil {
-		c.svc.log.Warn("dead-lettered", "subscription", c.sub.name, "event", dl.EventID, "type", dl.Type,
-			"reason", dl.Reason, "err", dl.LastError, "attempts", dl.Attempts)
+	if _, err := c.svc.store.AddDeadLetter(ctx, t.sql, dl); err != nil {
+		return false, err
 	}
-	return err
+	c.svc.log.Warn("dead-lettered", "subscription", c.sub.name, "event", dl.EventID, "type", dl.Type,
+		"reason", dl.Reason, "err", dl.LastError, "attempts", dl.Attempts)
+	return true, nil
+}
+
+// undecodableKey is the inbox key of a message without a usable event id:
+// its stream sequence and a digest of its headers and body, so that only a
+// redelivery of the same message matches it.
+func undecodableKey(seq uint64, header map[string]string, data []byte) string {
+	h := sha256.New()
+	keys := slices.Sorted(maps.Keys(header))
+	for _, k := range keys {
+		fmt.Fprintf(h, "%d:%s%d:%s", len(k), k, len(header[k]), header[k])
+	}
+	h.Write(data)
+	return fmt.Sprintf("undecodable:%d:%x", seq, h.Sum(nil)[:16])
 }
 
 // publishDeadLetter tells the broker's dead-letter subject, best effort: the
