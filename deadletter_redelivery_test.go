@@ -41,7 +41,7 @@ func (a *ackDropper) Consume(ctx context.Context, sub broker.Subscription, batch
 
 type lostAck struct{ broker.Delivery }
 
-func (lostAck) AckNoWait() error             { return nil }
+func (lostAck) AckNoWait() error              { return nil }
 func (lostAck) Ack(ctx context.Context) error { return nil }
 
 // TestRedeliveredGarbageIsDeadLetteredOnce: a dead letter's inbox row makes
