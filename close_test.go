@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/heraldhq/herald/internal/testlog"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -129,7 +130,7 @@ func TestCloseWithTheServerDownGivesUpAtTheTimeout(t *testing.T) {
 	srv, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithListen("127.0.0.1:0"), natsjs.WithLogger(quiet))
 	must(t, err)
 	defer srv.Close()
-	var logs syncBuffer
+	var logs testlog.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	b, err := natsjs.Connect(ctx, []string{srv.URL()}, natsjs.WithLogger(log), natsjs.WithReconnectWait(50*time.Millisecond))
 	must(t, err)
@@ -177,7 +178,7 @@ func TestCloseWithTheBrokerClosedReturnsAtOnce(t *testing.T) {
 	b, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithLogger(quiet))
 	must(t, err)
 	defer b.Close()
-	var logs syncBuffer
+	var logs testlog.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	st := testdb.SQLite(t)
 	const timeout = time.Minute
@@ -268,7 +269,7 @@ func TestCloseWithoutTheLeaseLeavesTheOutboxToItsHolder(t *testing.T) {
 	holderPubs.waitIDs(t, 1) // it holds the lease
 	gate.shut()
 
-	var logs syncBuffer
+	var logs testlog.Buffer
 	other := instance(b, &publishCounter{n: map[string]int{}}, slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo})))
 	recordSteps(t, other, 1, 1)
 	start := time.Now()

@@ -26,12 +26,12 @@ package herald_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/heraldhq/herald/internal/testlog"
 	"log/slog"
 	"math/rand/v2"
 	"os"
@@ -542,7 +542,7 @@ type faultRig struct {
 	dir     string
 	srv     *natsserver.Server
 	js      jetstream.JetStream
-	log     *faultLogBuf
+	log     *testlog.Buffer
 	procs   []*faultProc
 	// defaultAckWait: startConsumer subscribes with herald's default ack
 	// wait instead of newFaultConsumer's short one.
@@ -556,7 +556,7 @@ func newFaultRig(t *testing.T, dialect string) *faultRig {
 	if testing.Short() {
 		t.Skip("-short: fault tests take a while")
 	}
-	r := &faultRig{t: t, dialect: dialect, dir: t.TempDir(), log: &faultLogBuf{}}
+	r := &faultRig{t: t, dialect: dialect, dir: t.TempDir(), log: &testlog.Buffer{}}
 	r.srv = natsserver.Start(t, filepath.Join(r.dir, "nats"), 0)
 	nc, err := nats.Connect(r.srv.URL(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond), nats.Name("fault-observer"))
 	if err != nil {
@@ -987,24 +987,6 @@ func faultDialects(t *testing.T, fn func(t *testing.T, dialect string)) {
 			t.Logf("%s: %v", d, time.Since(start).Round(time.Millisecond))
 		})
 	}
-}
-
-// faultLogBuf is a concurrency-safe log buffer.
-type faultLogBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *faultLogBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *faultLogBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // faultProgress samples, every 20ms, the consumer's effects and the events

@@ -3,6 +3,7 @@ package herald_test
 import (
 	"context"
 	"fmt"
+	"github.com/heraldhq/herald/internal/testlog"
 	"log/slog"
 	"strings"
 	"sync"
@@ -44,7 +45,7 @@ func TestStoppingDoesNotLogItsOwnCancellation(t *testing.T) {
 	b, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithLogger(quiet))
 	must(t, err)
 	defer b.Close()
-	var logs syncBuffer
+	var logs testlog.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	br := &slowCounter{Broker: b, asked: make(chan struct{})}
 	svc, err := herald.New("shipping", herald.WithStore(testdb.SQLite(t)), herald.WithBroker(br), herald.WithLogger(log))

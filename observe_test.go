@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/heraldhq/herald/internal/testlog"
 	"log/slog"
 	"slices"
 	"strings"
@@ -110,7 +111,7 @@ func TestObserversCannotStopTheFlow(t *testing.T) {
 	defer close(release)
 	stuck := herald.ObserverFunc(func(context.Context, herald.Observation) { <-release })
 	boom := herald.ObserverFunc(func(context.Context, herald.Observation) { panic("observer bug") })
-	var logs syncBuffer
+	var logs testlog.Buffer
 	logger := slog.New(slog.NewTextHandler(&logs, nil))
 	// boom twice: two observers of one type are two observers, logged apart.
 	opts := []herald.Option{herald.WithBroker(b), herald.WithObserver(stuck), herald.WithObserver(boom), herald.WithObserver(boom),
@@ -176,22 +177,4 @@ func TestObserversCannotStopTheFlow(t *testing.T) {
 	if c := strings.Count(out, "observer too slow"); c != 2 {
 		t.Errorf("%d log lines of a slow observer, want one per service", c)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -1,39 +1,20 @@
 package natsjs
 
 import (
-	"bytes"
 	"context"
 	"errors"
+	"github.com/heraldhq/herald/internal/testlog"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
-
-// lockedBuffer is a bytes.Buffer safe for the server's goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // serverLines starts and closes an embedded server with opts on a logger
 // that takes every level, and returns the server's log lines.
 func serverLines(t *testing.T, opts ...Option) []string {
 	t.Helper()
-	var buf lockedBuffer
+	var buf testlog.Buffer
 	log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug - 4}))
 	b, err := Embedded(testCtx(t, 30*time.Second), append([]Option{WithEphemeral(), WithLogger(log)}, opts...)...)
 	if err != nil {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"github.com/heraldhq/herald/internal/testlog"
 	"log/slog"
 	"strings"
 	"testing"
@@ -21,7 +22,7 @@ import (
 func startDev(t *testing.T, args ...string) (url string, stop func() string) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	var out, errb syncBuffer
+	var out, errb testlog.Buffer
 	cmd := newRoot()
 	cmd.SetOut(&out)
 	cmd.SetErr(&errb)

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"github.com/heraldhq/herald/internal/testlog"
 	"log/slog"
 	"net"
 	"path/filepath"
@@ -172,10 +173,10 @@ func TestDevPrintsTheNATSURL(t *testing.T) {
 	clearNATSEnv(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var out syncBuffer
+	var out testlog.Buffer
 	cmd := newRoot()
 	cmd.SetOut(&out)
-	cmd.SetErr(new(syncBuffer))
+	cmd.SetErr(new(testlog.Buffer))
 	cmd.SetArgs([]string{"dev", "--listen", "127.0.0.1:0", "--data-dir", t.TempDir()})
 	done := make(chan error, 1)
 	go func() { done <- cmd.ExecuteContext(ctx) }()

@@ -1,12 +1,11 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
+	"github.com/heraldhq/herald/internal/testlog"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,24 +14,6 @@ import (
 	"github.com/heraldhq/herald/envelope"
 	"github.com/heraldhq/herald/trace"
 )
-
-// syncBuffer is a bytes.Buffer safe to read while a command writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestTraceAndTail records a small flow on a real embedded JetStream with a
 // client port, prints its tree with herald trace, and follows new records
@@ -101,7 +82,7 @@ func TestTraceAndTail(t *testing.T) {
 	// tail: only shipping's integration hops.
 	tctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var buf syncBuffer
+	var buf testlog.Buffer
 	cmd := newRoot()
 	cmd.SetOut(&buf)
 	cmd.SetArgs([]string{"tail", url, "--service", "shipping", "--kind", "integration"})

@@ -2,6 +2,7 @@ package shop
 
 import (
 	"context"
+	"github.com/heraldhq/herald/internal/testlog"
 	"log/slog"
 	"net/http"
 	"path/filepath"
@@ -24,7 +25,7 @@ func TestServiceLogLinesNameTheServiceOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer srv.Close()
-	var out, errb syncBuffer
+	var out, errb testlog.Buffer
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan int, 1)

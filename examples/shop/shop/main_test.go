@@ -4,13 +4,13 @@ import (
 	"bytes"
 	"context"
 	"flag"
+	"github.com/heraldhq/herald/internal/testlog"
 	"log/slog"
 	"net"
 	"net/http"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,24 +18,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
-
-// syncBuffer is a bytes.Buffer safe to read while a service writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // ownFlags are the flags only one service has.
 var ownFlags = map[string][]string{"shipping": {"dispatch-delay"}, "notifications": {"smtp", "smtp-from"}}
@@ -167,7 +149,7 @@ func TestServiceBusyHTTPPortFailsBeforeNATS(t *testing.T) {
 	}
 	defer b.Close()
 	for _, server := range []string{"nats://" + freeAddr(t), b.URL()} {
-		var out, errb syncBuffer
+		var out, errb testlog.Buffer
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		start := time.Now()
 		code := Run(ctx, "shipping", []string{"--server", server, "--listen", busy.Addr().String(), "--db", filepath.Join(t.TempDir(), "shipping.db")}, &out, &errb)
@@ -212,7 +194,7 @@ func TestServiceBusyHTTPPortFailsBeforeNATS(t *testing.T) {
 // up, and stops cleanly.
 func TestServiceWaitsForNATS(t *testing.T) {
 	addr := freeAddr(t)
-	var out, errb syncBuffer
+	var out, errb testlog.Buffer
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan int, 1)

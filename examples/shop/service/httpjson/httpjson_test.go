@@ -1,45 +1,26 @@
 package httpjson_test
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/heraldhq/herald/internal/testlog"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/heraldhq/herald/examples/shop/service/httpjson"
 )
-
-// syncBuffer is a log sink the server's goroutines and the test share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 type thing struct {
 	Name string `json:"name"`
 }
 
 // server serves a small API behind httpjson.Serve, logging to the buffer.
-func server(t *testing.T) (*httptest.Server, *syncBuffer) {
+func server(t *testing.T) (*httptest.Server, *testlog.Buffer) {
 	t.Helper()
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /things", func(w http.ResponseWriter, r *http.Request) {
@@ -67,7 +48,7 @@ func server(t *testing.T) (*httptest.Server, *syncBuffer) {
 		http.NewResponseController(w).Flush()
 		panic("boom after the answer began")
 	})
-	var logs syncBuffer
+	var logs testlog.Buffer
 	srv := httptest.NewServer(httpjson.Serve(mux, slog.New(slog.NewTextHandler(&logs, nil))))
 	t.Cleanup(srv.Close)
 	return srv, &logs
