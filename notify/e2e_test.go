@@ -12,6 +12,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"github.com/heraldhq/herald/internal/childproc"
 	"io"
 	"log"
 	"log/slog"
@@ -692,7 +693,7 @@ func startChild(t *testing.T, env ...string) *child {
 	cmd.Env = append(os.Environ(), env...)
 	out := &bytes.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
-	dieWithParent(cmd)
+	childproc.DieWithParent(cmd)
 	check(t, cmd.Start())
 	c := &child{cmd: cmd, out: out, done: make(chan error, 1)}
 	go func() { c.done <- cmd.Wait() }()

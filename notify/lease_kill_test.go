@@ -9,6 +9,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/heraldhq/herald/internal/childproc"
 	"io"
 	"log/slog"
 	"maps"
@@ -226,7 +227,7 @@ func startLeaseChild(t *testing.T, dir string, r leaseRole) *leaseChild {
 	c.cmd = exec.Command(os.Args[0], "-test.run=^TestLeaseRole$", "-test.count=1", "-test.v", "-test.timeout=5m")
 	c.cmd.Env = append(os.Environ(), envLeaseRole+"="+string(spec))
 	c.cmd.Stdout, c.cmd.Stderr = f, f
-	dieWithParent(c.cmd)
+	childproc.DieWithParent(c.cmd)
 	check(t, c.cmd.Start())
 	go func() { c.err = c.cmd.Wait(); close(c.done) }()
 	t.Cleanup(c.kill)

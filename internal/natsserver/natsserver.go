@@ -15,6 +15,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/heraldhq/herald/internal/childproc"
 	"net"
 	"os"
 	"os/exec"
@@ -317,7 +318,7 @@ func (s *Server) start() error {
 	cmd := exec.Command(s.bin, "-c", s.conf, "-a", "127.0.0.1", "-p", strconv.Itoa(s.port),
 		"-js", "-sd", s.dir, "-n", s.name)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	dieWithParent(cmd)
+	childproc.DieWithParent(cmd)
 	if err := cmd.Start(); err != nil {
 		return err
 	}

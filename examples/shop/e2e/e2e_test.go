@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"github.com/heraldhq/herald/internal/childproc"
 	"io"
 	"log"
 	"math/rand/v2"
@@ -416,7 +417,7 @@ func (p *proc) start() {
 	fmt.Fprintf(logf, "=== e2e: %s %s at %s\n", p.name, strings.Join(p.args, " "), time.Now().Format(time.RFC3339Nano))
 	cmd := exec.Command(p.bin, p.args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	dieWithParent(cmd)
+	childproc.DieWithParent(cmd)
 	if err := cmd.Start(); err != nil {
 		p.t.Errorf("%s: start: %v", p.name, err)
 		return
