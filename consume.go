@@ -800,10 +800,12 @@ func (c *consumer) deadLetter(ctx context.Context, t *txn, it *item) (bool, erro
 		Data:         it.d.Data(),
 		Time:         time.Now(),
 	}
-	key := undecodableKey(it.seq, dl.Header, dl.Data)
+	var key string
 	if it.env != nil {
 		dl.EventID, dl.Type, dl.Version = it.env.ID, it.env.Type, it.env.Version
 		key = it.env.ID
+	} else {
+		key = undecodableKey(it.seq, dl.Header, dl.Data)
 	}
 	fresh, err := c.svc.store.ClaimInbox(ctx, t.sql, c.sub.inbox, key)
 	if err != nil {
