@@ -98,6 +98,15 @@ func TestExternalRestartSendsLostAcksAgain(t *testing.T) {
 
 	srv.kill()
 	epoch := b.Epoch()
+	// Acks written before the client noticed the server died go into the
+	// socket and fail only asynchronously (broken pipe): wait until the
+	// connection knows it is down, so that the acks below fail.
+	for b.nc.IsConnected() {
+		if time.Now().After(deadline.Add(30 * time.Second)) {
+			t.Fatal("the connection never noticed the server died")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	mu.Lock()
 	failed := 0
 	for _, d := range held {
