@@ -14,6 +14,7 @@ import (
 
 	"github.com/heraldhq/herald/broker"
 	"github.com/heraldhq/herald/envelope"
+	"github.com/heraldhq/herald/internal/backoff"
 	"github.com/heraldhq/herald/store"
 )
 
@@ -416,7 +417,7 @@ func (c *consumer) round(ctx context.Context) time.Time {
 				return time.Time{}
 			}
 			c.svc.log.Warn("subscription transaction", "subscription", c.sub.name, "err", err)
-			d := backoff(2, c.sub.cfg.retry.BaseDelay, c.sub.cfg.retry.MaxDelay)
+			d := backoff.Delay(2, c.sub.cfg.retry.BaseDelay, c.sub.cfg.retry.MaxDelay)
 			for _, it := range batch {
 				it.due = now.Add(d)
 			}
@@ -613,7 +614,7 @@ func (c *consumer) failed(it *item, herr error) {
 	case it.attempts >= c.sub.cfg.retry.MaxAttempts:
 		it.reason = store.ReasonExhausted
 	default:
-		it.due = time.Now().Add(backoff(it.attempts, c.sub.cfg.retry.BaseDelay, c.sub.cfg.retry.MaxDelay))
+		it.due = time.Now().Add(backoff.Delay(it.attempts, c.sub.cfg.retry.BaseDelay, c.sub.cfg.retry.MaxDelay))
 	}
 }
 

@@ -4,11 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"time"
 
 	"github.com/heraldhq/herald/broker"
 	"github.com/heraldhq/herald/envelope"
+	"github.com/heraldhq/herald/internal/backoff"
 	"github.com/heraldhq/herald/store"
 )
 
@@ -91,15 +91,6 @@ func WithOutboxRetention(d time.Duration) Option {
 		c.outboxRetention = d
 		return nil
 	}
-}
-
-// backoff returns an exponential delay with full jitter for attempt (1-based).
-func backoff(attempt int, base, max time.Duration) time.Duration {
-	d := base << min(attempt-1, 30)
-	if d <= 0 || d > max {
-		d = max
-	}
-	return d/2 + rand.N(d/2+1)
 }
 
 // relay publishes the service's outbox in commit order while it holds the
@@ -234,7 +225,7 @@ func (s *Service) relay(ctx context.Context, holder string, drain <-chan struct{
 				return // no retry can succeed before the timeout
 			}
 			failures++
-			d := backoff(failures, 50*time.Millisecond, rc.MaxBackoff)
+			d := backoff.Delay(failures, 50*time.Millisecond, rc.MaxBackoff)
 			s.log.Warn("outbox relay", "err", err, "retry_in", d)
 			if !wait(d, false) {
 				return

@@ -7,12 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"math/bits"
-	"math/rand/v2"
+
 	"strconv"
 	"sync"
 	"time"
 
 	"github.com/heraldhq/herald"
+	"github.com/heraldhq/herald/internal/backoff"
 	"github.com/sony/gobreaker/v2"
 )
 
@@ -564,12 +565,7 @@ func (n *Notifier) call(ctx context.Context, s Sender, m Message) (Receipt, erro
 // backoff is the delay before retry number attempt (1-based): exponential,
 // capped, with jitter over its upper half.
 func (r Retry) backoff(attempt int) time.Duration {
-	d := r.BaseDelay
-	for i := 1; i < attempt && d < r.MaxDelay; i++ {
-		d *= 2
-	}
-	d = min(d, r.MaxDelay)
-	return d/2 + rand.N(d/2+1)
+	return backoff.Delay(attempt, r.BaseDelay, r.MaxDelay)
 }
 
 // record writes the outcome of a claimed row inside tx, if the claim is
