@@ -72,15 +72,18 @@ func (cs consumerStore) Begin(ctx context.Context) (consumer.Tx, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &consumerTx{st: engineStore(cs.s.store), t: &txn{svc: cs.s, sql: sqlTx}}, nil
+	c := &consumerTx{st: engineStore(cs.s.store), txn: txn{svc: cs.s, sql: sqlTx}}
+	c.t = &c.txn
+	return c, nil
 }
 
 // consumerTx is a consumer transaction: the *sql.Tx and herald's txn that
 // collects what the handlers record.
 type consumerTx struct {
 	st         consumer.SQLStore
-	t          *txn
-	nlog, nout int // what was recorded at the last savepoint
+	t          *txn // &txn
+	txn        txn  // in the same allocation
+	nlog, nout int  // what was recorded at the last savepoint
 }
 
 func (c *consumerTx) InboxClaim(ctx context.Context, inbox, eventID string) (bool, error) {
