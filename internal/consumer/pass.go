@@ -112,10 +112,19 @@ func (p *pass) ok(it *item, fresh bool, start time.Time) {
 
 // retry reports it as failed with herr, to run again at its due time.
 func (p *pass) retry(it *item, start time.Time, took time.Duration, herr error) {
+	p.retried(it, start, took, herr)
+	p.r.logRetry(it, herr)
+}
+
+// retried notes, for the observers, that it failed with herr.
+func (p *pass) retried(it *item, start time.Time, took time.Duration, herr error) {
 	if p.observing {
 		p.handled = append(p.handled, handled{it, OutcomeRetry, start, took, herr})
 	}
-	p.r.cfg.Logger.Debug("handler failed, will retry", "subscription", p.r.cfg.Subscription.Name, "event", it.env.ID,
+}
+
+func (r *run) logRetry(it *item, herr error) {
+	r.cfg.Logger.Debug("handler failed, will retry", "subscription", r.cfg.Subscription.Name, "event", it.env.ID,
 		"attempt", it.attempts, "retry_at", it.due, "err", herr)
 }
 
@@ -250,15 +259,20 @@ func (r *run) handleFast(ctx context.Context, batch []*item) (settled []*item, f
 // there, is not run again if it waits for a retry; from it on, its key's
 // events are skipped (blocked), as are those of keys blocked in this pass.
 func (r *run) handleIsolated(ctx context.Context, batch []*item, fallback fastFallback) ([]*item, error) {
+	blamed := fallback.blamed
+	retrying := blamed != nil && blamed.reason == ""
+	blamedStart := time.Now().Add(-fallback.took)
+	if retrying {
+		r.logRetry(blamed, fallback.err)
+	}
 	tx, err := r.cfg.Store.Begin(ctx)
 	if err != nil {
 		return nil, err
 	}
 	p := r.newPass(tx, len(batch))
-	blamed := fallback.blamed
-	if blamed != nil && blamed.reason == "" {
+	if retrying {
 		// The fast pass's failure is reported with this pass's commit.
-		p.retry(blamed, time.Now().Add(-fallback.took), fallback.took, fallback.err)
+		p.retried(blamed, blamedStart, fallback.took, fallback.err)
 	}
 	abort := func(err error) ([]*item, error) {
 		_ = tx.Rollback()
@@ -267,7 +281,7 @@ func (r *run) handleIsolated(ctx context.Context, batch []*item, fallback fastFa
 	blocked := map[string]bool{}
 	for _, it := range batch {
 		p.beat()
-		if it == blamed && it.reason == "" {
+		if it == blamed && retrying {
 			blocked[it.key] = true // it waits for its retry; so do later events of its key
 			continue
 		}
