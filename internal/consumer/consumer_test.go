@@ -410,3 +410,24 @@ func TestStopNaksQueuedEvents(t *testing.T) {
 		}
 	})
 }
+
+// A long batch heartbeats the events that wait in it: the main loop's
+// tick cannot run while the batch does.
+func TestHeartbeatDuringLongBatch(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c, tb := setup(t, nil)
+		tb.cfg.Subscription.AckWait = 3 * time.Second
+		tb.store.handler = func(uint64) error {
+			time.Sleep(time.Second) // a slow handler, in the bubble's time
+			return nil
+		}
+		start(t, c)
+		tb.send(tb.ev(1, "a"), tb.ev(2, "a"), tb.ev(3, "a"), tb.ev(4, "a"))
+		time.Sleep(5 * time.Second)
+		synctest.Wait()
+		wantCommitted(t, tb, 1, 2, 3, 4)
+		if n := tb.broker.count(4, "progress"); n < 1 {
+			t.Errorf("the last event of a 4s batch (ack wait 3s) heartbeat %d times, want at least 1", n)
+		}
+	})
+}
