@@ -8,6 +8,7 @@ import (
 
 	"github.com/heraldhq/herald/broker"
 	"github.com/heraldhq/herald/envelope"
+	"github.com/heraldhq/herald/internal/consumer"
 )
 
 // runState is what a started service runs; Close stops it.
@@ -20,6 +21,7 @@ type runState struct {
 	drain       chan struct{}
 	relayCancel context.CancelFunc
 	relayDone   chan struct{} // nil without a broker
+	consumers   []*consumer.Consumer
 }
 
 // Start provisions the service's streams and consumers on the broker (once,
@@ -56,9 +58,17 @@ func (s *Service) Start(ctx context.Context) error {
 		return fmt.Errorf("%w: service %s translates, notifies or subscribes but has no broker: pass herald.WithBroker",
 			ErrInvalidOption, s.name)
 	}
+	consumers := make([]*consumer.Consumer, 0, len(subs))
+	for _, sub := range subs {
+		c, err := s.newConsumer(sub)
+		if err != nil {
+			return fmt.Errorf("service %s: subscription %s: %w", s.name, sub.name, err)
+		}
+		consumers = append(consumers, c)
+	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	holder := envelope.NewID(time.Now()) // this instance, for the relay lease
-	r := &runState{cancel: cancel, instance: holder}
+	r := &runState{cancel: cancel, instance: holder, consumers: consumers}
 	if s.broker != nil {
 		if heartbeat := s.announce(ctx, holder); heartbeat != nil {
 			r.wg.Go(func() { heartbeat(runCtx) })
@@ -77,8 +87,8 @@ func (s *Service) Start(ctx context.Context) error {
 				}
 			})
 		})
-		for _, sub := range subs {
-			r.wg.Go(func() { s.consume(runCtx, sub) })
+		for _, c := range consumers {
+			_ = c.Start(runCtx) // never fails
 		}
 	}
 	r.wg.Go(func() { s.janitor(runCtx) })
@@ -114,6 +124,11 @@ func (s *Service) Close() error {
 	s.inDo.Wait()
 	if r != nil {
 		r.cancel()
+		var stops sync.WaitGroup // the subscriptions stop together
+		for _, c := range r.consumers {
+			stops.Go(c.Stop)
+		}
+		stops.Wait()
 		r.wg.Wait()
 		if r.relayDone != nil {
 			close(r.drain)

@@ -1,4 +1,4 @@
-package herald
+package consumer
 
 import (
 	"errors"
