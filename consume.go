@@ -499,7 +499,7 @@ type fastFallback struct {
 // When it returns fallback.use, it committed nothing.
 func (c *consumer) handleFast(ctx context.Context, batch []*item) (settled []*item, fallback fastFallback, err error) {
 	s := c.svc
-	st := s.store
+	st := s.engine
 	sqlTx, err := st.Begin(ctx)
 	if err != nil {
 		return nil, fastFallback{}, err
@@ -512,7 +512,7 @@ func (c *consumer) handleFast(ctx context.Context, batch []*item) (settled []*it
 			ids = append(ids, it.env.ID)
 		}
 	}
-	fresh, err := st.ClaimInboxBatch(ctx, sqlTx, c.sub.inbox, ids)
+	fresh, err := st.InboxClaimMany(ctx, sqlTx, c.sub.inbox, ids)
 	if err != nil {
 		_ = c.abort(t, err)
 		return nil, fastFallback{use: true}, nil
@@ -565,7 +565,7 @@ func (c *consumer) handleFast(ctx context.Context, batch []*item) (settled []*it
 				// statement's error leaves it failed, and then any later
 				// statement fails. If it does not work, the isolated pass
 				// finds the culprit.
-				healthy := st.Healthy(ctx, sqlTx) == nil
+				healthy := st.TxHealthy(ctx, sqlTx) == nil
 				giveUp()
 				if !healthy || ctx.Err() != nil {
 					return nil, fastFallback{use: true}, nil
@@ -670,7 +670,7 @@ func (c *consumer) committed(ctx context.Context, t *txn, handled []handledItem,
 // are skipped (blocked), as are those of keys blocked in this pass.
 func (c *consumer) handleIsolated(ctx context.Context, batch []*item, handled []handledItem, blocked map[string]bool, blamed *item) ([]*item, error) {
 	s := c.svc
-	st := s.store
+	st := s.engine
 	sqlTx, err := st.Begin(ctx)
 	if err != nil {
 		return nil, err
@@ -703,10 +703,10 @@ func (c *consumer) handleIsolated(ctx context.Context, batch []*item, handled []
 			}
 			continue
 		}
-		if err := st.Savepoint(ctx, sqlTx); err != nil {
+		if err := st.TxSavepoint(ctx, sqlTx); err != nil {
 			return nil, c.abort(t, err)
 		}
-		fresh, err := st.ClaimInbox(ctx, sqlTx, c.sub.inbox, it.env.ID)
+		fresh, err := st.InboxClaim(ctx, sqlTx, c.sub.inbox, it.env.ID)
 		if err != nil {
 			return nil, c.abort(t, err)
 		}
@@ -723,7 +723,7 @@ func (c *consumer) handleIsolated(ctx context.Context, batch []*item, handled []
 			}
 		}
 		if herr == nil {
-			if err := st.Release(ctx, sqlTx); err != nil {
+			if err := st.TxSavepointRelease(ctx, sqlTx); err != nil {
 				// The handler left the transaction failed (PostgreSQL: it
 				// swallowed a statement's error). Undo this event only and
 				// count it as this event's failure, so it retries and, if it
@@ -744,7 +744,7 @@ func (c *consumer) handleIsolated(ctx context.Context, batch []*item, handled []
 		}
 		// Undo this event only: its rows, its inbox claim and the events
 		// its handler recorded.
-		if err := st.RollbackTo(ctx, sqlTx); err != nil {
+		if err := st.TxSavepointRollback(ctx, sqlTx); err != nil {
 			return nil, c.abort(t, err)
 		}
 		t.log, t.outbox, t.failed = t.log[:nlog], t.outbox[:nout], nil
@@ -808,7 +808,7 @@ func (c *consumer) deadLetter(ctx context.Context, t *txn, it *item) (bool, erro
 	} else {
 		key = undecodableKey(it.seq, dl.Header, dl.Data)
 	}
-	fresh, err := c.svc.store.ClaimInbox(ctx, t.sql, c.sub.inbox, key)
+	fresh, err := c.svc.engine.InboxClaim(ctx, t.sql, c.sub.inbox, key)
 	if err != nil {
 		return false, err
 	}
@@ -820,7 +820,7 @@ func (c *consumer) deadLetter(ctx context.Context, t *txn, it *item) (bool, erro
 	if dl.Data == nil {
 		dl.Data = []byte{}
 	}
-	if _, err := c.svc.store.AddDeadLetter(ctx, t.sql, dl); err != nil {
+	if _, err := c.svc.engine.DeadLetterInsert(ctx, t.sql, dl); err != nil {
 		return false, err
 	}
 	c.svc.log.Warn("dead-lettered", "subscription", c.sub.name, "event", dl.EventID, "type", dl.Type,

@@ -37,7 +37,7 @@ type multiRow struct {
 // and the driver; the rows cost the same either way.
 var multiRowSizes = []int{32, 8}
 
-func (s *Store) prepareHot(ctx context.Context) error {
+func (s *Engine) prepareHot(ctx context.Context) error {
 	s.stmts = stmtCache{}
 	s.one = oneRow{
 		log:    s.d.Rebind(s.queries.eventLogInsert + s.values(1, nEventCols)),
@@ -71,19 +71,28 @@ func (s *Store) prepareHot(ctx context.Context) error {
 }
 
 // appendBoth is PostgreSQL's one-statement insert of n log and m outbox rows.
-func (s *Store) appendBoth(n, m int) string {
+func (s *Engine) appendBoth(n, m int) string {
 	return s.d.Rebind("WITH herald_log AS (" + s.queries.eventLogInsert + s.values(n, nEventCols) + ") " +
 		s.queries.outboxInsert + s.values(m, nEventCols))
 }
 
-// Append writes a transaction's domain events to the event log and its
+// EventAppendParams are the events of one transaction for EventAppend.
+type EventAppendParams struct {
+	// Log are the domain events, for the event log.
+	Log []*envelope.Envelope
+	// Outbox are the integration and notification events, for the outbox.
+	Outbox []*envelope.Envelope
+}
+
+// EventAppend writes a transaction's domain events to the event log and its
 // integration and notification events to the outbox, in as few statements
 // as the dialect allows: one on PostgreSQL (a data-modifying CTE), one
 // prepared statement per table on SQLite.
-func (s *Store) Append(ctx context.Context, tx *sql.Tx, log, outbox []*envelope.Envelope) error {
+func (s *Engine) EventAppend(ctx context.Context, tx *sql.Tx, p EventAppendParams) error {
 	if err := s.live(); err != nil {
 		return err
 	}
+	log, outbox := p.Log, p.Outbox
 	if s.d.Name() == "postgres" && len(log) > 0 && len(outbox) > 0 && len(log)+len(outbox) <= maxRowsPerInsert {
 		q := s.one.both
 		if len(log) != 1 || len(outbox) != 1 {
@@ -112,7 +121,7 @@ func (s *Store) Append(ctx context.Context, tx *sql.Tx, log, outbox []*envelope.
 
 // appendTo inserts events with the statement that starts with prefix; one is
 // its prepared one-row form.
-func (s *Store) appendTo(ctx context.Context, tx *sql.Tx, prefix, one string, events []*envelope.Envelope) error {
+func (s *Engine) appendTo(ctx context.Context, tx *sql.Tx, prefix, one string, events []*envelope.Envelope) error {
 	if len(events) > 1 && s.d.Name() == "postgres" {
 		return s.insertEvents(ctx, tx, prefix, events) // one round trip
 	}
@@ -141,7 +150,7 @@ func (s *Store) appendTo(ctx context.Context, tx *sql.Tx, prefix, one string, ev
 }
 
 // exec runs q in tx, through its prepared statement when it is a hot one.
-func (s *Store) exec(ctx context.Context, tx *sql.Tx, q string, args []any) (sql.Result, error) {
+func (s *Engine) exec(ctx context.Context, tx *sql.Tx, q string, args []any) (sql.Result, error) {
 	if st, ok := s.stmts[q]; ok {
 		return tx.StmtContext(ctx, st).ExecContext(ctx, args...)
 	}
@@ -155,32 +164,33 @@ const (
 	sqlRollbackTo = "ROLLBACK TO SAVEPOINT herald_event"
 )
 
-// Savepoint starts the savepoint that isolates one event of a batched
-// transaction; Release keeps its work, RollbackTo undoes it.
-func (s *Store) Savepoint(ctx context.Context, tx *sql.Tx) error {
+// TxSavepoint starts the savepoint that isolates one event of a batched
+// transaction; TxSavepointRelease keeps its work, TxSavepointRollback undoes
+// it.
+func (s *Engine) TxSavepoint(ctx context.Context, tx *sql.Tx) error {
 	_, err := s.exec(ctx, tx, sqlSavepoint, nil)
 	return err
 }
 
-// Release ends the savepoint, keeping its work.
-func (s *Store) Release(ctx context.Context, tx *sql.Tx) error {
+// TxSavepointRelease ends the savepoint, keeping its work.
+func (s *Engine) TxSavepointRelease(ctx context.Context, tx *sql.Tx) error {
 	_, err := s.exec(ctx, tx, sqlRelease, nil)
 	return err
 }
 
-// RollbackTo undoes the work since Savepoint and ends the savepoint.
-func (s *Store) RollbackTo(ctx context.Context, tx *sql.Tx) error {
+// TxSavepointRollback undoes the work since TxSavepoint and ends the savepoint.
+func (s *Engine) TxSavepointRollback(ctx context.Context, tx *sql.Tx) error {
 	if _, err := s.exec(ctx, tx, sqlRollbackTo, nil); err != nil {
 		return err
 	}
-	return s.Release(ctx, tx)
+	return s.TxSavepointRelease(ctx, tx)
 }
 
-// Healthy reports whether tx still runs statements: nil, or the error of a
+// TxHealthy reports whether tx still runs statements: nil, or the error of a
 // trivial query. On PostgreSQL a statement's error fails the whole
 // transaction until it is rolled back (or rolled back to a savepoint); this
 // tells such a transaction apart.
-func (s *Store) Healthy(ctx context.Context, tx *sql.Tx) error {
+func (s *Engine) TxHealthy(ctx context.Context, tx *sql.Tx) error {
 	var one int
 	return tx.QueryRowContext(ctx, "SELECT 1").Scan(&one)
 }

@@ -8,9 +8,9 @@ import (
 	"time"
 )
 
-// ReleaseInbox forgets that subscription processed eventID, so that a replay
+// InboxRelease forgets that subscription processed eventID, so that a replay
 // of the event runs the handler again.
-func (s *Store) ReleaseInbox(ctx context.Context, subscription, eventID string) error {
+func (s *Engine) InboxRelease(ctx context.Context, subscription, eventID string) error {
 	if err := s.live(); err != nil {
 		return err
 	}
@@ -21,9 +21,9 @@ func (s *Store) ReleaseInbox(ctx context.Context, subscription, eventID string) 
 	return nil
 }
 
-// LastPublished returns when the relay of service last marked a row
+// OutboxLastPublished returns when the relay of service last marked a row
 // published (zero if never, or if those rows were pruned).
-func (s *Store) LastPublished(ctx context.Context, service string) (time.Time, error) {
+func (s *Engine) OutboxLastPublished(ctx context.Context, service string) (time.Time, error) {
 	if err := s.live(); err != nil {
 		return time.Time{}, err
 	}
@@ -40,12 +40,12 @@ func (s *Store) LastPublished(ctx context.Context, service string) (time.Time, e
 	return time.Unix(0, at.Int64).UTC(), nil
 }
 
-// ClaimInboxBatch records inside tx, in one statement, that subscription
+// InboxClaimMany records inside tx, in one statement, that subscription
 // processed each of eventIDs, and reports which claims are new: fresh[i] is
 // false when eventIDs[i] was processed before (a redelivery, whose handler
-// must be skipped) or appears earlier in eventIDs. It is ClaimInbox for a
+// must be skipped) or appears earlier in eventIDs. It is InboxClaim for a
 // whole batch: the same rows, one round trip.
-func (s *Store) ClaimInboxBatch(ctx context.Context, tx *sql.Tx, subscription string, eventIDs []string) (fresh []bool, err error) {
+func (s *Engine) InboxClaimMany(ctx context.Context, tx *sql.Tx, subscription string, eventIDs []string) (fresh []bool, err error) {
 	if err := s.live(); err != nil {
 		return nil, err
 	}

@@ -4,6 +4,15 @@
 // embedded default, modernc.org/sqlite) and store/postgres (pgx/v5) open it
 // and apply their embedded, versioned migrations.
 //
+// A store has two sides on one value. *Store is the users' side: the
+// database handle to share with their own tables, the dead letters
+// (DeadLetterGet, DeadLetterList, DeadLetterDeleteMany), reads of the event
+// log (EventLogGet, EventLogListByCorrelation) and OutboxStats. *Engine,
+// obtained with EngineOf, is the side herald's engines run on: appends,
+// inbox claims, outbox reads, marks and parking, leases, savepoints and
+// pruning, named noun first (OutboxPendingList, LeaseAcquire) with a
+// parameter struct where a call takes several values of one type.
+//
 // Methods that take a *sql.Tx work inside the caller's transaction, which is
 // how herald makes events atomic with the state change that caused them.
 package store
@@ -40,7 +49,7 @@ type Dialect interface {
 	// several processes at once.
 	Migrate(ctx context.Context, db *sql.DB) error
 	// PendingCondition is an extra WHERE clause (or "") that makes
-	// PendingOutbox return only rows whose position in commit order is final:
+	// OutboxPendingList return only rows whose position in commit order is final:
 	// no transaction still in flight can commit a row that sorts before them.
 	PendingCondition() string
 }
@@ -55,10 +64,10 @@ type Listener interface {
 // relays then rely on the in-process signal and polling.
 var ErrNoListen = errors.New("herald/store: dialect has no commit notifications")
 
-// Listen calls fn with the service of every commit that wrote outbox rows,
-// in any process, until ctx ends. Dialects without notifications return
-// ErrNoListen at once.
-func (s *Store) Listen(ctx context.Context, fn func(service string)) error {
+// OutboxListen calls fn with the service of every commit that wrote outbox
+// rows, in any process, until ctx ends. Dialects without notifications
+// return ErrNoListen at once.
+func (s *Engine) OutboxListen(ctx context.Context, fn func(service string)) error {
 	if err := s.live(); err != nil {
 		return err
 	}
@@ -69,7 +78,10 @@ func (s *Store) Listen(ctx context.Context, fn func(service string)) error {
 	return l.Listen(ctx, fn)
 }
 
-// Store is herald's persistence on one database.
+// Store is herald's persistence on one database, as its users see it: the
+// database handle to share with their own tables, the dead letters, reads of
+// the event log and the outbox backlog. herald's engines reach the rest of
+// the same store through EngineOf.
 type Store struct {
 	db      *sql.DB
 	d       Dialect
@@ -80,6 +92,17 @@ type Store struct {
 	closed  atomic.Bool
 }
 
+// Engine is the engine-facing side of a Store: the same value, with the
+// methods herald's outbox relay, consumer, janitor and notifier run on
+// (appends, inbox claims, outbox reads and marks, leases, savepoints). It is
+// herald's engines' way in, not an API for users: its methods may change
+// between minor versions. Get it with EngineOf.
+type Engine Store
+
+// EngineOf returns the engine-facing side of s. The conversion is free: both
+// are the same value.
+func EngineOf(s *Store) *Engine { return (*Engine)(s) }
+
 // New wraps an open database. The dialect packages call it; most users call
 // sqlite.Open or postgres.Open instead. ownsDB says whether Close closes db.
 func New(ctx context.Context, db *sql.DB, d Dialect, ownsDB bool) (*Store, error) {
@@ -88,17 +111,17 @@ func New(ctx context.Context, db *sql.DB, d Dialect, ownsDB bool) (*Store, error
 	}
 	s := &Store{db: db, d: d, ownsDB: ownsDB}
 	s.queries = buildQueries(d)
-	if err := s.prepareHot(ctx); err != nil {
+	if err := EngineOf(s).prepareHot(ctx); err != nil {
 		return nil, err
 	}
 	return s, nil
 }
 
 // DelaysVisibility reports whether the dialect shows a committed outbox row
-// to PendingOutbox only once every transaction older than its own ended
+// to OutboxPendingList only once every transaction older than its own ended
 // (PostgreSQL's commit-order rule), so a relay woken by a commit may find
 // nothing yet.
-func (s *Store) DelaysVisibility() bool { return s.d.PendingCondition() != "" }
+func (s *Engine) DelaysVisibility() bool { return s.d.PendingCondition() != "" }
 
 // DB is the underlying database handle, shared with the user's own tables.
 func (s *Store) DB() *sql.DB { return s.db }
@@ -125,17 +148,20 @@ func (s *Store) Close() error {
 }
 
 // live returns ErrClosed once Close has been called.
-func (s *Store) live() error {
+func (s *Engine) live() error {
 	if s.closed.Load() {
 		return ErrClosed
 	}
 	return nil
 }
 
+// live returns ErrClosed once Close has been called.
+func (s *Store) live() error { return EngineOf(s).live() }
+
 // Begin starts a read-write transaction. On SQLite it is an immediate
 // transaction (the write lock is taken at BEGIN, so it never fails half-way
 // with SQLITE_BUSY on upgrade).
-func (s *Store) Begin(ctx context.Context) (*sql.Tx, error) {
+func (s *Engine) Begin(ctx context.Context) (*sql.Tx, error) {
 	if err := s.live(); err != nil {
 		return nil, err
 	}
@@ -220,7 +246,7 @@ func inboxClaimBatch(d Dialect) string {
 }
 
 // placeholders returns "(?, ?, …), (…)" for rows×cols, rebound.
-func (s *Store) values(rows, cols int) string {
+func (s *Engine) values(rows, cols int) string {
 	var b strings.Builder
 	one := "(" + strings.TrimSuffix(strings.Repeat("?, ", cols), ", ") + ")"
 	for i := 0; i < rows; i++ {
@@ -252,7 +278,7 @@ const nEventCols = 13
 // bound parameters (SQLite: 32766, PostgreSQL: 65535).
 const maxRowsPerInsert = 500
 
-func (s *Store) insertEvents(ctx context.Context, tx *sql.Tx, prefix string, events []*envelope.Envelope) error {
+func (s *Engine) insertEvents(ctx context.Context, tx *sql.Tx, prefix string, events []*envelope.Envelope) error {
 	for len(events) > 0 {
 		n := min(len(events), maxRowsPerInsert)
 		args := make([]any, 0, n*nEventCols)
@@ -267,8 +293,8 @@ func (s *Store) insertEvents(ctx context.Context, tx *sql.Tx, prefix string, eve
 	return nil
 }
 
-// AppendEventLog appends domain events to the event log inside tx.
-func (s *Store) AppendEventLog(ctx context.Context, tx *sql.Tx, events []*envelope.Envelope) error {
+// EventLogAppend appends domain events to the event log inside tx.
+func (s *Engine) EventLogAppend(ctx context.Context, tx *sql.Tx, events []*envelope.Envelope) error {
 	if err := s.live(); err != nil {
 		return err
 	}
@@ -281,11 +307,11 @@ func (s *Store) AppendEventLog(ctx context.Context, tx *sql.Tx, events []*envelo
 	return nil
 }
 
-// AppendOutbox writes events to the outbox inside tx; the relay of each
+// OutboxAppend writes events to the outbox inside tx; the relay of each
 // event's Source service publishes them after commit, in commit order. On
 // PostgreSQL a trigger sends NOTIFY herald_outbox with the service name, so
 // relays in other processes wake at once.
-func (s *Store) AppendOutbox(ctx context.Context, tx *sql.Tx, events []*envelope.Envelope) error {
+func (s *Engine) OutboxAppend(ctx context.Context, tx *sql.Tx, events []*envelope.Envelope) error {
 	if err := s.live(); err != nil {
 		return err
 	}
@@ -323,20 +349,25 @@ func scanEvent(sc scanner, pre ...any) (*envelope.Envelope, error) {
 	return e, nil
 }
 
-// PendingOutbox returns up to limit unpublished rows of service in commit
-// order.
-func (s *Store) PendingOutbox(ctx context.Context, service string, limit int) ([]OutboxRow, error) {
-	return s.PendingOutboxAfter(ctx, service, 0, limit)
+// OutboxPendingListParams selects the rows OutboxPendingList returns.
+type OutboxPendingListParams struct {
+	// Service is the service whose outbox rows are read.
+	Service string
+	// After skips the rows up to this seq: a relay that published up to
+	// After, and is still marking those rows published, reads what follows
+	// them. 0 reads from the start.
+	After int64
+	// Limit is the most rows returned.
+	Limit int
 }
 
-// PendingOutboxAfter is PendingOutbox for the rows after seq after: a relay
-// that published up to after, and is still marking those rows published,
-// reads what follows them.
-func (s *Store) PendingOutboxAfter(ctx context.Context, service string, after int64, limit int) ([]OutboxRow, error) {
+// OutboxPendingList returns up to p.Limit unpublished rows of p.Service
+// after seq p.After, in commit order.
+func (s *Engine) OutboxPendingList(ctx context.Context, p OutboxPendingListParams) ([]OutboxRow, error) {
 	if err := s.live(); err != nil {
 		return nil, err
 	}
-	rows, err := s.stmts[s.queries.outboxPending].QueryContext(ctx, service, after, service, limit)
+	rows, err := s.stmts[s.queries.outboxPending].QueryContext(ctx, p.Service, p.After, p.Service, p.Limit)
 	if err != nil {
 		return nil, fmt.Errorf("herald/store: pending outbox: %w", err)
 	}
@@ -383,10 +414,10 @@ func int64JSON(ids []int64) string {
 	return string(append(b, ']'))
 }
 
-// MarkPublished records that the broker acknowledged the rows seqs. Rows are
-// kept until PruneOutbox removes them, so that a broker which lost its last
-// writes can be refilled with RepublishSince.
-func (s *Store) MarkPublished(ctx context.Context, seqs []int64, at time.Time) error {
+// OutboxMarkPublished records that the broker acknowledged the rows seqs.
+// Rows are kept until OutboxPrune removes them, so that a broker which lost
+// its last writes can be refilled with OutboxRepublishSince.
+func (s *Engine) OutboxMarkPublished(ctx context.Context, seqs []int64, at time.Time) error {
 	if err := s.live(); err != nil {
 		return err
 	}
@@ -399,14 +430,14 @@ func (s *Store) MarkPublished(ctx context.Context, seqs []int64, at time.Time) e
 	return nil
 }
 
-// ErrMarkMoved is returned by MarkPublishedUpTo when the service's newest
-// range mark went back below the one the relay's reads started from: a
-// RepublishSince dropped it, and the rows it reopened must be read again.
+// ErrMarkMoved is returned by OutboxMarkUpTo when the service's newest
+// range mark went back below the one the relay's reads started from: an
+// OutboxRepublishSince dropped it, and the rows it reopened must be read again.
 var ErrMarkMoved = errors.New("herald/store: the outbox cursor moved back")
 
 // OutboxCursor returns the service's newest range mark: every row up to it
 // was published (0: none).
-func (s *Store) OutboxCursor(ctx context.Context, service string) (int64, error) {
+func (s *Engine) OutboxCursor(ctx context.Context, service string) (int64, error) {
 	if err := s.live(); err != nil {
 		return 0, err
 	}
@@ -419,7 +450,7 @@ type rowQuerier interface {
 }
 
 // outboxCursor is OutboxCursor through q (the store's pool or a transaction).
-func (s *Store) outboxCursor(ctx context.Context, q rowQuerier, service string) (int64, error) {
+func (s *Engine) outboxCursor(ctx context.Context, q rowQuerier, service string) (int64, error) {
 	var c int64
 	if err := q.QueryRowContext(ctx, s.d.Rebind("SELECT "+outboxCursor), service).Scan(&c); err != nil {
 		return 0, fmt.Errorf("herald/store: outbox cursor of %s: %w", service, err)
@@ -427,18 +458,32 @@ func (s *Store) outboxCursor(ctx context.Context, q rowQuerier, service string) 
 	return c, nil
 }
 
-// MarkPublishedUpTo records that the broker acknowledged every unpublished
-// row of service after from up to seq: one small row, whatever the number
-// of rows it covers. from is the range mark the relay's reads started from
-// (OutboxCursor, or its own last mark); when the newest mark is now below
-// it, it records nothing and returns ErrMarkMoved. A relay may use it only
-// where rows become readable in seq order (!DelaysVisibility, SQLite):
-// there no row below seq can still appear.
-func (s *Store) MarkPublishedUpTo(ctx context.Context, service string, from, seq int64, at time.Time) error {
+// OutboxMarkUpToParams says which range of a service's outbox rows
+// OutboxMarkUpTo marks published.
+type OutboxMarkUpToParams struct {
+	// Service is the service whose rows are marked.
+	Service string
+	// From is the range mark the relay's reads started from (OutboxCursor,
+	// or its own last mark).
+	From int64
+	// UpTo is the seq of the last row marked.
+	UpTo int64
+	// At is when the broker acknowledged the rows.
+	At time.Time
+}
+
+// OutboxMarkUpTo records that the broker acknowledged every unpublished row
+// of p.Service after p.From up to p.UpTo: one small row, whatever the
+// number of rows it covers. When the newest mark is now below p.From, it
+// records nothing and returns ErrMarkMoved. A relay may use it only where
+// rows become readable in seq order (!DelaysVisibility, SQLite): there no
+// row below p.UpTo can still appear.
+func (s *Engine) OutboxMarkUpTo(ctx context.Context, p OutboxMarkUpToParams) error {
 	if err := s.live(); err != nil {
 		return err
 	}
-	res, err := s.stmts[s.queries.outboxMarkUpTo].ExecContext(ctx, service, seq, at.UTC().UnixNano(), service, from)
+	service, from, seq := p.Service, p.From, p.UpTo
+	res, err := s.stmts[s.queries.outboxMarkUpTo].ExecContext(ctx, service, seq, p.At.UTC().UnixNano(), service, from)
 	if err != nil {
 		return fmt.Errorf("herald/store: mark %s published up to %d: %w", service, seq, err)
 	}
@@ -456,10 +501,10 @@ func (s *Store) MarkPublishedUpTo(ctx context.Context, service string, from, seq
 	return nil
 }
 
-// RepublishSince marks the rows of service published at or after since as
+// OutboxRepublishSince marks the rows of service published at or after since as
 // unpublished again, so the relay sends them once more (the broker drops
 // the duplicates by event id). It returns how many rows it reset.
-func (s *Store) RepublishSince(ctx context.Context, service string, since time.Time) (int64, error) {
+func (s *Engine) OutboxRepublishSince(ctx context.Context, service string, since time.Time) (int64, error) {
 	if err := s.live(); err != nil {
 		return 0, err
 	}
@@ -505,9 +550,9 @@ func (s *Store) RepublishSince(ctx context.Context, service string, since time.T
 	return n, nil
 }
 
-// PruneOutbox deletes rows published before before, and the range marks
+// OutboxPrune deletes rows published before before, and the range marks
 // older than before except each service's newest (its relay's cursor).
-func (s *Store) PruneOutbox(ctx context.Context, before time.Time) (int64, error) {
+func (s *Engine) OutboxPrune(ctx context.Context, before time.Time) (int64, error) {
 	if err := s.live(); err != nil {
 		return 0, err
 	}
@@ -577,10 +622,15 @@ func (s *Store) OutboxStats(ctx context.Context, service string) (backlog int64,
 	return backlog, oldest, nil
 }
 
-// ClaimInbox records inside tx that subscription processed eventID. It
+// OutboxStats is Store.OutboxStats, for the engines.
+func (s *Engine) OutboxStats(ctx context.Context, service string) (backlog int64, oldest time.Time, err error) {
+	return (*Store)(s).OutboxStats(ctx, service)
+}
+
+// InboxClaim records inside tx that subscription processed eventID. It
 // returns false when the event was already processed (a redelivery): the
 // caller must then skip the handler and just acknowledge.
-func (s *Store) ClaimInbox(ctx context.Context, tx *sql.Tx, subscription, eventID string) (bool, error) {
+func (s *Engine) InboxClaim(ctx context.Context, tx *sql.Tx, subscription, eventID string) (bool, error) {
 	if err := s.live(); err != nil {
 		return false, err
 	}
@@ -595,9 +645,9 @@ func (s *Store) ClaimInbox(ctx context.Context, tx *sql.Tx, subscription, eventI
 	return n == 1, nil
 }
 
-// PruneInbox deletes inbox rows processed before before. Keep them longer
+// InboxPrune deletes inbox rows processed before before. Keep them longer
 // than the broker can redeliver an event.
-func (s *Store) PruneInbox(ctx context.Context, before time.Time) (int64, error) {
+func (s *Engine) InboxPrune(ctx context.Context, before time.Time) (int64, error) {
 	if err := s.live(); err != nil {
 		return 0, err
 	}
@@ -608,9 +658,9 @@ func (s *Store) PruneInbox(ctx context.Context, before time.Time) (int64, error)
 	return res.RowsAffected()
 }
 
-// PruneEventLog deletes event-log rows recorded before before (retention),
+// EventLogPrune deletes event-log rows recorded before before (retention),
 // to the millisecond.
-func (s *Store) PruneEventLog(ctx context.Context, before time.Time) (int64, error) {
+func (s *Engine) EventLogPrune(ctx context.Context, before time.Time) (int64, error) {
 	if err := s.live(); err != nil {
 		return 0, err
 	}
@@ -623,8 +673,8 @@ func (s *Store) PruneEventLog(ctx context.Context, before time.Time) (int64, err
 	return res.RowsAffected()
 }
 
-// Event returns the event-log entry with id.
-func (s *Store) Event(ctx context.Context, id string) (*envelope.Envelope, error) {
+// EventLogGet returns the event-log entry with id.
+func (s *Store) EventLogGet(ctx context.Context, id string) (*envelope.Envelope, error) {
 	if err := s.live(); err != nil {
 		return nil, err
 	}
@@ -638,11 +688,11 @@ func (s *Store) Event(ctx context.Context, id string) (*envelope.Envelope, error
 	return e, nil
 }
 
-// EventsByCorrelation returns the event-log entries of one business flow in
+// EventLogListByCorrelation returns the event-log entries of one business flow in
 // the order they were recorded. It scans the log (which has no index but its
 // key, to keep business transactions cheap): use it for audits and tools, not
 // on a hot path.
-func (s *Store) EventsByCorrelation(ctx context.Context, correlationID string) ([]*envelope.Envelope, error) {
+func (s *Store) EventLogListByCorrelation(ctx context.Context, correlationID string) ([]*envelope.Envelope, error) {
 	if err := s.live(); err != nil {
 		return nil, err
 	}
@@ -660,4 +710,19 @@ func (s *Store) EventsByCorrelation(ctx context.Context, correlationID string) (
 		out = append(out, e)
 	}
 	return out, rows.Err()
+}
+
+// Event returns the event-log entry with id.
+//
+// Deprecated: use EventLogGet.
+func (s *Store) Event(ctx context.Context, id string) (*envelope.Envelope, error) {
+	return s.EventLogGet(ctx, id)
+}
+
+// EventsByCorrelation returns the event-log entries of one business flow in
+// the order they were recorded.
+//
+// Deprecated: use EventLogListByCorrelation.
+func (s *Store) EventsByCorrelation(ctx context.Context, correlationID string) ([]*envelope.Envelope, error) {
+	return s.EventLogListByCorrelation(ctx, correlationID)
 }

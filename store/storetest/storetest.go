@@ -223,8 +223,9 @@ func checkEnvelope(t *testing.T, what string, want, got *envelope.Envelope) {
 
 // commit runs fn in a transaction and commits it.
 func commit(t *testing.T, s *store.Store, fn func(tx *sql.Tx)) {
+	eng := store.EngineOf(s)
 	t.Helper()
-	tx, err := s.Begin(context.Background())
+	tx, err := eng.Begin(context.Background())
 	if err != nil {
 		t.Fatalf("begin: %v", err)
 	}
@@ -237,8 +238,9 @@ func commit(t *testing.T, s *store.Store, fn func(tx *sql.Tx)) {
 
 // rollback runs fn in a transaction and rolls it back.
 func rollback(t *testing.T, s *store.Store, fn func(tx *sql.Tx)) {
+	eng := store.EngineOf(s)
 	t.Helper()
-	tx, err := s.Begin(context.Background())
+	tx, err := eng.Begin(context.Background())
 	if err != nil {
 		t.Fatalf("begin: %v", err)
 	}
@@ -249,15 +251,17 @@ func rollback(t *testing.T, s *store.Store, fn func(tx *sql.Tx)) {
 }
 
 func appendOutbox(t *testing.T, s *store.Store, tx *sql.Tx, evs ...*envelope.Envelope) {
+	eng := store.EngineOf(s)
 	t.Helper()
-	if err := s.AppendOutbox(context.Background(), tx, evs); err != nil {
+	if err := eng.OutboxAppend(context.Background(), tx, evs); err != nil {
 		t.Fatalf("AppendOutbox: %v", err)
 	}
 }
 
 func appendEventLog(t *testing.T, s *store.Store, tx *sql.Tx, evs ...*envelope.Envelope) {
+	eng := store.EngineOf(s)
 	t.Helper()
-	if err := s.AppendEventLog(context.Background(), tx, evs); err != nil {
+	if err := eng.EventLogAppend(context.Background(), tx, evs); err != nil {
 		t.Fatalf("AppendEventLog: %v", err)
 	}
 }
@@ -293,9 +297,10 @@ func Settle(t testing.TB, s *store.Store) {
 
 // pending settles, then returns PendingOutbox(service, limit).
 func pending(t *testing.T, s *store.Store, service string, limit int) []store.OutboxRow {
+	eng := store.EngineOf(s)
 	t.Helper()
 	Settle(t, s)
-	rows, err := s.PendingOutbox(context.Background(), service, limit)
+	rows, err := eng.OutboxPendingList(context.Background(), store.OutboxPendingListParams{Service: service, Limit: limit})
 	if err != nil {
 		t.Fatalf("PendingOutbox(%s, %d): %v", service, limit, err)
 	}
@@ -369,7 +374,7 @@ func (h *harness) eventLogRoundTrip(t *testing.T) {
 
 	commit(t, s, func(tx *sql.Tx) { appendEventLog(t, s, tx, evs...) })
 	for _, want := range evs {
-		got, err := s.Event(ctx, want.ID)
+		got, err := s.EventLogGet(ctx, want.ID)
 		if err != nil {
 			t.Fatalf("Event(%s): %v", want.ID, err)
 		}
@@ -388,7 +393,7 @@ func (h *harness) eventLogEmptyData(t *testing.T) {
 		appendOutbox(t, s, tx, nilData, emptyData)
 	})
 	for _, want := range []*envelope.Envelope{nilData, emptyData} {
-		got, err := s.Event(context.Background(), want.ID)
+		got, err := s.EventLogGet(context.Background(), want.ID)
 		if err != nil {
 			t.Fatalf("Event(%s): %v", want.ID, err)
 		}
@@ -408,6 +413,7 @@ func (h *harness) eventLogEmptyData(t *testing.T) {
 
 func (h *harness) eventLogRollback(t *testing.T) {
 	s := h.open(t)
+	eng := store.EngineOf(s)
 	e := event("orders", "rolled-back", t0)
 	rollback(t, s, func(tx *sql.Tx) {
 		appendEventLog(t, s, tx, e)
@@ -421,28 +427,29 @@ func (h *harness) eventLogRollback(t *testing.T) {
 		}
 	})
 	// …and gone after rollback.
-	if _, err := s.Event(context.Background(), e.ID); !errors.Is(err, store.ErrNotFound) {
+	if _, err := s.EventLogGet(context.Background(), e.ID); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("Event after rollback: err = %v, want ErrNotFound", err)
 	}
-	got, err := s.EventsByCorrelation(context.Background(), e.CorrelationID)
+	got, err := s.EventLogListByCorrelation(context.Background(), e.CorrelationID)
 	if err != nil || len(got) != 0 {
 		t.Fatalf("EventsByCorrelation after rollback = %d events, %v; want none", len(got), err)
 	}
-	if err := s.AppendEventLog(context.Background(), nil, nil); err != nil {
+	if err := eng.EventLogAppend(context.Background(), nil, nil); err != nil {
 		t.Errorf("AppendEventLog of no events: %v", err)
 	}
 }
 
 func (h *harness) eventLogDuplicateID(t *testing.T) {
 	s := h.open(t)
+	eng := store.EngineOf(s)
 	e := event("orders", "dup", t0)
 	commit(t, s, func(tx *sql.Tx) { appendEventLog(t, s, tx, e) })
-	tx, err := s.Begin(context.Background())
+	tx, err := eng.Begin(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer tx.Rollback()
-	if err := s.AppendEventLog(context.Background(), tx, []*envelope.Envelope{event("orders", "dup", t0.Add(time.Second))}); err == nil {
+	if err := eng.EventLogAppend(context.Background(), tx, []*envelope.Envelope{event("orders", "dup", t0.Add(time.Second))}); err == nil {
 		t.Fatal("AppendEventLog of an id already in the log succeeded; want an error")
 	}
 }
@@ -479,7 +486,7 @@ func (h *harness) eventLogByCorrelation(t *testing.T) {
 
 	for _, flow := range [][]*envelope.Envelope{flowA, flowB, big} {
 		corr := flow[0].CorrelationID
-		got, err := s.EventsByCorrelation(ctx, corr)
+		got, err := s.EventLogListByCorrelation(ctx, corr)
 		if err != nil {
 			t.Fatalf("EventsByCorrelation(%s): %v", corr, err)
 		}
@@ -490,7 +497,7 @@ func (h *harness) eventLogByCorrelation(t *testing.T) {
 			checkEnvelope(t, corr, flow[i], got[i])
 		}
 	}
-	got, err := s.EventsByCorrelation(ctx, "no-such-flow")
+	got, err := s.EventLogListByCorrelation(ctx, "no-such-flow")
 	if err != nil || len(got) != 0 {
 		t.Fatalf("EventsByCorrelation(unknown) = %d events, %v; want none", len(got), err)
 	}
@@ -498,6 +505,7 @@ func (h *harness) eventLogByCorrelation(t *testing.T) {
 
 func (h *harness) eventLogPrune(t *testing.T) {
 	s := h.open(t)
+	eng := store.EngineOf(s)
 	ctx := context.Background()
 	// Ids are ULIDs of the event times, as herald records them (a store may
 	// prune by id). Retention is to the millisecond at best, so the events
@@ -510,7 +518,7 @@ func (h *harness) eventLogPrune(t *testing.T) {
 	// Recorded newest first: pruning goes by event time, not by seq.
 	commit(t, s, func(tx *sql.Tx) { appendEventLog(t, s, tx, newer, edge, old2, old1) })
 
-	n, err := s.PruneEventLog(ctx, t0)
+	n, err := eng.EventLogPrune(ctx, t0)
 	if err != nil {
 		t.Fatalf("PruneEventLog: %v", err)
 	}
@@ -518,23 +526,23 @@ func (h *harness) eventLogPrune(t *testing.T) {
 		t.Errorf("PruneEventLog removed %d, want 2", n)
 	}
 	for _, e := range []*envelope.Envelope{old1, old2} {
-		if _, err := s.Event(ctx, e.ID); !errors.Is(err, store.ErrNotFound) {
+		if _, err := s.EventLogGet(ctx, e.ID); !errors.Is(err, store.ErrNotFound) {
 			t.Errorf("Event(%s) after prune: err = %v, want ErrNotFound", e.ID, err)
 		}
 	}
 	for _, e := range []*envelope.Envelope{edge, newer} {
-		if _, err := s.Event(ctx, e.ID); err != nil {
+		if _, err := s.EventLogGet(ctx, e.ID); err != nil {
 			t.Errorf("Event(%s) after prune: %v, want kept", e.ID, err)
 		}
 	}
-	if n, err := s.PruneEventLog(ctx, t0); err != nil || n != 0 {
+	if n, err := eng.EventLogPrune(ctx, t0); err != nil || n != 0 {
 		t.Errorf("second PruneEventLog = %d, %v; want 0", n, err)
 	}
 }
 
 func (h *harness) eventLogNotFound(t *testing.T) {
 	s := h.open(t)
-	_, err := s.Event(context.Background(), "no-such-event")
+	_, err := s.EventLogGet(context.Background(), "no-such-event")
 	if !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("Event(unknown): err = %v, want ErrNotFound", err)
 	}
@@ -582,6 +590,7 @@ func (h *harness) outboxRoundTrip(t *testing.T) {
 
 func (h *harness) outboxLimit(t *testing.T) {
 	s := h.open(t)
+	eng := store.EngineOf(s)
 	a := events("orders", "l", 5)
 	commit(t, s, func(tx *sql.Tx) { appendOutbox(t, s, tx, a...) })
 	for _, limit := range []int{1, 2, 4, 5, 6} {
@@ -591,16 +600,16 @@ func (h *harness) outboxLimit(t *testing.T) {
 	// After a seq: the rows that follow it, published or not before it.
 	all := pending(t, s, "orders", 100)
 	for i, r := range all {
-		rows, err := s.PendingOutboxAfter(context.Background(), "orders", r.Seq, 2)
+		rows, err := eng.OutboxPendingList(context.Background(), store.OutboxPendingListParams{Service: "orders", After: r.Seq, Limit: 2})
 		if err != nil {
 			t.Fatalf("PendingOutboxAfter: %v", err)
 		}
 		checkPending(t, fmt.Sprintf("after row %d", i), rows, a[i+1:min(i+3, len(a))])
 	}
-	if err := s.MarkPublished(context.Background(), []int64{all[3].Seq}, t0); err != nil {
+	if err := eng.OutboxMarkPublished(context.Background(), []int64{all[3].Seq}, t0); err != nil {
 		t.Fatalf("MarkPublished: %v", err)
 	}
-	rows, err := s.PendingOutboxAfter(context.Background(), "orders", all[1].Seq, 100)
+	rows, err := eng.OutboxPendingList(context.Background(), store.OutboxPendingListParams{Service: "orders", After: all[1].Seq, Limit: 100})
 	if err != nil {
 		t.Fatalf("PendingOutboxAfter: %v", err)
 	}
@@ -609,21 +618,22 @@ func (h *harness) outboxLimit(t *testing.T) {
 
 func (h *harness) outboxMarkPublished(t *testing.T) {
 	s := h.open(t)
+	eng := store.EngineOf(s)
 	ctx := context.Background()
 	a := events("orders", "m", 5)
 	b := events("billing", "mb", 1)
 	commit(t, s, func(tx *sql.Tx) { appendOutbox(t, s, tx, a[0], a[1], b[0], a[2], a[3], a[4]) })
 	rows := pending(t, s, "orders", 2)
-	if err := s.MarkPublished(ctx, seqs(rows), t0); err != nil {
+	if err := eng.OutboxMarkPublished(ctx, seqs(rows), t0); err != nil {
 		t.Fatalf("MarkPublished: %v", err)
 	}
 	checkPending(t, "after marking 2", pending(t, s, "orders", 100), a[2:])
-	if err := s.MarkPublished(ctx, nil, t0); err != nil {
+	if err := eng.OutboxMarkPublished(ctx, nil, t0); err != nil {
 		t.Errorf("MarkPublished(no seqs): %v", err)
 	}
 	// Marking out of order, again, or an unknown seq is harmless.
 	rows = pending(t, s, "orders", 100)
-	if err := s.MarkPublished(ctx, []int64{rows[2].Seq, rows[0].Seq, rows[0].Seq, 1 << 50}, t0); err != nil {
+	if err := eng.OutboxMarkPublished(ctx, []int64{rows[2].Seq, rows[0].Seq, rows[0].Seq, 1 << 50}, t0); err != nil {
 		t.Fatalf("MarkPublished: %v", err)
 	}
 	checkPending(t, "after marking 4", pending(t, s, "orders", 100), a[3:4])
@@ -638,6 +648,7 @@ func (h *harness) outboxMarkPublished(t *testing.T) {
 // LastPublished, RepublishSince and PruneOutbox like per-row marks.
 func (h *harness) outboxMarkUpTo(t *testing.T) {
 	s := h.open(t)
+	eng := store.EngineOf(s)
 	ctx := context.Background()
 	a := events("orders", "u", 6)
 	b := events("billing", "ub", 2)
@@ -645,7 +656,7 @@ func (h *harness) outboxMarkUpTo(t *testing.T) {
 	rows := pending(t, s, "orders", 100)
 	cursor := func() int64 {
 		t.Helper()
-		c, err := s.OutboxCursor(ctx, "orders")
+		c, err := eng.OutboxCursor(ctx, "orders")
 		if err != nil {
 			t.Fatalf("OutboxCursor: %v", err)
 		}
@@ -656,7 +667,7 @@ func (h *harness) outboxMarkUpTo(t *testing.T) {
 	}
 	upTo := func(i int, at time.Time) {
 		t.Helper()
-		if err := s.MarkPublishedUpTo(ctx, "orders", cursor(), rows[i].Seq, at); err != nil {
+		if err := eng.OutboxMarkUpTo(ctx, store.OutboxMarkUpToParams{Service: "orders", From: cursor(), UpTo: rows[i].Seq, At: at}); err != nil {
 			t.Fatalf("MarkPublishedUpTo(%d): %v", i, err)
 		}
 	}
@@ -667,7 +678,7 @@ func (h *harness) outboxMarkUpTo(t *testing.T) {
 	checkPending(t, "after marking up to a[1]", pending(t, s, "orders", 100), a[2:])
 	checkPending(t, "billing untouched", pending(t, s, "billing", 100), b)
 	// A read after an older position still starts after the mark.
-	if got, err := s.PendingOutboxAfter(ctx, "orders", rows[0].Seq, 100); err != nil {
+	if got, err := eng.OutboxPendingList(ctx, store.OutboxPendingListParams{Service: "orders", After: rows[0].Seq, Limit: 100}); err != nil {
 		t.Fatal(err)
 	} else {
 		checkPending(t, "after an older cursor", got, a[2:])
@@ -679,40 +690,40 @@ func (h *harness) outboxMarkUpTo(t *testing.T) {
 	if n, oldest, err := s.OutboxStats(ctx, "orders"); err != nil || n != 2 || !oldest.Equal(a[4].Time) {
 		t.Errorf("OutboxStats = %d, %v, %v; want 2, %v", n, oldest, err, a[4].Time)
 	}
-	if got, err := s.LastPublished(ctx, "orders"); err != nil || !got.Equal(t0) {
+	if got, err := eng.OutboxLastPublished(ctx, "orders"); err != nil || !got.Equal(t0) {
 		t.Errorf("LastPublished = %v, %v; want %v", got, err, t0)
 	}
 	// A per-row mark after the range works alongside it.
-	if err := s.MarkPublished(ctx, []int64{rows[5].Seq}, t0.Add(time.Hour)); err != nil {
+	if err := eng.OutboxMarkPublished(ctx, []int64{rows[5].Seq}, t0.Add(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
 	checkPending(t, "after a per-row mark", pending(t, s, "orders", 100), a[4:5])
 	// Republishing since t0 drops the marks made since: the cursor goes
 	// back to a[1], and a[2], a[3] and a[5] are sent again.
-	n, err := s.RepublishSince(ctx, "orders", t0)
+	n, err := eng.OutboxRepublishSince(ctx, "orders", t0)
 	if err != nil || n != 3 {
 		t.Fatalf("RepublishSince(t0) = %d, %v; want 3", n, err)
 	}
 	checkPending(t, "republished", pending(t, s, "orders", 100), a[2:])
 	// A relay whose reads built on the dropped mark may not cover the
 	// reopened rows again.
-	err = s.MarkPublishedUpTo(ctx, "orders", rows[3].Seq, rows[5].Seq, t0.Add(2*time.Hour))
+	err = eng.OutboxMarkUpTo(ctx, store.OutboxMarkUpToParams{Service: "orders", From: rows[3].Seq, UpTo: rows[5].Seq, At: t0.Add(2 * time.Hour)})
 	if !errors.Is(err, store.ErrMarkMoved) {
 		t.Fatalf("MarkPublishedUpTo from a dropped mark: err = %v, want ErrMarkMoved", err)
 	}
 	checkPending(t, "after the refused mark", pending(t, s, "orders", 100), a[2:])
-	if got, err := s.LastPublished(ctx, "orders"); err != nil || !got.Equal(t0.Add(-2*time.Hour)) {
+	if got, err := eng.OutboxLastPublished(ctx, "orders"); err != nil || !got.Equal(t0.Add(-2*time.Hour)) {
 		t.Errorf("LastPublished after republish = %v, %v; want %v", got, err, t0.Add(-2*time.Hour))
 	}
 	// Pruning deletes the rows under marks older than the cutoff and keeps
 	// the newest mark, so the cursor stays where it is.
 	upTo(3, t0)
-	n, err = s.PruneOutbox(ctx, t0.Add(-time.Hour))
+	n, err = eng.OutboxPrune(ctx, t0.Add(-time.Hour))
 	if err != nil || n != 2 {
 		t.Fatalf("PruneOutbox = %d, %v; want 2 (a[0], a[1])", n, err)
 	}
 	checkPending(t, "after prune", pending(t, s, "orders", 100), a[4:])
-	if n, err = s.PruneOutbox(ctx, t0.Add(time.Second)); err != nil || n != 2 {
+	if n, err = eng.OutboxPrune(ctx, t0.Add(time.Second)); err != nil || n != 2 {
 		t.Fatalf("second PruneOutbox = %d, %v; want 2 (a[2], a[3])", n, err)
 	}
 	checkPending(t, "after the second prune", pending(t, s, "orders", 100), a[4:])
@@ -721,6 +732,7 @@ func (h *harness) outboxMarkUpTo(t *testing.T) {
 
 func (h *harness) outboxRepublish(t *testing.T) {
 	s := h.open(t)
+	eng := store.EngineOf(s)
 	ctx := context.Background()
 	p := events("orders", "p", 4)
 	o := events("billing", "o", 1)
@@ -728,7 +740,7 @@ func (h *harness) outboxRepublish(t *testing.T) {
 	rows := pending(t, s, "orders", 100)
 	mark := func(at time.Time, rs ...store.OutboxRow) {
 		t.Helper()
-		if err := s.MarkPublished(ctx, seqs(rs), at); err != nil {
+		if err := eng.OutboxMarkPublished(ctx, seqs(rs), at); err != nil {
 			t.Fatalf("MarkPublished: %v", err)
 		}
 	}
@@ -741,7 +753,7 @@ func (h *harness) outboxRepublish(t *testing.T) {
 		t.Fatalf("pending after marking all: %v", ids(got))
 	}
 
-	n, err := s.RepublishSince(ctx, "orders", t0)
+	n, err := eng.OutboxRepublishSince(ctx, "orders", t0)
 	if err != nil {
 		t.Fatalf("RepublishSince: %v", err)
 	}
@@ -753,10 +765,10 @@ func (h *harness) outboxRepublish(t *testing.T) {
 		t.Errorf("RepublishSince(orders) reset billing rows %v", ids(got))
 	}
 	// Pending rows are not counted again.
-	if n, err := s.RepublishSince(ctx, "orders", t0); err != nil || n != 0 {
+	if n, err := eng.OutboxRepublishSince(ctx, "orders", t0); err != nil || n != 0 {
 		t.Errorf("second RepublishSince = %d, %v; want 0", n, err)
 	}
-	if n, err := s.RepublishSince(ctx, "orders", time.Time{}.Add(time.Hour)); err != nil || n != 2 {
+	if n, err := eng.OutboxRepublishSince(ctx, "orders", time.Time{}.Add(time.Hour)); err != nil || n != 2 {
 		t.Errorf("RepublishSince(long ago) = %d, %v; want 2", n, err)
 	}
 	checkPending(t, "all republished", pending(t, s, "orders", 100), p)
@@ -764,38 +776,40 @@ func (h *harness) outboxRepublish(t *testing.T) {
 
 func (h *harness) outboxPrune(t *testing.T) {
 	s := h.open(t)
+	eng := store.EngineOf(s)
 	ctx := context.Background()
 	q := events("orders", "q", 4)
 	commit(t, s, func(tx *sql.Tx) { appendOutbox(t, s, tx, q...) })
 	rows := pending(t, s, "orders", 100)
 	for i, at := range []time.Time{t0.Add(-2 * time.Hour), t0.Add(-time.Nanosecond), t0.Add(time.Hour)} {
-		if err := s.MarkPublished(ctx, []int64{rows[i].Seq}, at); err != nil {
+		if err := eng.OutboxMarkPublished(ctx, []int64{rows[i].Seq}, at); err != nil {
 			t.Fatalf("MarkPublished: %v", err)
 		}
 	}
 	// q[3] stays pending: never pruned, however old.
-	n, err := s.PruneOutbox(ctx, t0)
+	n, err := eng.OutboxPrune(ctx, t0)
 	if err != nil {
 		t.Fatalf("PruneOutbox: %v", err)
 	}
 	if n != 2 {
 		t.Errorf("PruneOutbox removed %d, want 2", n)
 	}
-	if n, err := s.PruneOutbox(ctx, t0); err != nil || n != 0 {
+	if n, err := eng.OutboxPrune(ctx, t0); err != nil || n != 0 {
 		t.Errorf("second PruneOutbox = %d, %v; want 0", n, err)
 	}
 	// What is left: q[2] (published after the cutoff) and q[3] (pending).
-	if n, err := s.RepublishSince(ctx, "orders", time.Time{}.Add(time.Hour)); err != nil || n != 1 {
+	if n, err := eng.OutboxRepublishSince(ctx, "orders", time.Time{}.Add(time.Hour)); err != nil || n != 1 {
 		t.Errorf("RepublishSince(long ago) after prune = %d, %v; want 1", n, err)
 	}
 	checkPending(t, "after prune", pending(t, s, "orders", 100), q[2:])
-	if n, err := s.PruneOutbox(ctx, t0.Add(1000*time.Hour)); err != nil || n != 0 {
+	if n, err := eng.OutboxPrune(ctx, t0.Add(1000*time.Hour)); err != nil || n != 0 {
 		t.Errorf("PruneOutbox with only pending rows = %d, %v; want 0", n, err)
 	}
 }
 
 func (h *harness) outboxStats(t *testing.T) {
 	s := h.open(t)
+	eng := store.EngineOf(s)
 	ctx := context.Background()
 	n, oldest, err := s.OutboxStats(ctx, "orders")
 	if err != nil || n != 0 || !oldest.IsZero() {
@@ -814,14 +828,14 @@ func (h *harness) outboxStats(t *testing.T) {
 		t.Errorf("OutboxStats oldest in %v, want UTC", oldest.Location())
 	}
 	rows := pending(t, s, "orders", 100)
-	if err := s.MarkPublished(ctx, []int64{rows[1].Seq}, t0); err != nil { // early
+	if err := eng.OutboxMarkPublished(ctx, []int64{rows[1].Seq}, t0); err != nil { // early
 		t.Fatal(err)
 	}
 	n, oldest, err = s.OutboxStats(ctx, "orders")
 	if err != nil || n != 2 || !oldest.Equal(mid.Time) {
 		t.Fatalf("OutboxStats after publishing the oldest = %d, %v, %v; want 2, %v", n, oldest, err, mid.Time)
 	}
-	if err := s.MarkPublished(ctx, seqs(pending(t, s, "orders", 100)), t0); err != nil {
+	if err := eng.OutboxMarkPublished(ctx, seqs(pending(t, s, "orders", 100)), t0); err != nil {
 		t.Fatal(err)
 	}
 	n, oldest, err = s.OutboxStats(ctx, "orders")
@@ -835,6 +849,7 @@ func (h *harness) outboxStats(t *testing.T) {
 
 func (h *harness) outboxRollback(t *testing.T) {
 	s := h.open(t)
+	eng := store.EngineOf(s)
 	ctx := context.Background()
 	rollback(t, s, func(tx *sql.Tx) {
 		appendOutbox(t, s, tx, events("orders", "r", 3)...)
@@ -850,7 +865,7 @@ func (h *harness) outboxRollback(t *testing.T) {
 	e := event("orders", "after", t0)
 	commit(t, s, func(tx *sql.Tx) { appendOutbox(t, s, tx, e) })
 	checkPending(t, "after rollback", pending(t, s, "orders", 100), []*envelope.Envelope{e})
-	if err := s.AppendOutbox(ctx, nil, nil); err != nil {
+	if err := eng.OutboxAppend(ctx, nil, nil); err != nil {
 		t.Errorf("AppendOutbox of no events: %v", err)
 	}
 }
@@ -876,6 +891,7 @@ func (h *harness) outboxLargeBatch(t *testing.T) {
 // in the order the writer committed them.
 func (h *harness) outboxConcurrent(t *testing.T) {
 	s := h.open(t)
+	eng := store.EngineOf(s)
 	ctx := context.Background()
 	const (
 		writers = 6
@@ -892,19 +908,19 @@ func (h *harness) outboxConcurrent(t *testing.T) {
 				for r := range evs {
 					evs[r] = event("orders", fmt.Sprintf("w%02d-%04d", w, k*perTx+r), t0)
 				}
-				tx, err := s.Begin(ctx)
+				tx, err := eng.Begin(ctx)
 				if err != nil {
 					errc <- fmt.Errorf("writer %d: begin: %w", w, err)
 					return
 				}
 				// Two statements per transaction: rows of one transaction
 				// need not come from one INSERT.
-				if err := s.AppendOutbox(ctx, tx, evs[:1]); err != nil {
+				if err := eng.OutboxAppend(ctx, tx, evs[:1]); err != nil {
 					tx.Rollback()
 					errc <- fmt.Errorf("writer %d: %w", w, err)
 					return
 				}
-				if err := s.AppendOutbox(ctx, tx, evs[1:]); err != nil {
+				if err := eng.OutboxAppend(ctx, tx, evs[1:]); err != nil {
 					tx.Rollback()
 					errc <- fmt.Errorf("writer %d: %w", w, err)
 					return
@@ -927,7 +943,7 @@ func (h *harness) outboxConcurrent(t *testing.T) {
 				errc <- fmt.Errorf("relay: %d of %d rows after two minutes", len(got), total)
 				return
 			}
-			rows, err := s.PendingOutbox(ctx, "orders", 7)
+			rows, err := eng.OutboxPendingList(ctx, store.OutboxPendingListParams{Service: "orders", Limit: 7})
 			if err != nil {
 				errc <- fmt.Errorf("relay: %w", err)
 				return
@@ -937,7 +953,7 @@ func (h *harness) outboxConcurrent(t *testing.T) {
 				continue
 			}
 			got = append(got, ids(rows)...)
-			if err := s.MarkPublished(ctx, seqs(rows), time.Now()); err != nil {
+			if err := eng.OutboxMarkPublished(ctx, seqs(rows), time.Now()); err != nil {
 				errc <- fmt.Errorf("relay: %w", err)
 				return
 			}
@@ -981,6 +997,7 @@ func (h *harness) outboxConcurrent(t *testing.T) {
 // trivially; there the test only checks the sequential case.
 func (h *harness) outboxInFlight(t *testing.T) {
 	s := h.open(t)
+	eng := store.EngineOf(s)
 	ctx := context.Background()
 	if s.Dialect() != "postgres" {
 		a, b := event("orders", "a", t0), event("orders", "b", t0)
@@ -992,7 +1009,7 @@ func (h *harness) outboxInFlight(t *testing.T) {
 	for _, end := range []string{"commit", "rollback"} {
 		t.Run(end, func(t *testing.T) {
 			a, b := event("orders", "a-"+end, t0), event("orders", "b-"+end, t0)
-			txA, err := s.Begin(ctx)
+			txA, err := eng.Begin(ctx)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -1000,7 +1017,7 @@ func (h *harness) outboxInFlight(t *testing.T) {
 			appendOutbox(t, s, txA, a)
 			commit(t, s, func(tx *sql.Tx) { appendOutbox(t, s, tx, b) })
 
-			rows, err := s.PendingOutbox(ctx, "orders", 10)
+			rows, err := eng.OutboxPendingList(ctx, store.OutboxPendingListParams{Service: "orders", Limit: 10})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -1020,7 +1037,7 @@ func (h *harness) outboxInFlight(t *testing.T) {
 			}
 			rows = pending(t, s, "orders", 10)
 			checkPending(t, "after "+end, rows, want)
-			if err := s.MarkPublished(ctx, seqs(rows), t0); err != nil {
+			if err := eng.OutboxMarkPublished(ctx, seqs(rows), t0); err != nil {
 				t.Fatal(err)
 			}
 		})
@@ -1029,10 +1046,11 @@ func (h *harness) outboxInFlight(t *testing.T) {
 
 func (h *harness) outboxLastPublished(t *testing.T) {
 	s := h.open(t)
+	eng := store.EngineOf(s)
 	ctx := context.Background()
 	last := func(service string, want time.Time) {
 		t.Helper()
-		got, err := s.LastPublished(ctx, service)
+		got, err := eng.OutboxLastPublished(ctx, service)
 		if err != nil {
 			t.Fatalf("LastPublished(%s): %v", service, err)
 		}
@@ -1048,15 +1066,15 @@ func (h *harness) outboxLastPublished(t *testing.T) {
 	last("orders", time.Time{}) // pending rows were never published
 	rows := pending(t, s, "orders", 10)
 	later := t0.Add(time.Hour + time.Nanosecond)
-	if err := s.MarkPublished(ctx, []int64{rows[1].Seq}, later); err != nil {
+	if err := eng.OutboxMarkPublished(ctx, []int64{rows[1].Seq}, later); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.MarkPublished(ctx, []int64{rows[0].Seq}, t0); err != nil { // marked after, published earlier
+	if err := eng.OutboxMarkPublished(ctx, []int64{rows[0].Seq}, t0); err != nil { // marked after, published earlier
 		t.Fatal(err)
 	}
 	last("orders", later)
 	last("billing", time.Time{})
-	if _, err := s.PruneOutbox(ctx, later.Add(time.Nanosecond)); err != nil {
+	if _, err := eng.OutboxPrune(ctx, later.Add(time.Nanosecond)); err != nil {
 		t.Fatal(err)
 	}
 	last("orders", time.Time{})
@@ -1067,6 +1085,7 @@ func (h *harness) outboxLastPublished(t *testing.T) {
 // every commit of outbox rows, from any connection, until ctx ends.
 func (h *harness) outboxListen(t *testing.T) {
 	s := h.open(t)
+	eng := store.EngineOf(s)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	// Notification channels may be shared by every test on the server.
@@ -1074,7 +1093,7 @@ func (h *harness) outboxListen(t *testing.T) {
 	heard := make(chan struct{}, 1)
 	done := make(chan error, 1)
 	go func() {
-		done <- s.Listen(ctx, func(svc string) {
+		done <- eng.OutboxListen(ctx, func(svc string) {
 			if svc == service {
 				select {
 				case heard <- struct{}{}:
@@ -1135,6 +1154,7 @@ func (h *harness) appendBoth(t *testing.T) {
 	} {
 		t.Run(strings.ReplaceAll(tc.name, " ", "_"), func(t *testing.T) {
 			s := h.open(t)
+			eng := store.EngineOf(s)
 			ctx := context.Background()
 			log := events("orders", "log", tc.nLog)
 			for _, e := range log {
@@ -1142,7 +1162,7 @@ func (h *harness) appendBoth(t *testing.T) {
 			}
 			outbox := events("orders", "out", tc.nOutbx)
 			rollback(t, s, func(tx *sql.Tx) {
-				if err := s.Append(ctx, tx, log, outbox); err != nil {
+				if err := eng.EventAppend(ctx, tx, store.EventAppendParams{Log: log, Outbox: outbox}); err != nil {
 					t.Fatalf("Append: %v", err)
 				}
 			})
@@ -1150,11 +1170,11 @@ func (h *harness) appendBoth(t *testing.T) {
 				t.Fatalf("rolled-back Append left %d outbox rows", len(rows))
 			}
 			commit(t, s, func(tx *sql.Tx) {
-				if err := s.Append(ctx, tx, log, outbox); err != nil {
+				if err := eng.EventAppend(ctx, tx, store.EventAppendParams{Log: log, Outbox: outbox}); err != nil {
 					t.Fatalf("Append: %v", err)
 				}
 			})
-			got, err := s.EventsByCorrelation(ctx, "flow")
+			got, err := s.EventLogListByCorrelation(ctx, "flow")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -1165,7 +1185,7 @@ func (h *harness) appendBoth(t *testing.T) {
 				checkEnvelope(t, "event log", log[i], got[i])
 			}
 			for _, e := range outbox {
-				if _, err := s.Event(ctx, e.ID); !errors.Is(err, store.ErrNotFound) {
+				if _, err := s.EventLogGet(ctx, e.ID); !errors.Is(err, store.ErrNotFound) {
 					t.Fatalf("outbox event %s in the event log: %v", e.ID, err)
 				}
 			}
@@ -1181,6 +1201,7 @@ func (h *harness) appendBoth(t *testing.T) {
 // savepoint).
 func (h *harness) appendSavepoints(t *testing.T) {
 	s := h.open(t)
+	eng := store.EngineOf(s)
 	ctx := context.Background()
 	ev := func(id string) *envelope.Envelope { return event("orders", id, t0) }
 	commit(t, s, func(tx *sql.Tx) { appendEventLog(t, s, tx, ev("existing")) })
@@ -1191,32 +1212,32 @@ func (h *harness) appendSavepoints(t *testing.T) {
 		}
 	}
 	commit(t, s, func(tx *sql.Tx) {
-		must("Append", s.Append(ctx, tx, nil, []*envelope.Envelope{ev("kept-1")}))
+		must("Append", eng.EventAppend(ctx, tx, store.EventAppendParams{Log: nil, Outbox: []*envelope.Envelope{ev("kept-1")}}))
 
-		must("Savepoint", s.Savepoint(ctx, tx))
-		must("Append", s.Append(ctx, tx, nil, []*envelope.Envelope{ev("undone")}))
+		must("Savepoint", eng.TxSavepoint(ctx, tx))
+		must("Append", eng.EventAppend(ctx, tx, store.EventAppendParams{Log: nil, Outbox: []*envelope.Envelope{ev("undone")}}))
 		claim(t, s, tx, "sub", "undone", true)
-		must("RollbackTo", s.RollbackTo(ctx, tx))
+		must("RollbackTo", eng.TxSavepointRollback(ctx, tx))
 
-		must("Savepoint", s.Savepoint(ctx, tx))
-		if err := s.Append(ctx, tx, []*envelope.Envelope{ev("existing")}, []*envelope.Envelope{ev("failed")}); err == nil {
+		must("Savepoint", eng.TxSavepoint(ctx, tx))
+		if err := eng.EventAppend(ctx, tx, store.EventAppendParams{Log: []*envelope.Envelope{ev("existing")}, Outbox: []*envelope.Envelope{ev("failed")}}); err == nil {
 			t.Fatal("Append of an event id already in the log succeeded")
 		}
-		must("RollbackTo after an error", s.RollbackTo(ctx, tx))
+		must("RollbackTo after an error", eng.TxSavepointRollback(ctx, tx))
 
-		must("Savepoint", s.Savepoint(ctx, tx))
-		must("Append", s.Append(ctx, tx, nil, []*envelope.Envelope{ev("kept-2")}))
+		must("Savepoint", eng.TxSavepoint(ctx, tx))
+		must("Append", eng.EventAppend(ctx, tx, store.EventAppendParams{Log: nil, Outbox: []*envelope.Envelope{ev("kept-2")}}))
 		claim(t, s, tx, "sub", "kept-2", true)
-		must("Release", s.Release(ctx, tx))
+		must("Release", eng.TxSavepointRelease(ctx, tx))
 
 		// Savepoints can be used again and again in one transaction.
 		for i := range 3 {
-			must("Savepoint", s.Savepoint(ctx, tx))
-			must("Append", s.Append(ctx, tx, nil, []*envelope.Envelope{ev(fmt.Sprintf("loop-%d", i))}))
+			must("Savepoint", eng.TxSavepoint(ctx, tx))
+			must("Append", eng.EventAppend(ctx, tx, store.EventAppendParams{Log: nil, Outbox: []*envelope.Envelope{ev(fmt.Sprintf("loop-%d", i))}}))
 			if i == 1 {
-				must("RollbackTo", s.RollbackTo(ctx, tx))
+				must("RollbackTo", eng.TxSavepointRollback(ctx, tx))
 			} else {
-				must("Release", s.Release(ctx, tx))
+				must("Release", eng.TxSavepointRelease(ctx, tx))
 			}
 		}
 	})
@@ -1232,8 +1253,9 @@ func (h *harness) appendSavepoints(t *testing.T) {
 // ---- inbox ----
 
 func claim(t *testing.T, s *store.Store, tx *sql.Tx, sub, id string, want bool) {
+	eng := store.EngineOf(s)
 	t.Helper()
-	got, err := s.ClaimInbox(context.Background(), tx, sub, id)
+	got, err := eng.InboxClaim(context.Background(), tx, sub, id)
 	if err != nil {
 		t.Fatalf("ClaimInbox(%s, %s): %v", sub, id, err)
 	}
@@ -1264,10 +1286,11 @@ func (h *harness) inboxClaim(t *testing.T) {
 // answers as one ClaimInbox after another, in order.
 func (h *harness) inboxClaimBatch(t *testing.T) {
 	s := h.open(t)
+	eng := store.EngineOf(s)
 	ctx := context.Background()
 	batch := func(tx *sql.Tx, sub string, ids []string, want []bool) {
 		t.Helper()
-		got, err := s.ClaimInboxBatch(ctx, tx, sub, ids)
+		got, err := eng.InboxClaimMany(ctx, tx, sub, ids)
 		if err != nil {
 			t.Fatalf("ClaimInboxBatch(%s, %v): %v", sub, ids, err)
 		}
@@ -1326,6 +1349,7 @@ func (h *harness) inboxRollback(t *testing.T) {
 
 func (h *harness) inboxPrune(t *testing.T) {
 	s := h.open(t)
+	eng := store.EngineOf(s)
 	ctx := context.Background()
 	commit(t, s, func(tx *sql.Tx) {
 		claim(t, s, tx, "billing.orders", "old", true)
@@ -1337,7 +1361,7 @@ func (h *harness) inboxPrune(t *testing.T) {
 		time.Now().Add(-48*time.Hour).UnixNano(), "old"); err != nil {
 		t.Fatalf("backdate inbox rows: %v", err)
 	}
-	n, err := s.PruneInbox(ctx, time.Now().Add(-time.Hour))
+	n, err := eng.InboxPrune(ctx, time.Now().Add(-time.Hour))
 	if err != nil {
 		t.Fatalf("PruneInbox: %v", err)
 	}
@@ -1348,7 +1372,7 @@ func (h *harness) inboxPrune(t *testing.T) {
 		claim(t, s, tx, "billing.orders", "old", true) // pruned: claimable again
 		claim(t, s, tx, "billing.orders", "new", false)
 	})
-	n, err = s.PruneInbox(ctx, time.Now().Add(time.Hour))
+	n, err = eng.InboxPrune(ctx, time.Now().Add(time.Hour))
 	if err != nil || n != 2 {
 		t.Errorf("PruneInbox(future) = %d, %v; want 2", n, err)
 	}
@@ -1356,15 +1380,16 @@ func (h *harness) inboxPrune(t *testing.T) {
 
 func (h *harness) inboxRelease(t *testing.T) {
 	s := h.open(t)
+	eng := store.EngineOf(s)
 	ctx := context.Background()
 	commit(t, s, func(tx *sql.Tx) {
 		claim(t, s, tx, "billing.orders", "e1", true)
 		claim(t, s, tx, "shipping.orders", "e1", true)
 	})
-	if err := s.ReleaseInbox(ctx, "billing.orders", "e1"); err != nil {
+	if err := eng.InboxRelease(ctx, "billing.orders", "e1"); err != nil {
 		t.Fatalf("ReleaseInbox: %v", err)
 	}
-	if err := s.ReleaseInbox(ctx, "billing.orders", "never-claimed"); err != nil {
+	if err := eng.InboxRelease(ctx, "billing.orders", "never-claimed"); err != nil {
 		t.Fatalf("ReleaseInbox of an unclaimed event: %v", err)
 	}
 	commit(t, s, func(tx *sql.Tx) {
@@ -1392,8 +1417,9 @@ func deadLetter(service, sub, typ, reason string, i int) store.DeadLetter {
 }
 
 func addDeadLetter(t *testing.T, s *store.Store, tx *sql.Tx, d store.DeadLetter) int64 {
+	eng := store.EngineOf(s)
 	t.Helper()
-	id, err := s.AddDeadLetter(context.Background(), tx, d)
+	id, err := eng.DeadLetterInsert(context.Background(), tx, d)
 	if err != nil {
 		t.Fatalf("AddDeadLetter: %v", err)
 	}
@@ -1435,7 +1461,7 @@ func (h *harness) deadLetterAdd(t *testing.T) {
 	if !(d1 < d2 && d2 < d4) {
 		t.Errorf("ids %d, %d, %d: not increasing", d1, d2, d4)
 	}
-	all, err := s.DeadLetters(ctx, store.DeadLetterFilter{})
+	all, err := s.DeadLetterList(ctx, store.DeadLetterFilter{})
 	if err != nil {
 		t.Fatalf("DeadLetters: %v", err)
 	}
@@ -1463,7 +1489,7 @@ func (h *harness) deadLetterRoundTrip(t *testing.T) {
 		Header: map[string]string{}, Data: []byte{}}
 	for _, want := range []store.DeadLetter{full, bare, empty} {
 		id := addDeadLetter(t, s, nil, want)
-		got, err := s.DeadLetter(ctx, id)
+		got, err := s.DeadLetterGet(ctx, id)
 		if err != nil {
 			t.Fatalf("DeadLetter(%d): %v", id, err)
 		}
@@ -1477,7 +1503,7 @@ func (h *harness) deadLetterRoundTrip(t *testing.T) {
 	before := time.Now()
 	id := addDeadLetter(t, s, nil, store.DeadLetter{Service: "orders", Subscription: "s", Reason: store.ReasonPermanent})
 	after := time.Now()
-	got, err := s.DeadLetter(ctx, id)
+	got, err := s.DeadLetterGet(ctx, id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1555,7 +1581,7 @@ func (h *harness) deadLetterFilter(t *testing.T) {
 	fs := filters(all)
 	for _, name := range slices.Sorted(maps.Keys(fs)) {
 		f := fs[name]
-		got, err := s.DeadLetters(context.Background(), f)
+		got, err := s.DeadLetterList(context.Background(), f)
 		if err != nil {
 			t.Fatalf("%s: DeadLetters: %v", name, err)
 		}
@@ -1564,7 +1590,7 @@ func (h *harness) deadLetterFilter(t *testing.T) {
 		}
 	}
 	// The listed dead letters are complete.
-	got, err := s.DeadLetters(context.Background(), store.DeadLetterFilter{IDs: []int64{all[3].ID}})
+	got, err := s.DeadLetterList(context.Background(), store.DeadLetterFilter{IDs: []int64{all[3].ID}})
 	if err != nil || len(got) != 1 {
 		t.Fatalf("DeadLetters(one id) = %d, %v", len(got), err)
 	}
@@ -1580,14 +1606,14 @@ func (h *harness) deadLetterDelete(t *testing.T) {
 			all := h.addDeadLetterSet(t, s)
 			f := filters(all)[name]
 			gone := match(all, f)
-			n, err := s.DeleteDeadLetters(ctx, f)
+			n, err := s.DeadLetterDeleteMany(ctx, f)
 			if err != nil {
 				t.Fatalf("DeleteDeadLetters: %v", err)
 			}
 			if n != int64(len(gone)) {
 				t.Errorf("DeleteDeadLetters(%+v) = %d, want %d", f, n, len(gone))
 			}
-			left, err := s.DeadLetters(ctx, store.DeadLetterFilter{})
+			left, err := s.DeadLetterList(ctx, store.DeadLetterFilter{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -1606,14 +1632,14 @@ func (h *harness) deadLetterDelete(t *testing.T) {
 
 func (h *harness) deadLetterNotFound(t *testing.T) {
 	s := h.open(t)
-	if _, err := s.DeadLetter(context.Background(), 12345); !errors.Is(err, store.ErrNotFound) {
+	if _, err := s.DeadLetterGet(context.Background(), 12345); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("DeadLetter(unknown): err = %v, want ErrNotFound", err)
 	}
 	id := addDeadLetter(t, s, nil, deadLetter("orders", "s", "t", store.ReasonExhausted, 1))
-	if _, err := s.DeleteDeadLetters(context.Background(), store.DeadLetterFilter{IDs: []int64{id}}); err != nil {
+	if _, err := s.DeadLetterDeleteMany(context.Background(), store.DeadLetterFilter{IDs: []int64{id}}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.DeadLetter(context.Background(), id); !errors.Is(err, store.ErrNotFound) {
+	if _, err := s.DeadLetterGet(context.Background(), id); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("DeadLetter(deleted): err = %v, want ErrNotFound", err)
 	}
 }
@@ -1621,8 +1647,9 @@ func (h *harness) deadLetterNotFound(t *testing.T) {
 // ---- leases ----
 
 func acquire(t *testing.T, s *store.Store, name, holder string, ttl time.Duration, want bool) {
+	eng := store.EngineOf(s)
 	t.Helper()
-	got, err := s.AcquireLease(context.Background(), name, holder, ttl)
+	got, err := eng.LeaseAcquire(context.Background(), store.LeaseAcquireParams{Name: name, Holder: holder, TTL: ttl})
 	if err != nil {
 		t.Fatalf("AcquireLease(%s, %s): %v", name, holder, err)
 	}
@@ -1633,6 +1660,7 @@ func acquire(t *testing.T, s *store.Store, name, holder string, ttl time.Duratio
 
 func (h *harness) leaseExclusive(t *testing.T) {
 	s := h.open(t)
+	eng := store.EngineOf(s)
 	acquire(t, s, "relay.orders", "i1", time.Minute, true)
 	acquire(t, s, "relay.orders", "i1", time.Minute, true) // renew
 	acquire(t, s, "relay.orders", "i2", time.Minute, false)
@@ -1647,7 +1675,7 @@ func (h *harness) leaseExclusive(t *testing.T) {
 	for i := range 8 {
 		wg.Go(func() {
 			holder := fmt.Sprintf("c%d", i)
-			ok, err := s.AcquireLease(context.Background(), "relay.race", holder, time.Minute)
+			ok, err := eng.LeaseAcquire(context.Background(), store.LeaseAcquireParams{Name: "relay.race", Holder: holder, TTL: time.Minute})
 			if err != nil {
 				errc <- err
 			} else if ok {
@@ -1681,19 +1709,20 @@ func (h *harness) leaseExpiry(t *testing.T) {
 
 func (h *harness) leaseRelease(t *testing.T) {
 	s := h.open(t)
+	eng := store.EngineOf(s)
 	ctx := context.Background()
 	acquire(t, s, "relay.orders", "i1", time.Hour, true)
 	// Only the holder can release.
-	if err := s.ReleaseLease(ctx, "relay.orders", "i2"); err != nil {
+	if err := eng.LeaseRelease(ctx, "relay.orders", "i2"); err != nil {
 		t.Fatalf("ReleaseLease by a non-holder: %v", err)
 	}
 	acquire(t, s, "relay.orders", "i2", time.Hour, false)
-	if err := s.ReleaseLease(ctx, "relay.orders", "i1"); err != nil {
+	if err := eng.LeaseRelease(ctx, "relay.orders", "i1"); err != nil {
 		t.Fatalf("ReleaseLease: %v", err)
 	}
 	acquire(t, s, "relay.orders", "i2", time.Hour, true) // at once, long before expiry
 	acquire(t, s, "relay.orders", "i1", time.Hour, false)
-	if err := s.ReleaseLease(ctx, "no.such.lease", "i1"); err != nil {
+	if err := eng.LeaseRelease(ctx, "no.such.lease", "i1"); err != nil {
 		t.Fatalf("ReleaseLease of an unknown lease: %v", err)
 	}
 }
@@ -1763,7 +1792,7 @@ func (h *harness) migrateReopen(t *testing.T) {
 		t.Fatalf("herald_migrations changed by a second open: %v, was %v", after, before)
 	}
 	// Same database: s2 sees s1's data, and the other way round.
-	got, err := s2.Event(context.Background(), e.ID)
+	got, err := s2.EventLogGet(context.Background(), e.ID)
 	if err != nil {
 		t.Fatalf("second store: Event: %v", err)
 	}
@@ -1885,8 +1914,9 @@ func loadMigrationErrors(t *testing.T) {
 
 func (h *harness) closed(t *testing.T) {
 	s := h.open(t)
+	eng := store.EngineOf(s)
 	ctx := context.Background()
-	tx, err := s.Begin(ctx)
+	tx, err := eng.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1898,34 +1928,53 @@ func (h *harness) closed(t *testing.T) {
 		t.Errorf("second Close: %v", err)
 	}
 	calls := map[string]func() error{
-		"Begin":               func() error { _, err := s.Begin(ctx); return err },
-		"AppendEventLog":      func() error { return s.AppendEventLog(ctx, tx, events("o", "x", 1)) },
-		"AppendOutbox":        func() error { return s.AppendOutbox(ctx, tx, events("o", "x", 1)) },
-		"PendingOutbox":       func() error { _, err := s.PendingOutbox(ctx, "o", 1); return err },
-		"MarkPublished":       func() error { return s.MarkPublished(ctx, []int64{1}, t0) },
-		"RepublishSince":      func() error { _, err := s.RepublishSince(ctx, "o", t0); return err },
-		"PruneOutbox":         func() error { _, err := s.PruneOutbox(ctx, t0); return err },
-		"MarkPublishedUpTo":   func() error { return s.MarkPublishedUpTo(ctx, "o", 0, 1, t0) },
-		"OutboxCursor":        func() error { _, err := s.OutboxCursor(ctx, "o"); return err },
-		"OutboxStats":         func() error { _, _, err := s.OutboxStats(ctx, "o"); return err },
-		"ClaimInbox":          func() error { _, err := s.ClaimInbox(ctx, tx, "s", "e"); return err },
-		"PruneInbox":          func() error { _, err := s.PruneInbox(ctx, t0); return err },
-		"PruneEventLog":       func() error { _, err := s.PruneEventLog(ctx, t0); return err },
-		"Event":               func() error { _, err := s.Event(ctx, "x"); return err },
-		"EventsByCorrelation": func() error { _, err := s.EventsByCorrelation(ctx, "x"); return err },
-		"AddDeadLetter":       func() error { _, err := s.AddDeadLetter(ctx, nil, store.DeadLetter{}); return err },
-		"DeadLetter":          func() error { _, err := s.DeadLetter(ctx, 1); return err },
-		"DeadLetters":         func() error { _, err := s.DeadLetters(ctx, store.DeadLetterFilter{}); return err },
-		"DeleteDeadLetters":   func() error { _, err := s.DeleteDeadLetters(ctx, store.DeadLetterFilter{}); return err },
-		"AcquireLease":        func() error { _, err := s.AcquireLease(ctx, "l", "h", time.Minute); return err },
-		"ReleaseLease":        func() error { return s.ReleaseLease(ctx, "l", "h") },
-		"Append":              func() error { return s.Append(ctx, tx, events("o", "x", 1), events("o", "y", 1)) },
-		"ReleaseInbox":        func() error { return s.ReleaseInbox(ctx, "s", "e") },
-		"LastPublished":       func() error { _, err := s.LastPublished(ctx, "o"); return err },
-		"Listen":              func() error { return s.Listen(ctx, func(string) {}) },
-		"ParkOutbox":          func() error { _, err := s.ParkOutbox(ctx, "o", nil); return err },
-		"ParkedKeys":          func() error { _, err := s.ParkedKeys(ctx, "o"); return err },
-		"ReplayParked":        func() error { _, err := s.ReplayParked(ctx, "o", store.DeadLetterFilter{}); return err },
+		// The engine's side.
+		"Begin":          func() error { _, err := eng.Begin(ctx); return err },
+		"EventLogAppend": func() error { return eng.EventLogAppend(ctx, tx, events("o", "x", 1)) },
+		"OutboxAppend":   func() error { return eng.OutboxAppend(ctx, tx, events("o", "x", 1)) },
+		"OutboxPendingList": func() error {
+			_, err := eng.OutboxPendingList(ctx, store.OutboxPendingListParams{Service: "o", Limit: 1})
+			return err
+		},
+		"OutboxMarkPublished":  func() error { return eng.OutboxMarkPublished(ctx, []int64{1}, t0) },
+		"OutboxRepublishSince": func() error { _, err := eng.OutboxRepublishSince(ctx, "o", t0); return err },
+		"OutboxPrune":          func() error { _, err := eng.OutboxPrune(ctx, t0); return err },
+		"OutboxMarkUpTo": func() error {
+			return eng.OutboxMarkUpTo(ctx, store.OutboxMarkUpToParams{Service: "o", From: 0, UpTo: 1, At: t0})
+		},
+		"OutboxCursor":       func() error { _, err := eng.OutboxCursor(ctx, "o"); return err },
+		"Engine.OutboxStats": func() error { _, _, err := eng.OutboxStats(ctx, "o"); return err },
+		"InboxClaim":         func() error { _, err := eng.InboxClaim(ctx, tx, "s", "e"); return err },
+		"InboxClaimMany":     func() error { _, err := eng.InboxClaimMany(ctx, tx, "s", []string{"e"}); return err },
+		"InboxPrune":         func() error { _, err := eng.InboxPrune(ctx, t0); return err },
+		"EventLogPrune":      func() error { _, err := eng.EventLogPrune(ctx, t0); return err },
+		"DeadLetterInsert":   func() error { _, err := eng.DeadLetterInsert(ctx, nil, store.DeadLetter{}); return err },
+		"LeaseAcquire": func() error {
+			_, err := eng.LeaseAcquire(ctx, store.LeaseAcquireParams{Name: "l", Holder: "h", TTL: time.Minute})
+			return err
+		},
+		"LeaseRelease": func() error { return eng.LeaseRelease(ctx, "l", "h") },
+		"EventAppend": func() error {
+			return eng.EventAppend(ctx, tx, store.EventAppendParams{Log: events("o", "x", 1), Outbox: events("o", "y", 1)})
+		},
+		"InboxRelease":        func() error { return eng.InboxRelease(ctx, "s", "e") },
+		"OutboxLastPublished": func() error { _, err := eng.OutboxLastPublished(ctx, "o"); return err },
+		"OutboxListen":        func() error { return eng.OutboxListen(ctx, func(string) {}) },
+		"OutboxPark":          func() error { _, err := eng.OutboxPark(ctx, "o", nil); return err },
+		"OutboxParkedKeys":    func() error { _, err := eng.OutboxParkedKeys(ctx, "o"); return err },
+		"OutboxReplayParked":  func() error { _, err := eng.OutboxReplayParked(ctx, "o", store.DeadLetterFilter{}); return err },
+		// The users' side, with the deprecated names.
+		"OutboxStats":               func() error { _, _, err := s.OutboxStats(ctx, "o"); return err },
+		"EventLogGet":               func() error { _, err := s.EventLogGet(ctx, "x"); return err },
+		"EventLogListByCorrelation": func() error { _, err := s.EventLogListByCorrelation(ctx, "x"); return err },
+		"DeadLetterGet":             func() error { _, err := s.DeadLetterGet(ctx, 1); return err },
+		"DeadLetterList":            func() error { _, err := s.DeadLetterList(ctx, store.DeadLetterFilter{}); return err },
+		"DeadLetterDeleteMany":      func() error { _, err := s.DeadLetterDeleteMany(ctx, store.DeadLetterFilter{}); return err },
+		"Event":                     func() error { _, err := s.Event(ctx, "x"); return err },
+		"EventsByCorrelation":       func() error { _, err := s.EventsByCorrelation(ctx, "x"); return err },
+		"DeadLetter":                func() error { _, err := s.DeadLetter(ctx, 1); return err },
+		"DeadLetters":               func() error { _, err := s.DeadLetters(ctx, store.DeadLetterFilter{}); return err },
+		"DeleteDeadLetters":         func() error { _, err := s.DeleteDeadLetters(ctx, store.DeadLetterFilter{}); return err },
 	}
 	for _, name := range slices.Sorted(maps.Keys(calls)) {
 		if err := calls[name](); !errors.Is(err, store.ErrClosed) {
@@ -1948,12 +1997,13 @@ func keyed(service, prefix, key string, n int) []*envelope.Envelope {
 // parkRows parks rows with reason and checks that each became a dead
 // letter; it returns their ids.
 func parkRows(t *testing.T, s *store.Store, service, reason string, rows ...store.OutboxRow) []int64 {
+	eng := store.EngineOf(s)
 	t.Helper()
 	ps := make([]store.Park, len(rows))
 	for i, r := range rows {
 		ps[i] = store.Park{Row: r, Reason: reason, LastError: "refused: " + r.Event.ID, Attempts: i + 1}
 	}
-	res, err := s.ParkOutbox(context.Background(), service, ps)
+	res, err := eng.OutboxPark(context.Background(), service, ps)
 	if err != nil {
 		t.Fatalf("ParkOutbox: %v", err)
 	}
@@ -1968,8 +2018,9 @@ func parkRows(t *testing.T, s *store.Store, service, reason string, rows ...stor
 }
 
 func parkedKeys(t *testing.T, s *store.Store, service string) map[string]string {
+	eng := store.EngineOf(s)
 	t.Helper()
-	keys, err := s.ParkedKeys(context.Background(), service)
+	keys, err := eng.OutboxParkedKeys(context.Background(), service)
 	if err != nil {
 		t.Fatalf("ParkedKeys: %v", err)
 	}
@@ -1978,7 +2029,7 @@ func parkedKeys(t *testing.T, s *store.Store, service string) map[string]string 
 
 func producerSide(t *testing.T, s *store.Store, service string) []store.DeadLetter {
 	t.Helper()
-	dls, err := s.DeadLetters(context.Background(), store.DeadLetterFilter{Service: service, ProducerSide: true})
+	dls, err := s.DeadLetterList(context.Background(), store.DeadLetterFilter{Service: service, ProducerSide: true})
 	if err != nil {
 		t.Fatalf("DeadLetters: %v", err)
 	}
@@ -2023,7 +2074,7 @@ func (h *harness) parkOutbox(t *testing.T) {
 		checkEnvelope(t, "parked event", want, e)
 	}
 	// The subscriber side does not see them as its own.
-	if got, err := s.DeadLetters(ctx, store.DeadLetterFilter{Subscription: "a"}); err != nil || len(got) != 0 {
+	if got, err := s.DeadLetterList(ctx, store.DeadLetterFilter{Subscription: "a"}); err != nil || len(got) != 0 {
 		t.Errorf("DeadLetters(subscription a) = %v, %v; want none", got, err)
 	}
 }
@@ -2032,11 +2083,12 @@ func (h *harness) parkOutbox(t *testing.T) {
 // producer-side dead letters, including one parked earlier in the same call.
 func (h *harness) parkHeldOnlyWhileParked(t *testing.T) {
 	s := h.open(t)
+	eng := store.EngineOf(s)
 	ctx := context.Background()
 	a := keyed("orders", "a", "k-a", 3)
 	commit(t, s, func(tx *sql.Tx) { appendOutbox(t, s, tx, a...) })
 	rows := pending(t, s, "orders", 100)
-	res, err := s.ParkOutbox(ctx, "orders", []store.Park{{Row: rows[1], Reason: store.ReasonHeld}})
+	res, err := eng.OutboxPark(ctx, "orders", []store.Park{{Row: rows[1], Reason: store.ReasonHeld}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -2044,7 +2096,7 @@ func (h *harness) parkHeldOnlyWhileParked(t *testing.T) {
 		t.Fatalf("held row of a key with nothing parked: %+v, want it left in the outbox", res[0])
 	}
 	checkPending(t, "nothing parked", pending(t, s, "orders", 100), a)
-	res, err = s.ParkOutbox(ctx, "orders", []store.Park{{Row: rows[0], Reason: store.ReasonRefused}, {Row: rows[1], Reason: store.ReasonHeld},
+	res, err = eng.OutboxPark(ctx, "orders", []store.Park{{Row: rows[0], Reason: store.ReasonRefused}, {Row: rows[1], Reason: store.ReasonHeld},
 		{Row: rows[2], Reason: store.ReasonHeld}})
 	if err != nil {
 		t.Fatal(err)
@@ -2063,7 +2115,7 @@ func (h *harness) parkHeldOnlyWhileParked(t *testing.T) {
 		t.Errorf("ParkedKeys = %v, want k-a held by %s, the oldest", got, a[0].ID)
 	}
 	// Purging the key's dead letters frees it.
-	if _, err := s.DeleteDeadLetters(ctx, store.DeadLetterFilter{Service: "orders", ProducerSide: true}); err != nil {
+	if _, err := s.DeadLetterDeleteMany(ctx, store.DeadLetterFilter{Service: "orders", ProducerSide: true}); err != nil {
 		t.Fatal(err)
 	}
 	if got := parkedKeys(t, s, "orders"); len(got) != 0 {
@@ -2074,12 +2126,13 @@ func (h *harness) parkHeldOnlyWhileParked(t *testing.T) {
 // parkGone: a row no longer in the outbox is reported gone, not parked.
 func (h *harness) parkGone(t *testing.T) {
 	s := h.open(t)
+	eng := store.EngineOf(s)
 	ctx := context.Background()
 	a := keyed("orders", "a", "k-a", 2)
 	commit(t, s, func(tx *sql.Tx) { appendOutbox(t, s, tx, a...) })
 	rows := pending(t, s, "orders", 100)
 	parkRows(t, s, "orders", store.ReasonRefused, rows[0])
-	res, err := s.ParkOutbox(ctx, "orders", []store.Park{{Row: rows[0], Reason: store.ReasonRefused}, {Row: rows[1], Reason: store.ReasonHeld}})
+	res, err := eng.OutboxPark(ctx, "orders", []store.Park{{Row: rows[0], Reason: store.ReasonRefused}, {Row: rows[1], Reason: store.ReasonHeld}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -2096,6 +2149,7 @@ func (h *harness) parkGone(t *testing.T) {
 // behind them, deletes the dead letters and frees the key.
 func (h *harness) parkReplay(t *testing.T) {
 	s := h.open(t)
+	eng := store.EngineOf(s)
 	ctx := context.Background()
 	a := keyed("orders", "a", "k-a", 4)
 	b := keyed("orders", "b", "k-b", 2)
@@ -2106,7 +2160,7 @@ func (h *harness) parkReplay(t *testing.T) {
 	parkRows(t, s, "orders", store.ReasonHeld, rows[2])
 	// a[2] arrives and waits in the outbox (the relay has not parked it yet).
 	commit(t, s, func(tx *sql.Tx) { appendOutbox(t, s, tx, a[2], b[1]) })
-	got, err := s.ReplayParked(ctx, "orders", store.DeadLetterFilter{})
+	got, err := eng.OutboxReplayParked(ctx, "orders", store.DeadLetterFilter{})
 	if err != nil {
 		t.Fatalf("ReplayParked: %v", err)
 	}
@@ -2120,7 +2174,7 @@ func (h *harness) parkReplay(t *testing.T) {
 	if got := parkedKeys(t, s, "orders"); len(got) != 0 {
 		t.Errorf("ParkedKeys after replay = %v, want none", got)
 	}
-	if got, err := s.ReplayParked(ctx, "orders", store.DeadLetterFilter{}); err != nil || len(got) != 0 {
+	if got, err := eng.OutboxReplayParked(ctx, "orders", store.DeadLetterFilter{}); err != nil || len(got) != 0 {
 		t.Errorf("second ReplayParked = %v, %v; want nothing", got, err)
 	}
 }
@@ -2139,6 +2193,7 @@ func dlEventIDs(ds []store.DeadLetter) []string {
 // nothing of other services or of subscriptions.
 func (h *harness) parkReplayPart(t *testing.T) {
 	s := h.open(t)
+	eng := store.EngineOf(s)
 	ctx := context.Background()
 	a := keyed("orders", "a", "k-a", 2)
 	c := keyed("orders", "c", "k-c", 1)
@@ -2150,7 +2205,7 @@ func (h *harness) parkReplayPart(t *testing.T) {
 	otherKey := parkRows(t, s, "orders", store.ReasonRefused, rows[2])[0]
 	parkRows(t, s, "billing", store.ReasonRefused, pending(t, s, "billing", 100)...)
 	sub := addDeadLetter(t, s, nil, deadLetter("orders", "track", "t", store.ReasonExhausted, 1))
-	got, err := s.ReplayParked(ctx, "orders", store.DeadLetterFilter{IDs: []int64{held, sub}})
+	got, err := eng.OutboxReplayParked(ctx, "orders", store.DeadLetterFilter{IDs: []int64{held, sub}})
 	if err != nil || !slices.Equal(dlIDs(got), []int64{first, held}) {
 		t.Fatalf("ReplayParked(held, subscriber's) = %v, %v; want k-a's chain %v", dlIDs(got), err, []int64{first, held})
 	}
@@ -2158,7 +2213,7 @@ func (h *harness) parkReplayPart(t *testing.T) {
 	if got := parkedKeys(t, s, "orders"); len(got) != 1 || got["k-c"] != c[0].ID {
 		t.Errorf("ParkedKeys = %v, want only k-c held", got)
 	}
-	left, err := s.DeadLetters(ctx, store.DeadLetterFilter{})
+	left, err := s.DeadLetterList(ctx, store.DeadLetterFilter{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -2172,15 +2227,16 @@ func (h *harness) parkReplayPart(t *testing.T) {
 // publish that stale copy ahead of them.
 func (h *harness) parkHeldAfterReplay(t *testing.T) {
 	s := h.open(t)
+	eng := store.EngineOf(s)
 	ctx := context.Background()
 	a := keyed("orders", "a", "k-a", 2)
 	commit(t, s, func(tx *sql.Tx) { appendOutbox(t, s, tx, a...) })
 	rows := pending(t, s, "orders", 100)
 	parkRows(t, s, "orders", store.ReasonRefused, rows[0])
-	if _, err := s.ReplayParked(ctx, "orders", store.DeadLetterFilter{}); err != nil {
+	if _, err := eng.OutboxReplayParked(ctx, "orders", store.DeadLetterFilter{}); err != nil {
 		t.Fatal(err)
 	}
-	res, err := s.ParkOutbox(ctx, "orders", []store.Park{{Row: rows[1], Reason: store.ReasonHeld}})
+	res, err := eng.OutboxPark(ctx, "orders", []store.Park{{Row: rows[1], Reason: store.ReasonHeld}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -2195,6 +2251,7 @@ func (h *harness) parkHeldAfterReplay(t *testing.T) {
 // the rows after the newest mark (those before it were published).
 func (h *harness) parkRangeMarks(t *testing.T) {
 	s := h.open(t)
+	eng := store.EngineOf(s)
 	ctx := context.Background()
 	a := keyed("orders", "a", "k-a", 4)
 	b := keyed("orders", "b", "k-b", 2)
@@ -2202,17 +2259,17 @@ func (h *harness) parkRangeMarks(t *testing.T) {
 	rows := pending(t, s, "orders", 100)
 	// a[0] was published (range mark up to it); a[1] refused, a[2] held; b
 	// published past them.
-	if err := s.MarkPublishedUpTo(ctx, "orders", 0, rows[1].Seq, t0); err != nil {
+	if err := eng.OutboxMarkUpTo(ctx, store.OutboxMarkUpToParams{Service: "orders", From: 0, UpTo: rows[1].Seq, At: t0}); err != nil {
 		t.Fatal(err)
 	}
 	parkRows(t, s, "orders", store.ReasonRefused, rows[2])
 	parkRows(t, s, "orders", store.ReasonHeld, rows[4])
-	if err := s.MarkPublishedUpTo(ctx, "orders", rows[1].Seq, rows[4].Seq, t0.Add(time.Second)); err != nil {
+	if err := eng.OutboxMarkUpTo(ctx, store.OutboxMarkUpToParams{Service: "orders", From: rows[1].Seq, UpTo: rows[4].Seq, At: t0.Add(time.Second)}); err != nil {
 		t.Fatal(err)
 	}
 	checkPending(t, "after the mark past the parked rows", pending(t, s, "orders", 100), nil)
 	commit(t, s, func(tx *sql.Tx) { appendOutbox(t, s, tx, a[3]) })
-	if _, err := s.ReplayParked(ctx, "orders", store.DeadLetterFilter{}); err != nil {
+	if _, err := eng.OutboxReplayParked(ctx, "orders", store.DeadLetterFilter{}); err != nil {
 		t.Fatal(err)
 	}
 	checkPending(t, "after replay", pending(t, s, "orders", 100), a[1:])
