@@ -96,11 +96,6 @@ func (f DeadLetterFilter) where() (string, []any) {
 	return " WHERE " + strings.Join(conds, " AND "), args
 }
 
-// execer is satisfied by *sql.DB and *sql.Tx.
-type execer interface {
-	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
-}
-
 // DeadLetterInsert stores d and returns its id. With a non-nil tx it is written
 // inside that transaction (together with the inbox row that settles the
 // event), otherwise on its own.
@@ -185,11 +180,6 @@ func (s *Store) DeadLetterList(ctx context.Context, f DeadLetterFilter) ([]DeadL
 		return nil, err
 	}
 	return EngineOf(s).deadLetters(ctx, s.db, f)
-}
-
-// querier is what *sql.DB and *sql.Tx share for reads of many rows.
-type querier interface {
-	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
 }
 
 // deadLetters is DeadLetterList through q (the store's pool or a transaction).
