@@ -91,14 +91,20 @@ func (s *Engine) appendTo(ctx context.Context, tx *sql.Tx, prefix, one string, e
 
 // EventLogAppend appends domain events to the event log inside tx.
 func (s *Engine) EventLogAppend(ctx context.Context, tx *sql.Tx, events []*envelope.Envelope) error {
+	return s.appendOne(ctx, tx, s.queries.eventLogInsert, "event log", events)
+}
+
+// appendOne inserts events into the one table whose insert starts with
+// prefix (EventLogAppend, OutboxAppend); what names it in the error.
+func (s *Engine) appendOne(ctx context.Context, tx *sql.Tx, prefix, what string, events []*envelope.Envelope) error {
 	if err := s.live(); err != nil {
 		return err
 	}
 	if len(events) == 0 {
 		return nil
 	}
-	if err := s.insertEvents(ctx, tx, s.queries.eventLogInsert, events); err != nil {
-		return fmt.Errorf("herald/store: append event log: %w", err)
+	if err := s.insertEvents(ctx, tx, prefix, events); err != nil {
+		return fmt.Errorf("herald/store: append %s: %w", what, err)
 	}
 	return nil
 }

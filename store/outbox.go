@@ -21,16 +21,7 @@ type OutboxRow struct {
 // PostgreSQL a trigger sends NOTIFY herald_outbox with the service name, so
 // relays in other processes wake at once.
 func (s *Engine) OutboxAppend(ctx context.Context, tx *sql.Tx, events []*envelope.Envelope) error {
-	if err := s.live(); err != nil {
-		return err
-	}
-	if len(events) == 0 {
-		return nil
-	}
-	if err := s.insertEvents(ctx, tx, s.queries.outboxInsert, events); err != nil {
-		return fmt.Errorf("herald/store: append outbox: %w", err)
-	}
-	return nil
+	return s.appendOne(ctx, tx, s.queries.outboxInsert, "outbox", events)
 }
 
 // OutboxPendingListParams selects the rows OutboxPendingList returns.
