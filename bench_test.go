@@ -26,7 +26,7 @@ func BenchmarkDo(b *testing.B) {
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := range b.N {
-				tx, err := st.Begin(ctx)
+				tx, err := store.EngineOf(st).Begin(ctx)
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -113,7 +113,7 @@ func BenchmarkDoOverhead(b *testing.B) {
 			for i := range b.N {
 				id := fmt.Sprintf("o-%d", i)
 				t0 := time.Now()
-				tx, err := st.Begin(ctx)
+				tx, err := store.EngineOf(st).Begin(ctx)
 				if err != nil {
 					b.Fatal(err)
 				}

@@ -68,11 +68,11 @@ func (sub *subscription) runHandler(ctx context.Context, tx consumer.Tx, e *enve
 type consumerStore struct{ s *Service }
 
 func (cs consumerStore) Begin(ctx context.Context) (consumer.Tx, error) {
-	sqlTx, err := cs.s.store.Begin(ctx)
+	sqlTx, err := cs.s.engine.Begin(ctx)
 	if err != nil {
 		return nil, err
 	}
-	c := &consumerTx{st: engineStore(cs.s.store), txn: txn{svc: cs.s, sql: sqlTx}}
+	c := &consumerTx{st: cs.s.engine, txn: txn{svc: cs.s, sql: sqlTx}}
 	c.t = &c.txn
 	return c, nil
 }

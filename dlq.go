@@ -24,12 +24,12 @@ type DeadLetter = store.DeadLetter
 // DeadLetters lists the service's dead letters matching f, oldest first.
 func (s *Service) DeadLetters(ctx context.Context, f DeadLetterFilter) ([]DeadLetter, error) {
 	f.Service = s.name
-	return s.store.DeadLetters(ctx, f)
+	return s.store.DeadLetterList(ctx, f)
 }
 
 // DeadLetter returns one of the service's dead letters.
 func (s *Service) DeadLetter(ctx context.Context, id int64) (DeadLetter, error) {
-	d, err := s.store.DeadLetter(ctx, id)
+	d, err := s.store.DeadLetterGet(ctx, id)
 	if err == nil && d.Service != s.name {
 		return DeadLetter{}, fmt.Errorf("dead letter %d belongs to service %s, not %s: %w", id, d.Service, s.name, store.ErrNotFound)
 	}
@@ -42,7 +42,7 @@ func (s *Service) DeadLetter(ctx context.Context, id int64) (DeadLetter, error) 
 // later events again once none of it is parked.
 func (s *Service) PurgeDeadLetters(ctx context.Context, f DeadLetterFilter) (int64, error) {
 	f.Service = s.name
-	return s.store.DeleteDeadLetters(ctx, f)
+	return s.store.DeadLetterDeleteMany(ctx, f)
 }
 
 // ErrNotReplayable is returned for a dead letter whose message could not be
@@ -82,7 +82,7 @@ func (s *Service) ReplayDeadLetters(ctx context.Context, f DeadLetterFilter, dry
 	}
 	var done []DeadLetter
 	if len(parked) > 0 {
-		back, err := s.store.ReplayParked(ctx, s.name, DeadLetterFilter{IDs: parked})
+		back, err := s.engine.OutboxReplayParked(ctx, s.name, DeadLetterFilter{IDs: parked})
 		if err != nil {
 			return nil, err
 		}
@@ -105,12 +105,12 @@ func (s *Service) replay(ctx context.Context, d DeadLetter) error {
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrNotReplayable, err)
 	}
-	if err := s.store.ReleaseInbox(ctx, s.name+"/"+d.Subscription, e.ID); err != nil {
+	if err := s.engine.InboxRelease(ctx, s.name+"/"+d.Subscription, e.ID); err != nil {
 		return err
 	}
 	if err := s.broker.Replay(ctx, s.name, d.Subscription, e); err != nil {
 		return err
 	}
-	_, err = s.store.DeleteDeadLetters(ctx, store.DeadLetterFilter{IDs: []int64{d.ID}})
+	_, err = s.store.DeadLetterDeleteMany(ctx, store.DeadLetterFilter{IDs: []int64{d.ID}})
 	return err
 }

@@ -132,7 +132,7 @@ func TestDoCommitsStateEventsAndOutboxTogether(t *testing.T) {
 		if got := strings.Join(s.calls, ","); got != "reserve-stock,audit" {
 			t.Fatalf("handlers ran as %q, want registration order reserve-stock,audit", got)
 		}
-		events, err := s.st.EventsByCorrelation(ctx, "flow-1")
+		events, err := s.st.EventLogListByCorrelation(ctx, "flow-1")
 		must(t, err)
 		if len(events) != 2 || events[0].Type != "orders.placed" || events[1].Type != "orders.stock-reserved" {
 			t.Fatalf("event log = %v", events)
@@ -145,7 +145,7 @@ func TestDoCommitsStateEventsAndOutboxTogether(t *testing.T) {
 			t.Fatalf("root attributes: %+v", root)
 		}
 		storetest.Settle(t, s.st)
-		rows, err := s.st.PendingOutbox(ctx, "orders", 10)
+		rows, err := store.EngineOf(s.st).OutboxPendingList(ctx, store.OutboxPendingListParams{Service: "orders", Limit: 10})
 		must(t, err)
 		if len(rows) != 1 {
 			t.Fatalf("outbox rows = %d", len(rows))
@@ -161,9 +161,9 @@ func TestDoCommitsStateEventsAndOutboxTogether(t *testing.T) {
 func TestCorrelationDefaultsToFirstEvent(t *testing.T) {
 	s := newShop(t, "sqlite")
 	must(t, s.place(context.Background(), "o-1", 5))
-	rows, err := s.st.PendingOutbox(context.Background(), "orders", 10)
+	rows, err := store.EngineOf(s.st).OutboxPendingList(context.Background(), store.OutboxPendingListParams{Service: "orders", Limit: 10})
 	must(t, err)
-	root, err := s.st.Event(context.Background(), rows[0].Event.CausationID)
+	root, err := s.st.EventLogGet(context.Background(), rows[0].Event.CausationID)
 	must(t, err)
 	if root.CorrelationID != root.ID || rows[0].Event.CorrelationID != root.ID {
 		t.Fatalf("correlation: root %q (id %q), integration %q", root.CorrelationID, root.ID, rows[0].Event.CorrelationID)
@@ -321,7 +321,7 @@ func TestNotifyWritesOutbox(t *testing.T) {
 			return herald.Notify(tx, s.email, emailed{To: "ada@example.com"})
 		}))
 		storetest.Settle(t, s.st)
-		rows, err := s.st.PendingOutbox(context.Background(), "orders", 10)
+		rows, err := store.EngineOf(s.st).OutboxPendingList(context.Background(), store.OutboxPendingListParams{Service: "orders", Limit: 10})
 		must(t, err)
 		if len(rows) != 1 || rows[0].Event.Kind != herald.KindNotification || rows[0].Event.Type != "shop.order.email" {
 			t.Fatalf("outbox = %+v", rows)

@@ -81,7 +81,7 @@ func (s *Service) Start(ctx context.Context) error {
 		}()
 		r.wg.Go(func() {
 			// Commits of other processes (PostgreSQL) wake the relay too.
-			_ = s.store.Listen(runCtx, func(service string) {
+			_ = s.engine.OutboxListen(runCtx, func(service string) {
 				if service == s.name {
 					s.signal()
 				}
@@ -194,10 +194,10 @@ func (s *Service) janitor(ctx context.Context) {
 		if _, err := s.PruneEventLog(ctx); err != nil && ctx.Err() == nil {
 			s.log.Warn("prune event log", "err", err)
 		}
-		if _, err := s.store.PruneOutbox(ctx, now.Add(-s.cfg.outboxRetention)); err != nil && ctx.Err() == nil {
+		if _, err := s.engine.OutboxPrune(ctx, now.Add(-s.cfg.outboxRetention)); err != nil && ctx.Err() == nil {
 			s.log.Warn("prune outbox", "err", err)
 		}
-		if _, err := s.store.PruneInbox(ctx, now.Add(-s.cfg.inboxRetention)); err != nil && ctx.Err() == nil {
+		if _, err := s.engine.InboxPrune(ctx, now.Add(-s.cfg.inboxRetention)); err != nil && ctx.Err() == nil {
 			s.log.Warn("prune inbox", "err", err)
 		}
 		t.Reset(every)
@@ -218,11 +218,11 @@ func (s *Service) refill(ctx context.Context) error {
 		return fmt.Errorf("%w: service %s: outbox retention %v must be at least 10× the broker's loss window %v",
 			ErrInvalidOption, s.name, s.cfg.outboxRetention, w)
 	}
-	last, err := s.store.LastPublished(ctx, s.name)
+	last, err := s.engine.OutboxLastPublished(ctx, s.name)
 	if err != nil || last.IsZero() {
 		return err
 	}
-	n, err := s.store.RepublishSince(ctx, s.name, last.Add(-2*w))
+	n, err := s.engine.OutboxRepublishSince(ctx, s.name, last.Add(-2*w))
 	if err != nil {
 		return fmt.Errorf("service %s: refill the broker: %w", s.name, err)
 	}

@@ -215,9 +215,9 @@ func TestRelayParksEventTheBrokerRefuses(t *testing.T) {
 			Kind: envelope.KindIntegration, Source: "orders", Key: "poison", Time: now, CorrelationID: "c",
 			DataContentType: "application/json",
 			Data:            []byte(`{"order_id":"poison","n":0,"pad":"` + strings.Repeat(`\u003c`, 190_000) + `"}`)}
-		tx, err := st.Begin(ctx)
+		tx, err := store.EngineOf(st).Begin(ctx)
 		must(t, err)
-		must(t, st.AppendOutbox(ctx, tx, []*envelope.Envelope{poison}))
+		must(t, store.EngineOf(st).OutboxAppend(ctx, tx, []*envelope.Envelope{poison}))
 		must(t, tx.Commit())
 		w.record("poison", 1)
 		w.others("o", 50)

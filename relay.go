@@ -101,7 +101,7 @@ func WithOutboxRetention(d time.Duration) Option {
 //
 // A row the broker refuses for good (broker.ErrRejected, or an error no
 // broker sentinel classifies, unclassifiedAttempts rounds in a row) is
-// parked instead: it becomes a producer-side dead letter (store.ParkOutbox)
+// parked instead: it becomes a producer-side dead letter (store.Engine.OutboxPark)
 // and the rows behind it go on. The later rows of its partition key are
 // parked too, as "held", for as long as the key has producer-side dead
 // letters, so that none overtakes it; ReplayDeadLetters puts them back in
@@ -162,7 +162,7 @@ func (s *Service) relay(ctx context.Context, holder string, drain <-chan struct{
 	// rows are readable: after a signal that found nothing, look again soon,
 	// more and more rarely, rather than only at the next poll.
 	var recheck time.Duration
-	rs := &relayState{serial: s.store.DelaysVisibility(), every: rc.MarkInterval}
+	rs := &relayState{serial: s.engine.DelaysVisibility(), every: rc.MarkInterval}
 	defer func() {
 		// What the broker acknowledged is marked (a mark outlives ctx by up
 		// to a second; reset waits for it), so a restart does not publish
@@ -174,14 +174,14 @@ func (s *Service) relay(ctx context.Context, holder string, drain <-chan struct{
 			// a running transaction elsewhere keeps unreadable.
 			s.leftBehind(lastErr)
 			rctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			_ = s.store.ReleaseLease(rctx, lease, holder)
+			_ = s.engine.LeaseRelease(rctx, lease, holder)
 			cancel()
 		}
 	}()
 	for ctx.Err() == nil {
 		checkDrain()
 		if time.Since(leased) > rc.LeaseTTL/3 {
-			ok, err := s.store.AcquireLease(ctx, lease, holder, rc.LeaseTTL)
+			ok, err := s.engine.LeaseAcquire(ctx, store.LeaseAcquireParams{Name: lease, Holder: holder, TTL: rc.LeaseTTL})
 			if err != nil || !ok {
 				if err != nil && ctx.Err() == nil {
 					s.log.Warn("relay lease", "err", err)
@@ -245,7 +245,7 @@ func (s *Service) relay(ctx context.Context, holder string, drain <-chan struct{
 		}
 		d := rc.PollInterval
 		switch {
-		case n > 0 || !s.store.DelaysVisibility():
+		case n > 0 || !s.engine.DelaysVisibility():
 			recheck = 0
 		case woke:
 			recheck = 10 * time.Millisecond
@@ -357,16 +357,16 @@ func (rs *relayState) heldStale() bool { return !rs.heldKnown || len(rs.held) > 
 
 // readOutbox reads up to limit rows after seq after and, with reload, the
 // held keys before them: a row of a key an operator replays is then either
-// read before the replay (and judged held, ParkOutbox finding it gone) or
+// read before the replay (and judged held, OutboxPark finding it gone) or
 // after it (and free).
 func (s *Service) readOutbox(ctx context.Context, after int64, limit int, reload bool) pendingRead {
 	var r pendingRead
 	if reload {
-		if r.held, r.err = s.store.ParkedKeys(ctx, s.name); r.err != nil {
+		if r.held, r.err = s.engine.OutboxParkedKeys(ctx, s.name); r.err != nil {
 			return r
 		}
 	}
-	r.rows, r.err = s.store.PendingOutboxAfter(ctx, s.name, after, limit)
+	r.rows, r.err = s.engine.OutboxPendingList(ctx, store.OutboxPendingListParams{Service: s.name, After: after, Limit: limit})
 	return r
 }
 
@@ -479,7 +479,7 @@ func (s *Service) flushMarks(ctx context.Context, rs *relayState) error {
 	mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 	go func() {
 		defer cancel()
-		done <- s.store.MarkPublishedUpTo(mctx, s.name, from, upto, time.Now())
+		done <- s.engine.OutboxMarkUpTo(mctx, store.OutboxMarkUpToParams{Service: s.name, From: from, UpTo: upto, At: time.Now()})
 	}()
 	return nil
 }
@@ -497,7 +497,7 @@ func (s *Service) relayOnce(ctx context.Context, batch int, rs *relayState) (int
 		rs.drop()
 		if !rs.serial && !rs.baseKnown {
 			var err error
-			if rs.base, err = s.store.OutboxCursor(ctx, s.name); err != nil {
+			if rs.base, err = s.engine.OutboxCursor(ctx, s.name); err != nil {
 				return 0, err
 			}
 			rs.baseKnown = true
@@ -568,7 +568,7 @@ func (s *Service) relayOnce(ctx context.Context, batch int, rs *relayState) (int
 	}
 	if len(acked) > 0 {
 		if rs.serial {
-			if err := s.store.MarkPublished(ctx, acked, time.Now()); err != nil {
+			if err := s.engine.OutboxMarkPublished(ctx, acked, time.Now()); err != nil {
 				return 0, err
 			}
 		} else {
@@ -611,7 +611,7 @@ func (s *Service) parkHeld(ctx context.Context, rs *relayState, rows []store.Out
 	if len(parks) == 0 {
 		return rows, nil
 	}
-	res, err := s.store.ParkOutbox(ctx, s.name, parks)
+	res, err := s.engine.OutboxPark(ctx, s.name, parks)
 	if err != nil {
 		return nil, err
 	}
@@ -663,7 +663,7 @@ func (s *Service) refused(ctx context.Context, rs *relayState, row store.OutboxR
 		attempts = rs.failN
 	}
 	rs.failN = 0
-	res, err := s.store.ParkOutbox(ctx, s.name, []store.Park{{Row: row, Reason: store.ReasonRefused, LastError: perr.Error(), Attempts: attempts}})
+	res, err := s.engine.OutboxPark(ctx, s.name, []store.Park{{Row: row, Reason: store.ReasonRefused, LastError: perr.Error(), Attempts: attempts}})
 	if err != nil {
 		return 0, fmt.Errorf("%w; parking it: %w", firstErr, err)
 	}
@@ -687,7 +687,7 @@ func (s *Service) refused(ctx context.Context, rs *relayState, row store.OutboxR
 // outbox table; on SQLite the rows published since the relay's last mark
 // (RelayConfig.MarkInterval) are not counted but go out again too.
 func (s *Service) Republish(ctx context.Context, d time.Duration) (int64, error) {
-	n, err := s.store.RepublishSince(ctx, s.name, time.Now().Add(-d))
+	n, err := s.engine.OutboxRepublishSince(ctx, s.name, time.Now().Add(-d))
 	if err == nil {
 		// Even with nothing reset in the table: rows the relay published
 		// since its last mark are unmarked, and go out again too.

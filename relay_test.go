@@ -326,18 +326,19 @@ func TestRelayPublishesARowThatBecomesReadableBelowAPublishedOne(t *testing.T) {
 	}
 	// a takes its transaction id first; b takes a later one but the lower
 	// seq; a commits and is published while b still runs.
-	txA, err := st.Begin(ctx)
+	eng := store.EngineOf(st)
+	txA, err := eng.Begin(ctx)
 	must(t, err)
 	defer txA.Rollback()
-	txB, err := st.Begin(ctx)
+	txB, err := eng.Begin(ctx)
 	must(t, err)
 	defer txB.Rollback()
 	var xid int64
 	must(t, txA.QueryRowContext(ctx, `SELECT txid_current()`).Scan(&xid))
 	must(t, txB.QueryRowContext(ctx, `SELECT txid_current()`).Scan(&xid))
 	evB, evA := event("b"), event("a")
-	must(t, st.AppendOutbox(ctx, txB, []*envelope.Envelope{evB}))
-	must(t, st.AppendOutbox(ctx, txA, []*envelope.Envelope{evA}))
+	must(t, eng.OutboxAppend(ctx, txB, []*envelope.Envelope{evB}))
+	must(t, eng.OutboxAppend(ctx, txA, []*envelope.Envelope{evA}))
 	must(t, txA.Commit())
 	pubs.waitAll(t, []string{evA.ID}, 1)
 	must(t, txB.Commit())

@@ -18,7 +18,8 @@ import (
 // relay and subscriptions.
 type Service struct {
 	name   string
-	store  *store.Store
+	store  *store.Store  // the users' side, Store()
+	engine *store.Engine // the same store, for the engines
 	broker broker.Broker
 	log    *slog.Logger
 	reg    *Registry
@@ -155,6 +156,7 @@ func New(name string, opts ...Option) (*Service, error) {
 	s := &Service{
 		name:         name,
 		store:        c.store,
+		engine:       store.EngineOf(c.store),
 		broker:       c.broker,
 		log:          c.log.With("service", name),
 		reg:          NewRegistry(),
@@ -213,5 +215,5 @@ func (s *Service) PruneEventLog(ctx context.Context) (int64, error) {
 	if s.cfg.retention == 0 {
 		return 0, nil
 	}
-	return s.store.PruneEventLog(ctx, time.Now().Add(-s.cfg.retention))
+	return s.engine.EventLogPrune(ctx, time.Now().Add(-s.cfg.retention))
 }

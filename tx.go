@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/heraldhq/herald/envelope"
+	"github.com/heraldhq/herald/store"
 )
 
 // ErrEventTooLarge: an integration or notification event is larger, encoded
@@ -93,7 +94,7 @@ func (s *Service) Do(ctx context.Context, fn func(tx Tx) error) (err error) {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("service %s: Do: %w", s.name, err)
 	}
-	sqlTx, err := s.store.Begin(ctx)
+	sqlTx, err := s.engine.Begin(ctx)
 	if err != nil {
 		return fmt.Errorf("service %s: begin: %w", s.name, err)
 	}
@@ -159,7 +160,7 @@ func (s *Service) observeCommit(ctx context.Context, t *txn) {
 
 // flush writes the transaction's events to the event log and the outbox.
 func (s *Service) flush(ctx context.Context, t *txn) error {
-	if err := s.store.Append(ctx, t.sql, t.log, t.outbox); err != nil {
+	if err := s.engine.EventAppend(ctx, t.sql, store.EventAppendParams{Log: t.log, Outbox: t.outbox}); err != nil {
 		return fmt.Errorf("service %s: %w", s.name, err)
 	}
 	return nil

@@ -248,7 +248,7 @@ func (n *Notifier) renew(ctx context.Context, keys []holdKey, until time.Time) (
 		RETURNING id, claimed_by`)
 	// In a transaction, which on SQLite waits its turn for the write lock
 	// with the other writers of the process (an autocommit query would not).
-	tx, err := n.st.Begin(ctx)
+	tx, err := n.eng.Begin(ctx)
 	if err != nil {
 		return nil, err
 	}

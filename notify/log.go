@@ -323,7 +323,7 @@ func (n *Notifier) MarkBounced(ctx context.Context, ref Ref, reason string) erro
 		return fmt.Errorf("notify: mark bounced: %w", err)
 	}
 	now := n.now()
-	tx, err := n.st.Begin(ctx)
+	tx, err := n.eng.Begin(ctx)
 	if err != nil {
 		return fmt.Errorf("notify: mark bounced: %w", err)
 	}

@@ -106,6 +106,7 @@ var (
 type Notifier struct {
 	svc   *herald.Service
 	st    *store.Store
+	eng   *store.Engine // st's engine side: transactions
 	dir   Directory
 	cfg   config
 	log   *slog.Logger
@@ -426,6 +427,7 @@ func NewNotifier(svc *herald.Service, dir Directory, opts ...Option) (*Notifier,
 	n := &Notifier{
 		svc:     svc,
 		st:      st,
+		eng:     store.EngineOf(st),
 		dir:     dir,
 		cfg:     c,
 		log:     c.log.With("service", svc.Name(), "component", "notifier"),

@@ -14,6 +14,7 @@ import (
 	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/envelope"
 	ntemplate "github.com/heraldhq/herald/notify/template"
+	"github.com/heraldhq/herald/store"
 )
 
 // byKey indexes deliveries by recipient/channel.
@@ -174,7 +175,7 @@ func TestIdempotency(t *testing.T) {
 
 		// The broker delivers the event again and the inbox lets it through.
 		sub := "notify-shop_order_shipped"
-		must(t, e.st.ReleaseInbox(e.ctx, "shop/"+sub, evID))
+		must(t, store.EngineOf(e.st).InboxRelease(e.ctx, "shop/"+sub, evID))
 		data, _ := json.Marshal(order{ID: "o1", To: []string{"alice", "bob"}})
 		env := &envelope.Envelope{ID: evID, Type: orderShipped.Name(), Version: 1, Kind: envelope.KindNotification,
 			Source: "shop", Time: time.Now().UTC(), DataContentType: "application/json", Data: data, CorrelationID: "i1"}

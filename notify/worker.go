@@ -275,7 +275,7 @@ func (n *Notifier) recordBatch(batch []recordJob) {
 // longer held and the claimed ones are, with their leases renewed until
 // recorded.
 func (n *Notifier) recordTx(ctx context.Context, batch []recordJob, want int) ([]*row, error) {
-	tx, err := n.st.Begin(ctx)
+	tx, err := n.eng.Begin(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -96,15 +96,10 @@ func (f DeadLetterFilter) where() (string, []any) {
 	return " WHERE " + strings.Join(conds, " AND "), args
 }
 
-// execer is satisfied by *sql.DB and *sql.Tx.
-type execer interface {
-	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
-}
-
-// AddDeadLetter stores d and returns its id. With a non-nil tx it is written
+// DeadLetterInsert stores d and returns its id. With a non-nil tx it is written
 // inside that transaction (together with the inbox row that settles the
 // event), otherwise on its own.
-func (s *Store) AddDeadLetter(ctx context.Context, tx *sql.Tx, d DeadLetter) (int64, error) {
+func (s *Engine) DeadLetterInsert(ctx context.Context, tx *sql.Tx, d DeadLetter) (int64, error) {
 	if err := s.live(); err != nil {
 		return 0, err
 	}
@@ -164,8 +159,8 @@ func scanDeadLetter(sc scanner) (DeadLetter, error) {
 	return d, nil
 }
 
-// DeadLetter returns the dead letter with id.
-func (s *Store) DeadLetter(ctx context.Context, id int64) (DeadLetter, error) {
+// DeadLetterGet returns the dead letter with id.
+func (s *Store) DeadLetterGet(ctx context.Context, id int64) (DeadLetter, error) {
 	if err := s.live(); err != nil {
 		return DeadLetter{}, err
 	}
@@ -179,21 +174,16 @@ func (s *Store) DeadLetter(ctx context.Context, id int64) (DeadLetter, error) {
 	return d, nil
 }
 
-// DeadLetters lists the dead letters matching f, oldest first.
-func (s *Store) DeadLetters(ctx context.Context, f DeadLetterFilter) ([]DeadLetter, error) {
+// DeadLetterList lists the dead letters matching f, oldest first.
+func (s *Store) DeadLetterList(ctx context.Context, f DeadLetterFilter) ([]DeadLetter, error) {
 	if err := s.live(); err != nil {
 		return nil, err
 	}
-	return s.deadLetters(ctx, s.db, f)
+	return EngineOf(s).deadLetters(ctx, s.db, f)
 }
 
-// querier is what *sql.DB and *sql.Tx share for reads of many rows.
-type querier interface {
-	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
-}
-
-// deadLetters is DeadLetters through q (the store's pool or a transaction).
-func (s *Store) deadLetters(ctx context.Context, q querier, f DeadLetterFilter) ([]DeadLetter, error) {
+// deadLetters is DeadLetterList through q (the store's pool or a transaction).
+func (s *Engine) deadLetters(ctx context.Context, q querier, f DeadLetterFilter) ([]DeadLetter, error) {
 	where, args := f.where()
 	query := "SELECT " + dlCols + " FROM herald_dead_letters" + where + " ORDER BY id"
 	if f.Limit > 0 {
@@ -215,10 +205,10 @@ func (s *Store) deadLetters(ctx context.Context, q querier, f DeadLetterFilter) 
 	return out, rows.Err()
 }
 
-// DeleteDeadLetters purges the dead letters matching f and returns how many
+// DeadLetterDeleteMany purges the dead letters matching f and returns how many
 // it removed. An empty filter purges them all. With a Limit it purges the
-// same dead letters DeadLetters(f) lists: the oldest Limit matching ones.
-func (s *Store) DeleteDeadLetters(ctx context.Context, f DeadLetterFilter) (int64, error) {
+// same dead letters DeadLetterList(f) lists: the oldest Limit matching ones.
+func (s *Store) DeadLetterDeleteMany(ctx context.Context, f DeadLetterFilter) (int64, error) {
 	if err := s.live(); err != nil {
 		return 0, err
 	}
@@ -229,15 +219,16 @@ func (s *Store) DeleteDeadLetters(ctx context.Context, f DeadLetterFilter) (int6
 		q = fmt.Sprintf("DELETE FROM herald_dead_letters WHERE id IN (SELECT id FROM herald_dead_letters%s ORDER BY id LIMIT %d)", where, f.Limit)
 	}
 	fail := func(err error) (int64, error) { return 0, fmt.Errorf("herald/store: purge dead letters: %w", err) }
-	tx, err := s.Begin(ctx)
+	e := EngineOf(s)
+	tx, err := e.Begin(ctx)
 	if err != nil {
 		return fail(err)
 	}
 	defer tx.Rollback()
 	if f.Service != "" && f.Subscription == "" {
-		// Producer-side ones may be among them: exclude ParkOutbox, which
+		// Producer-side ones may be among them: exclude OutboxPark, which
 		// parks a held row only while its key has some (see lockParked).
-		if err := s.lockParked(ctx, tx, f.Service); err != nil {
+		if err := e.lockParked(ctx, tx, f.Service); err != nil {
 			return fail(err)
 		}
 	}
@@ -253,4 +244,26 @@ func (s *Store) DeleteDeadLetters(ctx context.Context, f DeadLetterFilter) (int6
 		return fail(err)
 	}
 	return n, nil
+}
+
+// DeadLetter returns the dead letter with id.
+//
+// Deprecated: use DeadLetterGet.
+func (s *Store) DeadLetter(ctx context.Context, id int64) (DeadLetter, error) {
+	return s.DeadLetterGet(ctx, id)
+}
+
+// DeadLetters lists the dead letters matching f, oldest first.
+//
+// Deprecated: use DeadLetterList.
+func (s *Store) DeadLetters(ctx context.Context, f DeadLetterFilter) ([]DeadLetter, error) {
+	return s.DeadLetterList(ctx, f)
+}
+
+// DeleteDeadLetters purges the dead letters matching f and returns how many
+// it removed.
+//
+// Deprecated: use DeadLetterDeleteMany.
+func (s *Store) DeleteDeadLetters(ctx context.Context, f DeadLetterFilter) (int64, error) {
+	return s.DeadLetterDeleteMany(ctx, f)
 }

@@ -6,14 +6,26 @@ import (
 	"time"
 )
 
-// AcquireLease takes or renews the lease name for holder until now+ttl. It
-// returns true when holder has the lease: it was free, expired, or already
-// holder's. One lease per service makes exactly one outbox relay active
-// across all the service's instances; a crashed holder's lease expires.
-func (s *Store) AcquireLease(ctx context.Context, name, holder string, ttl time.Duration) (bool, error) {
+// LeaseAcquireParams names a lease, its would-be holder and for how long.
+type LeaseAcquireParams struct {
+	// Name is the lease's name.
+	Name string
+	// Holder identifies the instance that wants it.
+	Holder string
+	// TTL is how long it is held from now unless renewed.
+	TTL time.Duration
+}
+
+// LeaseAcquire takes or renews the lease p.Name for p.Holder until
+// now+p.TTL. It returns true when the holder has the lease: it was free,
+// expired, or already the holder's. One lease per service makes exactly one
+// outbox relay active across all the service's instances; a crashed
+// holder's lease expires.
+func (s *Engine) LeaseAcquire(ctx context.Context, p LeaseAcquireParams) (bool, error) {
 	if err := s.live(); err != nil {
 		return false, err
 	}
+	name, holder, ttl := p.Name, p.Holder, p.TTL
 	now := time.Now().UnixNano()
 	q := s.d.Rebind(`INSERT INTO herald_leases (name, holder, expires_at) VALUES (?, ?, ?)
 		ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
@@ -29,9 +41,9 @@ func (s *Store) AcquireLease(ctx context.Context, name, holder string, ttl time.
 	return n == 1, nil
 }
 
-// ReleaseLease gives the lease up if holder has it, so another instance can
+// LeaseRelease gives the lease up if holder has it, so another instance can
 // take over at once instead of waiting for it to expire.
-func (s *Store) ReleaseLease(ctx context.Context, name, holder string) error {
+func (s *Engine) LeaseRelease(ctx context.Context, name, holder string) error {
 	if err := s.live(); err != nil {
 		return err
 	}

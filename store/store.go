@@ -4,6 +4,15 @@
 // embedded default, modernc.org/sqlite) and store/postgres (pgx/v5) open it
 // and apply their embedded, versioned migrations.
 //
+// A store has two sides on one value. *Store is the users' side: the
+// database handle to share with their own tables, the dead letters
+// (DeadLetterGet, DeadLetterList, DeadLetterDeleteMany), reads of the event
+// log (EventLogGet, EventLogListByCorrelation) and OutboxStats. *Engine,
+// obtained with EngineOf, is the side herald's engines run on: appends,
+// inbox claims, outbox reads, marks and parking, leases, savepoints and
+// pruning, named noun first (OutboxPendingList, LeaseAcquire) with a
+// parameter struct where a call takes several values of one type.
+//
 // Methods that take a *sql.Tx work inside the caller's transaction, which is
 // how herald makes events atomic with the state change that caused them.
 package store
@@ -40,7 +49,7 @@ type Dialect interface {
 	// several processes at once.
 	Migrate(ctx context.Context, db *sql.DB) error
 	// PendingCondition is an extra WHERE clause (or "") that makes
-	// PendingOutbox return only rows whose position in commit order is final:
+	// OutboxPendingList return only rows whose position in commit order is final:
 	// no transaction still in flight can commit a row that sorts before them.
 	PendingCondition() string
 }
@@ -51,25 +60,10 @@ type Listener interface {
 	Listen(ctx context.Context, fn func(service string)) error
 }
 
-// ErrNoListen is returned by Listen on a dialect without notifications;
-// relays then rely on the in-process signal and polling.
-var ErrNoListen = errors.New("herald/store: dialect has no commit notifications")
-
-// Listen calls fn with the service of every commit that wrote outbox rows,
-// in any process, until ctx ends. Dialects without notifications return
-// ErrNoListen at once.
-func (s *Store) Listen(ctx context.Context, fn func(service string)) error {
-	if err := s.live(); err != nil {
-		return err
-	}
-	l, ok := s.d.(Listener)
-	if !ok {
-		return ErrNoListen
-	}
-	return l.Listen(ctx, fn)
-}
-
-// Store is herald's persistence on one database.
+// Store is herald's persistence on one database, as its users see it: the
+// database handle to share with their own tables, the dead letters, reads of
+// the event log and the outbox backlog. herald's engines reach the rest of
+// the same store through EngineOf.
 type Store struct {
 	db      *sql.DB
 	d       Dialect
@@ -80,6 +74,17 @@ type Store struct {
 	closed  atomic.Bool
 }
 
+// Engine is the engine-facing side of a Store: the same value, with the
+// methods herald's outbox relay, consumer, janitor and notifier run on
+// (appends, inbox claims, outbox reads and marks, leases, savepoints). It is
+// herald's engines' way in, not an API for users: its methods may change
+// between minor versions. Get it with EngineOf.
+type Engine Store
+
+// EngineOf returns the engine-facing side of s. The conversion is free: both
+// are the same value.
+func EngineOf(s *Store) *Engine { return (*Engine)(s) }
+
 // New wraps an open database. The dialect packages call it; most users call
 // sqlite.Open or postgres.Open instead. ownsDB says whether Close closes db.
 func New(ctx context.Context, db *sql.DB, d Dialect, ownsDB bool) (*Store, error) {
@@ -88,17 +93,11 @@ func New(ctx context.Context, db *sql.DB, d Dialect, ownsDB bool) (*Store, error
 	}
 	s := &Store{db: db, d: d, ownsDB: ownsDB}
 	s.queries = buildQueries(d)
-	if err := s.prepareHot(ctx); err != nil {
+	if err := EngineOf(s).prepareHot(ctx); err != nil {
 		return nil, err
 	}
 	return s, nil
 }
-
-// DelaysVisibility reports whether the dialect shows a committed outbox row
-// to PendingOutbox only once every transaction older than its own ended
-// (PostgreSQL's commit-order rule), so a relay woken by a commit may find
-// nothing yet.
-func (s *Store) DelaysVisibility() bool { return s.d.PendingCondition() != "" }
 
 // DB is the underlying database handle, shared with the user's own tables.
 func (s *Store) DB() *sql.DB { return s.db }
@@ -125,21 +124,94 @@ func (s *Store) Close() error {
 }
 
 // live returns ErrClosed once Close has been called.
-func (s *Store) live() error {
+func (s *Engine) live() error {
 	if s.closed.Load() {
 		return ErrClosed
 	}
 	return nil
 }
 
+// live returns ErrClosed once Close has been called.
+func (s *Store) live() error { return EngineOf(s).live() }
+
 // Begin starts a read-write transaction. On SQLite it is an immediate
 // transaction (the write lock is taken at BEGIN, so it never fails half-way
 // with SQLITE_BUSY on upgrade).
-func (s *Store) Begin(ctx context.Context) (*sql.Tx, error) {
+func (s *Engine) Begin(ctx context.Context) (*sql.Tx, error) {
 	if err := s.live(); err != nil {
 		return nil, err
 	}
 	return s.db.BeginTx(ctx, nil)
+}
+
+// stmtCache holds the hot statements, prepared once on the pool when the
+// store opens. database/sql then prepares each on a connection the first
+// time a transaction there uses it and reuses it after, so the hot path never
+// parses SQL again. (Preparing lazily from inside a transaction could
+// deadlock: the pool may have no free connection while that transaction
+// holds SQLite's write lock.)
+type stmtCache map[string]*sql.Stmt
+
+// oneRow holds the texts of the one-row inserts, built once so the hot path
+// does no string work: each is also the key of its prepared statement.
+type oneRow struct {
+	log, outbox, both string
+	// multi holds, on SQLite, the prepared multi-row inserts by prefix
+	// (event log, outbox), largest first.
+	multi map[string][]multiRow
+}
+
+// multiRow is a prepared insert of n rows.
+type multiRow struct {
+	n int
+	q string
+}
+
+// multiRowSizes are the row counts of SQLite's prepared multi-row inserts: a
+// transaction's events go in as few statements of these sizes as fit, the
+// rest one row at a time. Each statement costs a call through database/sql
+// and the driver; the rows cost the same either way.
+var multiRowSizes = []int{32, 8}
+
+func (s *Engine) prepareHot(ctx context.Context) error {
+	s.stmts = stmtCache{}
+	s.one = oneRow{
+		log:    s.d.Rebind(s.queries.eventLogInsert + s.values(1, nEventCols)),
+		outbox: s.d.Rebind(s.queries.outboxInsert + s.values(1, nEventCols)),
+	}
+	var multi []string
+	if s.d.Name() != "postgres" {
+		s.one.multi = map[string][]multiRow{}
+		for _, prefix := range []string{s.queries.eventLogInsert, s.queries.outboxInsert} {
+			for _, n := range multiRowSizes {
+				q := s.d.Rebind(prefix + s.values(n, nEventCols))
+				s.one.multi[prefix] = append(s.one.multi[prefix], multiRow{n: n, q: q})
+				multi = append(multi, q)
+			}
+		}
+	}
+	qs := []string{s.one.log, s.one.outbox, s.queries.inboxClaim, s.queries.inboxClaimBatch, s.queries.outboxPending, s.queries.outboxMark, s.queries.outboxMarkUpTo, sqlSavepoint, sqlRelease, sqlRollbackTo}
+	if s.d.Name() == "postgres" {
+		s.one.both = s.appendBoth(1, 1)
+		qs = append(qs, s.one.both)
+	}
+	qs = append(qs, multi...)
+	for _, q := range qs {
+		st, err := s.db.PrepareContext(ctx, q)
+		if err != nil {
+			return fmt.Errorf("herald/store: prepare %q: %w", q, err)
+		}
+		s.stmts[q] = st
+	}
+	return nil
+}
+
+// exec runs q in tx, through its prepared statement when it is a hot one.
+func (s *Engine) exec(ctx context.Context, tx *sql.Tx, q string, args []any) (sql.Result, error) {
+	if st, ok := s.stmts[q]; ok {
+		return tx.StmtContext(ctx, st).ExecContext(ctx, args...)
+	}
+	return tx.ExecContext(ctx, q, args...)
 }
 
 const eventCols = "id, service, type, version, kind, partition_key, event_time, correlation_id, causation_id, traceparent, tracestate, content_type, data"
@@ -162,10 +234,6 @@ type queries struct {
 	outboxUnpublish string
 	outboxMarkUpTo  string
 }
-
-// outboxCursor is the newest range mark of the service bound first after it:
-// every row of the service up to it was published.
-const outboxCursor = "COALESCE((SELECT MAX(upto_seq) FROM herald_outbox_marks WHERE service = ?), 0)"
 
 func buildQueries(d Dialect) queries {
 	cond := d.PendingCondition()
@@ -196,31 +264,8 @@ func buildQueries(d Dialect) queries {
 	}
 }
 
-// outboxMark marks the rows whose seqs a JSON array lists published, in one
-// prepared statement whatever the number of rows.
-func outboxMark(d Dialect) string {
-	if d.Name() == "postgres" {
-		return "UPDATE herald_outbox SET published_at = $1 WHERE seq IN (SELECT s::bigint FROM json_array_elements_text($2::json) AS ids(s))"
-	}
-	return "UPDATE herald_outbox SET published_at = ?1 WHERE seq IN (SELECT value FROM json_each(?2))"
-}
-
-// inboxClaimBatch inserts the inbox rows of a JSON array of event ids in
-// one statement and returns the ids it inserted: the new claims. (The WHERE
-// true keeps SQLite from reading ON CONFLICT as a join constraint.)
-func inboxClaimBatch(d Dialect) string {
-	if d.Name() == "postgres" {
-		return "INSERT INTO herald_inbox (subscription, event_id, processed_at)" +
-			" SELECT $1, ids.id, $3 FROM json_array_elements_text($2::json) WITH ORDINALITY AS ids(id, n) ORDER BY ids.n" +
-			" ON CONFLICT DO NOTHING RETURNING event_id"
-	}
-	return "INSERT INTO herald_inbox (subscription, event_id, processed_at)" +
-		" SELECT ?1, value, ?3 FROM json_each(?2) WHERE true ORDER BY key" +
-		" ON CONFLICT DO NOTHING RETURNING event_id"
-}
-
 // placeholders returns "(?, ?, …), (…)" for rows×cols, rebound.
-func (s *Store) values(rows, cols int) string {
+func (s *Engine) values(rows, cols int) string {
 	var b strings.Builder
 	one := "(" + strings.TrimSuffix(strings.Repeat("?, ", cols), ", ") + ")"
 	for i := 0; i < rows; i++ {
@@ -252,7 +297,7 @@ const nEventCols = 13
 // bound parameters (SQLite: 32766, PostgreSQL: 65535).
 const maxRowsPerInsert = 500
 
-func (s *Store) insertEvents(ctx context.Context, tx *sql.Tx, prefix string, events []*envelope.Envelope) error {
+func (s *Engine) insertEvents(ctx context.Context, tx *sql.Tx, prefix string, events []*envelope.Envelope) error {
 	for len(events) > 0 {
 		n := min(len(events), maxRowsPerInsert)
 		args := make([]any, 0, n*nEventCols)
@@ -265,43 +310,6 @@ func (s *Store) insertEvents(ctx context.Context, tx *sql.Tx, prefix string, eve
 		events = events[n:]
 	}
 	return nil
-}
-
-// AppendEventLog appends domain events to the event log inside tx.
-func (s *Store) AppendEventLog(ctx context.Context, tx *sql.Tx, events []*envelope.Envelope) error {
-	if err := s.live(); err != nil {
-		return err
-	}
-	if len(events) == 0 {
-		return nil
-	}
-	if err := s.insertEvents(ctx, tx, s.queries.eventLogInsert, events); err != nil {
-		return fmt.Errorf("herald/store: append event log: %w", err)
-	}
-	return nil
-}
-
-// AppendOutbox writes events to the outbox inside tx; the relay of each
-// event's Source service publishes them after commit, in commit order. On
-// PostgreSQL a trigger sends NOTIFY herald_outbox with the service name, so
-// relays in other processes wake at once.
-func (s *Store) AppendOutbox(ctx context.Context, tx *sql.Tx, events []*envelope.Envelope) error {
-	if err := s.live(); err != nil {
-		return err
-	}
-	if len(events) == 0 {
-		return nil
-	}
-	if err := s.insertEvents(ctx, tx, s.queries.outboxInsert, events); err != nil {
-		return fmt.Errorf("herald/store: append outbox: %w", err)
-	}
-	return nil
-}
-
-// OutboxRow is one outbox entry: its position in commit order and the event.
-type OutboxRow struct {
-	Seq   int64
-	Event *envelope.Envelope
 }
 
 type scanner interface{ Scan(dest ...any) error }
@@ -323,38 +331,19 @@ func scanEvent(sc scanner, pre ...any) (*envelope.Envelope, error) {
 	return e, nil
 }
 
-// PendingOutbox returns up to limit unpublished rows of service in commit
-// order.
-func (s *Store) PendingOutbox(ctx context.Context, service string, limit int) ([]OutboxRow, error) {
-	return s.PendingOutboxAfter(ctx, service, 0, limit)
+// rowQuerier is what *sql.DB and *sql.Tx share for one-row reads.
+type rowQuerier interface {
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
 }
 
-// PendingOutboxAfter is PendingOutbox for the rows after seq after: a relay
-// that published up to after, and is still marking those rows published,
-// reads what follows them.
-func (s *Store) PendingOutboxAfter(ctx context.Context, service string, after int64, limit int) ([]OutboxRow, error) {
-	if err := s.live(); err != nil {
-		return nil, err
-	}
-	rows, err := s.stmts[s.queries.outboxPending].QueryContext(ctx, service, after, service, limit)
-	if err != nil {
-		return nil, fmt.Errorf("herald/store: pending outbox: %w", err)
-	}
-	defer rows.Close()
-	var out []OutboxRow
-	for rows.Next() {
-		var r OutboxRow
-		e, err := scanEvent(rows, &r.Seq)
-		if err != nil {
-			return nil, fmt.Errorf("herald/store: scan outbox: %w", err)
-		}
-		r.Event = e
-		out = append(out, r)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("herald/store: pending outbox: %w", err)
-	}
-	return out, nil
+// querier is what *sql.DB and *sql.Tx share for reads of many rows.
+type querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+// execer is satisfied by *sql.DB and *sql.Tx.
+type execer interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
 }
 
 func int64List(ids []int64) string {
@@ -381,283 +370,4 @@ func int64JSON(ids []int64) string {
 		b = strconv.AppendInt(b, id, 10)
 	}
 	return string(append(b, ']'))
-}
-
-// MarkPublished records that the broker acknowledged the rows seqs. Rows are
-// kept until PruneOutbox removes them, so that a broker which lost its last
-// writes can be refilled with RepublishSince.
-func (s *Store) MarkPublished(ctx context.Context, seqs []int64, at time.Time) error {
-	if err := s.live(); err != nil {
-		return err
-	}
-	if len(seqs) == 0 {
-		return nil
-	}
-	if _, err := s.stmts[s.queries.outboxMark].ExecContext(ctx, at.UTC().UnixNano(), int64JSON(seqs)); err != nil {
-		return fmt.Errorf("herald/store: mark published: %w", err)
-	}
-	return nil
-}
-
-// ErrMarkMoved is returned by MarkPublishedUpTo when the service's newest
-// range mark went back below the one the relay's reads started from: a
-// RepublishSince dropped it, and the rows it reopened must be read again.
-var ErrMarkMoved = errors.New("herald/store: the outbox cursor moved back")
-
-// OutboxCursor returns the service's newest range mark: every row up to it
-// was published (0: none).
-func (s *Store) OutboxCursor(ctx context.Context, service string) (int64, error) {
-	if err := s.live(); err != nil {
-		return 0, err
-	}
-	return s.outboxCursor(ctx, s.db, service)
-}
-
-// rowQuerier is what *sql.DB and *sql.Tx share for one-row reads.
-type rowQuerier interface {
-	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
-}
-
-// outboxCursor is OutboxCursor through q (the store's pool or a transaction).
-func (s *Store) outboxCursor(ctx context.Context, q rowQuerier, service string) (int64, error) {
-	var c int64
-	if err := q.QueryRowContext(ctx, s.d.Rebind("SELECT "+outboxCursor), service).Scan(&c); err != nil {
-		return 0, fmt.Errorf("herald/store: outbox cursor of %s: %w", service, err)
-	}
-	return c, nil
-}
-
-// MarkPublishedUpTo records that the broker acknowledged every unpublished
-// row of service after from up to seq: one small row, whatever the number
-// of rows it covers. from is the range mark the relay's reads started from
-// (OutboxCursor, or its own last mark); when the newest mark is now below
-// it, it records nothing and returns ErrMarkMoved. A relay may use it only
-// where rows become readable in seq order (!DelaysVisibility, SQLite):
-// there no row below seq can still appear.
-func (s *Store) MarkPublishedUpTo(ctx context.Context, service string, from, seq int64, at time.Time) error {
-	if err := s.live(); err != nil {
-		return err
-	}
-	res, err := s.stmts[s.queries.outboxMarkUpTo].ExecContext(ctx, service, seq, at.UTC().UnixNano(), service, from)
-	if err != nil {
-		return fmt.Errorf("herald/store: mark %s published up to %d: %w", service, seq, err)
-	}
-	if n, err := res.RowsAffected(); err != nil || n == 1 {
-		return err
-	}
-	// Nothing inserted: the same mark exists already, or the cursor moved.
-	c, err := s.OutboxCursor(ctx, service)
-	if err != nil {
-		return err
-	}
-	if c < seq {
-		return fmt.Errorf("herald/store: mark %s published up to %d after %d: %w (now %d)", service, seq, from, ErrMarkMoved, c)
-	}
-	return nil
-}
-
-// RepublishSince marks the rows of service published at or after since as
-// unpublished again, so the relay sends them once more (the broker drops
-// the duplicates by event id). It returns how many rows it reset.
-func (s *Store) RepublishSince(ctx context.Context, service string, since time.Time) (int64, error) {
-	if err := s.live(); err != nil {
-		return 0, err
-	}
-	fail := func(err error) (int64, error) { return 0, fmt.Errorf("herald/store: republish %s: %w", service, err) }
-	tx, err := s.Begin(ctx)
-	if err != nil {
-		return fail(err)
-	}
-	defer tx.Rollback()
-	at := since.UTC().UnixNano()
-	res, err := tx.ExecContext(ctx, s.queries.outboxUnpublish, service, at)
-	if err != nil {
-		return fail(err)
-	}
-	n, err := res.RowsAffected()
-	if err != nil {
-		return fail(err)
-	}
-	// Dropping the range marks made since moves the cursor back to the
-	// last mark before it; the rows between are unpublished again.
-	was, err := s.outboxCursor(ctx, tx, service)
-	if err != nil {
-		return fail(err)
-	}
-	if _, err := tx.ExecContext(ctx, s.d.Rebind("DELETE FROM herald_outbox_marks WHERE service = ? AND published_at >= ?"), service, at); err != nil {
-		return fail(err)
-	}
-	now, err := s.outboxCursor(ctx, tx, service)
-	if err != nil {
-		return fail(err)
-	}
-	if now < was {
-		var m int64
-		if err := tx.QueryRowContext(ctx, s.d.Rebind("SELECT COUNT(*) FROM herald_outbox WHERE service = ? AND published_at IS NULL AND seq > ? AND seq <= ?"),
-			service, now, was).Scan(&m); err != nil {
-			return fail(err)
-		}
-		n += m
-	}
-	if err := tx.Commit(); err != nil {
-		return fail(err)
-	}
-	return n, nil
-}
-
-// PruneOutbox deletes rows published before before, and the range marks
-// older than before except each service's newest (its relay's cursor).
-func (s *Store) PruneOutbox(ctx context.Context, before time.Time) (int64, error) {
-	if err := s.live(); err != nil {
-		return 0, err
-	}
-	fail := func(err error) (int64, error) { return 0, fmt.Errorf("herald/store: prune outbox: %w", err) }
-	at := before.UTC().UnixNano()
-	res, err := s.db.ExecContext(ctx, s.queries.outboxPrune, at)
-	if err != nil {
-		return fail(err)
-	}
-	n, err := res.RowsAffected()
-	if err != nil {
-		return fail(err)
-	}
-	type mark struct {
-		service string
-		upto    int64
-	}
-	var marks []mark
-	rows, err := s.db.QueryContext(ctx, s.d.Rebind("SELECT service, MAX(upto_seq) FROM herald_outbox_marks WHERE published_at < ? GROUP BY service"), at)
-	if err != nil {
-		return fail(err)
-	}
-	for rows.Next() {
-		var m mark
-		if err := rows.Scan(&m.service, &m.upto); err != nil {
-			rows.Close()
-			return fail(err)
-		}
-		marks = append(marks, m)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return fail(err)
-	}
-	for _, m := range marks {
-		// The range-marked rows are still in the pending index (their own
-		// published_at is NULL), which this delete walks.
-		res, err := s.db.ExecContext(ctx, s.d.Rebind("DELETE FROM herald_outbox WHERE service = ? AND published_at IS NULL AND seq <= ?"), m.service, m.upto)
-		if err != nil {
-			return fail(err)
-		}
-		d, err := res.RowsAffected()
-		if err != nil {
-			return fail(err)
-		}
-		n += d
-		if _, err := s.db.ExecContext(ctx, s.d.Rebind("DELETE FROM herald_outbox_marks WHERE service = ? AND upto_seq < ?"), m.service, m.upto); err != nil {
-			return fail(err)
-		}
-	}
-	return n, nil
-}
-
-// OutboxStats reports the unpublished backlog of service and the creation
-// time of its oldest row (zero when empty).
-func (s *Store) OutboxStats(ctx context.Context, service string) (backlog int64, oldest time.Time, err error) {
-	if err := s.live(); err != nil {
-		return 0, time.Time{}, err
-	}
-	var minCreated sql.NullInt64
-	if err := s.db.QueryRowContext(ctx, s.queries.outboxStats, service, service).Scan(&backlog, &minCreated); err != nil {
-		return 0, time.Time{}, fmt.Errorf("herald/store: outbox stats: %w", err)
-	}
-	if minCreated.Valid {
-		oldest = time.Unix(0, minCreated.Int64).UTC()
-	}
-	return backlog, oldest, nil
-}
-
-// ClaimInbox records inside tx that subscription processed eventID. It
-// returns false when the event was already processed (a redelivery): the
-// caller must then skip the handler and just acknowledge.
-func (s *Store) ClaimInbox(ctx context.Context, tx *sql.Tx, subscription, eventID string) (bool, error) {
-	if err := s.live(); err != nil {
-		return false, err
-	}
-	res, err := s.exec(ctx, tx, s.queries.inboxClaim, []any{subscription, eventID, time.Now().UTC().UnixNano()})
-	if err != nil {
-		return false, fmt.Errorf("herald/store: claim inbox %s/%s: %w", subscription, eventID, err)
-	}
-	n, err := res.RowsAffected()
-	if err != nil {
-		return false, fmt.Errorf("herald/store: claim inbox %s/%s: %w", subscription, eventID, err)
-	}
-	return n == 1, nil
-}
-
-// PruneInbox deletes inbox rows processed before before. Keep them longer
-// than the broker can redeliver an event.
-func (s *Store) PruneInbox(ctx context.Context, before time.Time) (int64, error) {
-	if err := s.live(); err != nil {
-		return 0, err
-	}
-	res, err := s.db.ExecContext(ctx, s.queries.inboxPrune, before.UTC().UnixNano())
-	if err != nil {
-		return 0, fmt.Errorf("herald/store: prune inbox: %w", err)
-	}
-	return res.RowsAffected()
-}
-
-// PruneEventLog deletes event-log rows recorded before before (retention),
-// to the millisecond.
-func (s *Store) PruneEventLog(ctx context.Context, before time.Time) (int64, error) {
-	if err := s.live(); err != nil {
-		return 0, err
-	}
-	// Event ids are ULIDs: every id below the smallest id of before's
-	// millisecond was recorded earlier.
-	res, err := s.db.ExecContext(ctx, s.queries.eventLogPrune, envelope.MinID(before))
-	if err != nil {
-		return 0, fmt.Errorf("herald/store: prune event log: %w", err)
-	}
-	return res.RowsAffected()
-}
-
-// Event returns the event-log entry with id.
-func (s *Store) Event(ctx context.Context, id string) (*envelope.Envelope, error) {
-	if err := s.live(); err != nil {
-		return nil, err
-	}
-	e, err := scanEvent(s.db.QueryRowContext(ctx, s.queries.eventLogByID, id))
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, fmt.Errorf("herald/store: event %s: %w", id, ErrNotFound)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("herald/store: event %s: %w", id, err)
-	}
-	return e, nil
-}
-
-// EventsByCorrelation returns the event-log entries of one business flow in
-// the order they were recorded. It scans the log (which has no index but its
-// key, to keep business transactions cheap): use it for audits and tools, not
-// on a hot path.
-func (s *Store) EventsByCorrelation(ctx context.Context, correlationID string) ([]*envelope.Envelope, error) {
-	if err := s.live(); err != nil {
-		return nil, err
-	}
-	rows, err := s.db.QueryContext(ctx, s.queries.eventLogByCorr, correlationID)
-	if err != nil {
-		return nil, fmt.Errorf("herald/store: events of %s: %w", correlationID, err)
-	}
-	defer rows.Close()
-	var out []*envelope.Envelope
-	for rows.Next() {
-		e, err := scanEvent(rows)
-		if err != nil {
-			return nil, fmt.Errorf("herald/store: scan event: %w", err)
-		}
-		out = append(out, e)
-	}
-	return out, rows.Err()
 }

@@ -40,7 +40,7 @@ func TestDLQCommands(t *testing.T) {
 		{Service: "shipping", Subscription: "schedule", Reason: store.ReasonMalformed, LastError: "bad specversion", Header: map[string]string{}, Data: []byte{0xff, 0x00}},
 		{Service: "orders", Subscription: "track", Reason: store.ReasonPermanent, LastError: "other service", Header: map[string]string{}, Data: []byte("x")},
 	} {
-		if _, err := st.AddDeadLetter(ctx, nil, d); err != nil {
+		if _, err := store.EngineOf(st).DeadLetterInsert(ctx, nil, d); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -101,28 +101,28 @@ func TestDLQProducerSide(t *testing.T) {
 			Kind: envelope.KindIntegration, Source: "orders", Key: "o-1", Time: time.Now(), DataContentType: "application/json",
 			Data: []byte(`{"order_id":"o-1","n":` + strconv.Itoa(i) + `}`)})
 	}
-	tx, err := st.Begin(ctx)
+	tx, err := store.EngineOf(st).Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := st.AppendOutbox(ctx, tx, evs); err != nil {
+	if err := store.EngineOf(st).OutboxAppend(ctx, tx, evs); err != nil {
 		t.Fatal(err)
 	}
 	if err := tx.Commit(); err != nil {
 		t.Fatal(err)
 	}
-	rows, err := st.PendingOutbox(ctx, "orders", 10)
+	rows, err := store.EngineOf(st).OutboxPendingList(ctx, store.OutboxPendingListParams{Service: "orders", Limit: 10})
 	if err != nil || len(rows) != 3 {
 		t.Fatalf("outbox: %d rows, %v", len(rows), err)
 	}
-	if _, err := st.ParkOutbox(ctx, "orders", []store.Park{
+	if _, err := store.EngineOf(st).OutboxPark(ctx, "orders", []store.Park{
 		{Row: rows[0], Reason: store.ReasonRefused, LastError: "nats: maximum payload exceeded", Attempts: 1},
 		{Row: rows[1], Reason: store.ReasonHeld, LastError: "held behind event " + evs[0].ID},
 		{Row: rows[2], Reason: store.ReasonHeld, LastError: "held behind event " + evs[0].ID},
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.AddDeadLetter(ctx, nil, store.DeadLetter{Service: "orders", Subscription: "track", Reason: store.ReasonExhausted,
+	if _, err := store.EngineOf(st).DeadLetterInsert(ctx, nil, store.DeadLetter{Service: "orders", Subscription: "track", Reason: store.ReasonExhausted,
 		LastError: "subscriber side", Header: map[string]string{}, Data: []byte("x")}); err != nil {
 		t.Fatal(err)
 	}
@@ -157,7 +157,7 @@ func TestDLQProducerSide(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	rows, err = st.PendingOutbox(ctx, "orders", 10)
+	rows, err = store.EngineOf(st).OutboxPendingList(ctx, store.OutboxPendingListParams{Service: "orders", Limit: 10})
 	if err != nil || len(rows) != 3 {
 		t.Fatalf("outbox after replay: %d rows, %v; want the 3 events back", len(rows), err)
 	}
@@ -171,14 +171,14 @@ func TestDLQProducerSide(t *testing.T) {
 		t.Fatalf("list after replay: %v\n%s", err, out)
 	}
 	// Parked again, then purged.
-	if _, err := st.ParkOutbox(ctx, "orders", []store.Park{{Row: rows[0], Reason: store.ReasonRefused, LastError: "again"}}); err != nil {
+	if _, err := store.EngineOf(st).OutboxPark(ctx, "orders", []store.Park{{Row: rows[0], Reason: store.ReasonRefused, LastError: "again"}}); err != nil {
 		t.Fatal(err)
 	}
 	out, err = runCLI(t, append([]string{"dlq", "purge", "--producer"}, base...)...)
 	if err != nil || !strings.Contains(out, "purged 1 dead letters") {
 		t.Fatalf("purge --producer: %v\n%s", err, out)
 	}
-	if keys, err := st.ParkedKeys(ctx, "orders"); err != nil || len(keys) != 0 {
+	if keys, err := store.EngineOf(st).OutboxParkedKeys(ctx, "orders"); err != nil || len(keys) != 0 {
 		t.Fatalf("parked keys after purge: %v, %v", keys, err)
 	}
 }

@@ -21,7 +21,7 @@ func fillDeadLetterStore(t *testing.T, st *store.Store) {
 	t.Helper()
 	ctx := context.Background()
 	for _, reason := range []string{store.ReasonExhausted, store.ReasonMalformed} {
-		if _, err := st.AddDeadLetter(ctx, nil, store.DeadLetter{Service: "shipping", Subscription: "schedule", Reason: reason,
+		if _, err := store.EngineOf(st).DeadLetterInsert(ctx, nil, store.DeadLetter{Service: "shipping", Subscription: "schedule", Reason: reason,
 			LastError: "boom", Header: map[string]string{}, Data: []byte("x")}); err != nil {
 			t.Fatal(err)
 		}

@@ -216,7 +216,7 @@ func TestDLQReplayNATSDown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.AddDeadLetter(context.Background(), nil, store.DeadLetter{Service: "shipping", Subscription: "schedule",
+	if _, err := store.EngineOf(st).DeadLetterInsert(context.Background(), nil, store.DeadLetter{Service: "shipping", Subscription: "schedule",
 		Reason: store.ReasonExhausted, Header: map[string]string{}, Data: []byte("x")}); err != nil {
 		t.Fatal(err)
 	}

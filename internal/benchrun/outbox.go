@@ -8,6 +8,7 @@ import (
 
 	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/broker/natsjs"
+	"github.com/heraldhq/herald/store"
 )
 
 // runOutbox compares, per dialect, n bare transactions (one INSERT each)
@@ -56,7 +57,7 @@ func (r *runner) bareTx(ctx context.Context, dialect string, n int) (Result, err
 	m := StartMeter()
 	for i := range n {
 		t0 := time.Now()
-		tx, err := st.Begin(ctx)
+		tx, err := store.EngineOf(st).Begin(ctx)
 		if err != nil {
 			return res, err
 		}

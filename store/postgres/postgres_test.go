@@ -118,9 +118,10 @@ func TestNotify(t *testing.T) {
 		}
 		return out
 	}
+	eng := store.EngineOf(s)
 	inTx := func(fn func(tx *sql.Tx) error, commit bool) {
 		t.Helper()
-		tx, err := s.Begin(ctx)
+		tx, err := eng.Begin(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -135,16 +136,16 @@ func TestNotify(t *testing.T) {
 		}
 	}
 
-	inTx(func(tx *sql.Tx) error { return s.AppendOutbox(ctx, tx, evs(rolledBack, 2)) }, false)
+	inTx(func(tx *sql.Tx) error { return eng.OutboxAppend(ctx, tx, evs(rolledBack, 2)) }, false)
 	inTx(func(tx *sql.Tx) error {
 		// Several statements (and a multi-chunk insert) in one transaction…
-		if err := s.AppendOutbox(ctx, tx, evs(orders, 1)); err != nil {
+		if err := eng.OutboxAppend(ctx, tx, evs(orders, 1)); err != nil {
 			return err
 		}
-		if err := s.AppendOutbox(ctx, tx, evs(billing, 1)); err != nil {
+		if err := eng.OutboxAppend(ctx, tx, evs(billing, 1)); err != nil {
 			return err
 		}
-		return s.AppendOutbox(ctx, tx, evs(orders, 1100))
+		return eng.OutboxAppend(ctx, tx, evs(orders, 1100))
 	}, true)
 	// …then a notification committed afterwards: notifications arrive in
 	// commit order, so everything the outbox commit sent arrives before it.

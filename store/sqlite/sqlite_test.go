@@ -179,7 +179,7 @@ func TestImmediateTransactions(t *testing.T) {
 		return err
 	}
 
-	tx, err := s.Begin(ctx)
+	tx, err := store.EngineOf(s).Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -210,7 +210,7 @@ func TestConcurrentWriteTransactions(t *testing.T) {
 	errc := make(chan error, 128)
 	var wg sync.WaitGroup
 	readThenWrite := func(name string, hold func()) error {
-		tx, err := s.Begin(ctx)
+		tx, err := store.EngineOf(s).Begin(ctx)
 		if err != nil {
 			return fmt.Errorf("%s: begin: %w", name, err)
 		}
@@ -219,7 +219,7 @@ func TestConcurrentWriteTransactions(t *testing.T) {
 		if err := tx.QueryRowContext(ctx, "SELECT COUNT(*) FROM herald_outbox").Scan(&n); err != nil {
 			return fmt.Errorf("%s: read: %w", name, err)
 		}
-		if err := s.AppendOutbox(ctx, tx, []*envelope.Envelope{{ID: name, Source: "orders", Time: time.Now()}}); err != nil {
+		if err := store.EngineOf(s).OutboxAppend(ctx, tx, []*envelope.Envelope{{ID: name, Source: "orders", Time: time.Now()}}); err != nil {
 			return fmt.Errorf("%s: write: %w", name, err)
 		}
 		if hold != nil {
@@ -274,9 +274,9 @@ func TestPathSpecialCharacters(t *testing.T) {
 			}
 			path := filepath.Join(dir, name)
 			s := open(t, path)
-			ok, err := s.AcquireLease(ctx, "l", "me", time.Minute)
+			ok, err := store.EngineOf(s).LeaseAcquire(ctx, store.LeaseAcquireParams{Name: "l", Holder: "me", TTL: time.Minute})
 			if err != nil || !ok {
-				t.Fatalf("AcquireLease = %v, %v", ok, err)
+				t.Fatalf("LeaseAcquire = %v, %v", ok, err)
 			}
 			c, err := s.DB().Conn(ctx)
 			if err != nil {
@@ -292,8 +292,8 @@ func TestPathSpecialCharacters(t *testing.T) {
 			}
 			// The same file again.
 			s2 := open(t, path)
-			if ok, err := s2.AcquireLease(ctx, "l", "other", time.Minute); err != nil || ok {
-				t.Fatalf("AcquireLease on the reopened database = %v, %v; want false (lease kept)", ok, err)
+			if ok, err := store.EngineOf(s2).LeaseAcquire(ctx, store.LeaseAcquireParams{Name: "l", Holder: "other", TTL: time.Minute}); err != nil || ok {
+				t.Fatalf("LeaseAcquire on the reopened database = %v, %v; want false (lease kept)", ok, err)
 			}
 		})
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/heraldhq/herald/examples/shop/service/orders"
 	"github.com/heraldhq/herald/examples/shop/shop"
 	"github.com/heraldhq/herald/internal/testdb"
+	"github.com/heraldhq/herald/store"
 )
 
 func startShop(t *testing.T) *shop.System {
@@ -91,7 +92,7 @@ func TestBadOrdersAreRefusedAndRecordNothing(t *testing.T) {
 	if err != nil || backlog != 0 {
 		t.Fatalf("outbox backlog %d, err %v", backlog, err)
 	}
-	rows, err := sys.Orders.Store().PendingOutbox(context.Background(), "orders", 10)
+	rows, err := store.EngineOf(sys.Orders.Store()).OutboxPendingList(context.Background(), store.OutboxPendingListParams{Service: "orders", Limit: 10})
 	if err != nil || len(rows) != 0 {
 		t.Fatalf("outbox rows %d, err %v", len(rows), err)
 	}

@@ -16,16 +16,16 @@ import (
 // broker refused for good (ReasonRefused), and every later row of its
 // partition key (ReasonHeld), in herald_dead_letters with an empty
 // subscription, so that the rows behind them go on and no event of the key
-// overtakes the parked one. ReplayParked puts them back into the outbox;
-// purging them (DeleteDeadLetters) discards them. A key is held as long as it
+// overtakes the parked one. OutboxReplayParked puts them back into the
+// outbox; purging them (DeadLetterDeleteMany) discards them. A key is held as long as it
 // has producer-side dead letters: the table is the relay's memory across
 // restarts.
 //
-// ParkOutbox and ReplayParked of one service exclude each other (SQLite's
+// OutboxPark and OutboxReplayParked of one service exclude each other (SQLite's
 // immediate transactions; an advisory lock on PostgreSQL), which is what
 // keeps a held key in order while an operator replays it.
 
-// Park is an outbox row for ParkOutbox.
+// Park is an outbox row for OutboxPark.
 type Park struct {
 	Row       OutboxRow
 	Reason    string // ReasonRefused or ReasonHeld
@@ -33,21 +33,21 @@ type Park struct {
 	Attempts  int
 }
 
-// ParkResult is what ParkOutbox did with one row. Neither field set: the row
+// ParkResult is what OutboxPark did with one row. Neither field set: the row
 // was a ReasonHeld one whose key has no producer-side dead letter any more
 // (an operator replayed or purged them) and it is still in the outbox, so it
 // stays there and the relay publishes it.
 type ParkResult struct {
 	// DeadLetter is the id of the dead letter the row became (0: not parked).
 	DeadLetter int64
-	// Gone says the row was no longer in the outbox: ReplayParked moved it
+	// Gone says the row was no longer in the outbox: OutboxReplayParked moved it
 	// behind the events it replayed. The relay drops it from its batch.
 	Gone bool
 }
 
-// lockParked serialises ParkOutbox and ReplayParked of service. SQLite needs
+// lockParked serialises OutboxPark and OutboxReplayParked of service. SQLite needs
 // nothing: a write transaction holds the database's only write lock.
-func (s *Store) lockParked(ctx context.Context, tx *sql.Tx, service string) error {
+func (s *Engine) lockParked(ctx context.Context, tx *sql.Tx, service string) error {
 	if s.d.Name() != "postgres" {
 		return nil
 	}
@@ -56,19 +56,19 @@ func (s *Store) lockParked(ctx context.Context, tx *sql.Tx, service string) erro
 }
 
 // hasParked reports whether service has producer-side dead letters of key.
-func (s *Store) hasParked(ctx context.Context, tx *sql.Tx, service, key string) (bool, error) {
+func (s *Engine) hasParked(ctx context.Context, tx *sql.Tx, service, key string) (bool, error) {
 	var n int
 	err := tx.QueryRowContext(ctx, s.d.Rebind("SELECT COUNT(*) FROM (SELECT 1 FROM herald_dead_letters WHERE service = ? AND subscription = '' AND partition_key = ? LIMIT 1) AS parked"),
 		service, key).Scan(&n)
 	return n > 0, err
 }
 
-// ParkOutbox moves outbox rows of service to its producer-side dead letters,
+// OutboxPark moves outbox rows of service to its producer-side dead letters,
 // in the order given, in one transaction: each row is deleted from the
 // outbox and becomes a dead letter with the event's binary headers and data,
 // its key, the reason, the error and the attempts. A ReasonHeld row is parked
 // only while its key still has producer-side dead letters (see ParkResult).
-func (s *Store) ParkOutbox(ctx context.Context, service string, ps []Park) ([]ParkResult, error) {
+func (s *Engine) OutboxPark(ctx context.Context, service string, ps []Park) ([]ParkResult, error) {
 	if err := s.live(); err != nil {
 		return nil, err
 	}
@@ -118,7 +118,7 @@ func (s *Store) ParkOutbox(ctx context.Context, service string, ps []Park) ([]Pa
 			continue
 		}
 		h, data := envelope.ToBinary(e)
-		id, err := s.AddDeadLetter(ctx, tx, DeadLetter{Service: service, EventID: e.ID, Type: e.Type, Version: e.Version,
+		id, err := s.DeadLetterInsert(ctx, tx, DeadLetter{Service: service, EventID: e.ID, Type: e.Type, Version: e.Version,
 			Reason: p.Reason, LastError: p.LastError, Attempts: p.Attempts, Header: h, Data: data, Time: now, Key: e.Key})
 		if err != nil {
 			return fail(err)
@@ -134,10 +134,10 @@ func (s *Store) ParkOutbox(ctx context.Context, service string, ps []Park) ([]Pa
 	return out, nil
 }
 
-// ParkedKeys returns the partition keys of service that have producer-side
+// OutboxParkedKeys returns the partition keys of service that have producer-side
 // dead letters, each with the event id of its oldest one: the event the
 // key's later events wait for. Keyless events hold nothing.
-func (s *Store) ParkedKeys(ctx context.Context, service string) (map[string]string, error) {
+func (s *Engine) OutboxParkedKeys(ctx context.Context, service string) (map[string]string, error) {
 	if err := s.live(); err != nil {
 		return nil, err
 	}
@@ -161,7 +161,7 @@ func (s *Store) ParkedKeys(ctx context.Context, service string) (map[string]stri
 	return out, nil
 }
 
-// ReplayParked puts the producer-side dead letters of service that f selects
+// OutboxReplayParked puts the producer-side dead letters of service that f selects
 // back into the outbox, oldest first, and deletes them, in one transaction;
 // it returns them. A key's parked events go back together: selecting one
 // (say the refused one, by --reason or --id) replays every producer-side dead
@@ -171,7 +171,7 @@ func (s *Store) ParkedKeys(ctx context.Context, service string) (map[string]stri
 // so that no event overtakes an earlier one of its key. One the broker
 // refuses again is parked again. f.Service and f.ProducerSide are set for
 // you.
-func (s *Store) ReplayParked(ctx context.Context, service string, f DeadLetterFilter) ([]DeadLetter, error) {
+func (s *Engine) OutboxReplayParked(ctx context.Context, service string, f DeadLetterFilter) ([]DeadLetter, error) {
 	if err := s.live(); err != nil {
 		return nil, err
 	}
@@ -232,7 +232,7 @@ func (s *Store) ReplayParked(ctx context.Context, service string, f DeadLetterFi
 
 // wholeChains returns dls together with every other producer-side dead
 // letter of service with one of their keys, in id (parking) order.
-func (s *Store) wholeChains(ctx context.Context, tx *sql.Tx, service string, dls []DeadLetter) ([]DeadLetter, error) {
+func (s *Engine) wholeChains(ctx context.Context, tx *sql.Tx, service string, dls []DeadLetter) ([]DeadLetter, error) {
 	have := map[int64]bool{}
 	var keys []any
 	seen := map[string]bool{}
@@ -281,7 +281,7 @@ func (s *Store) wholeChains(ctx context.Context, tx *sql.Tx, service string, dls
 
 // takePending deletes the unpublished outbox rows of service with one of
 // keys and returns their events in seq order.
-func (s *Store) takePending(ctx context.Context, tx *sql.Tx, service string, keys []string) ([]*envelope.Envelope, error) {
+func (s *Engine) takePending(ctx context.Context, tx *sql.Tx, service string, keys []string) ([]*envelope.Envelope, error) {
 	if len(keys) == 0 {
 		return nil, nil
 	}
