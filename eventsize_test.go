@@ -12,6 +12,7 @@ import (
 	"github.com/heraldhq/herald/broker/natsjs"
 	"github.com/heraldhq/herald/envelope"
 	"github.com/heraldhq/herald/internal/testdb"
+	"github.com/heraldhq/herald/internal/testwait"
 )
 
 // An order as the shop takes it: the customer id is the user's input.
@@ -132,12 +133,11 @@ func TestHandlerEventTooLargeIsPermanent(t *testing.T) {
 		return herald.Record(tx, bigOrderPlaced, bigOrder{OrderID: "o-1", CustomerID: "c-1"})
 	}))
 	var dls []herald.DeadLetter
-	deadline := time.Now().Add(20 * time.Second)
-	for len(dls) == 0 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
+	_ = testwait.For(20*time.Second, "a dead letter", func() bool {
 		dls, err = cons.DeadLetters(ctx, herald.DeadLetterFilter{})
 		must(t, err)
-	}
+		return len(dls) != 0
+	})
 	if len(dls) != 1 || dls[0].Reason != "permanent" || dls[0].Attempts != 1 || !strings.Contains(dls[0].LastError, "over the broker's limit") {
 		t.Fatalf("dead letters %+v, want one, permanent after 1 attempt, naming the size", dls)
 	}

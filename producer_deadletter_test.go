@@ -17,6 +17,7 @@ import (
 	"github.com/heraldhq/herald/broker/natsjs"
 	"github.com/heraldhq/herald/envelope"
 	"github.com/heraldhq/herald/internal/testdb"
+	"github.com/heraldhq/herald/internal/testwait"
 	"github.com/heraldhq/herald/store"
 )
 
@@ -120,22 +121,10 @@ func (w *poisonWorld) steps(order string) []int {
 	return slices.Clone(w.got[order])
 }
 
-// waitFor polls cond until it holds or 20 s pass.
-func (w *poisonWorld) waitFor(what string, cond func() bool) {
-	w.t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			w.t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // waitSteps waits until the consumer received want of order, exactly.
 func (w *poisonWorld) waitSteps(order string, want ...int) {
 	w.t.Helper()
-	w.waitFor(fmt.Sprintf("steps %v of %s (got %v)", want, order, w.steps(order)), func() bool { return len(w.steps(order)) >= len(want) })
+	testwait.Until(w.t, 20*time.Second, fmt.Sprintf("steps %v of %s (got %v)", want, order, w.steps(order)), func() bool { return len(w.steps(order)) >= len(want) })
 	if got := w.steps(order); !slices.Equal(got, want) {
 		w.t.Fatalf("%s: received steps %v, want %v in this order", order, got, want)
 	}
@@ -146,7 +135,7 @@ func (w *poisonWorld) waitSteps(order string, want ...int) {
 func (w *poisonWorld) parked(n int) []herald.DeadLetter {
 	w.t.Helper()
 	var dls []herald.DeadLetter
-	w.waitFor(fmt.Sprintf("%d producer-side dead letters", n), func() bool {
+	testwait.Until(w.t, 20*time.Second, fmt.Sprintf("%d producer-side dead letters", n), func() bool {
 		var err error
 		dls, err = w.prod.DeadLetters(context.Background(), herald.DeadLetterFilter{ProducerSide: true})
 		must(w.t, err)
@@ -165,7 +154,7 @@ func (w *poisonWorld) others(prefix string, n int) {
 	for i := range n {
 		w.record(fmt.Sprintf("%s-%d", prefix, i), 1)
 	}
-	w.waitFor(fmt.Sprintf("%d orders %s-* consumed", n, prefix), func() bool {
+	testwait.Until(w.t, 20*time.Second, fmt.Sprintf("%d orders %s-* consumed", n, prefix), func() bool {
 		for i := range n {
 			if len(w.steps(fmt.Sprintf("%s-%d", prefix, i))) == 0 {
 				return false
