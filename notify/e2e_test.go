@@ -130,12 +130,11 @@ func (s *smtpServer) start() {
 	s.t.Helper()
 	var l net.Listener
 	var err error
-	for i := 0; i < 50; i++ { // the port may take a moment to be free again
-		if l, err = net.Listen("tcp", s.addr); err == nil {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	// The port may take a moment to be free again.
+	_ = testwait.For(time.Second, "the port to be free", func() bool {
+		l, err = net.Listen("tcp", s.addr)
+		return err == nil
+	})
 	if err != nil {
 		s.t.Fatalf("listen %s: %v", s.addr, err)
 	}

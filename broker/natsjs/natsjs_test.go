@@ -769,12 +769,11 @@ func TestCloseLeavesNoGoroutines(t *testing.T) {
 	before := runtime.NumGoroutine()
 	run()
 	var after int
-	for range 100 {
+	if testwait.For(5*time.Second, "the goroutines to end", func() bool {
 		after = runtime.NumGoroutine()
-		if after <= before {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
+		return after <= before
+	}) == nil {
+		return
 	}
 	buf := make([]byte, 1<<20)
 	n := runtime.Stack(buf, true)
