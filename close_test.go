@@ -80,6 +80,7 @@ func TestCloseRole(t *testing.T) {
 // published (Close leaves no backlog). Before Close drained the outbox, the
 // relay's publish was cancelled and the event waited for the next start.
 func TestCloseDeliversWhatWasCommitted(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	prefix := "t" + randHex(4)
 	b, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithListen("127.0.0.1:0"), natsjs.WithPrefix(prefix), natsjs.WithLogger(quiet))

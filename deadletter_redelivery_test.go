@@ -53,6 +53,7 @@ func (lostAck) Ack(ctx context.Context) error { return nil }
 // dead letters for 1,000 garbage messages: ack waits ran out while they
 // waited in the consumer.)
 func TestRedeliveredGarbageIsDeadLetteredOnce(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	prefix := "r" + randHex(4)
 	nb, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithListen("127.0.0.1:0"), natsjs.WithPrefix(prefix), natsjs.WithLogger(quiet))

@@ -39,6 +39,7 @@ var (
 // contract, the size and the limit, before and after Start, and commits
 // nothing; a Notify over the limit likewise.
 func TestRecordRefusesEventOverBrokerLimit(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	b, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithLogger(quiet))
 	must(t, err)
@@ -110,6 +111,7 @@ func TestRecordRefusesEventOverBrokerLimit(t *testing.T) {
 // attempt, so its event is dead-lettered at the first one instead of
 // holding its key through every retry.
 func TestHandlerEventTooLargeIsPermanent(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	b, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithLogger(quiet))
 	must(t, err)
@@ -147,6 +149,7 @@ func TestHandlerEventTooLargeIsPermanent(t *testing.T) {
 // or longer than a header takes, is refused at Record, not parked later by
 // the relay with its key held.
 func TestRecordRefusesAKeyThatCannotTravel(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	svc, err := herald.New("orders", herald.WithStore(testdb.SQLite(t)), herald.WithLogger(quiet))
 	must(t, err)

@@ -183,6 +183,7 @@ func randHex(n int) string {
 }
 
 func TestIntegrationFlow(t *testing.T) {
+	t.Parallel()
 	forEachDialect(t, func(t *testing.T, dialect string) {
 		w := newWorld(t, dialect)
 		w.produce(t, 20, 10)
@@ -197,6 +198,7 @@ func TestIntegrationFlow(t *testing.T) {
 }
 
 func TestRetryHoldsBackOnlyItsKey(t *testing.T) {
+	t.Parallel()
 	forEachDialect(t, func(t *testing.T, dialect string) {
 		w := newWorld(t, dialect)
 		var failures atomic.Int64
@@ -221,6 +223,7 @@ func TestRetryHoldsBackOnlyItsKey(t *testing.T) {
 }
 
 func TestExhaustedAndPermanentGoToDeadLetters(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t, "sqlite")
 	var broken atomic.Bool
 	broken.Store(true)
@@ -277,6 +280,7 @@ func TestExhaustedAndPermanentGoToDeadLetters(t *testing.T) {
 }
 
 func TestGarbageIsDeadLetteredAndValidEventsKeepFlowing(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t, "sqlite")
 	nc, err := nats.Connect(w.b.URL())
 	must(t, err)
@@ -368,6 +372,7 @@ func (w *world) subject(t *testing.T) string {
 // service wakes the relay running in another instance through PostgreSQL
 // NOTIFY — the relay's poll interval is an hour, so nothing else could.
 func TestNotifyWakesAnotherInstancesRelay(t *testing.T) {
+	t.Parallel()
 	url := testdb.PostgresURL(t)
 	ctx := context.Background()
 	b, err := natsjs.Embedded(ctx, natsjs.WithEphemeral())
@@ -413,6 +418,7 @@ func TestNotifyWakesAnotherInstancesRelay(t *testing.T) {
 // event must end as a dead letter after its attempts, and the other events
 // of the same batches must take effect.
 func TestSwallowedStatementErrorDoesNotStallTheSubscription(t *testing.T) {
+	t.Parallel()
 	testdb.PostgresURL(t) // PostgreSQL only: SQLite keeps a transaction usable after an error
 	w := newWorld(t, "postgres")
 	w.swallow = func(s stepped) bool { return s.OrderID == "o003" }

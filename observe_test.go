@@ -30,6 +30,7 @@ func (h *hopLog) Observe(_ context.Context, o herald.Observation) {
 }
 
 func TestObserversSeeEveryHop(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	b, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithLogger(quiet))
 	must(t, err)

@@ -190,6 +190,7 @@ func checkHeld(t *testing.T, dls []herald.DeadLetter, refusedErr string, attempt
 // held, also across a restart of the producer; purging the refused one and
 // replaying the held ones publishes them in order, and the key flows again.
 func TestRelayParksEventTheBrokerRefuses(t *testing.T) {
+	t.Parallel()
 	forEachDialect(t, func(t *testing.T, dialect string) {
 		ctx := context.Background()
 		b, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithLogger(quiet))
@@ -273,6 +274,7 @@ func TestRelayParksEventTheBrokerRefuses(t *testing.T) {
 // cause is fixed, replaying the key's dead letters publishes its events in
 // order, before the ones recorded since.
 func TestReplayPublishesParkedEventsInOrderOnceFixed(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name     string
 		err      error
@@ -316,6 +318,7 @@ func TestReplayPublishesParkedEventsInOrderOnceFixed(t *testing.T) {
 // TestReplayThatFailsAgainParksAgain: replaying a dead letter the broker
 // still refuses parks it again, with the held ones behind it, in order.
 func TestReplayThatFailsAgainParksAgain(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	nb, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithLogger(quiet))
 	must(t, err)

@@ -89,6 +89,7 @@ func recordSteps(t *testing.T, s *herald.Service, from, n int) {
 // it published, so Republish must send it back to the rows it reset — on a
 // running relay, not only at start.
 func TestRepublishWhileRunning(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	b, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithLogger(quiet))
 	must(t, err)
@@ -141,6 +142,7 @@ func (a *attemptLog) Observe(_ context.Context, o herald.Observation) {
 // failing event. The others' first runs were undone, so they must count one
 // attempt each, and the failing event exactly one per failure.
 func TestFailingHandlerCostsOthersNoAttempt(t *testing.T) {
+	t.Parallel()
 	forEachDialect(t, func(t *testing.T, dialect string) {
 		ctx := context.Background()
 		b, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithLogger(quiet))
@@ -226,6 +228,7 @@ func TestFailingHandlerCostsOthersNoAttempt(t *testing.T) {
 // ended, so the commit's NOTIFY may find nothing. The relay must look again
 // soon, not at its next poll (an hour here).
 func TestRelayLooksAgainForRowsAnOlderTransactionHid(t *testing.T) {
+	t.Parallel()
 	url := testdb.PostgresURL(t)
 	ctx := context.Background()
 	b, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithLogger(quiet))
@@ -275,6 +278,7 @@ func TestRelayLooksAgainForRowsAnOlderTransactionHid(t *testing.T) {
 // publish it (it reads every unpublished row there, never "after the last
 // one it published").
 func TestRelayPublishesARowThatBecomesReadableBelowAPublishedOne(t *testing.T) {
+	t.Parallel()
 	url := testdb.PostgresURL(t)
 	ctx := context.Background()
 	b, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithLogger(quiet))
@@ -323,6 +327,7 @@ func TestRelayPublishesARowThatBecomesReadableBelowAPublishedOne(t *testing.T) {
 // batch; closing the service writes the last mark, so a restarted relay
 // publishes only what is new.
 func TestRelayMarksOnCloseWhatItPublished(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	// Syncing every write, the broker loses nothing, so a restart does not
 	// refill it from the outbox: what a restarted relay sends is its own.
@@ -368,6 +373,7 @@ func TestRelayMarksOnCloseWhatItPublished(t *testing.T) {
 // marked yet (the mark waits for MarkInterval) are published rows too, and
 // Republish must send them again.
 func TestRepublishResendsUnmarkedRows(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	b, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithLogger(quiet))
 	must(t, err)
