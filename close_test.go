@@ -20,6 +20,7 @@ import (
 	"github.com/heraldhq/herald/broker/natsjs"
 	"github.com/heraldhq/herald/envelope"
 	"github.com/heraldhq/herald/internal/testdb"
+	"github.com/heraldhq/herald/internal/testwait"
 )
 
 // closeRoleEnv holds the JSON closeRole of a TestCloseRole subprocess.
@@ -79,6 +80,7 @@ func TestCloseRole(t *testing.T) {
 // published (Close leaves no backlog). Before Close drained the outbox, the
 // relay's publish was cancelled and the event waited for the next start.
 func TestCloseDeliversWhatWasCommitted(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	prefix := "t" + randHex(4)
 	b, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithListen("127.0.0.1:0"), natsjs.WithPrefix(prefix), natsjs.WithLogger(quiet))
@@ -145,12 +147,12 @@ func TestCloseWithTheServerDownGivesUpAtTheTimeout(t *testing.T) {
 	defer svc.Close()
 
 	must(t, srv.Close())
-	waitUntil(t, "the connection to notice the server is gone", func() bool { return b.ConnectedServer() == "" })
+	testwait.Until(t, 20*time.Second, "the connection to notice the server is gone", func() bool { return b.ConnectedServer() == "" })
 	const n = 3
 	for i := range n {
 		must(t, svc.Do(ctx, func(tx herald.Tx) error { return herald.Record(tx, stepRecorded, step{OrderID: "o", N: i}) }))
 	}
-	waitUntil(t, "a failed publish", func() bool { return strings.Contains(logs.String(), `msg="outbox relay"`) })
+	testwait.Until(t, 20*time.Second, "a failed publish", func() bool { return strings.Contains(logs.String(), `msg="outbox relay"`) })
 	start := time.Now()
 	must(t, svc.Close())
 	took := time.Since(start)
@@ -283,18 +285,6 @@ func TestCloseWithoutTheLeaseLeavesTheOutboxToItsHolder(t *testing.T) {
 	}
 	gate.release()
 	holderPubs.waitIDs(t, 2) // the holder publishes the other's event
-}
-
-// waitUntil polls cond until it holds, for at most 20s.
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // TestCloseAfterTheStoreClosedReturnsAtOnce: a closed store can neither

@@ -28,6 +28,7 @@ import (
 	"github.com/heraldhq/herald/broker/natsjs"
 	"github.com/heraldhq/herald/envelope"
 	"github.com/heraldhq/herald/internal/natsserver"
+	"github.com/heraldhq/herald/internal/testwait"
 	"github.com/heraldhq/herald/store"
 	"github.com/heraldhq/herald/store/sqlite"
 	"github.com/heraldhq/herald/trace"
@@ -373,13 +374,7 @@ func clusterLeaderKill(t *testing.T, publisherOnLeader bool) {
 	}
 	wait := func(timeout time.Duration, what string, cond func() bool) {
 		t.Helper()
-		deadline := time.Now().Add(timeout)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out after %v waiting for %s: %s", timeout, what, status())
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		testwait.UntilReport(t, timeout, cond, func() string { return "waiting for " + what + ": " + status() })
 	}
 	wait(time.Minute, "the flow to start", func() bool { return effects() >= 300 })
 	if l, err := c.StreamLeader(ctx, "HERALD_INT"); err != nil || l != leader {
@@ -567,15 +562,10 @@ func TestClusterFreshStart(t *testing.T) {
 	}
 	deadline := time.Now().Add(time.Minute)
 	for i, name := range names[1:] {
-		for {
+		testwait.Until(t, time.Until(deadline), name+" to take the event", func() bool {
 			var n int
-			if err := stores[i+1].DB().QueryRow(`SELECT COUNT(*) FROM got`).Scan(&n); err == nil && n == 1 {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s did not take the event", name)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+			err := stores[i+1].DB().QueryRow(`SELECT COUNT(*) FROM got`).Scan(&n)
+			return err == nil && n == 1
+		})
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/heraldhq/herald/broker/natsjs"
 	"github.com/heraldhq/herald/envelope"
 	"github.com/heraldhq/herald/internal/testdb"
+	"github.com/heraldhq/herald/internal/testwait"
 	"github.com/heraldhq/herald/metrics"
 	"github.com/heraldhq/herald/store"
 	"github.com/heraldhq/herald/trace"
@@ -162,21 +163,18 @@ func (r *consumerRig) check(t *testing.T, m *nats.Msg) {
 	}
 	sent++
 
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		info, err := r.cons.Info(ctx)
+	var info *jetstream.ConsumerInfo
+	testwait.UntilReport(t, 30*time.Second, func() bool {
+		var err error
+		info, err = r.cons.Info(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if info.AckFloor.Stream >= vack.Sequence && info.NumAckPending == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the pipeline is wedged: ack floor %d, want %d; %d unacknowledged, %d pending",
-				info.AckFloor.Stream, vack.Sequence, info.NumAckPending, info.NumPending)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+		return info.AckFloor.Stream >= vack.Sequence && info.NumAckPending == 0
+	}, func() string {
+		return fmt.Sprintf("the pipeline is wedged: ack floor %d, want %d; %d unacknowledged, %d pending",
+			info.AckFloor.Stream, vack.Sequence, info.NumAckPending, info.NumPending)
+	})
 	var got int
 	if err := r.st.DB().QueryRow(`SELECT COUNT(*) FROM effects WHERE event_id = ?`, validID).Scan(&got); err != nil {
 		t.Fatal(err)

@@ -2,6 +2,7 @@ package herald_test
 
 import (
 	"context"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/heraldhq/herald/broker/natsjs"
 	"github.com/heraldhq/herald/envelope"
 	"github.com/heraldhq/herald/internal/testdb"
+	"github.com/heraldhq/herald/internal/testwait"
 )
 
 // ackDropper is a broker whose consumers' acks are lost: every delivery
@@ -51,6 +53,7 @@ func (lostAck) Ack(ctx context.Context) error { return nil }
 // dead letters for 1,000 garbage messages: ack waits ran out while they
 // waited in the consumer.)
 func TestRedeliveredGarbageIsDeadLetteredOnce(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	prefix := "r" + randHex(4)
 	nb, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithListen("127.0.0.1:0"), natsjs.WithPrefix(prefix), natsjs.WithLogger(quiet))
@@ -83,13 +86,10 @@ func TestRedeliveredGarbageIsDeadLetteredOnce(t *testing.T) {
 		_, err := js.PublishMsg(m)
 		must(t, err)
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for b.maxDelivered.Load() < 3 {
-		if time.Now().After(deadline) {
-			t.Fatalf("deliveries reached %d, want 3 (redelivered twice)", b.maxDelivered.Load())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testwait.UntilReport(t, 30*time.Second, func() bool { return b.maxDelivered.Load() >= 3 },
+		func() string {
+			return fmt.Sprintf("deliveries reached %d, want 3 (redelivered twice)", b.maxDelivered.Load())
+		})
 	dls, err := svc.DeadLetters(ctx, herald.DeadLetterFilter{})
 	must(t, err)
 	if len(dls) != 2 {

@@ -117,11 +117,15 @@ func (s *shop) counts(t *testing.T) counts {
 
 func forEachDialect(t *testing.T, fn func(t *testing.T, dialect string)) {
 	for _, d := range testdb.Dialects {
-		t.Run(d, func(t *testing.T) { fn(t, d) })
+		t.Run(d, func(t *testing.T) {
+			t.Parallel()
+			fn(t, d)
+		})
 	}
 }
 
 func TestDoCommitsStateEventsAndOutboxTogether(t *testing.T) {
+	t.Parallel()
 	forEachDialect(t, func(t *testing.T, dialect string) {
 		s := newShop(t, dialect)
 		ctx := herald.WithCorrelationID(context.Background(), "flow-1")
@@ -159,6 +163,7 @@ func TestDoCommitsStateEventsAndOutboxTogether(t *testing.T) {
 }
 
 func TestCorrelationDefaultsToFirstEvent(t *testing.T) {
+	t.Parallel()
 	s := newShop(t, "sqlite")
 	must(t, s.place(context.Background(), "o-1", 5))
 	rows, err := store.EngineOf(s.st).OutboxPendingList(context.Background(), store.OutboxPendingListParams{Service: "orders", Limit: 10})
@@ -171,6 +176,7 @@ func TestCorrelationDefaultsToFirstEvent(t *testing.T) {
 }
 
 func TestTranslationMaySkip(t *testing.T) {
+	t.Parallel()
 	s := newShop(t, "sqlite")
 	must(t, s.place(context.Background(), "free", 0))
 	if got, want := s.counts(t), (counts{orders: 1, log: 2, outbox: 0}); got != want {
@@ -179,6 +185,7 @@ func TestTranslationMaySkip(t *testing.T) {
 }
 
 func TestFailuresRollBackEverything(t *testing.T) {
+	t.Parallel()
 	forEachDialect(t, func(t *testing.T, dialect string) {
 		s := newShop(t, dialect)
 		must(t, s.place(context.Background(), "ok", 1)) // something already there
@@ -252,6 +259,7 @@ type unencodable struct {
 }
 
 func TestBadInput(t *testing.T) {
+	t.Parallel()
 	forEachDialect(t, func(t *testing.T, dialect string) {
 		s := newShop(t, dialect)
 		stranger := herald.Domain[placed]("orders.unregistered")
@@ -315,6 +323,7 @@ func TestBadInput(t *testing.T) {
 }
 
 func TestNotifyWritesOutbox(t *testing.T) {
+	t.Parallel()
 	forEachDialect(t, func(t *testing.T, dialect string) {
 		s := newShop(t, dialect)
 		must(t, s.svc.Do(context.Background(), func(tx herald.Tx) error {
@@ -333,6 +342,7 @@ func TestNotifyWritesOutbox(t *testing.T) {
 }
 
 func TestRecursionIsBounded(t *testing.T) {
+	t.Parallel()
 	st := testdb.SQLite(t)
 	svc, err := herald.New("loop", herald.WithStore(st), herald.WithMaxDepth(5))
 	must(t, err)
@@ -350,6 +360,7 @@ func TestRecursionIsBounded(t *testing.T) {
 }
 
 func TestEventLogRetention(t *testing.T) {
+	t.Parallel()
 	st := testdb.SQLite(t)
 	svc, err := herald.New("keep", herald.WithStore(st), herald.WithEventLogRetention(time.Hour))
 	must(t, err)
@@ -369,6 +380,7 @@ func TestEventLogRetention(t *testing.T) {
 }
 
 func TestConcurrentDo(t *testing.T) {
+	t.Parallel()
 	forEachDialect(t, func(t *testing.T, dialect string) {
 		st := newShop(t, dialect).st
 		svc, err := herald.New("orders", herald.WithStore(st))
@@ -410,6 +422,7 @@ func TestConcurrentDo(t *testing.T) {
 }
 
 func TestHeaderUnsafeKeyAndSwallowedErrorsRollBack(t *testing.T) {
+	t.Parallel()
 	st := testdb.SQLite(t)
 	if _, err := st.DB().Exec(`CREATE TABLE orders (id TEXT PRIMARY KEY, amount INTEGER NOT NULL)`); err != nil {
 		t.Fatal(err)

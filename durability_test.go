@@ -2,6 +2,7 @@ package herald_test
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -11,6 +12,7 @@ import (
 	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/broker/natsjs"
 	"github.com/heraldhq/herald/internal/testdb"
+	"github.com/heraldhq/herald/internal/testwait"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -119,10 +121,7 @@ func TestBrokerLostTailIsRefilledFromOutbox(t *testing.T) {
 	}))
 	must(t, consumer.Start(ctx))
 	defer consumer.Close()
-	deadline := time.Now().Add(30 * time.Second)
-	for testdb.Count(t, cst, "seen", "") < 1000 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
+	_ = testwait.For(30*time.Second, "1000 events seen", func() bool { return testdb.Count(t, cst, "seen", "") >= 1000 })
 	time.Sleep(300 * time.Millisecond) // a duplicate would show now
 	var rows, distinct int
 	must(t, cst.DB().QueryRow(`SELECT COUNT(*), COUNT(DISTINCT n) FROM seen`).Scan(&rows, &distinct))
@@ -133,16 +132,11 @@ func TestBrokerLostTailIsRefilledFromOutbox(t *testing.T) {
 
 func waitBacklog(t *testing.T, svc *herald.Service, want int64) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		n, _, err := svc.OutboxStats(context.Background())
+	var n int64
+	testwait.UntilReport(t, 30*time.Second, func() bool {
+		var err error
+		n, _, err = svc.OutboxStats(context.Background())
 		must(t, err)
-		if n == want {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("outbox backlog %d, want %d", n, want)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return n == want
+	}, func() string { return fmt.Sprintf("outbox backlog %d, want %d", n, want) })
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/heraldhq/herald/broker/natsjs"
 	"github.com/heraldhq/herald/envelope"
 	"github.com/heraldhq/herald/internal/testdb"
+	"github.com/heraldhq/herald/internal/testwait"
 )
 
 // An order as the shop takes it: the customer id is the user's input.
@@ -38,6 +39,7 @@ var (
 // contract, the size and the limit, before and after Start, and commits
 // nothing; a Notify over the limit likewise.
 func TestRecordRefusesEventOverBrokerLimit(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	b, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithLogger(quiet))
 	must(t, err)
@@ -109,6 +111,7 @@ func TestRecordRefusesEventOverBrokerLimit(t *testing.T) {
 // attempt, so its event is dead-lettered at the first one instead of
 // holding its key through every retry.
 func TestHandlerEventTooLargeIsPermanent(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	b, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithLogger(quiet))
 	must(t, err)
@@ -132,12 +135,11 @@ func TestHandlerEventTooLargeIsPermanent(t *testing.T) {
 		return herald.Record(tx, bigOrderPlaced, bigOrder{OrderID: "o-1", CustomerID: "c-1"})
 	}))
 	var dls []herald.DeadLetter
-	deadline := time.Now().Add(20 * time.Second)
-	for len(dls) == 0 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
+	_ = testwait.For(20*time.Second, "a dead letter", func() bool {
 		dls, err = cons.DeadLetters(ctx, herald.DeadLetterFilter{})
 		must(t, err)
-	}
+		return len(dls) != 0
+	})
 	if len(dls) != 1 || dls[0].Reason != "permanent" || dls[0].Attempts != 1 || !strings.Contains(dls[0].LastError, "over the broker's limit") {
 		t.Fatalf("dead letters %+v, want one, permanent after 1 attempt, naming the size", dls)
 	}
@@ -147,6 +149,7 @@ func TestHandlerEventTooLargeIsPermanent(t *testing.T) {
 // or longer than a header takes, is refused at Record, not parked later by
 // the relay with its key held.
 func TestRecordRefusesAKeyThatCannotTravel(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	svc, err := herald.New("orders", herald.WithStore(testdb.SQLite(t)), herald.WithLogger(quiet))
 	must(t, err)

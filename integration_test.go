@@ -15,6 +15,7 @@ import (
 	"github.com/heraldhq/herald/broker/natsjs"
 	"github.com/heraldhq/herald/envelope"
 	"github.com/heraldhq/herald/internal/testdb"
+	"github.com/heraldhq/herald/internal/testwait"
 	"github.com/heraldhq/herald/store"
 	"github.com/heraldhq/herald/store/postgres"
 	"github.com/nats-io/nats.go"
@@ -147,18 +148,14 @@ func (w *world) produce(t *testing.T, orders, perOrder int) {
 // waitEffects waits until the consumer's own table has want rows.
 func (w *world) waitEffects(t *testing.T, want int) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		n := testdb.Count(t, w.sst, "effects", "")
-		if n >= want {
-			return
-		}
-		if time.Now().After(deadline) {
-			dls, _ := w.shipping.DeadLetters(context.Background(), herald.DeadLetterFilter{})
-			t.Fatalf("effects = %d, want %d (dead letters: %d)", n, want, len(dls))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	var n int
+	testwait.UntilReport(t, 60*time.Second, func() bool {
+		n = testdb.Count(t, w.sst, "effects", "")
+		return n >= want
+	}, func() string {
+		dls, _ := w.shipping.DeadLetters(context.Background(), herald.DeadLetterFilter{})
+		return fmt.Sprintf("effects = %d, want %d (dead letters: %d)", n, want, len(dls))
+	})
 }
 
 func (w *world) checkExactlyOnce(t *testing.T, want int) {
@@ -186,6 +183,7 @@ func randHex(n int) string {
 }
 
 func TestIntegrationFlow(t *testing.T) {
+	t.Parallel()
 	forEachDialect(t, func(t *testing.T, dialect string) {
 		w := newWorld(t, dialect)
 		w.produce(t, 20, 10)
@@ -200,6 +198,7 @@ func TestIntegrationFlow(t *testing.T) {
 }
 
 func TestRetryHoldsBackOnlyItsKey(t *testing.T) {
+	t.Parallel()
 	forEachDialect(t, func(t *testing.T, dialect string) {
 		w := newWorld(t, dialect)
 		var failures atomic.Int64
@@ -224,6 +223,7 @@ func TestRetryHoldsBackOnlyItsKey(t *testing.T) {
 }
 
 func TestExhaustedAndPermanentGoToDeadLetters(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t, "sqlite")
 	var broken atomic.Bool
 	broken.Store(true)
@@ -240,11 +240,10 @@ func TestExhaustedAndPermanentGoToDeadLetters(t *testing.T) {
 	w.waitEffects(t, 2)
 	ctx := context.Background()
 	var dls []herald.DeadLetter
-	deadline := time.Now().Add(30 * time.Second)
-	for len(dls) < 2 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
+	_ = testwait.For(30*time.Second, "2 dead letters", func() bool {
 		dls, _ = w.shipping.DeadLetters(ctx, herald.DeadLetterFilter{})
-	}
+		return len(dls) >= 2
+	})
 	if len(dls) != 2 {
 		t.Fatalf("dead letters = %d, want 2", len(dls))
 	}
@@ -281,6 +280,7 @@ func TestExhaustedAndPermanentGoToDeadLetters(t *testing.T) {
 }
 
 func TestGarbageIsDeadLetteredAndValidEventsKeepFlowing(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t, "sqlite")
 	nc, err := nats.Connect(w.b.URL())
 	must(t, err)
@@ -330,16 +330,12 @@ func TestGarbageIsDeadLetteredAndValidEventsKeepFlowing(t *testing.T) {
 	must(t, err)
 	w.waitEffects(t, 11)
 	ctx := context.Background()
-	deadline := time.Now().Add(30 * time.Second)
 	var dls []herald.DeadLetter
-	for time.Now().Before(deadline) {
+	_ = testwait.For(30*time.Second, "a dead letter for each invalid message", func() bool {
 		dls, err = w.shipping.DeadLetters(ctx, herald.DeadLetterFilter{})
 		must(t, err)
-		if len(dls) >= len(sent) {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return len(dls) >= len(sent)
+	})
 	if len(dls) != len(sent) {
 		t.Fatalf("dead letters = %d, want %d", len(dls), len(sent))
 	}
@@ -376,6 +372,7 @@ func (w *world) subject(t *testing.T) string {
 // service wakes the relay running in another instance through PostgreSQL
 // NOTIFY — the relay's poll interval is an hour, so nothing else could.
 func TestNotifyWakesAnotherInstancesRelay(t *testing.T) {
+	t.Parallel()
 	url := testdb.PostgresURL(t)
 	ctx := context.Background()
 	b, err := natsjs.Embedded(ctx, natsjs.WithEphemeral())
@@ -410,10 +407,7 @@ func TestNotifyWakesAnotherInstancesRelay(t *testing.T) {
 	must(t, consumer.Start(ctx))
 	defer consumer.Close()
 	must(t, other.Do(ctx, func(tx herald.Tx) error { return herald.Record(tx, stepRecorded, step{OrderID: "x", N: 1}) }))
-	deadline := time.Now().Add(20 * time.Second)
-	for got.Load() == 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	_ = testwait.For(20*time.Second, "the other instance's event", func() bool { return got.Load() != 0 })
 	if got.Load() != 1 {
 		t.Fatal("the running relay was not woken by the other instance's commit")
 	}
@@ -424,17 +418,17 @@ func TestNotifyWakesAnotherInstancesRelay(t *testing.T) {
 // event must end as a dead letter after its attempts, and the other events
 // of the same batches must take effect.
 func TestSwallowedStatementErrorDoesNotStallTheSubscription(t *testing.T) {
+	t.Parallel()
 	testdb.PostgresURL(t) // PostgreSQL only: SQLite keeps a transaction usable after an error
 	w := newWorld(t, "postgres")
 	w.swallow = func(s stepped) bool { return s.OrderID == "o003" }
 	w.produce(t, 10, 3)
 	w.waitEffects(t, 27)
-	deadline := time.Now().Add(30 * time.Second)
 	var dls []herald.DeadLetter
-	for len(dls) < 3 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
+	_ = testwait.For(30*time.Second, "the 3 dead letters of o003", func() bool {
 		dls, _ = w.shipping.DeadLetters(context.Background(), herald.DeadLetterFilter{})
-	}
+		return len(dls) >= 3
+	})
 	if len(dls) != 3 {
 		t.Fatalf("dead letters = %d, want the 3 events of o003", len(dls))
 	}

@@ -41,6 +41,7 @@ func (c *slowCounter) PendingState(ctx context.Context, sub broker.Subscription)
 // is not logged. (It was, at Info, on every shutdown: "subscription
 // recovering: cannot count unacknowledged events ... context canceled".)
 func TestStoppingDoesNotLogItsOwnCancellation(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	b, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithLogger(quiet))
 	must(t, err)

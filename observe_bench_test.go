@@ -14,6 +14,7 @@ import (
 	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/broker/natsjs"
 	"github.com/heraldhq/herald/internal/testdb"
+	"github.com/heraldhq/herald/internal/testwait"
 	"github.com/heraldhq/herald/metrics"
 	"github.com/heraldhq/herald/trace"
 	"github.com/prometheus/client_golang/prometheus"
@@ -168,10 +169,7 @@ func runObservedBus(b *testing.B, n int, observed bool) (busResult, uint64) {
 		lost = rec.Dropped() + rec.Lost()
 		// The observed run really observed: every handled event counted
 		// (reported after the commit that follows the last handler).
-		deadline := time.Now().Add(10 * time.Second)
-		for handledCount(b, reg) < float64(n) && time.Now().Before(deadline) {
-			time.Sleep(time.Millisecond)
-		}
+		_ = testwait.For(10*time.Second, "every handled event counted", func() bool { return handledCount(b, reg) >= float64(n) })
 		if got := handledCount(b, reg); got < float64(n) {
 			b.Fatalf("metrics counted %v handled events of %d", got, n)
 		}

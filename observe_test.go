@@ -15,6 +15,7 @@ import (
 	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/broker/natsjs"
 	"github.com/heraldhq/herald/internal/testdb"
+	"github.com/heraldhq/herald/internal/testwait"
 )
 
 type hopLog struct {
@@ -29,6 +30,7 @@ func (h *hopLog) Observe(_ context.Context, o herald.Observation) {
 }
 
 func TestObserversSeeEveryHop(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	b, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithLogger(quiet))
 	must(t, err)
@@ -61,16 +63,12 @@ func TestObserversSeeEveryHop(t *testing.T) {
 		"bad": {"orders:record:ok", "orders:translate:ok", "orders:publish:ok", "shipping:consume:ok", "shipping:handle:retry",
 			"shipping:dead-letter:error"},
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	// On a timeout the comparison below says which hops are missing.
+	_ = testwait.For(20*time.Second, "the hops of both events", func() bool {
 		log.mu.Lock()
-		done := len(log.hops["good"]) >= len(want["good"]) && len(log.hops["bad"]) >= len(want["bad"])
-		log.mu.Unlock()
-		if done || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		defer log.mu.Unlock()
+		return len(log.hops["good"]) >= len(want["good"]) && len(log.hops["bad"]) >= len(want["bad"])
+	})
 	log.mu.Lock()
 	defer log.mu.Unlock()
 	for corr, hops := range want {
@@ -142,13 +140,10 @@ func TestObserversCannotStopTheFlow(t *testing.T) {
 			return nil
 		}))
 	}
-	deadline := time.Now().Add(60 * time.Second)
-	for testdb.Count(t, cst, "effects", "") < n {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d events took effect", testdb.Count(t, cst, "effects", ""), n)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testwait.UntilReport(t, 60*time.Second, func() bool { return testdb.Count(t, cst, "effects", "") >= n },
+		func() string {
+			return fmt.Sprintf("%d of %d events took effect", testdb.Count(t, cst, "effects", ""), n)
+		})
 	for _, s := range []*herald.Service{prod, cons} {
 		st := s.ObserverStats()
 		if st.Panics == 0 || st.Dropped == 0 {

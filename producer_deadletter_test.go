@@ -17,6 +17,7 @@ import (
 	"github.com/heraldhq/herald/broker/natsjs"
 	"github.com/heraldhq/herald/envelope"
 	"github.com/heraldhq/herald/internal/testdb"
+	"github.com/heraldhq/herald/internal/testwait"
 	"github.com/heraldhq/herald/store"
 )
 
@@ -120,22 +121,10 @@ func (w *poisonWorld) steps(order string) []int {
 	return slices.Clone(w.got[order])
 }
 
-// waitFor polls cond until it holds or 20 s pass.
-func (w *poisonWorld) waitFor(what string, cond func() bool) {
-	w.t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			w.t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // waitSteps waits until the consumer received want of order, exactly.
 func (w *poisonWorld) waitSteps(order string, want ...int) {
 	w.t.Helper()
-	w.waitFor(fmt.Sprintf("steps %v of %s (got %v)", want, order, w.steps(order)), func() bool { return len(w.steps(order)) >= len(want) })
+	testwait.Until(w.t, 20*time.Second, fmt.Sprintf("steps %v of %s (got %v)", want, order, w.steps(order)), func() bool { return len(w.steps(order)) >= len(want) })
 	if got := w.steps(order); !slices.Equal(got, want) {
 		w.t.Fatalf("%s: received steps %v, want %v in this order", order, got, want)
 	}
@@ -146,7 +135,7 @@ func (w *poisonWorld) waitSteps(order string, want ...int) {
 func (w *poisonWorld) parked(n int) []herald.DeadLetter {
 	w.t.Helper()
 	var dls []herald.DeadLetter
-	w.waitFor(fmt.Sprintf("%d producer-side dead letters", n), func() bool {
+	testwait.Until(w.t, 20*time.Second, fmt.Sprintf("%d producer-side dead letters", n), func() bool {
 		var err error
 		dls, err = w.prod.DeadLetters(context.Background(), herald.DeadLetterFilter{ProducerSide: true})
 		must(w.t, err)
@@ -165,7 +154,7 @@ func (w *poisonWorld) others(prefix string, n int) {
 	for i := range n {
 		w.record(fmt.Sprintf("%s-%d", prefix, i), 1)
 	}
-	w.waitFor(fmt.Sprintf("%d orders %s-* consumed", n, prefix), func() bool {
+	testwait.Until(w.t, 20*time.Second, fmt.Sprintf("%d orders %s-* consumed", n, prefix), func() bool {
 		for i := range n {
 			if len(w.steps(fmt.Sprintf("%s-%d", prefix, i))) == 0 {
 				return false
@@ -201,6 +190,7 @@ func checkHeld(t *testing.T, dls []herald.DeadLetter, refusedErr string, attempt
 // held, also across a restart of the producer; purging the refused one and
 // replaying the held ones publishes them in order, and the key flows again.
 func TestRelayParksEventTheBrokerRefuses(t *testing.T) {
+	t.Parallel()
 	forEachDialect(t, func(t *testing.T, dialect string) {
 		ctx := context.Background()
 		b, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithLogger(quiet))
@@ -284,6 +274,7 @@ func TestRelayParksEventTheBrokerRefuses(t *testing.T) {
 // cause is fixed, replaying the key's dead letters publishes its events in
 // order, before the ones recorded since.
 func TestReplayPublishesParkedEventsInOrderOnceFixed(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name     string
 		err      error
@@ -327,6 +318,7 @@ func TestReplayPublishesParkedEventsInOrderOnceFixed(t *testing.T) {
 // TestReplayThatFailsAgainParksAgain: replaying a dead letter the broker
 // still refuses parks it again, with the held ones behind it, in order.
 func TestReplayThatFailsAgainParksAgain(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	nb, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithLogger(quiet))
 	must(t, err)

@@ -9,6 +9,7 @@ import (
 )
 
 func TestRegistryRefuses(t *testing.T) {
+	t.Parallel()
 	type payload struct{ ID string }
 	first := herald.Integration[payload]("shop.order.confirmed", herald.Version(1))
 	cases := []struct {
@@ -48,6 +49,7 @@ func TestRegistryRefuses(t *testing.T) {
 }
 
 func TestRegistryAccepts(t *testing.T) {
+	t.Parallel()
 	type payload struct{ ID string }
 	v1 := herald.Integration[payload]("shop.order.confirmed", herald.KeyBy(func(p payload) string { return p.ID }))
 	v2 := herald.Integration[payload]("shop.order.confirmed", herald.Version(2))
@@ -69,6 +71,7 @@ func TestRegistryAccepts(t *testing.T) {
 }
 
 func TestNewValidates(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		name string
 		svc  string

@@ -12,6 +12,7 @@ import (
 	"github.com/heraldhq/herald/broker/natsjs"
 	"github.com/heraldhq/herald/envelope"
 	"github.com/heraldhq/herald/internal/testdb"
+	"github.com/heraldhq/herald/internal/testwait"
 	"github.com/heraldhq/herald/store"
 	"github.com/heraldhq/herald/store/postgres"
 )
@@ -34,45 +35,34 @@ func (p *publishCounter) Observe(_ context.Context, o herald.Observation) {
 // waitAll waits until every one of ids was published at least times times.
 func (p *publishCounter) waitAll(t *testing.T, ids []string, times int) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	short := 0
+	testwait.UntilReport(t, 20*time.Second, func() bool {
 		p.mu.Lock()
-		short := 0
+		defer p.mu.Unlock()
+		short = 0
 		for _, id := range ids {
 			if p.n[id] < times {
 				short++
 			}
 		}
-		p.mu.Unlock()
-		if short == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d events not published %d times", short, len(ids), times)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return short == 0
+	}, func() string { return fmt.Sprintf("%d of %d events not published %d times", short, len(ids), times) })
 }
 
 // waitIDs waits until at least n events were published and returns their ids.
 func (p *publishCounter) waitIDs(t *testing.T, n int) []string {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	var ids []string
+	testwait.UntilReport(t, 20*time.Second, func() bool {
 		p.mu.Lock()
-		ids := make([]string, 0, len(p.n))
+		defer p.mu.Unlock()
+		ids = make([]string, 0, len(p.n))
 		for id := range p.n {
 			ids = append(ids, id)
 		}
-		p.mu.Unlock()
-		if len(ids) >= n {
-			return ids
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d events published", len(ids), n)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return len(ids) >= n
+	}, func() string { return fmt.Sprintf("%d of %d events published", len(ids), n) })
+	return ids
 }
 
 // stepsService starts the "orders" service of the relay tests on st and b:
@@ -99,6 +89,7 @@ func recordSteps(t *testing.T, s *herald.Service, from, n int) {
 // it published, so Republish must send it back to the rows it reset — on a
 // running relay, not only at start.
 func TestRepublishWhileRunning(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	b, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithLogger(quiet))
 	must(t, err)
@@ -112,18 +103,13 @@ func TestRepublishWhileRunning(t *testing.T) {
 	ids := pubs.waitIDs(t, 30)
 	// Wait until the outbox says they are all published, then send them
 	// again: every one must go out a second time.
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		backlog, _, err := prod.OutboxStats(ctx)
+	var backlog int64
+	testwait.UntilReport(t, 20*time.Second, func() bool {
+		var err error
+		backlog, _, err = prod.OutboxStats(ctx)
 		must(t, err)
-		if backlog == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("outbox backlog %d", backlog)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return backlog == 0
+	}, func() string { return fmt.Sprintf("outbox backlog %d", backlog) })
 	n, err := prod.Republish(ctx, time.Hour)
 	must(t, err)
 	if n != 30 {
@@ -156,6 +142,7 @@ func (a *attemptLog) Observe(_ context.Context, o herald.Observation) {
 // failing event. The others' first runs were undone, so they must count one
 // attempt each, and the failing event exactly one per failure.
 func TestFailingHandlerCostsOthersNoAttempt(t *testing.T) {
+	t.Parallel()
 	forEachDialect(t, func(t *testing.T, dialect string) {
 		ctx := context.Background()
 		b, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithLogger(quiet))
@@ -204,21 +191,17 @@ func TestFailingHandlerCostsOthersNoAttempt(t *testing.T) {
 			}
 			return nil
 		}))
-		deadline := time.Now().Add(20 * time.Second)
 		want := map[string]string{
 			"a": "ok/1", "b": "ok/1", "c": "ok/1", "d": "ok/1", "e": "ok/1",
 			"flaky":  "retry/1 retry/2 ok/3",
 			"broken": "error/1",
 		}
-		for {
+		// On a timeout the comparison below says what is missing.
+		_ = testwait.For(20*time.Second, "the flaky, broken and last events", func() bool {
 			log.mu.Lock()
-			done := len(log.got["flaky"]) >= 3 && len(log.got["broken"]) >= 1 && len(log.got["e"]) >= 1
-			log.mu.Unlock()
-			if done || time.Now().After(deadline) {
-				break
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+			defer log.mu.Unlock()
+			return len(log.got["flaky"]) >= 3 && len(log.got["broken"]) >= 1 && len(log.got["e"]) >= 1
+		})
 		time.Sleep(100 * time.Millisecond) // anything extra would show now
 		log.mu.Lock()
 		defer log.mu.Unlock()
@@ -245,6 +228,7 @@ func TestFailingHandlerCostsOthersNoAttempt(t *testing.T) {
 // ended, so the commit's NOTIFY may find nothing. The relay must look again
 // soon, not at its next poll (an hour here).
 func TestRelayLooksAgainForRowsAnOlderTransactionHid(t *testing.T) {
+	t.Parallel()
 	url := testdb.PostgresURL(t)
 	ctx := context.Background()
 	b, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithLogger(quiet))
@@ -281,19 +265,11 @@ func TestRelayLooksAgainForRowsAnOlderTransactionHid(t *testing.T) {
 		t.Fatal("the relay published a row an older transaction should hide; the test shows nothing")
 	}
 	must(t, older.Rollback())
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testwait.Until(t, 10*time.Second, "the event hidden by an older transaction to be published after it ended", func() bool {
 		pubs.mu.Lock()
-		n := len(pubs.n)
-		pubs.mu.Unlock()
-		if n == 1 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the event hidden by an older transaction was not published after it ended")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		defer pubs.mu.Unlock()
+		return len(pubs.n) == 1
+	})
 }
 
 // TestRelayPublishesARowThatBecomesReadableBelowAPublishedOne: on
@@ -302,6 +278,7 @@ func TestRelayLooksAgainForRowsAnOlderTransactionHid(t *testing.T) {
 // publish it (it reads every unpublished row there, never "after the last
 // one it published").
 func TestRelayPublishesARowThatBecomesReadableBelowAPublishedOne(t *testing.T) {
+	t.Parallel()
 	url := testdb.PostgresURL(t)
 	ctx := context.Background()
 	b, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithLogger(quiet))
@@ -350,6 +327,7 @@ func TestRelayPublishesARowThatBecomesReadableBelowAPublishedOne(t *testing.T) {
 // batch; closing the service writes the last mark, so a restarted relay
 // publishes only what is new.
 func TestRelayMarksOnCloseWhatItPublished(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	// Syncing every write, the broker loses nothing, so a restart does not
 	// refill it from the outbox: what a restarted relay sends is its own.
@@ -395,6 +373,7 @@ func TestRelayMarksOnCloseWhatItPublished(t *testing.T) {
 // marked yet (the mark waits for MarkInterval) are published rows too, and
 // Republish must send them again.
 func TestRepublishResendsUnmarkedRows(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	b, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithLogger(quiet))
 	must(t, err)

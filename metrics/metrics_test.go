@@ -14,6 +14,7 @@ import (
 	"github.com/heraldhq/herald/broker/natsjs"
 	"github.com/heraldhq/herald/envelope"
 	"github.com/heraldhq/herald/internal/testdb"
+	"github.com/heraldhq/herald/internal/testwait"
 	"github.com/heraldhq/herald/metrics"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -77,16 +78,13 @@ func TestScrapeMetrics(t *testing.T) {
 	srv := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	defer srv.Close()
 	var families map[string]*dto.MetricFamily
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
+	// On a timeout the checks below say which metric is off.
+	_ = testwait.For(20*time.Second, "the metrics of the flow", func() bool {
 		families = scrape(t, srv.URL)
-		if value(families, "herald_dead_letters_total", nil) >= 1 && value(families, "herald_events_total", map[string]string{"hop": "handle", "outcome": "ok"}) >= 2 &&
+		return value(families, "herald_dead_letters_total", nil) >= 1 && value(families, "herald_events_total", map[string]string{"hop": "handle", "outcome": "ok"}) >= 2 &&
 			value(families, "herald_consumer_ack_pending", nil) == 0 && // acks are sent without waiting
-			value(families, "herald_outbox_backlog", map[string]string{"service": "orders"}) == 0 { // the relay marks every 100ms
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+			value(families, "herald_outbox_backlog", map[string]string{"service": "orders"}) == 0 // the relay marks every 100ms
+	})
 	checks := []struct {
 		name   string
 		labels map[string]string

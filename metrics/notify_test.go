@@ -3,6 +3,7 @@ package metrics_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"testing"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/broker/natsjs"
 	"github.com/heraldhq/herald/internal/testdb"
+	"github.com/heraldhq/herald/internal/testwait"
 	"github.com/heraldhq/herald/metrics"
 	"github.com/heraldhq/herald/notify"
 	"github.com/heraldhq/herald/notify/devbox"
@@ -79,18 +81,13 @@ func TestNotificationReasons(t *testing.T) {
 	noAddress := map[string]string{"service": "accounts", "channel": "sms", "outcome": "failed", "reason": notify.ReasonNoAddress}
 	delivered := map[string]string{"service": "accounts", "channel": "email", "outcome": "delivered", "reason": ""}
 	var fams map[string]*dto.MetricFamily
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	testwait.UntilReport(t, 20*time.Second, func() bool {
 		fams = gather(t, reg)
-		if value(fams, "herald_notifications_total", noAddress) >= 2 && value(fams, "herald_notifications_total", delivered) >= 2 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out: no-address %v, delivered %v", value(fams, "herald_notifications_total", noAddress),
-				value(fams, "herald_notifications_total", delivered))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return value(fams, "herald_notifications_total", noAddress) >= 2 && value(fams, "herald_notifications_total", delivered) >= 2
+	}, func() string {
+		return fmt.Sprintf("no-address %v, delivered %v", value(fams, "herald_notifications_total", noAddress),
+			value(fams, "herald_notifications_total", delivered))
+	})
 	if got := value(fams, "herald_notifications_total", noAddress); got != 2 {
 		t.Errorf("herald_notifications_total%v = %v, want 2", noAddress, got)
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/internal/testdb"
+	"github.com/heraldhq/herald/internal/testwait"
 	"github.com/sony/gobreaker/v2"
 )
 
@@ -285,7 +286,7 @@ func TestTwoInstances(t *testing.T) {
 		}
 		// alice: email + sms, dave: email (+ sms failed, no address)
 		ds := a.waitDeliveries(DeliveryFilter{CorrelationID: "two", Limit: 10000}, events*4)
-		waitFor(t, 10*time.Second, func() bool {
+		testwait.UntilReport(t, 10*time.Second, func() bool {
 			mu.Lock()
 			defer mu.Unlock()
 			return len(sent) == events*3
@@ -376,7 +377,7 @@ func TestExpiredClaim(t *testing.T) {
 		e.emit("dead", order{ID: "o1", To: []string{"bob"}})
 		e.emit("alive", order{ID: "o2", To: []string{"bob"}})
 		var dead, alive Delivery
-		waitFor(t, 10*time.Second, func() bool {
+		testwait.UntilReport(t, 10*time.Second, func() bool {
 			d, a := e.deliveries(DeliveryFilter{CorrelationID: "dead"}), e.deliveries(DeliveryFilter{CorrelationID: "alive"})
 			if len(d) == 1 && len(a) == 1 {
 				dead, alive = d[0], a[0]
@@ -412,7 +413,7 @@ func TestExpiredLeaseReleased(t *testing.T) {
 		e := newEnv(t, dialect, setup{noStart: true, opts: []Option{WithSendTimeout(time.Minute), WithLease(3 * time.Minute)}})
 		e.emit("short", order{ID: "o1", To: []string{"bob"}})
 		e.emit("expired", order{ID: "o2", To: []string{"bob"}})
-		waitFor(t, 10*time.Second, func() bool { return len(e.deliveries(DeliveryFilter{Limit: 10})) == 2 },
+		testwait.UntilReport(t, 10*time.Second, func() bool { return len(e.deliveries(DeliveryFilter{Limit: 10})) == 2 },
 			func() string { return "not decided" })
 		claimed, err := e.n.recordTx(e.ctx, nil, 2)
 		must(t, err)
@@ -544,7 +545,7 @@ func TestBusinessFlowNotBlocked(t *testing.T) {
 		return ds
 	}
 	up := phase("up")
-	waitFor(t, 15*time.Second, func() bool { return len(healthy[Email].sent()) == 2*perPhase },
+	testwait.UntilReport(t, 15*time.Second, func() bool { return len(healthy[Email].sent()) == 2*perPhase },
 		func() string { return fmt.Sprintf("%d e-mails while healthy", len(healthy[Email].sent())) })
 
 	down.Store("down", true)
@@ -558,7 +559,7 @@ func TestBusinessFlowNotBlocked(t *testing.T) {
 
 	// The notifier kept deciding while nothing could be sent.
 	for _, flow := range []string{"blocked", "failing"} {
-		waitFor(t, 15*time.Second, func() bool {
+		testwait.UntilReport(t, 15*time.Second, func() bool {
 			ds, err := n.Deliveries(ctx, DeliveryFilter{CorrelationID: flow, Limit: 10000})
 			return err == nil && len(ds) == perPhase*4
 		}, func() string { return flow + ": not every event was decided" })

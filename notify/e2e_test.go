@@ -39,6 +39,7 @@ import (
 	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/broker/natsjs"
 	"github.com/heraldhq/herald/internal/testdb"
+	"github.com/heraldhq/herald/internal/testwait"
 	"github.com/heraldhq/herald/notify"
 	"github.com/heraldhq/herald/notify/smtp"
 	"github.com/heraldhq/herald/store"
@@ -129,12 +130,11 @@ func (s *smtpServer) start() {
 	s.t.Helper()
 	var l net.Listener
 	var err error
-	for i := 0; i < 50; i++ { // the port may take a moment to be free again
-		if l, err = net.Listen("tcp", s.addr); err == nil {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	// The port may take a moment to be free again.
+	_ = testwait.For(time.Second, "the port to be free", func() bool {
+		l, err = net.Listen("tcp", s.addr)
+		return err == nil
+	})
 	if err != nil {
 		s.t.Fatalf("listen %s: %v", s.addr, err)
 	}
@@ -162,10 +162,7 @@ func (s *smtpServer) start() {
 // the listener and every connection.
 func (s *smtpServer) stop() {
 	s.box.down.Store(true)
-	deadline := time.Now().Add(5 * time.Second)
-	for s.box.inData.Load() > 0 && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
+	_ = testwait.For(5*time.Second, "the transactions in DATA to answer", func() bool { return s.box.inData.Load() == 0 })
 	time.Sleep(50 * time.Millisecond) // the 250 of the last DATA is on the wire
 	s.kill()
 }
@@ -504,18 +501,15 @@ func TestSMTPProviderDown(t *testing.T) {
 	}
 
 	// Everything arrives once the server is back.
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		ok, state, err := s.allSent(ctx, events)
+	var state string
+	testwait.UntilReport(t, 20*time.Second, func() bool {
+		ok, st, err := s.allSent(ctx, events)
 		check(t, err)
-		if ok && box.count() >= events {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not all delivered after 20s: %s; server has %d messages of %d", state, box.count(), events)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		state = st
+		return ok && box.count() >= events
+	}, func() string {
+		return fmt.Sprintf("not all delivered: %s; server has %d messages of %d", state, box.count(), events)
+	})
 	time.Sleep(100 * time.Millisecond) // a late duplicate would land now
 
 	ds, err := s.n.Deliveries(ctx, notify.DeliveryFilter{Limit: 100000})
@@ -665,19 +659,14 @@ func TestNotifierRole(t *testing.T) {
 		check(t, err)
 	}
 	fmt.Println("RECORDED", record)
-	deadline := time.Now().Add(40 * time.Second)
-	for {
-		ok, state, err := s.allSent(ctx, total)
+	var state string
+	testwait.UntilReport(t, 40*time.Second, func() bool {
+		ok, st, err := s.allSent(ctx, total)
 		check(t, err)
-		if ok {
-			fmt.Println("ALL-SENT", state)
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("child: not all sent after 40s: %s", state)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		state = st
+		return ok
+	}, func() string { return "child: not all sent: " + state })
+	fmt.Println("ALL-SENT", state)
 }
 
 // child is a running TestNotifierRole process.
@@ -732,25 +721,20 @@ func TestNotifierKilledMidSend(t *testing.T) {
 		envPrefix + "=" + prefix, envSMTP + "=" + srv.addr, envTotal + "=" + strconv.Itoa(total)}
 
 	first := startChild(t, append(env, envRecord+"="+strconv.Itoa(total))...)
-	deadline := time.Now().Add(20 * time.Second)
-	for box.count() < killAt {
+	testwait.UntilReport(t, 20*time.Second, func() bool {
 		select {
 		case err := <-first.done:
 			t.Fatalf("child exited before the kill (%v):\n%s", err, first.out)
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("only %d mails after 20s:\n%s", box.count(), first.out)
-		}
-		time.Sleep(time.Millisecond)
-	}
+		return box.count() >= killAt
+	}, func() string { return fmt.Sprintf("only %d mails:\n%s", box.count(), first.out) })
 	check(t, first.cmd.Process.Signal(os.Kill)) // SIGKILL
 	<-first.done
 	first.done <- nil
 	atKill, inData := box.count(), box.inData.Load()
-	for box.inData.Load() > 0 { // the DATA in progress end, and the server keeps those messages
-		time.Sleep(time.Millisecond)
-	}
+	// The DATA in progress end, and the server keeps those messages.
+	testwait.Until(t, time.Minute, "the DATA in progress to end", func() bool { return box.inData.Load() == 0 })
 	time.Sleep(20 * time.Millisecond)
 	// Accepted but not recorded as sent: the sends the restarted notifier
 	// must repeat, and the only ones it may repeat.

@@ -15,6 +15,7 @@ import (
 	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/broker/natsjs"
 	"github.com/heraldhq/herald/internal/testdb"
+	"github.com/heraldhq/herald/internal/testwait"
 	. "github.com/heraldhq/herald/notify"
 	"github.com/heraldhq/herald/notify/webhook"
 	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
@@ -92,8 +93,8 @@ func TestWebhookGuardInPipeline(t *testing.T) {
 		return herald.Notify(tx, hookShipped, hookEvent{ID: "<script>alert(1)</script>", To: []string{"metadata", "private", "loopback", "partner"}})
 	}))
 	m := map[string]Delivery{}
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
+	// On a timeout the checks below say which recipient is not final.
+	_ = testwait.For(20*time.Second, "4 final deliveries", func() bool {
 		ds, err := n.Deliveries(ctx, DeliveryFilter{CorrelationID: "hooks"})
 		must(t, err)
 		final := 0
@@ -103,11 +104,8 @@ func TestWebhookGuardInPipeline(t *testing.T) {
 				final++
 			}
 		}
-		if final == 4 {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return final == 4
+	})
 	for _, who := range []string{"metadata", "private", "loopback"} {
 		d := m[who]
 		if d.State != Failed || !strings.HasPrefix(d.Reason, ReasonPermanent) || !strings.Contains(d.LastError, "refused") || d.Attempts != 1 {

@@ -16,6 +16,7 @@ import (
 	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/broker/natsjs"
 	"github.com/heraldhq/herald/internal/testdb"
+	"github.com/heraldhq/herald/internal/testwait"
 	"github.com/heraldhq/herald/store"
 )
 
@@ -261,7 +262,7 @@ func (e *env) deliveries(f DeliveryFilter) []Delivery {
 func (e *env) waitDeliveries(f DeliveryFilter, want int) []Delivery {
 	e.t.Helper()
 	var ds []Delivery
-	waitFor(e.t, 15*time.Second, func() bool {
+	testwait.UntilReport(e.t, 15*time.Second, func() bool {
 		ds = e.deliveries(f)
 		if len(ds) != want {
 			return false
@@ -280,7 +281,7 @@ func (e *env) waitDeliveries(f DeliveryFilter, want int) []Delivery {
 func (e *env) waitState(f DeliveryFilter, st State) Delivery {
 	e.t.Helper()
 	var ds []Delivery
-	waitFor(e.t, 15*time.Second, func() bool {
+	testwait.UntilReport(e.t, 15*time.Second, func() bool {
 		ds = e.deliveries(f)
 		return len(ds) == 1 && ds[0].State == st
 	}, func() string { return fmt.Sprintf("want one %s delivery for %+v, have %s", st, f, dump(ds)) })
@@ -294,17 +295,6 @@ func dump(ds []Delivery) string {
 			d.Kind, d.EventID, d.Recipient, d.Channel, d.State, d.Attempts, d.DueAt.Format(time.RFC3339Nano), d.Reason, d.LastError, d.Provider)
 	}
 	return s
-}
-
-func waitFor(t testing.TB, timeout time.Duration, cond func() bool, msg func() string) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v: %s", timeout, msg())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 func must(t testing.TB, err error) {

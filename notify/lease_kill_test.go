@@ -27,6 +27,7 @@ import (
 	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/broker/natsjs"
 	"github.com/heraldhq/herald/internal/testdb"
+	"github.com/heraldhq/herald/internal/testwait"
 	"github.com/heraldhq/herald/notify"
 	"github.com/heraldhq/herald/notify/webhook"
 	"github.com/heraldhq/herald/store"
@@ -256,28 +257,25 @@ func (c *leaseChild) output() string {
 	return string(b)
 }
 
-// poll calls cond every 5ms until it reports true, and fails the test with
+// poll calls cond until it reports true, and fails the test with
 // its description after timeout or if the child (when not nil) exits.
 func poll(t *testing.T, timeout time.Duration, child *leaseChild, what string, cond func() (bool, string)) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, state := cond()
-		if ok {
-			return
-		}
-		if child != nil && child.exited() {
+	var state string
+	testwait.UntilReport(t, timeout, func() bool {
+		ok, st := cond()
+		state = st
+		if !ok && child != nil && child.exited() {
 			t.Fatalf("%s: the child exited (%v) while waiting; %s\n%s", what, child.err, state, child.output())
 		}
-		if time.Now().After(deadline) {
-			out := ""
-			if child != nil {
-				out = "\n---- child ----\n" + child.output()
-			}
-			t.Fatalf("%s: not after %v; %s%s", what, timeout, state, out)
+		return ok
+	}, func() string {
+		out := ""
+		if child != nil {
+			out = "\n---- child ----\n" + child.output()
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return fmt.Sprintf("%s; %s%s", what, state, out)
+	})
 }
 
 func describe(ds []notify.Delivery) string {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/envelope"
+	"github.com/heraldhq/herald/internal/testwait"
 	ntemplate "github.com/heraldhq/herald/notify/template"
 	"github.com/heraldhq/herald/store"
 )
@@ -180,7 +181,7 @@ func TestIdempotency(t *testing.T) {
 		env := &envelope.Envelope{ID: evID, Type: orderShipped.Name(), Version: 1, Kind: envelope.KindNotification,
 			Source: "shop", Time: time.Now().UTC(), DataContentType: "application/json", Data: data, CorrelationID: "i1"}
 		must(t, e.b.Replay(e.ctx, "shop", sub, env))
-		waitFor(t, 10*time.Second, func() bool {
+		testwait.UntilReport(t, 10*time.Second, func() bool {
 			var n int
 			_ = e.st.DB().QueryRow(e.st.Rebind(`SELECT COUNT(*) FROM herald_inbox WHERE subscription = ? AND event_id = ?`), "shop/"+sub, evID).Scan(&n)
 			return n == 1
@@ -235,7 +236,7 @@ func TestQuietHours(t *testing.T) {
 		expect(t, urgent, "alice/push", Sent, "")
 		morning := time.Date(2025, 1, 16, 7, 0, 0, 0, tokyo)
 		var m map[string]Delivery
-		waitFor(t, 10*time.Second, func() bool {
+		testwait.UntilReport(t, 10*time.Second, func() bool {
 			m = byKey(e.deliveries(DeliveryFilter{CorrelationID: "night"}))
 			return len(m) == 4 && m["bob/email"].State == Sent
 		}, func() string { return fmt.Sprint(m) })
@@ -329,7 +330,7 @@ func TestThrottleFoldsIntoDigest(t *testing.T) {
 			e.emit("d", order{ID: fmt.Sprintf("o%d", i), To: []string{"bob"}})
 		}
 		var items []Delivery
-		waitFor(t, 10*time.Second, func() bool {
+		testwait.UntilReport(t, 10*time.Second, func() bool {
 			items = e.deliveries(DeliveryFilter{CorrelationID: "d", State: Digested})
 			return len(items) == 3 && len(e.deliveries(DeliveryFilter{CorrelationID: "d", State: Sent})) == 2
 		}, func() string { return dump(e.deliveries(DeliveryFilter{})) })
@@ -361,7 +362,7 @@ func TestDigestMaxItems(t *testing.T) {
 		// Two full digests are sent; wait for their rows to be final before
 		// moving the clock (a jump beyond the lease would expire a claim in
 		// flight and send it again, as a crash would).
-		waitFor(t, 10*time.Second, func() bool {
+		testwait.UntilReport(t, 10*time.Second, func() bool {
 			return len(e.deliveries(DeliveryFilter{Kind: KindDigest, State: Sent})) == 2
 		}, func() string { return dump(e.deliveries(DeliveryFilter{})) })
 		time.Sleep(50 * time.Millisecond)
@@ -369,7 +370,7 @@ func TestDigestMaxItems(t *testing.T) {
 			t.Fatalf("%d messages before the window ended", n)
 		}
 		e.clk.Advance(time.Hour + time.Second)
-		waitFor(t, 10*time.Second, func() bool { return len(e.senders[Email].sent()) == 3 },
+		testwait.UntilReport(t, 10*time.Second, func() bool { return len(e.senders[Email].sent()) == 3 },
 			func() string { return dump(e.deliveries(DeliveryFilter{})) })
 		var got []string
 		var sizes []int

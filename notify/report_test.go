@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/heraldhq/herald"
+	"github.com/heraldhq/herald/internal/testwait"
 )
 
 // logRecords is a slog.Handler that keeps every record.
@@ -115,7 +116,7 @@ func TestNoAddressLoggedOnceAndObserved(t *testing.T) {
 	if len(failed) != 3 {
 		t.Fatalf("%d no-address deliveries, want 3 (bob twice, dave)", len(failed))
 	}
-	waitFor(t, 10*time.Second, func() bool { return len(obs.withReason(ReasonNoAddress)) >= 3 },
+	testwait.UntilReport(t, 10*time.Second, func() bool { return len(obs.withReason(ReasonNoAddress)) >= 3 },
 		func() string { return fmt.Sprintf("no-address observations: %+v", obs.withReason(ReasonNoAddress)) })
 	got := obs.withReason(ReasonNoAddress)
 	if len(got) != 3 {
@@ -168,7 +169,7 @@ func TestEndedDecisionReportedOnceCommitted(t *testing.T) {
 	if calls.Load() < 2 {
 		t.Fatalf("directory asked for alice %d times: the event did not roll back", calls.Load())
 	}
-	waitFor(t, 10*time.Second, func() bool { return len(obs.withReason(ReasonNoAddress)) >= 1 },
+	testwait.UntilReport(t, 10*time.Second, func() bool { return len(obs.withReason(ReasonNoAddress)) >= 1 },
 		func() string { return "no no-address observation" })
 	got := obs.withReason(ReasonNoAddress)
 	if len(got) != 1 || got[0].Event.ID != m["bob/sms"].ID {

@@ -20,6 +20,7 @@ import (
 	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/broker/natsjs"
 	"github.com/heraldhq/herald/internal/testdb"
+	"github.com/heraldhq/herald/internal/testwait"
 	"github.com/heraldhq/herald/tracing"
 )
 
@@ -97,12 +98,12 @@ func TestTraceContextIsFixedAtRecordAndContinuedByConsumers(t *testing.T) {
 	defer prod.Close()
 	// Let the relay publish everything first, so the consumer's first
 	// fetch holds several events: one transaction handles them.
-	waitFor(t, func() bool { return count(sr, "publish shop.order.confirmed") == n })
+	testwait.Until(t, 20*time.Second, "the relay to publish every event", func() bool { return count(sr, "publish shop.order.confirmed") == n })
 	if err := cons.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
 	defer cons.Close()
-	waitFor(t, func() bool {
+	testwait.Until(t, 20*time.Second, "every event processed and its reply recorded", func() bool {
 		return count(sr, "process shop.order.confirmed") == n && count(sr, "record shipping.scheduled") == n
 	})
 
@@ -294,15 +295,4 @@ func names(m map[string]sdktrace.ReadOnlySpan) []string {
 		out = append(out, k)
 	}
 	return out
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met in 20s")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }

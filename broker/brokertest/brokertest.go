@@ -27,6 +27,7 @@ import (
 
 	"github.com/heraldhq/herald/broker"
 	"github.com/heraldhq/herald/envelope"
+	"github.com/heraldhq/herald/internal/testwait"
 )
 
 // Capabilities says what a transport can do; the subtests that need a
@@ -307,16 +308,10 @@ func (c *consumer) count(id string) int {
 	return n
 }
 
-// waitFor polls cond until it holds or the deadline passes.
+// waitFor polls cond until it holds or wait passes.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(wait)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", wait, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testwait.Until(t, wait, what, cond)
 }
 
 func equalIDs(t *testing.T, got, want []string) {

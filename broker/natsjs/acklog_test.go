@@ -13,6 +13,7 @@ import (
 
 	"github.com/heraldhq/herald/broker"
 	"github.com/heraldhq/herald/envelope"
+	"github.com/heraldhq/herald/internal/testwait"
 )
 
 func TestAckLogRing(t *testing.T) {
@@ -84,12 +85,8 @@ func TestExternalRestartSendsLostAcksAgain(t *testing.T) {
 	t.Cleanup(func() { cancel(); <-done })
 	count := func() int { mu.Lock(); defer mu.Unlock(); return len(held) }
 	deadline := time.Now().Add(30 * time.Second)
-	for count() < n {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d delivered", count(), n)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testwait.UntilReport(t, time.Until(deadline), func() bool { return count() >= n },
+		func() string { return fmt.Sprintf("%d of %d delivered", count(), n) })
 	st, err := b.PendingState(testCtx(t, 10*time.Second), sub)
 	if err != nil || st.Pending != n {
 		t.Fatalf("PendingState before the restart: %+v, %v; want %d pending", st, err, n)
@@ -101,12 +98,8 @@ func TestExternalRestartSendsLostAcksAgain(t *testing.T) {
 	// Acks written before the client noticed the server died go into the
 	// socket and fail only asynchronously (broken pipe): wait until the
 	// connection knows it is down, so that the acks below fail.
-	for b.nc.IsConnected() {
-		if time.Now().After(deadline.Add(30 * time.Second)) {
-			t.Fatal("the connection never noticed the server died")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testwait.Until(t, time.Until(deadline.Add(30*time.Second)), "the connection to notice the server died",
+		func() bool { return !b.nc.IsConnected() })
 	mu.Lock()
 	failed := 0
 	for _, d := range held {
@@ -121,12 +114,7 @@ func TestExternalRestartSendsLostAcksAgain(t *testing.T) {
 	if err := srv.start(); err != nil {
 		t.Fatal(err)
 	}
-	for b.Epoch() == epoch {
-		if time.Now().After(deadline.Add(30 * time.Second)) {
-			t.Fatal("the broker did not reconnect")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testwait.Until(t, time.Until(deadline.Add(30*time.Second)), "the broker to reconnect", func() bool { return b.Epoch() != epoch })
 
 	// The server's own count, from another connection: the lost acks.
 	nc, err := nats.Connect(srv.url())
@@ -143,17 +131,14 @@ func TestExternalRestartSendsLostAcksAgain(t *testing.T) {
 		t.Fatal(err)
 	}
 	var ci *jetstream.ConsumerInfo
-	for {
-		c, err := js.Consumer(testCtx(t, 5*time.Second), spec.stream, spec.cfg.Durable)
-		if err == nil {
-			ci = c.CachedInfo()
-			break
+	testwait.UntilReport(t, time.Until(deadline.Add(30*time.Second)), func() bool {
+		var c jetstream.Consumer
+		if c, err = js.Consumer(testCtx(t, 5*time.Second), spec.stream, spec.cfg.Durable); err != nil {
+			return false
 		}
-		if time.Now().After(deadline.Add(30 * time.Second)) {
-			t.Fatalf("consumer info after the restart: %v", err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		ci = c.CachedInfo()
+		return true
+	}, func() string { return fmt.Sprintf("consumer info after the restart: %v", err) })
 	if ci.NumAckPending != n {
 		t.Fatalf("after the restart the server counts %d pending, want %d (%d acks failed while it was down)", ci.NumAckPending, n, failed)
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/heraldhq/herald/broker"
 	"github.com/heraldhq/herald/envelope"
+	"github.com/heraldhq/herald/internal/testwait"
 )
 
 // sized returns an event of typ, with every optional header set, whose
@@ -108,13 +109,7 @@ func TestPublishOnDeadConnectionIsClosed(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.srv.Shutdown()
-	deadline := time.Now().Add(10 * time.Second)
-	for !b.nc.IsClosed() {
-		if time.Now().After(deadline) {
-			t.Fatal("the connection did not close after the server shut down")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testwait.Until(t, 10*time.Second, "the connection to close after the server shut down", b.nc.IsClosed)
 	err := b.Publish(ctx, bulk("test.dead", 1))[0]
 	if !errors.Is(err, broker.ErrClosed) || errors.Is(err, broker.ErrRejected) {
 		t.Fatalf("Publish on a dead connection: %v, want ErrClosed", err)

@@ -8,6 +8,7 @@ import (
 
 	"github.com/heraldhq/herald/broker"
 	"github.com/heraldhq/herald/broker/natsjs"
+	"github.com/heraldhq/herald/internal/testwait"
 )
 
 func TestManifestStore(t *testing.T) {
@@ -60,13 +61,12 @@ func TestManifestStore(t *testing.T) {
 	}
 
 	// An instance that stops heartbeating (a crash) expires after the TTL.
-	deadline := time.Now().Add(20 * time.Second)
-	for len(insts) > 0 && time.Now().Before(deadline) {
-		time.Sleep(200 * time.Millisecond)
+	_ = testwait.For(20*time.Second, "the instances to expire", func() bool {
 		if insts, err = ms.Instances(ctx); err != nil {
 			t.Fatal(err)
 		}
-	}
+		return len(insts) == 0
+	})
 	if len(insts) != 0 {
 		t.Fatalf("instances %+v still live 20s after their last heartbeat with a 1s TTL", insts)
 	}

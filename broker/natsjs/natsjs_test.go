@@ -23,6 +23,7 @@ import (
 	"github.com/heraldhq/herald/broker"
 	"github.com/heraldhq/herald/broker/brokertest"
 	"github.com/heraldhq/herald/envelope"
+	"github.com/heraldhq/herald/internal/testwait"
 )
 
 // ---- test scaffolding --------------------------------------------------------
@@ -153,26 +154,31 @@ func (s *externalServer) start() error {
 	}
 	exit := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(exit) }()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	exited := false
+	err := testwait.For(20*time.Second, "nats-server to accept connections", func() bool {
 		select {
 		case <-exit:
-			return fmt.Errorf("nats-server exited at start:\n%s", out.String())
+			exited = true
+			return true
 		default:
 		}
 		c, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(s.port), 200*time.Millisecond)
-		if err == nil {
-			c.Close()
-			s.cmd, s.exit = cmd, exit
-			return nil
+		if err != nil {
+			return false
 		}
-		if time.Now().After(deadline) {
-			_ = cmd.Process.Kill()
-			<-exit
-			return fmt.Errorf("nats-server does not accept connections on %d:\n%s", s.port, out.String())
-		}
-		time.Sleep(20 * time.Millisecond)
+		c.Close()
+		return true
+	})
+	switch {
+	case exited:
+		return fmt.Errorf("nats-server exited at start:\n%s", out.String())
+	case err != nil:
+		_ = cmd.Process.Kill()
+		<-exit
+		return fmt.Errorf("nats-server does not accept connections on %d:\n%s", s.port, out.String())
 	}
+	s.cmd, s.exit = cmd, exit
+	return nil
 }
 
 // kill sends SIGKILL to the server process (by PID) and waits for it.
@@ -763,12 +769,11 @@ func TestCloseLeavesNoGoroutines(t *testing.T) {
 	before := runtime.NumGoroutine()
 	run()
 	var after int
-	for range 100 {
+	if testwait.For(5*time.Second, "the goroutines to end", func() bool {
 		after = runtime.NumGoroutine()
-		if after <= before {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
+		return after <= before
+	}) == nil {
+		return
 	}
 	buf := make([]byte, 1<<20)
 	n := runtime.Stack(buf, true)

@@ -3,6 +3,7 @@ package natsjs
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/heraldhq/herald/broker"
 	"github.com/heraldhq/herald/envelope"
+	"github.com/heraldhq/herald/internal/testwait"
 )
 
 // TestCallsWhileTheServerIsDownSayItIsUnreachable: with the server gone and
@@ -30,13 +32,10 @@ func TestCallsWhileTheServerIsDownSayItIsUnreachable(t *testing.T) {
 	if err := srv.Close(); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for b.nc.Status() != nats.RECONNECTING {
-		if time.Now().After(deadline) {
-			t.Fatalf("connection %v after the server closed, want RECONNECTING", b.nc.Status())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testwait.UntilReport(t, 20*time.Second, func() bool { return b.nc.Status() == nats.RECONNECTING },
+		func() string {
+			return fmt.Sprintf("connection %v after the server closed, want RECONNECTING", b.nc.Status())
+		})
 	// Each call gets its own deadline: the catalog's first heartbeat
 	// creates its bucket, retrying for as long as ctx lets it.
 	call := func(fn func(ctx context.Context) error) error {

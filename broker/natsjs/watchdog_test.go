@@ -1,6 +1,7 @@
 package natsjs
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -8,6 +9,7 @@ import (
 
 	"github.com/heraldhq/herald/broker"
 	"github.com/heraldhq/herald/envelope"
+	"github.com/heraldhq/herald/internal/testwait"
 )
 
 // TestPullLost checks the watchdog's test against a real server: a consumer
@@ -68,15 +70,10 @@ func TestPullLost(t *testing.T) {
 // waitConsumer waits until the server's info of cons satisfies ok.
 func waitConsumer(t *testing.T, cons jetstream.Consumer, what string, ok func(*jetstream.ConsumerInfo) bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		ci, err := cons.Info(t.Context())
-		if err == nil && ok(ci) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("consumer never reached %s: %+v (%v)", what, ci, err)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	var ci *jetstream.ConsumerInfo
+	var err error
+	testwait.UntilReport(t, 10*time.Second, func() bool {
+		ci, err = cons.Info(t.Context())
+		return err == nil && ok(ci)
+	}, func() string { return fmt.Sprintf("consumer never reached %s: %+v (%v)", what, ci, err) })
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"github.com/heraldhq/herald/internal/testlog"
 	"log/slog"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"github.com/heraldhq/herald/broker"
 	"github.com/heraldhq/herald/broker/natsjs"
 	"github.com/heraldhq/herald/envelope"
+	"github.com/heraldhq/herald/internal/testwait"
 	"github.com/heraldhq/herald/trace"
 )
 
@@ -42,23 +44,22 @@ func startDev(t *testing.T, args ...string) (url string, stop func() string) {
 		return errb.String()
 	}
 	t.Cleanup(func() { stop() })
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	testwait.UntilReport(t, 30*time.Second, func() bool {
 		for _, line := range strings.Split(out.String(), "\n") {
 			if u, ok := strings.CutPrefix(line, "export NATS_URL="); ok {
-				return u, stop
+				url = u
+				return true
 			}
 		}
 		select {
 		case err := <-done:
 			stopped = true
 			t.Fatalf("herald dev %v ended: %v\n%s%s", args, err, out.String(), errb.String())
-		case <-time.After(10 * time.Millisecond):
+		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("herald dev %v: no export line:\n%s", args, out.String())
-		}
-	}
+		return false
+	}, func() string { return fmt.Sprintf("herald dev %v: no export line:\n%s", args, out.String()) })
+	return url, stop
 }
 
 // TestDevLogsTheServerOnlyWhenVerbose: herald dev's stdout line is what a

@@ -13,6 +13,7 @@ import (
 
 	"github.com/heraldhq/herald/broker"
 	"github.com/heraldhq/herald/broker/natsjs"
+	"github.com/heraldhq/herald/internal/testwait"
 	"github.com/heraldhq/herald/store"
 	"github.com/heraldhq/herald/store/sqlite"
 	"github.com/heraldhq/herald/trace"
@@ -181,22 +182,22 @@ func TestDevPrintsTheNATSURL(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- cmd.ExecuteContext(ctx) }()
 	var url string
-	deadline := time.Now().Add(30 * time.Second)
-	for url == "" {
+	testwait.UntilReport(t, 30*time.Second, func() bool {
 		for _, line := range strings.Split(out.String(), "\n") {
 			if u, ok := strings.CutPrefix(line, "export NATS_URL="); ok {
 				url = u
 			}
 		}
+		if url != "" {
+			return true
+		}
 		select {
 		case err := <-done:
 			t.Fatalf("herald dev ended: %v\n%s", err, out.String())
-		case <-time.After(10 * time.Millisecond):
+		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no export line:\n%s", out.String())
-		}
-	}
+		return false
+	}, func() string { return "no export line:\n" + out.String() })
 	t.Setenv("NATS_URL", url)
 	if _, err := runCLI(t, "trace", "no-such-flow"); !errors.Is(err, trace.ErrNotFound) {
 		t.Errorf("herald trace with NATS_URL=%s: %v, want trace.ErrNotFound (connected, and dev created the trace stream)", url, err)

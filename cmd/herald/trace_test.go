@@ -12,6 +12,7 @@ import (
 	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/broker/natsjs"
 	"github.com/heraldhq/herald/envelope"
+	"github.com/heraldhq/herald/internal/testwait"
 	"github.com/heraldhq/herald/trace"
 )
 
@@ -52,14 +53,12 @@ func TestTraceAndTail(t *testing.T) {
 	}
 	url := "--nats=" + b.URL()
 	var out string
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	deadline := time.Now().Add(10 * time.Second) // for both waits
+	// On a timeout the checks below show the last output.
+	_ = testwait.For(time.Until(deadline), "herald trace to show the handle", func() bool {
 		out, err = runCLI(t, "trace", confirmed.ID, url) // an event id finds its flow
-		if err == nil && strings.Contains(out, "handle") || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return err == nil && strings.Contains(out, "handle")
+	})
 	if err != nil {
 		t.Fatalf("herald trace: %v\n%s", err, out)
 	}
@@ -90,12 +89,15 @@ func TestTraceAndTail(t *testing.T) {
 	go func() { done <- cmd.ExecuteContext(tctx) }()
 	// Records stored before tail's consumer exists are not shown: keep
 	// recording until one arrives.
-	for !strings.Contains(buf.String(), "shipping/schedule") && time.Now().Before(deadline) {
+	_ = testwait.For(time.Until(deadline), "tail to show a record", func() bool {
+		if strings.Contains(buf.String(), "shipping/schedule") {
+			return true
+		}
 		for _, o := range obs {
 			rec.Observe(ctx, o)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return false
+	})
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("herald tail: %v", err)

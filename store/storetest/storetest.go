@@ -44,6 +44,7 @@ import (
 	"time"
 
 	"github.com/heraldhq/herald/envelope"
+	"github.com/heraldhq/herald/internal/testwait"
 	"github.com/heraldhq/herald/store"
 )
 
@@ -278,20 +279,15 @@ func Settle(t testing.TB, s *store.Store) {
 	}
 	const q = `SELECT COUNT(*) FROM herald_outbox
 		WHERE published_at IS NULL AND NOT (txid < pg_snapshot_xmin(pg_current_snapshot()))`
-	deadline := time.Now().Add(time.Minute)
-	for {
-		var n int
+	var n int
+	testwait.UntilReport(t, time.Minute, func() bool {
 		if err := s.DB().QueryRow(q).Scan(&n); err != nil {
 			t.Fatalf("storetest.Settle: %v", err)
 		}
-		if n == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("storetest.Settle: %d committed outbox rows still held back by transactions in flight after a minute", n)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return n == 0
+	}, func() string {
+		return fmt.Sprintf("storetest.Settle: %d committed outbox rows still held back by transactions in flight", n)
+	})
 }
 
 // pending settles, then returns OutboxPendingList of service, up to limit rows.

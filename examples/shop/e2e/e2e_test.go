@@ -27,6 +27,7 @@ import (
 	"github.com/heraldhq/herald/examples/shop/service/orders"
 	"github.com/heraldhq/herald/internal/natsserver"
 	"github.com/heraldhq/herald/internal/testdb"
+	"github.com/heraldhq/herald/internal/testwait"
 )
 
 const (
@@ -455,23 +456,23 @@ func (p *proc) running() bool {
 
 // waitHTTP waits until the process answers HTTP on its address.
 func (p *proc) waitHTTP(timeout time.Duration) {
-	deadline := time.Now().Add(timeout)
 	c := &http.Client{Timeout: time.Second}
-	for {
-		if !p.running() {
-			p.t.Errorf("%s exited at start:\n%s", p.name, tail(p.logPath, 4000))
-			return
+	var exited bool
+	var err error
+	if testwait.For(timeout, p.name+" to answer HTTP", func() bool {
+		if exited = !p.running(); exited {
+			return true
 		}
-		resp, err := c.Get("http://" + p.addr + "/")
-		if err == nil {
+		var resp *http.Response
+		if resp, err = c.Get("http://" + p.addr + "/"); err == nil {
 			resp.Body.Close()
-			return
+			return true
 		}
-		if time.Now().After(deadline) {
-			p.t.Errorf("%s does not answer HTTP on %s after %v: %v", p.name, p.addr, timeout, err)
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
+		return false
+	}) != nil {
+		p.t.Errorf("%s does not answer HTTP on %s after %v: %v", p.name, p.addr, timeout, err)
+	} else if exited {
+		p.t.Errorf("%s exited at start:\n%s", p.name, tail(p.logPath, 4000))
 	}
 }
 

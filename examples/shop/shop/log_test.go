@@ -2,6 +2,7 @@ package shop
 
 import (
 	"context"
+	"fmt"
 	"github.com/heraldhq/herald/internal/testlog"
 	"log/slog"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/heraldhq/herald/broker/natsjs"
+	"github.com/heraldhq/herald/internal/testwait"
 )
 
 // TestServiceLogLinesNameTheServiceOnce: every line a service process logs
@@ -34,17 +36,14 @@ func TestServiceLogLinesNameTheServiceOnce(t *testing.T) {
 	}()
 	waitFor := func(what string, cond func() bool) {
 		t.Helper()
-		deadline := time.Now().Add(30 * time.Second)
-		for !cond() {
+		testwait.UntilReport(t, 30*time.Second, func() bool {
 			select {
 			case code := <-done:
 				t.Fatalf("the service exited (%d) while waiting for %s:\n%s", code, what, errb.String())
-			case <-time.After(20 * time.Millisecond):
+			default:
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("no %s after 30s:\nstdout: %s\nstderr: %s", what, out.String(), errb.String())
-			}
-		}
+			return cond()
+		}, func() string { return fmt.Sprintf("no %s:\nstdout: %s\nstderr: %s", what, out.String(), errb.String()) })
 	}
 	waitFor("HTTP", func() bool { return strings.Contains(out.String(), "orders listening on http://") })
 	api := strings.TrimSpace(strings.TrimPrefix(out.String(), "orders listening on "))

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"flag"
+	"fmt"
 	"github.com/heraldhq/herald/internal/testlog"
 	"log/slog"
 	"net"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/heraldhq/herald/broker/natsjs"
+	"github.com/heraldhq/herald/internal/testwait"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -204,17 +206,14 @@ func TestServiceWaitsForNATS(t *testing.T) {
 	attempts := func() int { return strings.Count(errb.String(), `msg="herald/natsjs: cannot connect; retrying"`) }
 	waitFor := func(what string, cond func() bool) {
 		t.Helper()
-		deadline := time.Now().Add(30 * time.Second)
-		for !cond() {
+		testwait.UntilReport(t, 30*time.Second, func() bool {
 			select {
 			case code := <-done:
 				t.Fatalf("the service exited (%d) while waiting for %s:\n%s", code, what, errb.String())
-			case <-time.After(20 * time.Millisecond):
+			default:
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("no %s after 30s:\nstdout: %s\nstderr: %s", what, out.String(), errb.String())
-			}
-		}
+			return cond()
+		}, func() string { return fmt.Sprintf("no %s:\nstdout: %s\nstderr: %s", what, out.String(), errb.String()) })
 	}
 	waitFor("second failed attempt", func() bool { return attempts() >= 2 })
 	log := errb.String()

@@ -13,6 +13,7 @@ import (
 	"github.com/heraldhq/herald/examples/shop/service/orders"
 	"github.com/heraldhq/herald/examples/shop/shop"
 	"github.com/heraldhq/herald/internal/testdb"
+	"github.com/heraldhq/herald/internal/testwait"
 	"github.com/heraldhq/herald/store"
 )
 
@@ -122,20 +123,15 @@ func TestOrderFlowsToShippedAndVerifiedReview(t *testing.T) {
 		}
 		ids = append(ids, body["id"].(string))
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		counts, err := sys.Orders.CountByStatus(ctx)
+	var counts map[string]int
+	testwait.UntilReport(t, 30*time.Second, func() bool {
+		var err error
+		counts, err = sys.Orders.CountByStatus(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if counts[orders.StatusShipped] == n {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("statuses %v, want %d shipped", counts, n)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return counts[orders.StatusShipped] == n
+	}, func() string { return fmt.Sprintf("statuses %v, want %d shipped", counts, n) })
 	o, err := sys.Orders.Get(ctx, ids[0])
 	if err != nil || o.Status != orders.StatusShipped || len(o.Items) != 2 {
 		t.Fatalf("order = %+v, %v", o, err)

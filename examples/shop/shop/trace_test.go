@@ -14,6 +14,7 @@ import (
 	"github.com/heraldhq/herald/examples/shop/service/orders"
 	"github.com/heraldhq/herald/examples/shop/shop"
 	"github.com/heraldhq/herald/internal/testdb"
+	"github.com/heraldhq/herald/internal/testwait"
 	"github.com/heraldhq/herald/metrics"
 	"github.com/heraldhq/herald/notify"
 	"github.com/heraldhq/herald/trace"
@@ -75,46 +76,41 @@ func TestOneOrdersTraceIsCompleteAndCausal(t *testing.T) {
 	// The flow is done when the order is shipped and every notification of
 	// its flow is sent: confirmation, shipment update (a digest), shipped
 	// (e-mail and push).
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	deadline := time.Now().Add(30 * time.Second) // for both waits
+	var status string
+	var nsent int
+	var ds []notify.Delivery
+	testwait.UntilReport(t, time.Until(deadline), func() bool {
 		o, err := sys.Orders.Get(ctx, id)
 		if err != nil {
 			t.Fatal(err)
 		}
-		ds, err := sys.Notifications.Notifier.Deliveries(ctx, notify.DeliveryFilter{CorrelationID: id})
+		status = o.Status
+		ds, err = sys.Notifications.Notifier.Deliveries(ctx, notify.DeliveryFilter{CorrelationID: id})
 		if err != nil {
 			t.Fatal(err)
 		}
-		sent := 0
+		nsent = 0
 		for _, d := range ds {
 			if d.State == notify.Sent || d.State == notify.Delivered {
-				sent++
+				nsent++
 			}
 		}
-		if o.Status == orders.StatusShipped && sent >= 4 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("order %s is %s with %d of 4 notifications sent: %+v", id, o.Status, sent, ds)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return o.Status == orders.StatusShipped && nsent >= 4
+	}, func() string {
+		return fmt.Sprintf("order %s is %s with %d of 4 notifications sent: %+v", id, status, nsent, ds)
+	})
 
 	// The records arrive asynchronously: read until the deliveries are in.
 	var tree *trace.Tree
-	for {
-		recs, err := trace.Collect(ctx, b, id)
-		if err == nil {
-			tree = trace.Build(recs)
-			if countHops(tree, herald.HopDeliver, notify.Sent, notify.Delivered) >= 4 {
-				break
-			}
+	testwait.UntilReport(t, time.Until(deadline), func() bool {
+		var recs []trace.Record
+		if recs, err = trace.Collect(ctx, b, id); err != nil {
+			return false
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("trace of %s incomplete (err %v):\n%s", id, err, format(tree))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		tree = trace.Build(recs)
+		return countHops(tree, herald.HopDeliver, notify.Sent, notify.Delivered) >= 4
+	}, func() string { return fmt.Sprintf("trace of %s incomplete (err %v):\n%s", id, err, format(tree)) })
 	out := format(tree)
 	t.Logf("trace of order %s:\n%s", id, out)
 
