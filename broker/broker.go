@@ -127,6 +127,27 @@ type DeadLetter struct {
 
 // Broker is a transport: provisioning, publishing, consuming, dead letters
 // and replay.
+//
+// What herald's consumer relies on, and where brokertest checks it:
+//
+//   - Part of this contract, for every transport: a subscription's events
+//     arrive in publish order, in batches in that order, with Sequence
+//     strictly increasing (PublishConsumeInOrder); headers and data arrive
+//     intact, also on a redelivery (RoundTripLossless, NakRedeliversInPlace);
+//     Ack, Nak, InProgress and Term do what they say and a redelivery keeps
+//     its Sequence and counts up NumDelivered (NakDelayRedelivers,
+//     NakRedeliversInPlace, AckWaitRedelivers, InProgressPostponesRedelivery,
+//     TermNeverRedelivered). The Capabilities a transport declares (Dedup by
+//     envelope ID, AckWait, …) are checked as declared.
+//   - Optional, checked when the broker implements the interface:
+//     PendingCounter counts what is out as deliveries are held, acked,
+//     in progress and terminated (PendingCount); PendingStater's AckFloor
+//     and Delivered follow the acks (PendingState, PendingStateFloor);
+//     Resumer's Epoch changes when the connection comes back, consumption
+//     goes on on the same Consume call, and what was out comes back after
+//     its ack wait (ResumeAfterReconnect, for brokers a test can disconnect,
+//     brokertest.Disconnecter). herald keeps order per key after a crash or
+//     a reconnect only on transports that implement them.
 type Broker interface {
 	Publisher
 	Subscriber

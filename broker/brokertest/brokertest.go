@@ -95,6 +95,10 @@ func Run(t *testing.T, caps Capabilities, newBroker func(t *testing.T) broker.Br
 		{"CallsAfterCloseFail", nil, s.callsAfterCloseFail},
 		{"PersistentAcrossBrokers", func(c Capabilities) bool { return c.Persistent }, s.persistentAcrossBrokers},
 		{"PendingState", nil, s.pendingState},
+		{"PendingCount", nil, s.pendingCount},
+		{"PendingStateFloor", nil, s.pendingStateFloor},
+		{"NakRedeliversInPlace", nil, s.nakRedeliversInPlace},
+		{"ResumeAfterReconnect", nil, s.resumeAfterReconnect},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

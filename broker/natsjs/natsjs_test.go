@@ -261,7 +261,7 @@ func TestConformanceExternal(t *testing.T) {
 		if err != nil {
 			t.Fatalf("Connect: %v", err)
 		}
-		return b
+		return &reconnectable{Broker: b} // for ResumeAfterReconnect
 	})
 }
 
