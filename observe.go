@@ -27,13 +27,19 @@ const (
 	HopDeliver    Hop = "deliver"     // the notifier delivered (or failed) a notification
 )
 
-// Outcomes of an observation.
+// Outcome is how one hop of an event ended.
+type Outcome string
+
+// The outcomes of an observation.
 const (
-	OutcomeOK        = "ok"
-	OutcomeDuplicate = "duplicate" // a redelivery the inbox absorbed
-	OutcomeRetry     = "retry"     // a handler failed and will run again
-	OutcomeError     = "error"
+	OutcomeOK        Outcome = "ok"
+	OutcomeDuplicate Outcome = "duplicate" // a redelivery the inbox absorbed
+	OutcomeRetry     Outcome = "retry"     // a handler failed and will run again
+	OutcomeError     Outcome = "error"
 )
+
+// String returns the outcome's name, e.g. "ok": what metrics label it with.
+func (o Outcome) String() string { return string(o) }
 
 // Observation is what happened at one hop to one event. Event carries the
 // attributes only (no data).
@@ -44,7 +50,7 @@ type Observation struct {
 	Event        envelope.Envelope
 	Start        time.Time
 	Duration     time.Duration
-	Outcome      string
+	Outcome      Outcome
 	Reason       string // dead-letter reason, delivery channel, …
 	Attempt      int
 	Err          error

@@ -26,7 +26,7 @@ type hopLog struct {
 func (h *hopLog) Observe(_ context.Context, o herald.Observation) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.hops[o.Event.CorrelationID] = append(h.hops[o.Event.CorrelationID], o.Service+":"+string(o.Hop)+":"+o.Outcome)
+	h.hops[o.Event.CorrelationID] = append(h.hops[o.Event.CorrelationID], o.Service+":"+string(o.Hop)+":"+o.Outcome.String())
 }
 
 func TestObserversSeeEveryHop(t *testing.T) {

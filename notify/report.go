@@ -227,7 +227,7 @@ func (n *Notifier) reportEnded(ctx context.Context, e decidedEntry) {
 			"event", d.EventID, "delivery", d.ID, "reason", d.Reason)
 	}
 	ob := n.deliverObservation(d)
-	ob.Start, ob.Outcome = e.at, string(d.State)
+	ob.Start, ob.Outcome = e.at, herald.Outcome(d.State)
 	ob.Err = deliveryError(d.State, false, d.Reason, "")
 	n.svc.Observe(ctx, ob)
 }

@@ -317,7 +317,7 @@ func (n *Notifier) observeDelivery(ctx context.Context, j recordJob, o outcome) 
 		return
 	}
 	ob := n.deliverObservation(&j.w.Delivery)
-	ob.Start, ob.Duration, ob.Outcome, ob.Attempt = j.start, j.took, string(o.state), o.attempts
+	ob.Start, ob.Duration, ob.Outcome, ob.Attempt = j.start, j.took, herald.Outcome(o.state), o.attempts
 	if o.retry {
 		ob.Outcome = herald.OutcomeRetry
 	}
