@@ -78,7 +78,7 @@ func newWorld(t *testing.T, dialect string, opts ...herald.SubscribeOption) *wor
 	if _, err := w.sst.DB().Exec(`CREATE TABLE progress (order_id TEXT PRIMARY KEY, n INTEGER NOT NULL)`); err != nil {
 		t.Fatal(err)
 	}
-	fast := herald.WithRetry(herald.RetryPolicy{MaxAttempts: 4, BaseDelay: 5 * time.Millisecond, MaxDelay: 50 * time.Millisecond})
+	fast := herald.Retry(herald.RetryPolicy{MaxAttempts: 4, BaseDelay: 5 * time.Millisecond, MaxDelay: 50 * time.Millisecond})
 	w.orders, err = herald.New("orders", herald.WithStore(w.ost), herald.WithBroker(b),
 		herald.WithRelay(herald.RelayConfig{PollInterval: 50 * time.Millisecond}))
 	must(t, err)

@@ -93,13 +93,13 @@ func (f ObserverFunc) Observe(ctx context.Context, o Observation) { f(ctx, o) }
 
 // WithObserver adds an observer to the service; several may be added.
 func WithObserver(o Observer) Option {
-	return func(c *config) error {
+	return serviceOption(func(c *config) error {
 		if o == nil {
 			return fmt.Errorf("%w: nil observer", ErrInvalidOption)
 		}
 		c.observers = append(c.observers, o)
 		return nil
-	}
+	})
 }
 
 // ObserverStats counts what the service's observers lost.

@@ -245,7 +245,7 @@ func WithPollInterval(d time.Duration) Option {
 }
 
 // WithSendRetry sets the retry policy of sends; zero fields keep their
-// defaults. (herald.WithRetry is the other tier's: how a subscription
+// defaults. (herald.Retry is the other tier's: how a subscription
 // retries its handler.)
 func WithSendRetry(r Retry) Option {
 	return func(c *config) error {
