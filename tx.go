@@ -122,7 +122,7 @@ func (s *Service) finish(ctx context.Context, t *txn, err error) error {
 	}
 	t.done = true
 	if err != nil {
-		if rbErr := t.sql.Rollback(); rbErr != nil && rbErr != sql.ErrTxDone {
+		if rbErr := t.sql.Rollback(); rbErr != nil && !errors.Is(rbErr, sql.ErrTxDone) {
 			s.log.Warn("rollback failed", "err", rbErr)
 		}
 		return err
