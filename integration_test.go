@@ -259,13 +259,13 @@ func TestExhaustedAndPermanentGoToDeadLetters(t *testing.T) {
 		t.Fatalf("permanent dead letter = %+v", perm)
 	}
 	// Dry run shows, replay re-delivers to the same subscription only.
-	would, err := w.shipping.ReplayDeadLetters(ctx, herald.DeadLetterFilter{}, true)
+	would, err := w.shipping.ReplayDeadLetters(ctx, herald.DeadLetterFilter{}, herald.DryRun())
 	must(t, err)
 	if len(would) != 2 {
 		t.Fatalf("dry run would replay %d", len(would))
 	}
 	broken.Store(false)
-	done, err := w.shipping.ReplayDeadLetters(ctx, herald.DeadLetterFilter{Reason: store.ReasonExhausted}, false)
+	done, err := w.shipping.ReplayDeadLetters(ctx, herald.DeadLetterFilter{Reason: store.ReasonExhausted})
 	must(t, err)
 	if len(done) != 1 {
 		t.Fatalf("replayed %d", len(done))
@@ -357,7 +357,7 @@ func TestGarbageIsDeadLetteredAndValidEventsKeepFlowing(t *testing.T) {
 	}
 	w.checkExactlyOnce(t, 11)
 	// Malformed messages keep their bytes but cannot be replayed.
-	_, err = w.shipping.ReplayDeadLetters(ctx, herald.DeadLetterFilter{IDs: []int64{dls[0].ID}}, false)
+	_, err = w.shipping.ReplayDeadLetters(ctx, herald.DeadLetterFilter{IDs: []int64{dls[0].ID}})
 	if !errors.Is(err, herald.ErrNotReplayable) {
 		t.Fatalf("replay of random bytes: %v", err)
 	}

@@ -13,6 +13,7 @@ package herald
 //	Domain, Integration, Notification ContractOption
 //	Subscribe, Receive                SubscribeOption
 //	Handle                            HandleOption
+//	Service.ReplayDeadLetters         ReplayOption
 
 // Option configures a Service: New takes it.
 type Option interface {
@@ -35,17 +36,37 @@ type HandleOption interface {
 	applyHandle(*handleConfig) error
 }
 
+// ReplayOption tunes Service.ReplayDeadLetters.
+type ReplayOption interface {
+	applyReplay(*replayConfig) error
+}
+
+type replayConfig struct {
+	dryRun bool
+}
+
+// DryRun makes ReplayDeadLetters only return the dead letters it would
+// replay, changing nothing.
+func DryRun() ReplayOption {
+	return replayOption(func(c *replayConfig) error {
+		c.dryRun = true
+		return nil
+	})
+}
+
 // The options that fit one call only are functions of these types.
 type (
 	serviceOption   func(*config) error
 	contractOption  func(*contractBase) error
 	subscribeOption func(*subConfig) error
 	handleOption    func(*handleConfig) error
+	replayOption    func(*replayConfig) error
 )
 
 func (f serviceOption) applyService(c *config) error         { return f(c) }
 func (f contractOption) applyContract(c *contractBase) error { return f(c) }
 func (f subscribeOption) applySubscribe(c *subConfig) error  { return f(c) }
+func (f replayOption) applyReplay(c *replayConfig) error     { return f(c) }
 func (f handleOption) applyHandle(c *handleConfig) error     { return f(c) }
 
 // RetryOption is the option Retry returns. It fits New, where it sets the
