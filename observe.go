@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/heraldhq/herald/envelope"
+	"github.com/heraldhq/herald/internal/observehook"
 )
 
 // Hop names one step of an event's journey through the three tiers.
@@ -132,9 +133,13 @@ func (s *Service) observeBatch(ctx context.Context, b BatchObservation) {
 	s.obs.observeBatch(ctx, b)
 }
 
-// Observe lets packages built on herald (the notifier) report their hops
-// through the service's observers.
-func (s *Service) Observe(ctx context.Context, o Observation) { s.observe(ctx, o) }
+// The notifier reports its hops through the service's observers by the
+// internal hook, not by an exported method.
+func init() {
+	observehook.Observe = func(ctx context.Context, svc, o any) {
+		svc.(*Service).observe(ctx, o.(Observation))
+	}
+}
 
 // observing reports whether anyone listens, so hot paths skip building
 // observations nobody reads.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/internal/backoff"
+	"github.com/heraldhq/herald/internal/observehook"
 	"github.com/sony/gobreaker/v2"
 )
 
@@ -322,7 +323,7 @@ func (n *Notifier) observeDelivery(ctx context.Context, j recordJob, o outcome) 
 		ob.Outcome = herald.OutcomeRetry
 	}
 	ob.Err = deliveryError(o.state, o.retry, o.reason, o.lastErr)
-	n.svc.Observe(ctx, ob)
+	observehook.Observe(ctx, n.svc, ob)
 }
 
 // attempt decides what to do with a claimed row and, if anything is to be
