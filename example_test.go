@@ -55,6 +55,15 @@ func exampleDB(ctx context.Context, dir, name string) *store.Store {
 	return st
 }
 
+// exampleDir is a temporary directory, for examples without a broker.
+func exampleDir() (dir string, done func()) {
+	dir, err := os.MkdirTemp("", "herald-example-")
+	if err != nil {
+		panic(err)
+	}
+	return dir, func() { os.RemoveAll(dir) }
+}
+
 // exampleWorld is a temporary directory and an in-process JetStream.
 func exampleWorld(ctx context.Context) (dir string, b *natsjs.Broker, done func()) {
 	dir, err := os.MkdirTemp("", "herald-example-")
@@ -279,11 +288,8 @@ func ExampleWithObserver() {
 // as BatchSize given to New, does not compile.
 func ExampleRetry() {
 	ctx := context.Background()
-	dir, err := os.MkdirTemp("", "herald-example-")
-	if err != nil {
-		panic(err)
-	}
-	defer os.RemoveAll(dir)
+	dir, done := exampleDir()
+	defer done()
 
 	patient := herald.RetryPolicy{MaxAttempts: 20, BaseDelay: 100 * time.Millisecond, MaxDelay: 5 * time.Second}
 	shipping, err := herald.New("shipping", herald.WithStore(exampleDB(ctx, dir, "shipping")), quietLog,
@@ -310,11 +316,8 @@ func ExampleRetry() {
 // (Subscribe, Receive). The manifest shows it.
 func ExampleEmits() {
 	ctx := context.Background()
-	dir, err := os.MkdirTemp("", "herald-example-")
-	if err != nil {
-		panic(err)
-	}
-	defer os.RemoveAll(dir)
+	dir, done := exampleDir()
+	defer done()
 
 	orders, err := herald.New("orders", herald.WithStore(exampleDB(ctx, dir, "orders")), quietLog,
 		herald.ServiceVersion("1.4.2"))
