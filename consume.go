@@ -168,7 +168,7 @@ func (o consumerObserver) Batch(ctx context.Context, start time.Time, d time.Dur
 	o.s.observeBatch(ctx, BatchObservation{Subscription: o.sub, Start: start, Duration: d, Events: events})
 }
 
-var consumerOutcomes = [...]string{
+var consumerOutcomes = [...]Outcome{
 	consumer.OutcomeOK:        OutcomeOK,
 	consumer.OutcomeDuplicate: OutcomeDuplicate,
 	consumer.OutcomeRetry:     OutcomeRetry,

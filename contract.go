@@ -53,42 +53,40 @@ func (c *contractBase) String() string {
 	return fmt.Sprintf("%s contract %q v%d", c.kind, c.name, c.version)
 }
 
-// ContractOption configures a contract.
-type ContractOption func(*contractBase)
-
 // Version sets a contract's version (default 1). Bump it for a breaking
 // change of the payload; consumers declare which versions they accept.
 func Version(v int) ContractOption {
-	return func(c *contractBase) {
-		if v < 1 {
-			c.err = fmt.Errorf("version %d < 1", v)
-		}
+	return contractOption(func(c *contractBase) error {
 		c.version = v
-	}
+		if v < 1 {
+			return fmt.Errorf("version %d < 1", v)
+		}
+		return nil
+	})
 }
 
 // WithCodec sets the codec of the event's data (default envelope.JSON).
 func WithCodec(codec envelope.Codec) ContractOption {
-	return func(c *contractBase) {
+	return contractOption(func(c *contractBase) error {
 		if codec == nil {
-			c.err = fmt.Errorf("nil codec")
-			return
+			return fmt.Errorf("nil codec")
 		}
 		c.codec = codec
-	}
+		return nil
+	})
 }
 
 // KeyBy sets the partition-key function of an integration contract: events
 // with the same key are handled in publish order. T must be the contract's
 // payload type.
 func KeyBy[T any](fn func(T) string) ContractOption {
-	return func(c *contractBase) {
+	return contractOption(func(c *contractBase) error {
 		if fn == nil {
-			c.err = fmt.Errorf("nil KeyBy function")
-			return
+			return fmt.Errorf("nil KeyBy function")
 		}
 		c.keyFn = fn
-	}
+		return nil
+	})
 }
 
 // DomainEvent is the contract of a domain event with payload T: private to
@@ -107,7 +105,15 @@ func newBase[T any](name string, kind Kind, opts []ContractOption) contractBase 
 	c := contractBase{name: name, version: 1, kind: kind, codec: envelope.JSON,
 		payload: reflect.TypeFor[T]()}
 	for _, o := range opts {
-		o(&c)
+		if o == nil {
+			if c.err == nil {
+				c.err = fmt.Errorf("nil option")
+			}
+			continue
+		}
+		if err := o.applyContract(&c); err != nil && c.err == nil {
+			c.err = err
+		}
 	}
 	if c.keyFn != nil {
 		if _, ok := c.keyFn.(func(T) string); !ok && c.err == nil {

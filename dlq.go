@@ -51,7 +51,7 @@ var ErrNotReplayable = errors.New("herald: dead letter cannot be replayed")
 
 // ReplayDeadLetters re-delivers the service's dead letters matching f, each
 // to the subscription that dead-lettered it and to no other, and removes
-// them from the dead-letter table. With dryRun it only returns what it
+// them from the dead-letter table. With DryRun it only returns what it
 // would replay. Replay runs the handler again: the event's inbox row is
 // cleared first.
 //
@@ -63,9 +63,18 @@ var ErrNotReplayable = errors.New("herald: dead letter cannot be replayed")
 // part put back would be parked again behind the rest and come out of
 // order; a dry run lists what f selects. One the broker refuses again is
 // parked again.
-func (s *Service) ReplayDeadLetters(ctx context.Context, f DeadLetterFilter, dryRun bool) ([]DeadLetter, error) {
+func (s *Service) ReplayDeadLetters(ctx context.Context, f DeadLetterFilter, opts ...ReplayOption) ([]DeadLetter, error) {
+	var rc replayConfig
+	for _, o := range opts {
+		if o == nil {
+			return nil, fmt.Errorf("%w: service %s: ReplayDeadLetters: nil option", ErrInvalidOption, s.name)
+		}
+		if err := o.applyReplay(&rc); err != nil {
+			return nil, fmt.Errorf("service %s: ReplayDeadLetters: %w", s.name, err)
+		}
+	}
 	dls, err := s.DeadLetters(ctx, f)
-	if err != nil || dryRun {
+	if err != nil || rc.dryRun {
 		return dls, err
 	}
 	var parked []int64

@@ -120,7 +120,7 @@ func TestHandlerEventTooLargeIsPermanent(t *testing.T) {
 	must(t, err)
 	must(t, herald.Translate(prod, bigOrderPlaced, bigOrderConfirmed, func(_ context.Context, o bigOrder) (bigOrder, error) { return o, nil }))
 	cons, err := herald.New("shipping", herald.WithStore(testdb.SQLite(t)), herald.WithBroker(b), herald.WithLogger(quiet),
-		herald.WithRetry(herald.RetryPolicy{MaxAttempts: 5, BaseDelay: time.Second, MaxDelay: time.Second}))
+		herald.Retry(herald.RetryPolicy{MaxAttempts: 5, BaseDelay: time.Second, MaxDelay: time.Second}))
 	must(t, err)
 	must(t, cons.Register(bigNotice))
 	limit := b.MaxEventSize()

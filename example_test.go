@@ -55,6 +55,15 @@ func exampleDB(ctx context.Context, dir, name string) *store.Store {
 	return st
 }
 
+// exampleDir is a temporary directory, for examples without a broker.
+func exampleDir() (dir string, done func()) {
+	dir, err := os.MkdirTemp("", "herald-example-")
+	if err != nil {
+		panic(err)
+	}
+	return dir, func() { os.RemoveAll(dir) }
+}
+
 // exampleWorld is a temporary directory and an in-process JetStream.
 func exampleWorld(ctx context.Context) (dir string, b *natsjs.Broker, done func()) {
 	dir, err := os.MkdirTemp("", "herald-example-")
@@ -271,4 +280,76 @@ func ExampleWithObserver() {
 	fmt.Println(hops)
 	mu.Unlock()
 	// Output: [orders record orders.placed ok]
+}
+
+// Retry is one option for two calls: passed to New it is the default retry
+// policy of every subscription of the service, passed to Subscribe (or
+// Receive) it is that subscription's own. An option that fits neither, such
+// as BatchSize given to New, does not compile.
+func ExampleRetry() {
+	ctx := context.Background()
+	dir, done := exampleDir()
+	defer done()
+
+	patient := herald.RetryPolicy{MaxAttempts: 20, BaseDelay: 100 * time.Millisecond, MaxDelay: 5 * time.Second}
+	shipping, err := herald.New("shipping", herald.WithStore(exampleDB(ctx, dir, "shipping")), quietLog,
+		herald.Retry(herald.RetryPolicy{MaxAttempts: 3, BaseDelay: 50 * time.Millisecond, MaxDelay: time.Second}))
+	if err != nil {
+		panic(err)
+	}
+	err = herald.Subscribe(shipping, exOrderConfirmed, "schedule-shipment",
+		func(ctx context.Context, tx herald.Tx, e OrderConfirmed) error { return nil },
+		herald.Retry(patient), herald.BatchSize(32))
+	fmt.Println("subscribed:", err == nil)
+
+	err = herald.Subscribe(shipping, exOrderConfirmed, "bill",
+		func(ctx context.Context, tx herald.Tx, e OrderConfirmed) error { return nil },
+		herald.Retry(herald.RetryPolicy{MaxAttempts: 0}))
+	fmt.Println("invalid policy:", errors.Is(err, herald.ErrInvalidOption))
+	// Output:
+	// subscribed: true
+	// invalid policy: true
+}
+
+// Emits declares what a handler records and notifies, for the catalog: the
+// same option for a domain handler (Handle) and for a subscription
+// (Subscribe, Receive). The manifest shows it.
+func ExampleEmits() {
+	ctx := context.Background()
+	dir, done := exampleDir()
+	defer done()
+
+	orders, err := herald.New("orders", herald.WithStore(exampleDB(ctx, dir, "orders")), quietLog,
+		herald.ServiceVersion("1.4.2"))
+	if err != nil {
+		panic(err)
+	}
+	mailed := herald.Domain[OrderMail]("orders.mailed")
+	_ = herald.Handle(orders, exOrderPlaced, "mail-buyer",
+		func(ctx context.Context, tx herald.Tx, e OrderPlaced) error {
+			if err := herald.Notify(tx, exOrderMail, OrderMail{OrderID: e.OrderID}); err != nil {
+				return err
+			}
+			return herald.Record(tx, mailed, OrderMail{OrderID: e.OrderID})
+		},
+		herald.Emits(exOrderMail, mailed))
+	_ = herald.Subscribe(orders, exOrderConfirmed, "confirm",
+		func(ctx context.Context, tx herald.Tx, e OrderConfirmed) error { return nil },
+		herald.Emits(mailed))
+
+	m, err := orders.Manifest()
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println("version:", m.Version)
+	for _, h := range m.Handlers {
+		fmt.Println("handler", h.Name, "emits", h.Emits)
+	}
+	for _, s := range m.Subscriptions {
+		fmt.Println("subscription", s.Name, "emits", s.Emits)
+	}
+	// Output:
+	// version: 1.4.2
+	// handler mail-buyer emits [shop.order.mail v1 orders.mailed v1]
+	// subscription confirm emits [orders.mailed v1]
 }

@@ -78,7 +78,7 @@ func newWorld(t *testing.T, dialect string, opts ...herald.SubscribeOption) *wor
 	if _, err := w.sst.DB().Exec(`CREATE TABLE progress (order_id TEXT PRIMARY KEY, n INTEGER NOT NULL)`); err != nil {
 		t.Fatal(err)
 	}
-	fast := herald.WithRetry(herald.RetryPolicy{MaxAttempts: 4, BaseDelay: 5 * time.Millisecond, MaxDelay: 50 * time.Millisecond})
+	fast := herald.Retry(herald.RetryPolicy{MaxAttempts: 4, BaseDelay: 5 * time.Millisecond, MaxDelay: 50 * time.Millisecond})
 	w.orders, err = herald.New("orders", herald.WithStore(w.ost), herald.WithBroker(b),
 		herald.WithRelay(herald.RelayConfig{PollInterval: 50 * time.Millisecond}))
 	must(t, err)
@@ -259,13 +259,13 @@ func TestExhaustedAndPermanentGoToDeadLetters(t *testing.T) {
 		t.Fatalf("permanent dead letter = %+v", perm)
 	}
 	// Dry run shows, replay re-delivers to the same subscription only.
-	would, err := w.shipping.ReplayDeadLetters(ctx, herald.DeadLetterFilter{}, true)
+	would, err := w.shipping.ReplayDeadLetters(ctx, herald.DeadLetterFilter{}, herald.DryRun())
 	must(t, err)
 	if len(would) != 2 {
 		t.Fatalf("dry run would replay %d", len(would))
 	}
 	broken.Store(false)
-	done, err := w.shipping.ReplayDeadLetters(ctx, herald.DeadLetterFilter{Reason: store.ReasonExhausted}, false)
+	done, err := w.shipping.ReplayDeadLetters(ctx, herald.DeadLetterFilter{Reason: store.ReasonExhausted})
 	must(t, err)
 	if len(done) != 1 {
 		t.Fatalf("replayed %d", len(done))
@@ -357,7 +357,7 @@ func TestGarbageIsDeadLetteredAndValidEventsKeepFlowing(t *testing.T) {
 	}
 	w.checkExactlyOnce(t, 11)
 	// Malformed messages keep their bytes but cannot be replayed.
-	_, err = w.shipping.ReplayDeadLetters(ctx, herald.DeadLetterFilter{IDs: []int64{dls[0].ID}}, false)
+	_, err = w.shipping.ReplayDeadLetters(ctx, herald.DeadLetterFilter{IDs: []int64{dls[0].ID}})
 	if !errors.Is(err, herald.ErrNotReplayable) {
 		t.Fatalf("replay of random bytes: %v", err)
 	}

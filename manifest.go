@@ -14,56 +14,33 @@ import (
 	"github.com/heraldhq/herald/catalog"
 )
 
-// WithVersion sets the service's version as its manifest shows it (default:
-// the program's module version from its build information, with the VCS
-// revision when the module has no version).
-func WithVersion(v string) Option {
-	return func(c *config) error {
+// ServiceVersion sets the service's version as its manifest shows it
+// (default: the program's module version from its build information, with
+// the VCS revision when the module has no version). It is not a contract's
+// Version: it names the build of the service, not the shape of an event.
+func ServiceVersion(v string) Option {
+	return serviceOption(func(c *config) error {
 		if strings.TrimSpace(v) == "" || len(v) > 100 {
 			return fmt.Errorf("%w: version %q: want 1 to 100 characters", ErrInvalidOption, v)
 		}
 		c.version = v
 		return nil
-	}
+	})
 }
 
-// Emits declares what a subscription's handler records (domain events) and
-// notifies (notification events), so that the catalog can follow a chain of
-// events across services (`herald catalog why`): a handler's effects are
-// code, which herald cannot see. The contracts are registered on the service
-// too. It is optional; undeclared effects work the same but the catalog's
-// chains stop at the handler.
+// WithVersion sets the service's version as its manifest shows it.
 //
-//	herald.Subscribe(svc, contract.OrderConfirmedV1, "schedule-shipment", schedule,
-//		herald.Emits(shipmentScheduled))
-func Emits(cs ...Contract) SubscribeOption {
-	return func(c *subConfig) error {
-		if err := checkEmits(cs); err != nil {
-			return err
-		}
-		c.emits = append(c.emits, cs...)
-		return nil
-	}
-}
-
-// HandleOption tunes one domain handler.
-type HandleOption func(*handleConfig) error
+// Deprecated: use ServiceVersion.
+func WithVersion(v string) Option { return ServiceVersion(v) }
 
 type handleConfig struct {
 	emits []Contract
 }
 
-// HandlerEmits is Emits for a domain handler (Handle): the domain events it
-// records and the notifications it emits.
-func HandlerEmits(cs ...Contract) HandleOption {
-	return func(c *handleConfig) error {
-		if err := checkEmits(cs); err != nil {
-			return err
-		}
-		c.emits = append(c.emits, cs...)
-		return nil
-	}
-}
+// HandlerEmits is Emits for a domain handler (Handle).
+//
+// Deprecated: use Emits, which Subscribe, Receive and Handle all take.
+func HandlerEmits(cs ...Contract) HandleOption { return Emits(cs...) }
 
 func checkEmits(cs []Contract) error {
 	for _, c := range cs {
@@ -82,7 +59,7 @@ func checkEmits(cs []Contract) error {
 // notification on (email, push, ...), for the catalog. notify.Route
 // declares them itself.
 func Delivers(channels ...string) SubscribeOption {
-	return func(c *subConfig) error {
+	return subscribeOption(func(c *subConfig) error {
 		for _, ch := range channels {
 			if ch == "" || len(ch) > 100 || strings.ContainsAny(ch, "/* ") || !headerSafe(ch) {
 				return fmt.Errorf("%w: Delivers: channel %q: want 1 to 100 characters without '/', '*', spaces or control characters", ErrInvalidOption, ch)
@@ -92,7 +69,7 @@ func Delivers(channels ...string) SubscribeOption {
 			}
 		}
 		return nil
-	}
+	})
 }
 
 // DescribeContracts returns the catalog description of contracts, each with
@@ -134,7 +111,7 @@ func refs(cs []Contract) []catalog.Ref {
 // Manifest describes the service for the catalog: its name and version,
 // every contract it uses with its JSON Schema, its translations, domain
 // handlers and subscriptions (with the versions each accepts through
-// upcasters), and the effects declared with Emits, HandlerEmits and
+// upcasters), and the effects declared with Emits and
 // Delivers. A started service publishes it where the broker keeps manifests
 // (broker.ManifestStore).
 func (s *Service) Manifest() (catalog.Manifest, error) {

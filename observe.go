@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/heraldhq/herald/envelope"
+	"github.com/heraldhq/herald/internal/observehook"
 )
 
 // Hop names one step of an event's journey through the three tiers.
@@ -27,13 +28,19 @@ const (
 	HopDeliver    Hop = "deliver"     // the notifier delivered (or failed) a notification
 )
 
-// Outcomes of an observation.
+// Outcome is how one hop of an event ended.
+type Outcome string
+
+// The outcomes of an observation.
 const (
-	OutcomeOK        = "ok"
-	OutcomeDuplicate = "duplicate" // a redelivery the inbox absorbed
-	OutcomeRetry     = "retry"     // a handler failed and will run again
-	OutcomeError     = "error"
+	OutcomeOK        Outcome = "ok"
+	OutcomeDuplicate Outcome = "duplicate" // a redelivery the inbox absorbed
+	OutcomeRetry     Outcome = "retry"     // a handler failed and will run again
+	OutcomeError     Outcome = "error"
 )
+
+// String returns the outcome's name, e.g. "ok": what metrics label it with.
+func (o Outcome) String() string { return string(o) }
 
 // Observation is what happened at one hop to one event. Event carries the
 // attributes only (no data).
@@ -44,7 +51,7 @@ type Observation struct {
 	Event        envelope.Envelope
 	Start        time.Time
 	Duration     time.Duration
-	Outcome      string
+	Outcome      Outcome
 	Reason       string // dead-letter reason, delivery channel, …
 	Attempt      int
 	Err          error
@@ -87,13 +94,13 @@ func (f ObserverFunc) Observe(ctx context.Context, o Observation) { f(ctx, o) }
 
 // WithObserver adds an observer to the service; several may be added.
 func WithObserver(o Observer) Option {
-	return func(c *config) error {
+	return serviceOption(func(c *config) error {
 		if o == nil {
 			return fmt.Errorf("%w: nil observer", ErrInvalidOption)
 		}
 		c.observers = append(c.observers, o)
 		return nil
-	}
+	})
 }
 
 // ObserverStats counts what the service's observers lost.
@@ -126,9 +133,13 @@ func (s *Service) observeBatch(ctx context.Context, b BatchObservation) {
 	s.obs.observeBatch(ctx, b)
 }
 
-// Observe lets packages built on herald (the notifier) report their hops
-// through the service's observers.
-func (s *Service) Observe(ctx context.Context, o Observation) { s.observe(ctx, o) }
+// The notifier reports its hops through the service's observers by the
+// internal hook, not by an exported method.
+func init() {
+	observehook.Observe = func(ctx context.Context, svc, o any) {
+		svc.(*Service).observe(ctx, o.(Observation))
+	}
+}
 
 // observing reports whether anyone listens, so hot paths skip building
 // observations nobody reads.

@@ -44,11 +44,11 @@ type TraceContextFunc func(ctx context.Context, e envelope.Envelope) (traceparen
 // package), so that the trace is fixed when the event is recorded, not when
 // the relay publishes it, and consumers continue it from the headers.
 func WithTraceContext(f TraceContextFunc) Option {
-	return func(c *config) error {
+	return serviceOption(func(c *config) error {
 		if f == nil {
 			return fmt.Errorf("%w: nil trace context function", ErrInvalidOption)
 		}
 		c.traceContext = f
 		return nil
-	}
+	})
 }

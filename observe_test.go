@@ -26,7 +26,7 @@ type hopLog struct {
 func (h *hopLog) Observe(_ context.Context, o herald.Observation) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.hops[o.Event.CorrelationID] = append(h.hops[o.Event.CorrelationID], o.Service+":"+string(o.Hop)+":"+o.Outcome)
+	h.hops[o.Event.CorrelationID] = append(h.hops[o.Event.CorrelationID], o.Service+":"+string(o.Hop)+":"+o.Outcome.String())
 }
 
 func TestObserversSeeEveryHop(t *testing.T) {
@@ -41,7 +41,7 @@ func TestObserversSeeEveryHop(t *testing.T) {
 	must(t, err)
 	must(t, herald.Translate(prod, stepRecorded, orderStepped, func(ctx context.Context, s step) (stepped, error) { return stepped(s), nil }))
 	cons, err := herald.New("shipping", herald.WithStore(testdb.SQLite(t)), herald.WithBroker(b), obs, herald.WithLogger(quiet),
-		herald.WithRetry(herald.RetryPolicy{MaxAttempts: 2, BaseDelay: time.Millisecond, MaxDelay: time.Millisecond}))
+		herald.Retry(herald.RetryPolicy{MaxAttempts: 2, BaseDelay: time.Millisecond, MaxDelay: time.Millisecond}))
 	must(t, err)
 	must(t, herald.Subscribe(cons, orderStepped, "track", func(ctx context.Context, tx herald.Tx, s stepped) error {
 		if s.OrderID == "bad" {

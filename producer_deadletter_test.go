@@ -255,7 +255,7 @@ func TestRelayParksEventTheBrokerRefuses(t *testing.T) {
 		if n, err := w.prod.PurgeDeadLetters(ctx, herald.DeadLetterFilter{Reason: store.ReasonRefused}); err != nil || n != 1 {
 			t.Fatalf("purge the refused event: %d, %v", n, err)
 		}
-		done, err := w.prod.ReplayDeadLetters(ctx, herald.DeadLetterFilter{ProducerSide: true}, false)
+		done, err := w.prod.ReplayDeadLetters(ctx, herald.DeadLetterFilter{ProducerSide: true})
 		if err != nil || len(done) != 3 {
 			t.Fatalf("ReplayDeadLetters = %d, %v; want the 3 held events", len(done), err)
 		}
@@ -304,7 +304,7 @@ func TestReplayPublishesParkedEventsInOrderOnceFixed(t *testing.T) {
 				// Fixed: replay. Only the two parked ones go out, in order;
 				// a step recorded since the replay comes after them.
 				b.refusing.Store(false)
-				done, err := w.prod.ReplayDeadLetters(ctx, herald.DeadLetterFilter{ProducerSide: true}, false)
+				done, err := w.prod.ReplayDeadLetters(ctx, herald.DeadLetterFilter{ProducerSide: true})
 				if err != nil || len(done) != 2 {
 					t.Fatalf("ReplayDeadLetters = %d, %v; want 2", len(done), err)
 				}
@@ -329,7 +329,7 @@ func TestReplayThatFailsAgainParksAgain(t *testing.T) {
 	w.record("poison", 1)
 	w.record("poison", 2)
 	first := w.parked(2)
-	if _, err := w.prod.ReplayDeadLetters(ctx, herald.DeadLetterFilter{ProducerSide: true}, false); err != nil {
+	if _, err := w.prod.ReplayDeadLetters(ctx, herald.DeadLetterFilter{ProducerSide: true}); err != nil {
 		t.Fatal(err)
 	}
 	again := w.parked(2)
@@ -338,7 +338,7 @@ func TestReplayThatFailsAgainParksAgain(t *testing.T) {
 		t.Fatalf("parked again: %v, want the same events, in order, as new dead letters after %v", dlSummary(again), dlSummary(first))
 	}
 	b.refusing.Store(false)
-	if _, err := w.prod.ReplayDeadLetters(ctx, herald.DeadLetterFilter{ProducerSide: true}, false); err != nil {
+	if _, err := w.prod.ReplayDeadLetters(ctx, herald.DeadLetterFilter{ProducerSide: true}); err != nil {
 		t.Fatal(err)
 	}
 	w.waitSteps("poison", 1, 2)

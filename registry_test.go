@@ -83,7 +83,7 @@ func TestNewValidates(t *testing.T) {
 		{"empty name", "", nil, `""`},
 		{"nil store", "orders", []herald.Option{herald.WithStore(nil)}, "nil store"},
 		{"negative retention", "orders", []herald.Option{herald.WithEventLogRetention(-1)}, "retention"},
-		{"bad retry", "orders", []herald.Option{herald.WithRetry(herald.RetryPolicy{})}, "retry"},
+		{"bad retry", "orders", []herald.Option{herald.Retry(herald.RetryPolicy{})}, "retry"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

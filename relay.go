@@ -53,7 +53,7 @@ func defaultRelayConfig() RelayConfig {
 
 // WithRelay tunes the outbox relay; zero fields keep their defaults.
 func WithRelay(rc RelayConfig) Option {
-	return func(c *config) error {
+	return serviceOption(func(c *config) error {
 		if rc.BatchSize < 0 || rc.PollInterval < 0 || rc.LeaseTTL < 0 || rc.MaxBackoff < 0 || rc.MarkInterval < 0 || rc.DrainTimeout < 0 {
 			return fmt.Errorf("%w: relay config %+v has a negative field", ErrInvalidOption, rc)
 		}
@@ -78,19 +78,19 @@ func WithRelay(rc RelayConfig) Option {
 		}
 		c.relay = rc
 		return nil
-	}
+	})
 }
 
 // WithOutboxRetention keeps published outbox rows for d (default 1h) so that
 // Republish can refill a broker that lost its latest writes.
 func WithOutboxRetention(d time.Duration) Option {
-	return func(c *config) error {
+	return serviceOption(func(c *config) error {
 		if d < 0 {
 			return fmt.Errorf("%w: outbox retention %v < 0", ErrInvalidOption, d)
 		}
 		c.outboxRetention = d
 		return nil
-	}
+	})
 }
 
 // relay publishes the service's outbox in commit order while it holds the

@@ -61,32 +61,29 @@ type config struct {
 	version         string // the service's version, for its manifest
 }
 
-// Option configures a Service.
-type Option func(*config) error
-
 // WithStore sets the service's store (required). The caller keeps ownership:
 // Close does not close it.
 func WithStore(s *store.Store) Option {
-	return func(c *config) error {
+	return serviceOption(func(c *config) error {
 		if s == nil {
 			return fmt.Errorf("%w: nil store", ErrInvalidOption)
 		}
 		c.store = s
 		return nil
-	}
+	})
 }
 
 // WithBroker sets the transport integration and notification events travel
 // on. Without one, the service records domain events and fills its outbox,
 // but Start refuses to relay or subscribe.
 func WithBroker(b broker.Broker) Option {
-	return func(c *config) error {
+	return serviceOption(func(c *config) error {
 		if b == nil {
 			return fmt.Errorf("%w: nil broker", ErrInvalidOption)
 		}
 		c.broker = b
 		return nil
-	}
+	})
 }
 
 // WithLogger sets the logger (default slog.Default()). The service adds
@@ -94,37 +91,37 @@ func WithBroker(b broker.Broker) Option {
 // attribute already (it would appear twice); a process that runs one service
 // labels the loggers of its other parts (the broker's, say) instead.
 func WithLogger(l *slog.Logger) Option {
-	return func(c *config) error {
+	return serviceOption(func(c *config) error {
 		if l == nil {
 			return fmt.Errorf("%w: nil logger", ErrInvalidOption)
 		}
 		c.log = l
 		return nil
-	}
+	})
 }
 
 // WithEventLogRetention keeps domain events in the event log for d (default
 // 30 days); a started service prunes older ones. 0 keeps them forever.
 func WithEventLogRetention(d time.Duration) Option {
-	return func(c *config) error {
+	return serviceOption(func(c *config) error {
 		if d < 0 {
 			return fmt.Errorf("%w: event log retention %v < 0", ErrInvalidOption, d)
 		}
 		c.retention = d
 		return nil
-	}
+	})
 }
 
 // WithMaxDepth bounds how deeply domain handlers may record events that
 // trigger handlers that record events (default 32).
 func WithMaxDepth(n int) Option {
-	return func(c *config) error {
+	return serviceOption(func(c *config) error {
 		if n < 1 {
 			return fmt.Errorf("%w: max depth %d < 1", ErrInvalidOption, n)
 		}
 		c.maxDepth = n
 		return nil
-	}
+	})
 }
 
 var serviceName = regexp.MustCompile(`^[a-z][a-z0-9_-]{0,62}$`)
@@ -146,7 +143,10 @@ func New(name string, opts ...Option) (*Service, error) {
 		outboxRetention: time.Hour,
 	}
 	for _, o := range opts {
-		if err := o(&c); err != nil {
+		if o == nil {
+			return nil, fmt.Errorf("%w: service %s: nil option", ErrInvalidOption, name)
+		}
+		if err := o.applyService(&c); err != nil {
 			return nil, fmt.Errorf("service %s: %w", name, err)
 		}
 	}

@@ -32,15 +32,9 @@ func (p RetryPolicy) validate() error {
 }
 
 // WithRetry sets the default retry policy of the service's subscriptions.
-func WithRetry(p RetryPolicy) Option {
-	return func(c *config) error {
-		if err := p.validate(); err != nil {
-			return err
-		}
-		c.retry = p
-		return nil
-	}
-}
+//
+// Deprecated: use Retry, which New, Subscribe and Receive all take.
+func WithRetry(p RetryPolicy) Option { return Retry(p) }
 
 type subConfig struct {
 	retry         RetryPolicy
@@ -51,33 +45,19 @@ type subConfig struct {
 	channels      []string   // declared channels, for the manifest (Delivers)
 }
 
-// SubscribeOption tunes one subscription.
-type SubscribeOption func(*subConfig) error
-
-// Retry overrides the service's retry policy for one subscription.
-func Retry(p RetryPolicy) SubscribeOption {
-	return func(c *subConfig) error {
-		if err := p.validate(); err != nil {
-			return err
-		}
-		c.retry = p
-		return nil
-	}
-}
-
 // BatchSize sets how many events at most one database transaction handles
 // (default 128). A failing handler does not undo the others: the batch is
 // then run again with a savepoint per event, without the failing one (the
 // handlers that ran before it in the batch run again; their first run was
 // rolled back).
 func BatchSize(n int) SubscribeOption {
-	return func(c *subConfig) error {
+	return subscribeOption(func(c *subConfig) error {
 		if n < 1 {
 			return fmt.Errorf("%w: batch size %d < 1", ErrInvalidOption, n)
 		}
 		c.batch = n
 		return nil
-	}
+	})
 }
 
 // AckWait sets how long the broker waits before redelivering an event whose
@@ -86,24 +66,24 @@ func BatchSize(n int) SubscribeOption {
 // instance lives; it bounds how long a crashed instance's events stay away
 // (and how long a successor holds later events back to keep their order).
 func AckWait(d time.Duration) SubscribeOption {
-	return func(c *subConfig) error {
+	return subscribeOption(func(c *subConfig) error {
 		if d < 100*time.Millisecond {
 			return fmt.Errorf("%w: ack wait %v < 100ms", ErrInvalidOption, d)
 		}
 		c.ackWait = d
 		return nil
-	}
+	})
 }
 
 // MaxInFlight bounds the events delivered but not yet settled (default 4096).
 func MaxInFlight(n int) SubscribeOption {
-	return func(c *subConfig) error {
+	return subscribeOption(func(c *subConfig) error {
 		if n < 1 {
 			return fmt.Errorf("%w: max in flight %d < 1", ErrInvalidOption, n)
 		}
 		c.maxAckPending = n
 		return nil
-	}
+	})
 }
 
 // subscription is one registered integration-event subscription.
@@ -162,7 +142,10 @@ func subscribe[T any](svc *Service, c Contract, name string, fn func(ctx context
 	}
 	cfg := subConfig{retry: svc.cfg.retry, batch: 128, ackWait: 10 * time.Second, maxAckPending: 4096}
 	for _, o := range opts {
-		if err := o(&cfg); err != nil {
+		if o == nil {
+			return fmt.Errorf("%w: service %s: subscription %s: nil option", ErrInvalidOption, svc.name, name)
+		}
+		if err := o.applySubscribe(&cfg); err != nil {
 			return fmt.Errorf("service %s: subscription %s: %w", svc.name, name, err)
 		}
 	}

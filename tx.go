@@ -122,7 +122,7 @@ func (s *Service) finish(ctx context.Context, t *txn, err error) error {
 	}
 	t.done = true
 	if err != nil {
-		if rbErr := t.sql.Rollback(); rbErr != nil && rbErr != sql.ErrTxDone {
+		if rbErr := t.sql.Rollback(); rbErr != nil && !errors.Is(rbErr, sql.ErrTxDone) {
 			s.log.Warn("rollback failed", "err", rbErr)
 		}
 		return err
@@ -374,13 +374,13 @@ func Notify[T any](tx Tx, c *NotificationEvent[T], v T) error {
 type domainHandler struct {
 	name  string
 	fn    func(ctx context.Context, tx Tx, v any) error
-	emits []Contract // declared effects, for the manifest (HandlerEmits)
+	emits []Contract // declared effects, for the manifest (Emits)
 }
 
 // Handle registers a domain handler: fn runs inside the transaction that
 // records an event of c, after the handlers registered before it. Its
-// error or panic rolls the transaction back. HandlerEmits declares what fn
-// records and notifies, for the catalog.
+// error or panic rolls the transaction back. Emits declares what fn records
+// and notifies, for the catalog.
 func Handle[T any](svc *Service, c *DomainEvent[T], name string, fn func(ctx context.Context, tx Tx, e T) error, opts ...HandleOption) error {
 	if err := svc.beforeStart("Handle"); err != nil {
 		return err
@@ -393,7 +393,10 @@ func Handle[T any](svc *Service, c *DomainEvent[T], name string, fn func(ctx con
 	}
 	var hc handleConfig
 	for _, o := range opts {
-		if err := o(&hc); err != nil {
+		if o == nil {
+			return fmt.Errorf("%w: service %s: handler %q: nil option", ErrInvalidOption, svc.name, name)
+		}
+		if err := o.applyHandle(&hc); err != nil {
 			return fmt.Errorf("service %s: handler %q: %w", svc.name, name, err)
 		}
 	}

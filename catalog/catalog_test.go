@@ -66,7 +66,7 @@ var (
 
 func newService(t *testing.T, name string) *herald.Service {
 	t.Helper()
-	svc, err := herald.New(name, herald.WithStore(testdb.SQLite(t)), herald.WithVersion("1.2.3"))
+	svc, err := herald.New(name, herald.WithStore(testdb.SQLite(t)), herald.ServiceVersion("1.2.3"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,7 +95,7 @@ func billingSystem(t *testing.T) []catalog.Manifest {
 	billing := newService(t, "billing")
 	must(t,
 		herald.Translate(billing, invoiced, invoiceV2, func(context.Context, Invoiced) (InvoiceV2, error) { return InvoiceV2{}, nil }),
-		herald.Handle(billing, invoiced, "audit", func(context.Context, herald.Tx, Invoiced) error { return nil }, herald.HandlerEmits(audited)),
+		herald.Handle(billing, invoiced, "audit", func(context.Context, herald.Tx, Invoiced) error { return nil }, herald.Emits(audited)),
 	)
 	ledger := newService(t, "ledger")
 	must(t,

@@ -37,7 +37,7 @@ var ErrInvalidManifest = errors.New("catalog: invalid manifest")
 type Manifest struct {
 	// Service is the service's name.
 	Service string `json:"service"`
-	// Version is the service's own version (herald.WithVersion, or the
+	// Version is the service's own version (herald.ServiceVersion, or the
 	// program's build information).
 	Version string `json:"version,omitempty"`
 	// Herald is the version of the herald module the service runs.
@@ -110,7 +110,7 @@ type Handler struct {
 	Name  string `json:"name"`
 	Event Ref    `json:"event"`
 	// Emits are the domain events it records and the notifications it
-	// emits, as declared (herald.HandlerEmits).
+	// emits, as declared (herald.Emits).
 	Emits []Ref `json:"emits,omitempty"`
 }
 

@@ -98,15 +98,15 @@ func (m *Metrics) Observe(_ context.Context, o herald.Observation) {
 		typ = label(o.Event.Type)
 	}
 	svc := label(o.Service)
-	m.hops.WithLabelValues(svc, label(string(o.Hop)), typ, label(o.Outcome)).Inc()
+	m.hops.WithLabelValues(svc, label(string(o.Hop)), typ, label(o.Outcome.String())).Inc()
 	switch o.Hop {
 	case herald.HopHandle:
-		m.handle.WithLabelValues(svc, label(o.Subscription), label(o.Outcome)).Observe(o.Duration.Seconds())
+		m.handle.WithLabelValues(svc, label(o.Subscription), label(o.Outcome.String())).Observe(o.Duration.Seconds())
 		if o.Outcome == herald.OutcomeRetry {
 			m.retries.WithLabelValues(svc, label(o.Subscription)).Inc()
 		}
 	case herald.HopDeliver:
-		m.notes.WithLabelValues(svc, label(o.Reason), label(o.Outcome), deliveryReason(o.Err)).Inc()
+		m.notes.WithLabelValues(svc, label(o.Reason), label(o.Outcome.String()), deliveryReason(o.Err)).Inc()
 	case herald.HopDeadLetter:
 		m.deadLetter.WithLabelValues(svc, label(o.Subscription), label(o.Reason)).Inc()
 	}

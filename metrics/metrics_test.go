@@ -50,7 +50,7 @@ func TestScrapeMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	cons, err := herald.New("shipping", herald.WithStore(testdb.SQLite(t)), herald.WithBroker(b), herald.WithObserver(m), herald.WithLogger(quiet),
-		herald.WithRetry(herald.RetryPolicy{MaxAttempts: 2, BaseDelay: time.Millisecond, MaxDelay: time.Millisecond}))
+		herald.Retry(herald.RetryPolicy{MaxAttempts: 2, BaseDelay: time.Millisecond, MaxDelay: time.Millisecond}))
 	if err != nil {
 		t.Fatal(err)
 	}

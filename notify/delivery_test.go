@@ -596,7 +596,7 @@ func TestOptionsAndSpecs(t *testing.T) {
 		"timeout": WithSendTimeout(-1),
 		"lease":   WithLease(99 * time.Millisecond), // < 100ms
 		"quiet":   WithQuietHours(QuietHours{Start: 25 * time.Hour}),
-		"default": WithDefaultPreference("", Email, false),
+		"default": WithDefaultOff("", Email),
 		"render":  WithRenderer(nil),
 		"logger":  WithLogger(nil),
 		"keep":    WithRetention(-1),

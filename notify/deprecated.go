@@ -4,7 +4,7 @@ import "github.com/heraldhq/herald"
 
 // The names below clashed with herald's functions of the same name, which
 // mean something else in the other tiers (herald.New makes a service,
-// herald.Permanent dead-letters an event, herald.WithRetry retries a
+// herald.Permanent dead-letters an event, herald.Retry retries a
 // handler). They stay, as the new names, so that code using them builds.
 
 // New is NewNotifier.

@@ -193,7 +193,7 @@ func newEnv(t testing.TB, dialect string, s setup) *env {
 	var err error
 	e.svc, err = herald.New("shop", append([]herald.Option{herald.WithStore(e.st), herald.WithBroker(e.b), herald.WithLogger(quiet()),
 		herald.WithRelay(herald.RelayConfig{PollInterval: 20 * time.Millisecond}),
-		herald.WithRetry(herald.RetryPolicy{MaxAttempts: 3, BaseDelay: 10 * time.Millisecond, MaxDelay: 50 * time.Millisecond})},
+		herald.Retry(herald.RetryPolicy{MaxAttempts: 3, BaseDelay: 10 * time.Millisecond, MaxDelay: 50 * time.Millisecond})},
 		s.svcOpts...)...)
 	must(t, err)
 	must(t, e.svc.Register(orderShipped))

@@ -3,6 +3,7 @@ package notify
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -341,7 +342,7 @@ func (n *Notifier) MarkBounced(ctx context.Context, ref Ref, reason string) erro
 func (n *Notifier) lookupID(ctx context.Context, where string, args []any) (string, error) {
 	var id string
 	err := n.st.DB().QueryRowContext(ctx, n.st.Rebind("SELECT id FROM herald_notify_deliveries WHERE "+where+" ORDER BY created_at DESC LIMIT 1"), args...).Scan(&id)
-	if err == sql.ErrNoRows {
+	if errors.Is(err, sql.ErrNoRows) {
 		return "", fmt.Errorf("%w: %s %v", ErrNotFound, where, args)
 	}
 	if err != nil {

@@ -245,7 +245,7 @@ func WithPollInterval(d time.Duration) Option {
 }
 
 // WithSendRetry sets the retry policy of sends; zero fields keep their
-// defaults. (herald.WithRetry is the other tier's: how a subscription
+// defaults. (herald.Retry is the other tier's: how a subscription
 // retries its handler.)
 func WithSendRetry(r Retry) Option {
 	return func(c *config) error {
@@ -338,11 +338,33 @@ func WithQuietHours(q QuietHours) Option {
 	}
 }
 
-// WithDefaultPreference sets, in code, whether category on channel is on
+// WithDefaultOn turns category on channel on, in code, for recipients who
+// said nothing and for whom no '*' row in the preferences table says
+// otherwise. category or channel may be "*". Without any default,
+// everything is on.
+func WithDefaultOn(category, channel string) Option {
+	return defaultPreference(category, channel, true)
+}
+
+// WithDefaultOff turns category on channel off, in code, for recipients who
+// said nothing and for whom no '*' row in the preferences table says
+// otherwise. category or channel may be "*".
+func WithDefaultOff(category, channel string) Option {
+	return defaultPreference(category, channel, false)
+}
+
+// WithDefaultPreference sets whether category on channel is on by default.
+//
+// Deprecated: use WithDefaultOn or WithDefaultOff.
+func WithDefaultPreference(category, channel string, enabled bool) Option {
+	return defaultPreference(category, channel, enabled)
+}
+
+// defaultPreference sets, in code, whether category on channel is on
 // for recipients who said nothing and for whom no '*' row in the
 // preferences table says otherwise. category or channel may be "*".
 // Without any, everything is on.
-func WithDefaultPreference(category, channel string, enabled bool) Option {
+func defaultPreference(category, channel string, enabled bool) Option {
 	return func(c *config) error {
 		if category == "" || channel == "" {
 			return fmt.Errorf("%w: default preference needs a category and a channel (or \"*\")", ErrInvalidOption)

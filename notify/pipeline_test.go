@@ -93,7 +93,7 @@ func TestPreferences(t *testing.T) {
 	forEachDialect(t, func(t *testing.T, dialect string) {
 		spec := defaultSpec()
 		spec.Channels = []string{Email, SMS, Push}
-		e := newEnv(t, dialect, setup{spec: spec, opts: []Option{WithDefaultPreference("orders", Push, false)}})
+		e := newEnv(t, dialect, setup{spec: spec, opts: []Option{WithDefaultOff("orders", Push)}})
 		for _, p := range []Preference{
 			{Recipient: "alice", Category: "orders", Channel: SMS, Enabled: false},
 			{Recipient: "*", Category: "orders", Channel: Email, Enabled: false},

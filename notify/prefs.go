@@ -11,7 +11,7 @@ import (
 // Preference says whether Recipient wants notifications of Category on
 // Channel. Any of the three may be "*": the most specific row wins
 // (recipient before category before channel), then the notifier's
-// WithDefaultPreference, then "on". A route's Critical notifications ignore
+// WithDefaultOn/WithDefaultOff, then "on". A route's Critical notifications ignore
 // preferences.
 type Preference struct {
 	Recipient string
@@ -78,7 +78,7 @@ func (n *Notifier) Preferences(ctx context.Context, recipient string) ([]Prefere
 
 // enabled says whether a category on a channel is on, given the most
 // specific preference row that matched (pref, NULL when none did): that
-// row's value, else the most specific WithDefaultPreference, else on.
+// row's value, else the most specific WithDefaultOn/WithDefaultOff, else on.
 func (n *Notifier) enabled(pref sql.NullInt64, category, channel string) bool {
 	if pref.Valid {
 		return pref.Int64 != 0

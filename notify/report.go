@@ -11,6 +11,7 @@ import (
 
 	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/envelope"
+	"github.com/heraldhq/herald/internal/observehook"
 )
 
 // DeliveryError is the Err of a deliver observation (herald.HopDeliver)
@@ -227,9 +228,9 @@ func (n *Notifier) reportEnded(ctx context.Context, e decidedEntry) {
 			"event", d.EventID, "delivery", d.ID, "reason", d.Reason)
 	}
 	ob := n.deliverObservation(d)
-	ob.Start, ob.Outcome = e.at, string(d.State)
+	ob.Start, ob.Outcome = e.at, herald.Outcome(d.State)
 	ob.Err = deliveryError(d.State, false, d.Reason, "")
-	n.svc.Observe(ctx, ob)
+	observehook.Observe(ctx, n.svc, ob)
 }
 
 // lru is a bounded memory of keys, least recently seen evicted first.

@@ -129,7 +129,7 @@ func TestNoAddressLoggedOnceAndObserved(t *testing.T) {
 			continue
 		}
 		ob := got[i]
-		if ob.Outcome != string(Failed) || ob.Reason != SMS || ob.Service != "shop" || ob.Event.CausationID != d.EventID ||
+		if ob.Outcome != herald.Outcome(Failed) || ob.Reason != SMS || ob.Service != "shop" || ob.Event.CausationID != d.EventID ||
 			ob.Event.Type != orderShipped.Name() || !strings.Contains(ob.Err.Error(), "has no sms address") {
 			t.Errorf("observation of %s: %+v", d.ID, ob)
 		}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/internal/backoff"
+	"github.com/heraldhq/herald/internal/observehook"
 	"github.com/sony/gobreaker/v2"
 )
 
@@ -317,12 +318,12 @@ func (n *Notifier) observeDelivery(ctx context.Context, j recordJob, o outcome) 
 		return
 	}
 	ob := n.deliverObservation(&j.w.Delivery)
-	ob.Start, ob.Duration, ob.Outcome, ob.Attempt = j.start, j.took, string(o.state), o.attempts
+	ob.Start, ob.Duration, ob.Outcome, ob.Attempt = j.start, j.took, herald.Outcome(o.state), o.attempts
 	if o.retry {
 		ob.Outcome = herald.OutcomeRetry
 	}
 	ob.Err = deliveryError(o.state, o.retry, o.reason, o.lastErr)
-	n.svc.Observe(ctx, ob)
+	observehook.Observe(ctx, n.svc, ob)
 }
 
 // attempt decides what to do with a claimed row and, if anything is to be

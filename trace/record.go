@@ -32,20 +32,20 @@ import (
 
 // Record is one hop of one event: what the trace keeps.
 type Record struct {
-	Hop           herald.Hop    `json:"hop"`
-	Service       string        `json:"service"`                // the service where the hop happened
-	Subscription  string        `json:"subscription,omitempty"` // consume, handle, dead-letter
-	EventID       string        `json:"event_id"`               // for deliver: the delivery's id
-	Type          string        `json:"type"`
-	Kind          envelope.Kind `json:"kind"`
-	CausationID   string        `json:"causation_id,omitempty"` // for deliver: the notification event
-	CorrelationID string        `json:"correlation_id"`
-	Time          time.Time     `json:"time"`        // when the hop began
-	Duration      time.Duration `json:"duration_ns"` // how long it took
-	Outcome       string        `json:"outcome"`
-	Reason        string        `json:"reason,omitempty"` // dead-letter reason, delivery channel
-	Attempt       int           `json:"attempt,omitempty"`
-	Error         string        `json:"error,omitempty"` // the error, cut to MaxErrorLen bytes
+	Hop           herald.Hop     `json:"hop"`
+	Service       string         `json:"service"`                // the service where the hop happened
+	Subscription  string         `json:"subscription,omitempty"` // consume, handle, dead-letter
+	EventID       string         `json:"event_id"`               // for deliver: the delivery's id
+	Type          string         `json:"type"`
+	Kind          envelope.Kind  `json:"kind"`
+	CausationID   string         `json:"causation_id,omitempty"` // for deliver: the notification event
+	CorrelationID string         `json:"correlation_id"`
+	Time          time.Time      `json:"time"`        // when the hop began
+	Duration      time.Duration  `json:"duration_ns"` // how long it took
+	Outcome       herald.Outcome `json:"outcome"`
+	Reason        string         `json:"reason,omitempty"` // dead-letter reason, delivery channel
+	Attempt       int            `json:"attempt,omitempty"`
+	Error         string         `json:"error,omitempty"` // the error, cut to MaxErrorLen bytes
 }
 
 // MaxErrorLen bounds the error text a record keeps.
@@ -78,7 +78,7 @@ const batchVersion = 1
 // NewBatch) and returns the extended batch.
 func AppendRecord(b []byte, r Record) []byte {
 	for _, s := range [...]string{string(r.Hop), r.Service, r.Subscription, r.EventID, r.Type, string(r.Kind),
-		r.CausationID, r.CorrelationID, r.Outcome, r.Reason, r.Error} {
+		r.CausationID, r.CorrelationID, string(r.Outcome), r.Reason, r.Error} {
 		b = binary.AppendUvarint(b, uint64(len(s)))
 		b = append(b, s...)
 	}
@@ -118,7 +118,7 @@ func DecodeBatch(b []byte, fn func(Record) error) error {
 			b = b[k:]
 		}
 		r.Hop, r.Service, r.Subscription, r.EventID, r.Type = herald.Hop(strs[0]), strs[1], strs[2], strs[3], strs[4]
-		r.Kind, r.CausationID, r.CorrelationID, r.Outcome, r.Reason, r.Error = envelope.Kind(strs[5]), strs[6], strs[7], strs[8], strs[9], strs[10]
+		r.Kind, r.CausationID, r.CorrelationID, r.Outcome, r.Reason, r.Error = envelope.Kind(strs[5]), strs[6], strs[7], herald.Outcome(strs[8]), strs[9], strs[10]
 		r.Time, r.Duration, r.Attempt = time.Unix(0, ints[0]), time.Duration(ints[1]), int(ints[2])
 		if err := fn(r); err != nil {
 			return err

@@ -182,7 +182,7 @@ func (t *Tracer) Observe(_ context.Context, o herald.Observation) {
 	if parent.IsValid() {
 		ctx = trace.ContextWithRemoteSpanContext(ctx, parent)
 	}
-	attrs := append(eventAttrs(o.Event, o.Service), AttrOutcome.String(o.Outcome))
+	attrs := append(eventAttrs(o.Event, o.Service), AttrOutcome.String(o.Outcome.String()))
 	if o.Subscription != "" {
 		attrs = append(attrs, AttrSubscription.String(o.Subscription))
 	}

@@ -230,7 +230,7 @@ none of its events is parked.`,
 					return err
 				}
 			}
-			done, err := svc.ReplayDeadLetters(cmd.Context(), f, false)
+			done, err := svc.ReplayDeadLetters(cmd.Context(), f)
 			fmt.Fprintf(cmd.OutOrStdout(), "replayed %d dead letters\n", len(done))
 			return err
 		},

@@ -240,9 +240,14 @@ func (b *Box) FailNext(n int, err error) {
 	b.failLeft, b.failErr = max(n, 0), err
 }
 
-// Down switches the box down (every Send fails with the retryable ErrDown)
-// or back up.
-func (b *Box) Down(down bool) {
+// Down switches the box down: every Send fails with the retryable ErrDown
+// until Up.
+func (b *Box) Down() { b.setDown(true) }
+
+// Up switches the box back up after Down.
+func (b *Box) Up() { b.setDown(false) }
+
+func (b *Box) setDown(down bool) {
 	b.mu.Lock()
 	b.down = down
 	b.mu.Unlock()

@@ -187,7 +187,7 @@ func TestFailureInjection(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	b.Down(true)
+	b.Down()
 	if !b.IsDown() {
 		t.Fatal("not down")
 	}
@@ -196,7 +196,7 @@ func TestFailureInjection(t *testing.T) {
 			t.Fatalf("err = %v", err)
 		}
 	}
-	b.Down(false)
+	b.Up()
 	if _, err := s.Send(ctx, m); err != nil {
 		t.Fatal(err)
 	}
@@ -377,7 +377,7 @@ func TestHTTPPageEscapes(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	b.Down(true)
+	b.Down()
 	srv := httptest.NewServer(b.Handler())
 	defer srv.Close()
 	resp, err := http.Get(srv.URL + "/?refresh=0")

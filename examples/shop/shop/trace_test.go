@@ -178,7 +178,7 @@ func TestOneOrdersTraceIsCompleteAndCausal(t *testing.T) {
 		tree.Walk(func(n *trace.Node, _ int) {
 			for _, h := range n.Hops {
 				if h.Hop == w.hop && h.Service == w.service && h.Type == w.typ && types[n.CausationID] == w.cause &&
-					h.Outcome != herald.OutcomeError && h.Outcome != string(notify.Failed) {
+					h.Outcome != herald.OutcomeError && h.Outcome != herald.Outcome(notify.Failed) {
 					found = true
 				}
 			}
@@ -226,7 +226,7 @@ func countHops(t *trace.Tree, hop herald.Hop, outcomes ...notify.State) int {
 	t.Walk(func(nd *trace.Node, _ int) {
 		for _, h := range nd.Hops {
 			for _, o := range outcomes {
-				if h.Hop == hop && h.Outcome == string(o) {
+				if h.Hop == hop && h.Outcome == herald.Outcome(o) {
 					n++
 				}
 			}

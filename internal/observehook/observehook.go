@@ -1,0 +1,13 @@
+// Package observehook lets the packages of this module that are built on
+// herald (the notifier) report their hops through a service's observers,
+// without herald exporting a method for it.
+//
+// Package herald sets Observe once, in its init, before any service exists;
+// nothing changes it afterwards. Its arguments are a *herald.Service and a
+// herald.Observation, which this package cannot name: herald imports it.
+package observehook
+
+import "context"
+
+// Observe reports observation o through the observers of service svc.
+var Observe func(ctx context.Context, svc, o any)
