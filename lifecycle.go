@@ -9,6 +9,7 @@ import (
 	"github.com/heraldhq/herald/broker"
 	"github.com/heraldhq/herald/envelope"
 	"github.com/heraldhq/herald/internal/consumer"
+	"github.com/heraldhq/herald/internal/relay"
 )
 
 // runState is what a started service runs; Close stops it.
@@ -16,12 +17,10 @@ type runState struct {
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 	instance string // this instance's id (relay lease holder, catalog)
-	// The relay outlives the rest: Close closes drain once the subscriptions
-	// stopped, and cancels relayCtx after the drain timeout.
-	drain       chan struct{}
-	relayCancel context.CancelFunc
-	relayDone   chan struct{} // nil without a broker
-	consumers   []*consumer.Consumer
+	// The relay outlives the rest: Close drains it once the subscriptions
+	// stopped.
+	relay     *relay.Relay // nil without a broker
+	consumers []*consumer.Consumer
 }
 
 // Start provisions the service's streams and consumers on the broker (once,
@@ -66,19 +65,22 @@ func (s *Service) Start(ctx context.Context) error {
 		}
 		consumers = append(consumers, c)
 	}
-	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	holder := envelope.NewID(time.Now()) // this instance, for the relay lease
-	r := &runState{cancel: cancel, instance: holder, consumers: consumers}
+	var rl *relay.Relay
+	if s.broker != nil {
+		var err error
+		if rl, err = s.newRelay(holder); err != nil {
+			return fmt.Errorf("service %s: %w", s.name, err)
+		}
+	}
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	r := &runState{cancel: cancel, instance: holder, relay: rl, consumers: consumers}
 	if s.broker != nil {
 		if heartbeat := s.announce(ctx, holder); heartbeat != nil {
 			r.wg.Go(func() { heartbeat(runCtx) })
 		}
-		relayCtx, relayCancel := context.WithCancel(context.WithoutCancel(ctx))
-		r.drain, r.relayCancel, r.relayDone = make(chan struct{}), relayCancel, make(chan struct{})
-		go func() {
-			defer close(r.relayDone)
-			s.relay(relayCtx, holder, r.drain)
-		}()
+		s.outbox.Store(r.relay) // before it starts: no commit's wake is lost
+		_ = r.relay.Start(ctx)  // never fails
 		r.wg.Go(func() {
 			// Commits of other processes (PostgreSQL) wake the relay too.
 			_ = s.engine.OutboxListen(runCtx, func(service string) {
@@ -130,12 +132,8 @@ func (s *Service) Close() error {
 		}
 		stops.Wait()
 		r.wg.Wait()
-		if r.relayDone != nil {
-			close(r.drain)
-			stop := time.AfterFunc(s.cfg.relay.DrainTimeout, r.relayCancel)
-			<-r.relayDone
-			stop.Stop()
-			r.relayCancel()
+		if r.relay != nil {
+			r.relay.Drain() // for at most RelayConfig.DrainTimeout
 		}
 		if s.broker != nil {
 			s.withdraw(r.instance)

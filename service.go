@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/heraldhq/herald/broker"
+	"github.com/heraldhq/herald/internal/relay"
 	"github.com/heraldhq/herald/store"
 )
 
@@ -39,8 +40,7 @@ type Service struct {
 	inDo    sync.WaitGroup
 	run     *runState // non-nil while started
 
-	wake   chan struct{} // commit → relay, capacity 1
-	rewind atomic.Uint64 // Republish calls: the relay re-reads the outbox from its start
+	outbox atomic.Pointer[relay.Relay] // the outbox relay, once started: commits wake it
 
 	limiter  broker.Limiter // the broker's, if it limits event sizes
 	maxEvent atomic.Int64   // the largest event it accepts (0: no limit known)
@@ -140,7 +140,6 @@ func New(name string, opts ...Option) (*Service, error) {
 		log:             slog.Default(),
 		retention:       30 * 24 * time.Hour,
 		maxDepth:        32,
-		relay:           defaultRelayConfig(),
 		retry:           defaultRetryPolicy(),
 		inboxRetention:  7 * 24 * time.Hour,
 		outboxRetention: time.Hour,
@@ -165,7 +164,6 @@ func New(name string, opts ...Option) (*Service, error) {
 		handlers:     map[Contract][]domainHandler{},
 		translations: map[Contract][]translation{},
 		notifies:     map[Contract]bool{},
-		wake:         make(chan struct{}, 1),
 	}
 	s.limiter, _ = c.broker.(broker.Limiter)
 	s.learnLimit() // so that Do applies it before Start too
@@ -188,14 +186,6 @@ func (s *Service) Register(cs ...Contract) error {
 		return fmt.Errorf("service %s: %w", s.name, err)
 	}
 	return nil
-}
-
-// signal wakes the relay without blocking.
-func (s *Service) signal() {
-	select {
-	case s.wake <- struct{}{}:
-	default:
-	}
 }
 
 // enter registers an in-flight Do; it fails once the service is closed.
