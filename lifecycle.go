@@ -9,6 +9,7 @@ import (
 	"github.com/heraldhq/herald/broker"
 	"github.com/heraldhq/herald/envelope"
 	"github.com/heraldhq/herald/internal/consumer"
+	"github.com/heraldhq/herald/internal/janitor"
 	"github.com/heraldhq/herald/internal/relay"
 )
 
@@ -20,6 +21,7 @@ type runState struct {
 	// The relay outlives the rest: Close drains it once the subscriptions
 	// stopped.
 	relay     *relay.Relay // nil without a broker
+	janitor   *janitor.Janitor
 	consumers []*consumer.Consumer
 }
 
@@ -73,8 +75,13 @@ func (s *Service) Start(ctx context.Context) error {
 			return fmt.Errorf("service %s: %w", s.name, err)
 		}
 	}
+	jan, err := janitor.New(janitor.Config{EventLogRetention: s.cfg.retention, OutboxRetention: s.cfg.outboxRetention,
+		InboxRetention: s.cfg.inboxRetention, Store: s.engine, Logger: s.log})
+	if err != nil {
+		return fmt.Errorf("service %s: %w", s.name, err)
+	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	r := &runState{cancel: cancel, instance: holder, relay: rl, consumers: consumers}
+	r := &runState{cancel: cancel, instance: holder, relay: rl, janitor: jan, consumers: consumers}
 	if s.broker != nil {
 		if heartbeat := s.announce(ctx, holder); heartbeat != nil {
 			r.wg.Go(func() { heartbeat(runCtx) })
@@ -85,7 +92,7 @@ func (s *Service) Start(ctx context.Context) error {
 			// Commits of other processes (PostgreSQL) wake the relay too.
 			_ = s.engine.OutboxListen(runCtx, func(service string) {
 				if service == s.name {
-					s.signal()
+					r.relay.Wake()
 				}
 			})
 		})
@@ -93,7 +100,7 @@ func (s *Service) Start(ctx context.Context) error {
 			_ = c.Start(runCtx) // never fails
 		}
 	}
-	r.wg.Go(func() { s.janitor(runCtx) })
+	_ = r.janitor.Start(ctx) // never fails
 	s.run = r
 	s.started = true
 	return nil
@@ -126,10 +133,11 @@ func (s *Service) Close() error {
 	s.inDo.Wait()
 	if r != nil {
 		r.cancel()
-		var stops sync.WaitGroup // the subscriptions stop together
+		var stops sync.WaitGroup // the subscriptions and the janitor stop together
 		for _, c := range r.consumers {
 			stops.Go(c.Stop)
 		}
+		stops.Go(r.janitor.Stop)
 		stops.Wait()
 		r.wg.Wait()
 		if r.relay != nil {
@@ -174,32 +182,6 @@ func (s *Service) topology() broker.Topology {
 	}
 	s.mu.RUnlock()
 	return t
-}
-
-// janitor applies the retention of the event log, the published outbox rows
-// and the inbox.
-func (s *Service) janitor(ctx context.Context) {
-	every := time.Minute
-	t := time.NewTimer(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		now := time.Now()
-		if _, err := s.PruneEventLog(ctx); err != nil && ctx.Err() == nil {
-			s.log.Warn("prune event log", "err", err)
-		}
-		if _, err := s.engine.OutboxPrune(ctx, now.Add(-s.cfg.outboxRetention)); err != nil && ctx.Err() == nil {
-			s.log.Warn("prune outbox", "err", err)
-		}
-		if _, err := s.engine.InboxPrune(ctx, now.Add(-s.cfg.inboxRetention)); err != nil && ctx.Err() == nil {
-			s.log.Warn("prune inbox", "err", err)
-		}
-		t.Reset(every)
-	}
 }
 
 // refill re-publishes, at start, the outbox rows published within the

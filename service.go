@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/heraldhq/herald/broker"
+	"github.com/heraldhq/herald/internal/janitor"
 	"github.com/heraldhq/herald/internal/relay"
 	"github.com/heraldhq/herald/store"
 )
@@ -202,8 +203,5 @@ func (s *Service) enter() error {
 // PruneEventLog deletes event-log entries older than the retention now and
 // returns how many it removed.
 func (s *Service) PruneEventLog(ctx context.Context) (int64, error) {
-	if s.cfg.retention == 0 {
-		return 0, nil
-	}
-	return s.engine.EventLogPrune(ctx, time.Now().Add(-s.cfg.retention))
+	return janitor.PruneEventLog(ctx, s.engine, s.cfg.retention, time.Now())
 }
