@@ -47,8 +47,8 @@ func (s *Service) Start(ctx context.Context) error {
 	s.mu.RLock()
 	subs := append([]*subscription(nil), s.subs...)
 	s.mu.RUnlock()
-	if s.broker != nil {
-		if err := s.broker.Provision(ctx, s.topology()); err != nil {
+	if s.cfg.broker != nil {
+		if err := s.cfg.broker.Provision(ctx, s.topology()); err != nil {
 			return fmt.Errorf("service %s: provision: %w", s.name, err)
 		}
 		if err := s.refill(ctx); err != nil {
@@ -69,7 +69,7 @@ func (s *Service) Start(ctx context.Context) error {
 	}
 	holder := envelope.NewID(time.Now()) // this instance, for the relay lease
 	var rl *relay.Relay
-	if s.broker != nil {
+	if s.cfg.broker != nil {
 		var err error
 		if rl, err = s.newRelay(holder); err != nil {
 			return fmt.Errorf("service %s: %w", s.name, err)
@@ -82,7 +82,7 @@ func (s *Service) Start(ctx context.Context) error {
 	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	r := &runState{cancel: cancel, instance: holder, relay: rl, janitor: jan, consumers: consumers}
-	if s.broker != nil {
+	if s.cfg.broker != nil {
 		if heartbeat := s.announce(ctx, holder); heartbeat != nil {
 			r.wg.Go(func() { heartbeat(runCtx) })
 		}
@@ -143,7 +143,7 @@ func (s *Service) Close() error {
 		if r.relay != nil {
 			r.relay.Drain() // for at most RelayConfig.DrainTimeout
 		}
-		if s.broker != nil {
+		if s.cfg.broker != nil {
 			s.withdraw(r.instance)
 		}
 	}
@@ -189,7 +189,7 @@ func (s *Service) topology() broker.Topology {
 // fsyncs periodically may have lost them if the machine died. The broker
 // drops the ones it still has by id; consumers' inboxes drop the rest.
 func (s *Service) refill(ctx context.Context) error {
-	lw, ok := s.broker.(broker.LossWindower)
+	lw, ok := s.cfg.broker.(broker.LossWindower)
 	if !ok || lw.LossWindow() <= 0 {
 		return nil
 	}

@@ -81,7 +81,7 @@ func (s *Service) newRelay(holder string) (*relay.Relay, error) {
 		MarkInterval:  rc.MarkInterval,
 		DrainTimeout:  rc.DrainTimeout,
 		Store:         s.engine,
-		Broker:        s.broker,
+		Broker:        s.cfg.broker,
 		Observer:      relayObserver{s},
 		PublishFailed: s.learnLimit, // the server may have moved, or changed its limit
 		Logger:        s.log,
@@ -143,7 +143,7 @@ func (s *Service) Republish(ctx context.Context, d time.Duration) (int64, error)
 // SQLite rows the broker acknowledged count in the backlog until the relay's
 // next mark (RelayConfig.MarkInterval).
 func (s *Service) OutboxStats(ctx context.Context) (backlog int64, oldest time.Duration, err error) {
-	n, t, err := s.store.OutboxStats(ctx, s.name)
+	n, t, err := s.cfg.store.OutboxStats(ctx, s.name)
 	if err != nil || t.IsZero() {
 		return n, 0, err
 	}

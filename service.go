@@ -20,9 +20,7 @@ import (
 // relay and subscriptions.
 type Service struct {
 	name   string
-	store  *store.Store  // the users' side, Store()
-	engine *store.Engine // the same store, for the engines
-	broker broker.Broker
+	engine *store.Engine // cfg.store (the users' side, Store()), for the engines
 	log    *slog.Logger
 	reg    *Registry
 	cfg    config
@@ -47,9 +45,11 @@ type Service struct {
 	maxEvent atomic.Int64   // the largest event it accepts (0: no limit known)
 }
 
+// config is what the options set; the service keeps it, and its store and
+// broker nowhere else.
 type config struct {
-	store           *store.Store
-	broker          broker.Broker
+	store           *store.Store  // WithStore
+	broker          broker.Broker // WithBroker, nil without one
 	log             *slog.Logger
 	retention       time.Duration
 	maxDepth        int
@@ -155,9 +155,7 @@ func New(name string, opts ...Option) (*Service, error) {
 	}
 	s := &Service{
 		name:         name,
-		store:        c.store,
 		engine:       store.EngineOf(c.store),
-		broker:       c.broker,
 		log:          c.log.With("service", name),
 		reg:          NewRegistry(),
 		cfg:          c,
@@ -175,7 +173,7 @@ func New(name string, opts ...Option) (*Service, error) {
 func (s *Service) Name() string { return s.name }
 
 // Store is the service's store.
-func (s *Service) Store() *store.Store { return s.store }
+func (s *Service) Store() *store.Store { return s.cfg.store }
 
 // Registry is the service's contract registry.
 func (s *Service) Registry() *Registry { return s.reg }
