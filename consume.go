@@ -33,7 +33,7 @@ func (s *Service) newConsumer(sub *subscription) (*consumer.Consumer, error) {
 		// large on every attempt.
 		IsPermanent: func(err error) bool { return IsPermanent(err) || errors.Is(err, ErrEventTooLarge) },
 		Handle:      sub.runHandler,
-		Broker:      s.broker,
+		Broker:      s.cfg.broker,
 		Store:       consumerStore{s},
 		Observer:    consumerObserver{s, sub.name},
 		Logger:      s.log,

@@ -24,12 +24,12 @@ type DeadLetter = store.DeadLetter
 // DeadLetters lists the service's dead letters matching f, oldest first.
 func (s *Service) DeadLetters(ctx context.Context, f DeadLetterFilter) ([]DeadLetter, error) {
 	f.Service = s.name
-	return s.store.DeadLetterList(ctx, f)
+	return s.cfg.store.DeadLetterList(ctx, f)
 }
 
 // DeadLetter returns one of the service's dead letters.
 func (s *Service) DeadLetter(ctx context.Context, id int64) (DeadLetter, error) {
-	d, err := s.store.DeadLetterGet(ctx, id)
+	d, err := s.cfg.store.DeadLetterGet(ctx, id)
 	if err == nil && d.Service != s.name {
 		return DeadLetter{}, fmt.Errorf("dead letter %d belongs to service %s, not %s: %w", id, d.Service, s.name, store.ErrNotFound)
 	}
@@ -42,7 +42,7 @@ func (s *Service) DeadLetter(ctx context.Context, id int64) (DeadLetter, error) 
 // later events again once none of it is parked.
 func (s *Service) PurgeDeadLetters(ctx context.Context, f DeadLetterFilter) (int64, error) {
 	f.Service = s.name
-	return s.store.DeadLetterDeleteMany(ctx, f)
+	return s.cfg.store.DeadLetterDeleteMany(ctx, f)
 }
 
 // ErrNotReplayable is returned for a dead letter whose message could not be
@@ -86,7 +86,7 @@ func (s *Service) ReplayDeadLetters(ctx context.Context, f DeadLetterFilter, opt
 			others = append(others, d)
 		}
 	}
-	if len(others) > 0 && s.broker == nil {
+	if len(others) > 0 && s.cfg.broker == nil {
 		return nil, fmt.Errorf("%w: service %s has no broker to replay through", ErrInvalidOption, s.name)
 	}
 	var done []DeadLetter
@@ -117,9 +117,9 @@ func (s *Service) replay(ctx context.Context, d DeadLetter) error {
 	if err := s.engine.InboxRelease(ctx, s.name+"/"+d.Subscription, e.ID); err != nil {
 		return err
 	}
-	if err := s.broker.Replay(ctx, s.name, d.Subscription, e); err != nil {
+	if err := s.cfg.broker.Replay(ctx, s.name, d.Subscription, e); err != nil {
 		return err
 	}
-	_, err = s.store.DeadLetterDeleteMany(ctx, store.DeadLetterFilter{IDs: []int64{d.ID}})
+	_, err = s.cfg.store.DeadLetterDeleteMany(ctx, store.DeadLetterFilter{IDs: []int64{d.ID}})
 	return err
 }

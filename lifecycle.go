@@ -9,6 +9,8 @@ import (
 	"github.com/heraldhq/herald/broker"
 	"github.com/heraldhq/herald/envelope"
 	"github.com/heraldhq/herald/internal/consumer"
+	"github.com/heraldhq/herald/internal/janitor"
+	"github.com/heraldhq/herald/internal/relay"
 )
 
 // runState is what a started service runs; Close stops it.
@@ -16,12 +18,11 @@ type runState struct {
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 	instance string // this instance's id (relay lease holder, catalog)
-	// The relay outlives the rest: Close closes drain once the subscriptions
-	// stopped, and cancels relayCtx after the drain timeout.
-	drain       chan struct{}
-	relayCancel context.CancelFunc
-	relayDone   chan struct{} // nil without a broker
-	consumers   []*consumer.Consumer
+	// The relay outlives the rest: Close drains it once the subscriptions
+	// stopped.
+	relay     *relay.Relay // nil without a broker
+	janitor   *janitor.Janitor
+	consumers []*consumer.Consumer
 }
 
 // Start provisions the service's streams and consumers on the broker (once,
@@ -46,8 +47,8 @@ func (s *Service) Start(ctx context.Context) error {
 	s.mu.RLock()
 	subs := append([]*subscription(nil), s.subs...)
 	s.mu.RUnlock()
-	if s.broker != nil {
-		if err := s.broker.Provision(ctx, s.topology()); err != nil {
+	if s.cfg.broker != nil {
+		if err := s.cfg.broker.Provision(ctx, s.topology()); err != nil {
 			return fmt.Errorf("service %s: provision: %w", s.name, err)
 		}
 		if err := s.refill(ctx); err != nil {
@@ -66,24 +67,32 @@ func (s *Service) Start(ctx context.Context) error {
 		}
 		consumers = append(consumers, c)
 	}
-	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	holder := envelope.NewID(time.Now()) // this instance, for the relay lease
-	r := &runState{cancel: cancel, instance: holder, consumers: consumers}
-	if s.broker != nil {
+	var rl *relay.Relay
+	if s.cfg.broker != nil {
+		var err error
+		if rl, err = s.newRelay(holder); err != nil {
+			return fmt.Errorf("service %s: %w", s.name, err)
+		}
+	}
+	jan, err := janitor.New(janitor.Config{EventLogRetention: s.cfg.retention, OutboxRetention: s.cfg.outboxRetention,
+		InboxRetention: s.cfg.inboxRetention, Store: s.engine, Logger: s.log})
+	if err != nil {
+		return fmt.Errorf("service %s: %w", s.name, err)
+	}
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	r := &runState{cancel: cancel, instance: holder, relay: rl, janitor: jan, consumers: consumers}
+	if s.cfg.broker != nil {
 		if heartbeat := s.announce(ctx, holder); heartbeat != nil {
 			r.wg.Go(func() { heartbeat(runCtx) })
 		}
-		relayCtx, relayCancel := context.WithCancel(context.WithoutCancel(ctx))
-		r.drain, r.relayCancel, r.relayDone = make(chan struct{}), relayCancel, make(chan struct{})
-		go func() {
-			defer close(r.relayDone)
-			s.relay(relayCtx, holder, r.drain)
-		}()
+		s.outbox.Store(r.relay) // before it starts: no commit's wake is lost
+		_ = r.relay.Start(ctx)  // never fails
 		r.wg.Go(func() {
 			// Commits of other processes (PostgreSQL) wake the relay too.
 			_ = s.engine.OutboxListen(runCtx, func(service string) {
 				if service == s.name {
-					s.signal()
+					r.relay.Wake()
 				}
 			})
 		})
@@ -91,7 +100,7 @@ func (s *Service) Start(ctx context.Context) error {
 			_ = c.Start(runCtx) // never fails
 		}
 	}
-	r.wg.Go(func() { s.janitor(runCtx) })
+	_ = r.janitor.Start(ctx) // never fails
 	s.run = r
 	s.started = true
 	return nil
@@ -124,20 +133,17 @@ func (s *Service) Close() error {
 	s.inDo.Wait()
 	if r != nil {
 		r.cancel()
-		var stops sync.WaitGroup // the subscriptions stop together
+		var stops sync.WaitGroup // the subscriptions and the janitor stop together
 		for _, c := range r.consumers {
 			stops.Go(c.Stop)
 		}
+		stops.Go(r.janitor.Stop)
 		stops.Wait()
 		r.wg.Wait()
-		if r.relayDone != nil {
-			close(r.drain)
-			stop := time.AfterFunc(s.cfg.relay.DrainTimeout, r.relayCancel)
-			<-r.relayDone
-			stop.Stop()
-			r.relayCancel()
+		if r.relay != nil {
+			r.relay.Drain() // for at most RelayConfig.DrainTimeout
 		}
-		if s.broker != nil {
+		if s.cfg.broker != nil {
 			s.withdraw(r.instance)
 		}
 	}
@@ -178,38 +184,12 @@ func (s *Service) topology() broker.Topology {
 	return t
 }
 
-// janitor applies the retention of the event log, the published outbox rows
-// and the inbox.
-func (s *Service) janitor(ctx context.Context) {
-	every := time.Minute
-	t := time.NewTimer(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		now := time.Now()
-		if _, err := s.PruneEventLog(ctx); err != nil && ctx.Err() == nil {
-			s.log.Warn("prune event log", "err", err)
-		}
-		if _, err := s.engine.OutboxPrune(ctx, now.Add(-s.cfg.outboxRetention)); err != nil && ctx.Err() == nil {
-			s.log.Warn("prune outbox", "err", err)
-		}
-		if _, err := s.engine.InboxPrune(ctx, now.Add(-s.cfg.inboxRetention)); err != nil && ctx.Err() == nil {
-			s.log.Warn("prune inbox", "err", err)
-		}
-		t.Reset(every)
-	}
-}
-
 // refill re-publishes, at start, the outbox rows published within the
 // broker's loss window before the service's last publish: a broker that
 // fsyncs periodically may have lost them if the machine died. The broker
 // drops the ones it still has by id; consumers' inboxes drop the rest.
 func (s *Service) refill(ctx context.Context) error {
-	lw, ok := s.broker.(broker.LossWindower)
+	lw, ok := s.cfg.broker.(broker.LossWindower)
 	if !ok || lw.LossWindow() <= 0 {
 		return nil
 	}

@@ -250,7 +250,7 @@ const catalogTimeout = 5 * time.Second
 // (nil otherwise). The catalog is for people and tools: a failure is
 // logged, never fatal to the service.
 func (s *Service) announce(ctx context.Context, instance string) func(ctx context.Context) {
-	ms, ok := s.broker.(broker.ManifestStore)
+	ms, ok := s.cfg.broker.(broker.ManifestStore)
 	if !ok {
 		return nil
 	}
@@ -297,7 +297,7 @@ func (s *Service) announce(ctx context.Context, instance string) func(ctx contex
 // manifest stays, so the service shows as stale until an instance starts
 // again or an operator retires it (`herald catalog forget`).
 func (s *Service) withdraw(instance string) {
-	ms, ok := s.broker.(broker.ManifestStore)
+	ms, ok := s.cfg.broker.(broker.ManifestStore)
 	if !ok {
 		return
 	}

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/heraldhq/herald/broker"
+	"github.com/heraldhq/herald/internal/janitor"
+	"github.com/heraldhq/herald/internal/relay"
 	"github.com/heraldhq/herald/store"
 )
 
@@ -18,9 +20,7 @@ import (
 // relay and subscriptions.
 type Service struct {
 	name   string
-	store  *store.Store  // the users' side, Store()
-	engine *store.Engine // the same store, for the engines
-	broker broker.Broker
+	engine *store.Engine // cfg.store (the users' side, Store()), for the engines
 	log    *slog.Logger
 	reg    *Registry
 	cfg    config
@@ -39,16 +39,17 @@ type Service struct {
 	inDo    sync.WaitGroup
 	run     *runState // non-nil while started
 
-	wake   chan struct{} // commit → relay, capacity 1
-	rewind atomic.Uint64 // Republish calls: the relay re-reads the outbox from its start
+	outbox atomic.Pointer[relay.Relay] // the outbox relay, once started: commits wake it
 
 	limiter  broker.Limiter // the broker's, if it limits event sizes
 	maxEvent atomic.Int64   // the largest event it accepts (0: no limit known)
 }
 
+// config is what the options set; the service keeps it, and its store and
+// broker nowhere else.
 type config struct {
-	store           *store.Store
-	broker          broker.Broker
+	store           *store.Store  // WithStore
+	broker          broker.Broker // WithBroker, nil without one
 	log             *slog.Logger
 	retention       time.Duration
 	maxDepth        int
@@ -137,7 +138,6 @@ func New(name string, opts ...Option) (*Service, error) {
 		log:             slog.Default(),
 		retention:       30 * 24 * time.Hour,
 		maxDepth:        32,
-		relay:           defaultRelayConfig(),
 		retry:           defaultRetryPolicy(),
 		inboxRetention:  7 * 24 * time.Hour,
 		outboxRetention: time.Hour,
@@ -155,9 +155,7 @@ func New(name string, opts ...Option) (*Service, error) {
 	}
 	s := &Service{
 		name:         name,
-		store:        c.store,
 		engine:       store.EngineOf(c.store),
-		broker:       c.broker,
 		log:          c.log.With("service", name),
 		reg:          NewRegistry(),
 		cfg:          c,
@@ -165,7 +163,6 @@ func New(name string, opts ...Option) (*Service, error) {
 		handlers:     map[Contract][]domainHandler{},
 		translations: map[Contract][]translation{},
 		notifies:     map[Contract]bool{},
-		wake:         make(chan struct{}, 1),
 	}
 	s.limiter, _ = c.broker.(broker.Limiter)
 	s.learnLimit() // so that Do applies it before Start too
@@ -176,7 +173,7 @@ func New(name string, opts ...Option) (*Service, error) {
 func (s *Service) Name() string { return s.name }
 
 // Store is the service's store.
-func (s *Service) Store() *store.Store { return s.store }
+func (s *Service) Store() *store.Store { return s.cfg.store }
 
 // Registry is the service's contract registry.
 func (s *Service) Registry() *Registry { return s.reg }
@@ -188,14 +185,6 @@ func (s *Service) Register(cs ...Contract) error {
 		return fmt.Errorf("service %s: %w", s.name, err)
 	}
 	return nil
-}
-
-// signal wakes the relay without blocking.
-func (s *Service) signal() {
-	select {
-	case s.wake <- struct{}{}:
-	default:
-	}
 }
 
 // enter registers an in-flight Do; it fails once the service is closed.
@@ -212,8 +201,5 @@ func (s *Service) enter() error {
 // PruneEventLog deletes event-log entries older than the retention now and
 // returns how many it removed.
 func (s *Service) PruneEventLog(ctx context.Context) (int64, error) {
-	if s.cfg.retention == 0 {
-		return 0, nil
-	}
-	return s.engine.EventLogPrune(ctx, time.Now().Add(-s.cfg.retention))
+	return janitor.PruneEventLog(ctx, s.engine, s.cfg.retention, time.Now())
 }

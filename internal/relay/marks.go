@@ -1,0 +1,147 @@
+package relay
+
+import (
+	"context"
+	"time"
+
+	"github.com/heraldhq/herald/store"
+)
+
+// state is what the relay carries from one round to the next.
+//
+// The cursor, the read ahead and the mark that overlaps the next batch rely
+// on rows becoming readable in seq order, which holds on SQLite (one writer
+// at a time takes its seqs and commits before the next). On PostgreSQL a
+// transaction can take a lower seq and become readable after a higher one
+// was published, so there (serial) every round waits for its mark and reads
+// every unpublished row, and no row is ever skipped.
+type state struct {
+	serial bool
+	// cursor is the last outbox seq this relay published and acknowledged
+	// (0: none yet). Later rounds read the rows after it, so a batch whose
+	// mark is still being written is not read again.
+	cursor int64
+	rewind uint64     // the Relay.rewind value the cursor is valid for
+	mark   chan error // the result of the mark being written, nil if none
+	// unmarked counts the rows up to the cursor the broker acknowledged
+	// and no mark covers yet; they are marked, with one range mark, every
+	// `every` after the oldest of them (at markedAt), or sooner when many
+	// accumulate.
+	unmarked int
+	markedAt time.Time
+	every    time.Duration
+	// base is the range mark this relay's reads build on (valid when
+	// baseKnown): the newest when it last read the table afresh, or its own
+	// last mark. A mark is written only while the table's newest mark is
+	// still at least base, so a Republish that dropped marks is never
+	// covered up again.
+	base      int64
+	baseKnown bool
+	// ahead is the read of the batch after the one being published, started
+	// when that one was full; after is the seq it reads after.
+	ahead chan pendingRead
+	after int64
+	// held maps each key of the service that has producer-side dead
+	// letters to the event id of the oldest: the relay parks the key's
+	// rows behind it. It is read from the store before every read of the
+	// outbox while it is not empty (an operator may replay or purge them
+	// meanwhile), and after a reset (heldKnown false); only the relay adds
+	// to it, so an empty one stays empty until this relay parks a row.
+	held      map[string]string
+	heldKnown bool
+	// failSeq is the row whose publish failed with an error no broker
+	// sentinel classifies, failN in how many rounds in a row (another
+	// outcome of a round starts the count again).
+	failSeq int64
+	failN   int
+}
+
+// settle waits for the mark being written and returns its error; after an
+// error the cursor goes back to 0, so the rows it left unmarked are read
+// (and re-published, harmlessly) again.
+func (rs *state) settle() error {
+	if rs.mark == nil {
+		return nil
+	}
+	err := <-rs.mark
+	rs.mark = nil
+	if err != nil {
+		rs.cursor = 0
+		rs.unmarked = 0
+		rs.baseKnown = false
+		rs.drop()
+	}
+	return err
+}
+
+// drop waits for the read ahead, if any, and forgets it.
+func (rs *state) drop() {
+	if rs.ahead != nil {
+		<-rs.ahead
+		rs.ahead = nil
+	}
+}
+
+// reset forgets everything but the rewind count: the next round reads what
+// the outbox table says. Acknowledged rows it had not marked yet are
+// published again (the broker drops the copies).
+func (rs *state) reset() {
+	_ = rs.settle()
+	rs.drop()
+	rs.cursor = 0
+	rs.unmarked = 0
+	rs.baseKnown = false
+	rs.heldKnown = false
+	rs.failN = 0
+}
+
+// maxUnmarked bounds how many acknowledged rows wait for their mark, and so
+// how many a crash makes the relay publish again.
+const maxUnmarked = 16384
+
+// markDue reports whether the unmarked rows should be marked now.
+func (rs *state) markDue() bool {
+	return rs.unmarked > 0 && (rs.unmarked >= maxUnmarked || time.Since(rs.markedAt) >= rs.every)
+}
+
+// acked counts n more rows acknowledged up to the cursor, and starts their
+// mark if it is due.
+func (r *Relay) acked(ctx context.Context, rs *state, n int) error {
+	if rs.unmarked == 0 {
+		rs.markedAt = time.Now() // the oldest unmarked row's wait starts
+	}
+	rs.unmarked += n
+	if rs.markDue() {
+		return r.flushMarks(ctx, rs)
+	}
+	return nil
+}
+
+// flushMarks waits for the mark in flight, then starts marking every row up
+// to the cursor and returns without waiting for it; the next settle waits.
+func (r *Relay) flushMarks(ctx context.Context, rs *state) error {
+	if err := rs.settle(); err != nil {
+		return err
+	}
+	if rs.unmarked == 0 {
+		return nil
+	}
+	if r.rewind.Load() != rs.rewind {
+		// Republish reopened rows: what is unmarked goes out again.
+		rs.unmarked = 0
+		return nil
+	}
+	from, upto := rs.base, rs.cursor
+	rs.unmarked = 0
+	rs.base = upto
+	done := make(chan error, 1)
+	rs.mark = done
+	// A mark that Drain or Stop cuts short is written anyway (within a
+	// second), so a restart does not publish those rows again.
+	mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+	go func() {
+		defer cancel()
+		done <- r.cfg.Store.OutboxMarkUpTo(mctx, store.OutboxMarkUpToParams{Service: r.cfg.Service, From: from, UpTo: upto, At: time.Now()})
+	}()
+	return nil
+}
