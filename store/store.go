@@ -85,13 +85,26 @@ type Engine Store
 // are the same value.
 func EngineOf(s *Store) *Engine { return (*Engine)(s) }
 
-// New wraps an open database. The dialect packages call it; most users call
-// sqlite.Open or postgres.Open instead. ownsDB says whether Close closes db.
-func New(ctx context.Context, db *sql.DB, d Dialect, ownsDB bool) (*Store, error) {
+// NewOption tunes New.
+type NewOption func(*Store)
+
+// SharedDB makes Close leave the database open: the caller owns it (and
+// may share it with other code). Without it, Close closes db.
+func SharedDB() NewOption { return func(s *Store) { s.ownsDB = false } }
+
+// New wraps an open database; Close closes it unless SharedDB is given. The
+// dialect packages call it; most users call sqlite.Open or postgres.Open
+// instead.
+func New(ctx context.Context, db *sql.DB, d Dialect, opts ...NewOption) (*Store, error) {
 	if err := d.Migrate(ctx, db); err != nil {
 		return nil, fmt.Errorf("herald/store: migrate %s: %w", d.Name(), err)
 	}
-	s := &Store{db: db, d: d, ownsDB: ownsDB}
+	s := &Store{db: db, d: d, ownsDB: true}
+	for _, o := range opts {
+		if o != nil {
+			o(s)
+		}
+	}
 	s.queries = buildQueries(d)
 	if err := EngineOf(s).prepareHot(ctx); err != nil {
 		return nil, err

@@ -70,7 +70,7 @@ func Open(ctx context.Context, url string, opts ...Option) (*store.Store, error)
 		db.Close()
 		return nil, fmt.Errorf("herald/store/postgres: connect %s@%s:%d/%s: %w", cfg.User, cfg.Host, cfg.Port, cfg.Database, err)
 	}
-	s, err := store.New(ctx, db, dialect{cfg: cfg}, true)
+	s, err := store.New(ctx, db, dialect{cfg: cfg})
 	if err != nil {
 		db.Close()
 		return nil, err

@@ -236,7 +236,7 @@ func openFlawed(ctx context.Context, path, flaw string) (*store.Store, error) {
 	db := sql.OpenDB(flawedConnector{Connector: sqlite.NewConnector(dsn, 10*time.Second), flaw: flaw})
 	db.SetMaxOpenConns(64)
 	db.SetMaxIdleConns(8)
-	s, err := store.New(ctx, db, flawedDialect{Dialect: sqlite.Dialect(), flaw: flaw}, true)
+	s, err := store.New(ctx, db, flawedDialect{Dialect: sqlite.Dialect(), flaw: flaw})
 	if err != nil {
 		db.Close()
 		return nil, err

@@ -136,7 +136,7 @@ func Open(ctx context.Context, path string, opts ...Option) (*store.Store, error
 		db.Close()
 		return nil, fmt.Errorf("herald/store/sqlite: open %s: %w", path, err)
 	}
-	s, err := store.New(ctx, db, Dialect(), true)
+	s, err := store.New(ctx, db, Dialect())
 	if err != nil {
 		db.Close()
 		return nil, err

@@ -298,3 +298,37 @@ func TestPathSpecialCharacters(t *testing.T) {
 		})
 	}
 }
+
+// TestSharedDB: Close closes the database New was given, unless SharedDB
+// says the caller owns it.
+func TestSharedDB(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		opts     []store.NewOption
+		openLeft bool
+	}{
+		{"owned", nil, false},
+		{"shared", []store.NewOption{store.SharedDB()}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := t.Context()
+			path := filepath.Join(t.TempDir(), "h.db")
+			db := sql.OpenDB(sqlite.NewConnector("file:"+path+"?_pragma=journal_mode(WAL)", time.Second))
+			t.Cleanup(func() { db.Close() })
+			s, err := store.New(ctx, db, sqlite.Dialect(), tc.opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			err = db.PingContext(ctx)
+			if tc.openLeft && err != nil {
+				t.Fatalf("Close closed a shared database: ping: %v", err)
+			}
+			if !tc.openLeft && err == nil {
+				t.Fatal("Close left the database it owns open")
+			}
+		})
+	}
+}
