@@ -50,6 +50,7 @@ type fakeStore struct {
 	until    time.Time // its expiry
 	releases int
 	closed   bool
+	failMark int // OutboxMarkUpTo calls still to fail
 }
 
 func (s *fakeStore) live() error {
@@ -233,6 +234,10 @@ func (s *fakeStore) OutboxMarkUpTo(_ context.Context, p store.OutboxMarkUpToPara
 	defer s.mu.Unlock()
 	if err := s.live(); err != nil {
 		return err
+	}
+	if s.failMark > 0 {
+		s.failMark--
+		return errors.New("disk I/O error")
 	}
 	if s.maxMark() < p.From {
 		return store.ErrMarkMoved

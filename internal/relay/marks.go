@@ -63,7 +63,24 @@ func (rs *state) settle() error {
 	if rs.mark == nil {
 		return nil
 	}
-	err := <-rs.mark
+	return rs.settled(<-rs.mark)
+}
+
+// settleDone settles the mark being written if it has finished, without
+// waiting: a round that found nothing to publish learns of a failed mark
+// then, rather than at the next mark, which may be long in coming (until
+// then the rows it did not mark would count as the outbox's backlog).
+func (rs *state) settleDone() error {
+	select {
+	case err := <-rs.mark: // a nil channel (no mark) is never ready
+		return rs.settled(err)
+	default:
+		return nil
+	}
+}
+
+// settled takes the result of the mark that was being written.
+func (rs *state) settled(err error) error {
 	rs.mark = nil
 	if err != nil {
 		rs.cursor = 0

@@ -428,3 +428,47 @@ func TestRewindRereadsFromStart(t *testing.T) {
 		}
 	})
 }
+
+// A range mark that fails leaves its rows unpublished in the table: the
+// relay forgets its cursor, publishes them again (the broker drops the
+// copies by id) and marks them on a later round; nothing is lost or
+// skipped. The same holds when a Republish dropped the marks the relay
+// built on (store.ErrMarkMoved).
+func TestFailedMarkRepublishes(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		break_ func(s *fakeStore)
+		again  []string // published a second time: what no mark covers
+	}{
+		{"mark fails", func(s *fakeStore) { s.mu.Lock(); s.failMark = 1; s.mu.Unlock() }, ids(6, 7)},
+		{"marks dropped", func(s *fakeStore) { s.republish() }, ids(1, 7)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				r, tb := setup(t, false, func(c *Config) { c.PollInterval = DefaultPollInterval })
+				tb.store.addN(5)
+				start(t, r)
+				time.Sleep(2 * DefaultMarkInterval)
+				synctest.Wait()
+				if marks, _ := tb.store.markCalls(); !slices.Equal(marks, []int64{5}) {
+					t.Fatalf("marks up to %v, want one up to 5", marks)
+				}
+				tc.break_(tb.store)
+				tb.store.addN(2)
+				r.Wake()
+				synctest.Wait()
+				time.Sleep(time.Minute) // the mark interval, the next poll, the failure's backoff, the next rounds
+				synctest.Wait()
+				if n := tb.store.pending(); n != 0 {
+					t.Errorf("%d rows left unpublished in the table, want 0", n)
+				}
+				if got, want := tb.broker.storedIDs(), ids(1, 7); !slices.Equal(got, want) {
+					t.Errorf("broker stored %v, want %v", got, want)
+				}
+				if got := tb.broker.attemptIDs(); !slices.Equal(got[7:], tc.again) {
+					t.Errorf("published again %v, want %v (the rows no mark covers)", got[7:], tc.again)
+				}
+			})
+		})
+	}
+}

@@ -66,7 +66,7 @@ func (r *Relay) round(ctx context.Context, rs *state) (int, error) {
 		if rs.markDue() {
 			return 0, r.flushMarks(ctx, rs)
 		}
-		return 0, nil
+		return 0, rs.settleDone()
 	}
 	if len(rows) == r.cfg.BatchSize && !rs.serial {
 		// More is likely waiting: read it while the broker stores this.
