@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"math/bits"
-
 	"strconv"
 	"sync"
 	"time"
