@@ -1,7 +1,6 @@
 package janitor
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -11,6 +10,8 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/heraldhq/herald/internal/testlog"
 )
 
 // The janitor's tests run in synctest bubbles over an in-memory store that
@@ -50,33 +51,16 @@ func (s *fakeStore) got() []prune {
 	return slices.Clone(s.prunes)
 }
 
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 type testBundle struct {
 	store *fakeStore
-	logs  *logBuffer
+	logs  *testlog.Buffer
 }
 
 // setup returns a started janitor (retentions: event log 30 days, outbox
 // 1h, inbox 7 days) over a fresh fake; tune adjusts its config.
 func setup(t *testing.T, tune func(*Config)) (*Janitor, *testBundle) {
 	t.Helper()
-	tb := &testBundle{store: &fakeStore{fail: map[string]error{}}, logs: &logBuffer{}}
+	tb := &testBundle{store: &fakeStore{fail: map[string]error{}}, logs: &testlog.Buffer{}}
 	cfg := Config{EventLogRetention: 30 * 24 * time.Hour, OutboxRetention: time.Hour, InboxRetention: 7 * 24 * time.Hour,
 		Store: tb.store, Logger: slog.New(slog.NewTextHandler(tb.logs, nil))}
 	if tune != nil {

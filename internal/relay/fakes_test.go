@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/heraldhq/herald/broker"
 	"github.com/heraldhq/herald/envelope"
+	"github.com/heraldhq/herald/internal/testlog"
 	"github.com/heraldhq/herald/store"
 )
 
@@ -347,29 +347,11 @@ func (o *fakeObserver) Parked(_ context.Context, e *envelope.Envelope, _ time.Ti
 	o.attempts = append(o.attempts, attempts)
 }
 
-// logBuffer is a slog handler's output, safe for the relay's goroutines.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 type testBundle struct {
 	store    *fakeStore
 	broker   *fakeBroker
 	observer *fakeObserver
-	logs     *logBuffer
+	logs     *testlog.Buffer
 	failed   *atomic.Int64 // PublishFailed calls
 }
 
@@ -378,7 +360,7 @@ type testBundle struct {
 func setup(t *testing.T, serial bool, tune func(*Config)) (*Relay, *testBundle) {
 	t.Helper()
 	tb := &testBundle{store: &fakeStore{serial: serial}, broker: &fakeBroker{}, observer: &fakeObserver{},
-		logs: &logBuffer{}, failed: new(atomic.Int64)}
+		logs: &testlog.Buffer{}, failed: new(atomic.Int64)}
 	cfg := Config{
 		Service: "shop", Holder: "me",
 		BatchSize: 7, PollInterval: time.Hour, LeaseTTL: 9 * time.Second,
