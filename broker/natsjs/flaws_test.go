@@ -3,10 +3,7 @@ package natsjs
 import (
 	"context"
 	"maps"
-	"os"
-	"os/exec"
 	"slices"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -14,7 +11,7 @@ import (
 	"github.com/heraldhq/herald/broker"
 	"github.com/heraldhq/herald/broker/brokertest"
 	"github.com/heraldhq/herald/envelope"
-	"github.com/heraldhq/herald/internal/childproc"
+	"github.com/heraldhq/herald/internal/flawtest"
 )
 
 // reconnectable is a Broker connected (with Connect) to an embedded server
@@ -226,58 +223,15 @@ var brokerFlaws = map[string][]string{
 // catch the flaw, and expects the run to fail naming the first case. The
 // same cases must pass on the unbroken wrapper.
 func TestSuiteCatchesFlaws(t *testing.T) {
-	if os.Getenv("BROKERTEST_FLAW") != "" {
-		t.Skip("child process")
-	}
 	if testing.Short() {
 		t.Skip("-short: child processes")
 	}
-	var all []string
-	for _, cases := range brokerFlaws {
-		all = append(all, cases...)
-	}
-	slices.Sort(all)
-	all = slices.Compact(all)
-	child := func(t *testing.T, flaw string, cases []string) (string, error) {
-		cmd := exec.CommandContext(t.Context(), os.Args[0],
-			"-test.run=^TestFlawedBroker$/^("+strings.Join(cases, "|")+")$", "-test.v", "-test.timeout=2m")
-		cmd.Env = append(os.Environ(), "BROKERTEST_FLAW="+flaw)
-		childproc.DieWithParent(cmd)
-		out, err := cmd.CombinedOutput()
-		return string(out), err
-	}
-	t.Run("none", func(t *testing.T) {
-		t.Parallel()
-		out, err := child(t, "none", all)
-		if err != nil {
-			t.Fatalf("the suite failed the unbroken broker: %v\n%s", err, out)
-		}
-		for _, c := range all {
-			if !strings.Contains(out, "--- PASS: TestFlawedBroker/"+c+" ") {
-				t.Errorf("case %s did not pass (a skip would hide a flaw):\n%s", c, out)
-			}
-		}
-	})
-	for flaw, cases := range brokerFlaws {
-		t.Run(flaw, func(t *testing.T) {
-			t.Parallel()
-			out, err := child(t, flaw, cases)
-			if err == nil {
-				t.Fatalf("the suite passed a broker that %s:\n%s", flaw, out)
-			}
-			if want := "--- FAIL: TestFlawedBroker/" + cases[0] + " "; !strings.Contains(out, want) {
-				t.Errorf("output lacks %q:\n%s", want, out)
-			}
-		})
-	}
+	flawtest.Run(t, flawtest.Config{Child: "TestFlawedBroker", Env: "BROKERTEST_FLAW", Flaws: brokerFlaws})
 }
 
 // TestFlawedBroker is the child process of TestSuiteCatchesFlaws.
 func TestFlawedBroker(t *testing.T) {
-	flaw := os.Getenv("BROKERTEST_FLAW")
-	if flaw == "" {
-		t.Skip("run by TestSuiteCatchesFlaws")
-	}
+	flaw := flawtest.Flaw(t, "BROKERTEST_FLAW", "TestSuiteCatchesFlaws")
 	caps := brokertest.All
 	caps.Persistent = false
 	brokertest.Run(t, caps, func(t *testing.T) broker.Broker {

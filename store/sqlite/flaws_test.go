@@ -5,15 +5,13 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"io"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/heraldhq/herald/internal/childproc"
+	"github.com/heraldhq/herald/internal/flawtest"
 	"github.com/heraldhq/herald/store"
 	"github.com/heraldhq/herald/store/sqlite"
 	"github.com/heraldhq/herald/store/storetest"
@@ -250,58 +248,12 @@ func openFlawed(ctx context.Context, path, flaw string) (*store.Store, error) {
 // flaw, and expects the run to fail naming the first of them. The same
 // cases must pass through the unbroken wrappers.
 func TestStoreSuiteCatchesFlaws(t *testing.T) {
-	if os.Getenv("STORETEST_FLAW") != "" {
-		t.Skip("child process")
-	}
-	var all []string
-	for _, cases := range storeFlaws {
-		all = append(all, cases...)
-	}
-	slices.Sort(all)
-	all = slices.Compact(all)
-	child := func(t *testing.T, flaw string, cases []string) (string, error) {
-		var alts []string
-		for _, c := range cases {
-			alts = append(alts, "^TestFlawedStore$/^"+strings.ReplaceAll(c, "/", "$/^")+"$")
-		}
-		cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.run="+strings.Join(alts, "|"), "-test.v", "-test.timeout=2m")
-		cmd.Env = append(os.Environ(), "STORETEST_FLAW="+flaw)
-		childproc.DieWithParent(cmd)
-		out, err := cmd.CombinedOutput()
-		return string(out), err
-	}
-	t.Run("none", func(t *testing.T) {
-		t.Parallel()
-		out, err := child(t, "none", all)
-		if err != nil {
-			t.Fatalf("the suite failed the unbroken store: %v\n%s", err, out)
-		}
-		for _, c := range all {
-			if !strings.Contains(out, "--- PASS: TestFlawedStore/"+c+" ") {
-				t.Errorf("case %s did not pass:\n%s", c, out)
-			}
-		}
-	})
-	for flaw, cases := range storeFlaws {
-		t.Run(flaw, func(t *testing.T) {
-			t.Parallel()
-			out, err := child(t, flaw, cases)
-			if err == nil {
-				t.Fatalf("the suite passed a store whose %s:\n%s", flaw, out)
-			}
-			if want := "--- FAIL: TestFlawedStore/" + cases[0] + " "; !strings.Contains(out, want) {
-				t.Errorf("output lacks %q:\n%s", want, out)
-			}
-		})
-	}
+	flawtest.Run(t, flawtest.Config{Child: "TestFlawedStore", Env: "STORETEST_FLAW", Flaws: storeFlaws})
 }
 
 // TestFlawedStore is the child process of TestStoreSuiteCatchesFlaws.
 func TestFlawedStore(t *testing.T) {
-	flaw := os.Getenv("STORETEST_FLAW")
-	if flaw == "" {
-		t.Skip("run by TestStoreSuiteCatchesFlaws")
-	}
+	flaw := flawtest.Flaw(t, "STORETEST_FLAW", "TestStoreSuiteCatchesFlaws")
 	storetest.Run(t, storetest.Config{
 		NewDB: func(t *testing.T) func() (*store.Store, error) {
 			path := filepath.Join(t.TempDir(), "herald.db")
