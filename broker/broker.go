@@ -43,6 +43,12 @@ type Subscription struct {
 	AckWait time.Duration
 	// MaxAckPending bounds the events in flight to this subscription.
 	MaxAckPending int
+	// Partition is the partition this Subscription value stands for, from 0
+	// to Partitioner.Partitions()-1 (always 0 on a transport that does not
+	// partition). herald consumes each partition of a subscription on its
+	// own: Consume, PendingState and Pending take the partition from here;
+	// Provision ignores it and provisions every partition.
+	Partition int
 }
 
 // Topology is what a service publishes and consumes; Provision creates the
@@ -161,6 +167,34 @@ type Broker interface {
 	Replay(ctx context.Context, service, subscription string, e *envelope.Envelope) error
 	// Close releases the transport; an embedded server is shut down cleanly.
 	Close() error
+}
+
+// Partitioner is implemented by transports that spread integration events
+// over partitions by their partition key (envelope.Envelope.Key), each
+// partition delivered in order on its own. herald runs one consumer per
+// partition of each subscription. A transport that does not implement it has
+// one partition.
+type Partitioner interface {
+	// Partitions is the number of partitions, at least 1, fixed when the
+	// streams were provisioned.
+	Partitions() int
+	// Partition returns the partition an event of partition key key goes
+	// to: a stable function of key and Partitions. Keyless events go to
+	// partition 0.
+	Partition(key string) int
+}
+
+// Claimer is implemented by transports that hand each partition of a
+// subscription to one consumer at a time, among all the Consume calls on it
+// in every process, and that restart the partition's delivery at its first
+// unacknowledged event, in stream order, whenever a consumer gains it (a
+// takeover after another consumer died or released it) or its connection
+// comes back. Order per key then needs no hold in herald: an event handled
+// but not acknowledged by the previous holder comes again before any newer
+// one, and the inbox absorbs it. ClaimsInOrder reports whether sub is
+// consumed that way (a transport may do it for some subscriptions only).
+type Claimer interface {
+	ClaimsInOrder(sub Subscription) bool
 }
 
 // LossWindower is implemented by transports that may lose the events they

@@ -194,3 +194,20 @@ func ConsumerName(service, subscription string) string {
 	h.Write([]byte(subscription))
 	return fmt.Sprintf("%s_%016x", name, h.Sum64())
 }
+
+// PartitionOf returns the partition, from 0 to n-1, of the integration
+// events of partition key key when there are n partitions: the 32-bit
+// FNV-1a hash of the key's bytes modulo n. The function is part of the
+// wire contract (services in other languages compute the same); keyless
+// events (key "") are in partition 0.
+func PartitionOf(key string, n int) int {
+	if key == "" || n <= 1 {
+		return 0
+	}
+	h := uint32(2166136261)
+	for i := 0; i < len(key); i++ {
+		h ^= uint32(key[i])
+		h *= 16777619
+	}
+	return int(h % uint32(n))
+}

@@ -19,6 +19,9 @@ var ErrInvalidOption = errors.New("herald/natsjs: invalid option")
 const (
 	DefaultPrefix            = "herald"
 	DefaultReplicas          = 1
+	DefaultPartitions        = 1
+	MaxPartitions            = 256
+	DefaultPinnedTTL         = 2 * time.Second
 	DefaultMaxInFlight       = 4096
 	DefaultDuplicateWindow   = 2 * time.Minute
 	DefaultMaxAge            = 7 * 24 * time.Hour
@@ -61,6 +64,8 @@ type config struct {
 	// shared
 	prefix          string
 	replicas        int
+	partitions      int
+	pinnedTTL       time.Duration
 	maxInFlight     int
 	dupWindow       time.Duration
 	maxAge          time.Duration
@@ -111,6 +116,8 @@ func defaultConfig(m mode) config {
 		mode:            m,
 		prefix:          DefaultPrefix,
 		replicas:        DefaultReplicas,
+		partitions:      DefaultPartitions,
+		pinnedTTL:       DefaultPinnedTTL,
 		maxInFlight:     DefaultMaxInFlight,
 		dupWindow:       DefaultDuplicateWindow,
 		maxAge:          DefaultMaxAge,
@@ -203,6 +210,38 @@ func WithReplicas(n int) Option {
 			return invalid("WithReplicas(%d): want 1 to 5", n)
 		}
 		c.replicas = n
+		return nil
+	}
+}
+
+// WithPartitions sets the number of partitions integration events are
+// spread over (1 to MaxPartitions, default 1), by PartitionOf their
+// partition key. Each partition is a stream of its own (so that, on a
+// cluster, the partitions' leaders spread over the nodes) and each
+// subscription has a durable consumer per partition, held by one instance
+// of the service at a time. The count is fixed when the streams are first
+// provisioned: every service of a system must use the same one, and
+// Provision refuses a different one, naming both.
+func WithPartitions(n int) Option {
+	return func(c *config) error {
+		if n < 1 || n > MaxPartitions {
+			return invalid("WithPartitions(%d): want 1 to %d", n, MaxPartitions)
+		}
+		c.partitions = n
+		return nil
+	}
+}
+
+// WithPinnedTTL sets how long a partition stays with an instance that
+// stopped pulling it (default DefaultPinnedTTL): after a crash, the
+// partitions of the dead instance move to the others within about this
+// time. It must be at least 1s; pulls are renewed at half of it.
+func WithPinnedTTL(d time.Duration) Option {
+	return func(c *config) error {
+		if d < time.Second {
+			return invalid("WithPinnedTTL(%v): want at least 1s", d)
+		}
+		c.pinnedTTL = d
 		return nil
 	}
 }
