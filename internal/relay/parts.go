@@ -168,6 +168,12 @@ func (r *Relay) roundParts(ctx context.Context, rs *state) (int, error) {
 			more = false
 		}
 	}
+	// In serial mode the read must not find them unmarked.
+	if err := r.markParts(ctx, rs, acked); err != nil {
+		return 0, errors.Join(firstErr, err)
+	}
+	marked := len(acked) > 0
+	acked = nil
 	n := 0
 	if ps.queued < r.maxQueued() {
 		var err error
@@ -200,7 +206,7 @@ func (r *Relay) roundParts(ctx context.Context, rs *state) (int, error) {
 	if err := r.markParts(ctx, rs, acked); err != nil {
 		return 0, errors.Join(firstErr, err)
 	}
-	if len(acked) == 0 {
+	if !marked && len(acked) == 0 {
 		var err error
 		if rs.markDue() {
 			err = r.flushMarks(ctx, rs)
