@@ -433,3 +433,45 @@ func TestOnePartitionHoldsEverything(t *testing.T) {
 		}
 	})
 }
+
+// Drain waits for a partition that is behind: it publishes it once it
+// recovers within the drain timeout, and gives up at the timeout if it does
+// not, leaving its rows for the next start.
+func TestPartitionDrain(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		down time.Duration
+		left int // rows left unpublished
+	}{
+		{"recovers", 2 * time.Second, 0},
+		{"stays down", time.Minute, 3},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				r, tb, pb := setupParts(t, false, 4, func(c *Config) { c.DrainTimeout = 5 * time.Second })
+				start(t, r)
+				pb.setDown(2, time.Now().Add(tc.down))
+				want := map[int][]int64{}
+				addRound(tb.store, 12, want)
+				begin := time.Now()
+				r.Drain()
+				if took := time.Since(begin); took > 5*time.Second {
+					t.Errorf("Drain took %v, want at most the timeout", took)
+				}
+				for _, p := range []int{0, 1, 3} {
+					wantPartition(t, tb, pb, p, idsOf(want[p]))
+				}
+				checkMarks(t, tb)
+				if n := tb.store.pending(); n != tc.left {
+					t.Errorf("%d rows left unpublished, want %d", n, tc.left)
+				}
+				if tc.left > 0 && !strings.Contains(tb.logs.String(), fmt.Sprintf("unpublished=%d", tc.left)) {
+					t.Errorf("what the drain left was not logged:\n%s", tb.logs)
+				}
+				if r.Running() {
+					t.Error("still running after Drain")
+				}
+			})
+		})
+	}
+}
