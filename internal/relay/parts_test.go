@@ -475,3 +475,38 @@ func TestPartitionDrain(t *testing.T) {
 		})
 	}
 }
+
+// A relay that loses its lease while a partition is behind forgets its
+// queues (waiting for the call out first); with the lease back it reads
+// the partition's rows from the table again and publishes them in order.
+func TestPartitionLeaseLostForgetsQueues(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r, tb, pb := setupParts(t, false, 4, nil)
+		pb.hang = time.Minute // its call is out when the lease goes
+		start(t, r)
+		pb.setDown(2, time.Now().Add(20*time.Second))
+		want := map[int][]int64{}
+		addRound(tb.store, 12, want)
+		r.Wake()
+		time.Sleep(time.Second)
+		synctest.Wait()
+		tb.store.setOther("them")
+		time.Sleep(4 * time.Second) // past a renewal (TTL/3)
+		addRound(tb.store, 4, want)
+		r.Wake() // the relay finds the lease gone
+		time.Sleep(6 * time.Second)
+		synctest.Wait()
+		for _, p := range []int{0, 1, 3} {
+			if got := storedOf(tb, pb, p); len(got) != 3 {
+				t.Errorf("partition %d stored %v without the lease, want the 3 from before", p, got)
+			}
+		}
+		tb.store.setOther("")
+		time.Sleep(30 * time.Second) // the lease back, the outage over
+		synctest.Wait()
+		for p := range 4 {
+			wantPartition(t, tb, pb, p, idsOf(want[p]))
+		}
+		checkDone(t, tb, pb)
+	})
+}
