@@ -23,6 +23,9 @@ type RelayConfig struct {
 	// 10s); it bounds the failover time when a relay's process dies.
 	LeaseTTL time.Duration
 	// MaxBackoff caps the wait between failed publish rounds (default 5s).
+	// On a broker with several partitions (natsjs.WithPartitions) a failed
+	// publish holds back only its partition's later events: that partition
+	// backs off and is retried in order while the others go on.
 	MaxBackoff time.Duration
 	// MarkInterval is how long acknowledged rows may wait to be marked
 	// published (default 100ms): the relay marks everything the broker

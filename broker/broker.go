@@ -174,6 +174,15 @@ type Broker interface {
 // partition delivered in order on its own. herald runs one consumer per
 // partition of each subscription. A transport that does not implement it has
 // one partition.
+//
+// With more than one partition, herald's outbox relay keeps order per
+// partition only: it publishes each partition's events in Publish calls of
+// their own, at most one call out per partition, and the calls of different
+// partitions concurrently, so Publish must be safe for concurrent use. Its
+// contract is unchanged — a call stops at its first failure — but as a call
+// holds one partition's events, a failure (a partition's stream electing a
+// leader) holds back only that partition's later events; the relay retries
+// them, in order, while the other partitions go on.
 type Partitioner interface {
 	// Partitions is the number of partitions, at least 1, fixed when the
 	// streams were provisioned.

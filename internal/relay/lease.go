@@ -68,11 +68,12 @@ func (r *Relay) run(ctx context.Context, drain <-chan struct{}) {
 	// rows are readable: after a wake that found nothing, look again soon,
 	// more and more rarely, rather than only at the next poll.
 	var recheck time.Duration
-	rs := &state{serial: r.serial, every: cfg.MarkInterval}
+	rs := &state{serial: r.serial, every: cfg.MarkInterval, parts: newParts(cfg.Broker)}
 	defer func() {
 		// What the broker acknowledged is marked (a mark outlives ctx by up
 		// to a second; reset waits for it), so a restart does not publish
 		// it again.
+		r.landParts(ctx, rs)
 		_ = r.flushMarks(ctx, rs)
 		rs.reset()
 		if !leased.IsZero() {
@@ -117,7 +118,13 @@ func (r *Relay) run(ctx context.Context, drain <-chan struct{}) {
 			rs.reset()
 			rs.rewind = n
 		}
-		n, err := r.round(ctx, rs)
+		var n int
+		var err error
+		if rs.parts != nil {
+			n, err = r.roundParts(ctx, rs)
+		} else {
+			n, err = r.round(ctx, rs)
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				if lastErr == nil {
@@ -144,10 +151,12 @@ func (r *Relay) run(ctx context.Context, drain <-chan struct{}) {
 		}
 		checkDrain()
 		if draining {
-			if n == 0 {
+			if n == 0 && !rs.parts.behind() {
 				return // drained
 			}
-			continue // read again until nothing is left
+			if n > 0 {
+				continue // read again until nothing is left
+			}
 		}
 		d := cfg.PollInterval
 		switch {
@@ -165,6 +174,9 @@ func (r *Relay) run(ctx context.Context, drain <-chan struct{}) {
 		}
 		if rs.unmarked > 0 {
 			d = max(0, min(d, rs.every-time.Since(rs.markedAt)))
+		}
+		if next, ok := rs.parts.nextSend(); ok {
+			d = min(d, next) // a partition's queue may go again
 		}
 		if !wait(d, true) {
 			return

@@ -49,11 +49,22 @@ type state struct {
 	// to it, so an empty one stays empty until this relay parks a row.
 	held      map[string]string
 	heldKnown bool
-	// failSeq is the row whose publish failed with an error no broker
-	// sentinel classifies, failN in how many rounds in a row (another
-	// outcome of a round starts the count again).
-	failSeq int64
-	failN   int
+	// fail counts the rounds in a row whose publish failed with an error no
+	// broker sentinel classifies (another outcome starts the count again).
+	fail failCount
+	// parts is the state of a partitioned broker's partitions (parts.go),
+	// nil when it has one.
+	parts *parts
+	// above are rows the broker acknowledged above the partitions' floor,
+	// to mark on their own with the next range mark.
+	above []int64
+}
+
+// failCount counts the rounds in a row in which row seq's publish failed
+// with an error no broker sentinel classifies.
+type failCount struct {
+	seq int64
+	n   int
 }
 
 // settle waits for the mark being written and returns its error; after an
@@ -85,8 +96,10 @@ func (rs *state) settled(err error) error {
 	if err != nil {
 		rs.cursor = 0
 		rs.unmarked = 0
+		rs.above = nil
 		rs.baseKnown = false
 		rs.drop()
+		rs.parts.abandon()
 	}
 	return err
 }
@@ -105,11 +118,13 @@ func (rs *state) drop() {
 func (rs *state) reset() {
 	_ = rs.settle()
 	rs.drop()
+	rs.parts.abandon()
 	rs.cursor = 0
 	rs.unmarked = 0
+	rs.above = nil
 	rs.baseKnown = false
 	rs.heldKnown = false
-	rs.failN = 0
+	rs.fail.n = 0
 }
 
 // maxUnmarked bounds how many acknowledged rows wait for their mark, and so
@@ -146,11 +161,19 @@ func (r *Relay) flushMarks(ctx context.Context, rs *state) error {
 	if r.rewind.Load() != rs.rewind {
 		// Republish reopened rows: what is unmarked goes out again.
 		rs.unmarked = 0
+		rs.above = nil
 		return nil
 	}
 	from, upto := rs.base, rs.cursor
+	if rs.parts != nil {
+		// Up to the oldest row a partition has still to publish; the
+		// rows acknowledged above it are marked on their own.
+		upto = min(upto, rs.parts.floor(rs.cursor))
+	}
+	above := rs.above
 	rs.unmarked = 0
-	rs.base = upto
+	rs.above = nil
+	rs.base = max(from, upto)
 	done := make(chan error, 1)
 	rs.mark = done
 	// A mark that Drain or Stop cuts short is written anyway (within a
@@ -158,7 +181,17 @@ func (r *Relay) flushMarks(ctx context.Context, rs *state) error {
 	mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 	go func() {
 		defer cancel()
-		done <- r.cfg.Store.OutboxMarkUpTo(mctx, store.OutboxMarkUpToParams{Service: r.cfg.Service, From: from, UpTo: upto, At: time.Now()})
+		if len(above) > 0 {
+			if err := r.cfg.Store.OutboxMarkPublished(mctx, above, time.Now()); err != nil {
+				done <- err
+				return
+			}
+		}
+		var err error
+		if upto > from || len(above) == 0 {
+			err = r.cfg.Store.OutboxMarkUpTo(mctx, store.OutboxMarkUpToParams{Service: r.cfg.Service, From: from, UpTo: upto, At: time.Now()})
+		}
+		done <- err
 	}()
 	return nil
 }

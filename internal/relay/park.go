@@ -107,26 +107,43 @@ func (r *Relay) refused(ctx context.Context, rs *state, row store.OutboxRow, per
 	if ctx.Err() != nil {
 		return 0, firstErr
 	}
+	parked, err := r.judge(ctx, rs, row, perr, &rs.fail)
+	switch {
+	case err != nil:
+		return 0, fmt.Errorf("%w; parking it: %w", firstErr, err)
+	case !parked:
+		return 0, firstErr
+	}
+	r.Wake() // the rows behind it go on now, not at the next poll
+	return n, nil
+}
+
+// judge judges the failed publish of row, with error perr, fc counting the
+// unclassified failures in a row: a failure worth retrying, or an
+// unclassified one not repeated unclassifiedAttempts times yet, is to be
+// retried (false); a refusal for good parks the row and holds its key
+// (true). It returns an error if parking failed.
+func (r *Relay) judge(ctx context.Context, rs *state, row store.OutboxRow, perr error, fc *failCount) (bool, error) {
 	attempts := 1
 	switch classifyPublish(perr) {
 	case publishRetry:
-		rs.failN = 0
-		return 0, firstErr
+		fc.n = 0
+		return false, nil
 	case publishUnclassified:
-		if rs.failN > 0 && rs.failSeq == row.Seq {
-			rs.failN++
+		if fc.n > 0 && fc.seq == row.Seq {
+			fc.n++
 		} else {
-			rs.failSeq, rs.failN = row.Seq, 1
+			fc.seq, fc.n = row.Seq, 1
 		}
-		if rs.failN < unclassifiedAttempts {
-			return 0, firstErr
+		if fc.n < unclassifiedAttempts {
+			return false, nil
 		}
-		attempts = rs.failN
+		attempts = fc.n
 	}
-	rs.failN = 0
+	fc.n = 0
 	res, err := r.cfg.Store.OutboxPark(ctx, r.cfg.Service, []store.Park{{Row: row, Reason: store.ReasonRefused, LastError: perr.Error(), Attempts: attempts}})
 	if err != nil {
-		return 0, fmt.Errorf("%w; parking it: %w", firstErr, err)
+		return false, err
 	}
 	if id := res[0].DeadLetter; id != 0 {
 		if k := row.Event.Key; k != "" {
@@ -137,6 +154,5 @@ func (r *Relay) refused(ctx context.Context, rs *state, row store.OutboxRow, per
 		}
 		r.parked(ctx, row.Event, store.ReasonRefused, id, attempts, perr.Error())
 	}
-	r.Wake() // the rows behind it go on now, not at the next poll
-	return n, nil
+	return true, nil
 }

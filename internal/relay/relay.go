@@ -6,7 +6,9 @@
 // PostgreSQL (marks.go); it parks rows the broker refuses for good, and
 // holds their keys' later rows behind them (park.go); commits wake it and
 // Republish rewinds it (Wake, Rewind); Drain publishes what is left when the
-// service closes.
+// service closes. On a broker with partitions (broker.Partitioner) it keeps
+// order per partition only, so a partition that fails holds back only its
+// own rows (parts.go).
 //
 // What it needs from the store and the broker comes through the narrow
 // interfaces of seams.go; the root package wires them (lifecycle.go).

@@ -25,21 +25,25 @@ func (rs *state) heldStale() bool { return !rs.heldKnown || len(rs.held) > 0 }
 // read before the replay (and judged held, OutboxPark finding it gone) or
 // after it (and free).
 func (r *Relay) read(ctx context.Context, after int64, reload bool) pendingRead {
+	return r.readN(ctx, after, reload, r.cfg.BatchSize)
+}
+
+// readN is read of up to limit rows.
+func (r *Relay) readN(ctx context.Context, after int64, reload bool, limit int) pendingRead {
 	var p pendingRead
 	if reload {
 		if p.held, p.err = r.cfg.Store.OutboxParkedKeys(ctx, r.cfg.Service); p.err != nil {
 			return p
 		}
 	}
-	p.rows, p.err = r.cfg.Store.OutboxPendingList(ctx, store.OutboxPendingListParams{Service: r.cfg.Service, After: after, Limit: r.cfg.BatchSize})
+	p.rows, p.err = r.cfg.Store.OutboxPendingList(ctx, store.OutboxPendingListParams{Service: r.cfg.Service, After: after, Limit: limit})
 	return p
 }
 
-// round publishes one batch and returns how many rows it read. While the
-// broker stores a full batch, it reads the next one; it starts marking the
-// acknowledged rows published and returns without waiting for that; the
-// next round waits for the mark before it starts its own.
-func (r *Relay) round(ctx context.Context, rs *state) (int, error) {
+// next reads the next batch, of up to limit rows after the cursor: the
+// read ahead if it read after the cursor, else a read now (after reading
+// the range mark it builds on, if unknown).
+func (r *Relay) next(ctx context.Context, rs *state, limit int) ([]store.OutboxRow, error) {
 	var p pendingRead
 	if rs.ahead != nil && rs.after == rs.cursor {
 		p = <-rs.ahead
@@ -49,19 +53,39 @@ func (r *Relay) round(ctx context.Context, rs *state) (int, error) {
 		if !rs.serial && !rs.baseKnown {
 			var err error
 			if rs.base, err = r.cfg.Store.OutboxCursor(ctx, r.cfg.Service); err != nil {
-				return 0, err
+				return nil, err
 			}
 			rs.baseKnown = true
 		}
-		p = r.read(ctx, rs.cursor, rs.heldStale())
+		p = r.readN(ctx, rs.cursor, rs.heldStale(), limit)
 	}
 	if p.err != nil {
-		return 0, p.err
+		return nil, p.err
 	}
 	if p.held != nil {
 		rs.held, rs.heldKnown = p.held, true
 	}
-	rows := p.rows
+	return p.rows, nil
+}
+
+// readAhead starts reading the batch after seq after while the broker
+// stores the one up to it.
+func (r *Relay) readAhead(ctx context.Context, rs *state, after int64) {
+	ahead := make(chan pendingRead, 1)
+	rs.ahead, rs.after = ahead, after
+	reload := rs.heldStale()
+	go func() { ahead <- r.read(ctx, after, reload) }()
+}
+
+// round publishes one batch and returns how many rows it read. While the
+// broker stores a full batch, it reads the next one; it starts marking the
+// acknowledged rows published and returns without waiting for that; the
+// next round waits for the mark before it starts its own.
+func (r *Relay) round(ctx context.Context, rs *state) (int, error) {
+	rows, err := r.next(ctx, rs, r.cfg.BatchSize)
+	if err != nil {
+		return 0, err
+	}
 	if len(rows) == 0 {
 		if rs.markDue() {
 			return 0, r.flushMarks(ctx, rs)
@@ -69,12 +93,7 @@ func (r *Relay) round(ctx context.Context, rs *state) (int, error) {
 		return 0, rs.settleDone()
 	}
 	if len(rows) == r.cfg.BatchSize && !rs.serial {
-		// More is likely waiting: read it while the broker stores this.
-		after := rows[len(rows)-1].Seq
-		ahead := make(chan pendingRead, 1)
-		rs.ahead, rs.after = ahead, after
-		reload := rs.heldStale()
-		go func() { ahead <- r.read(ctx, after, reload) }()
+		r.readAhead(ctx, rs, rows[len(rows)-1].Seq) // more is likely waiting
 	}
 	// Rows of held keys wait behind their key's parked event.
 	pub, err := r.parkHeld(ctx, rs, rows)
@@ -129,6 +148,6 @@ func (r *Relay) round(ctx context.Context, rs *state) (int, error) {
 		rs.drop() // it read after rows that must go again
 		return r.refused(ctx, rs, pub[failed], errs[failed], firstErr, len(rows))
 	}
-	rs.failN = 0
+	rs.fail.n = 0
 	return len(rows), nil
 }
