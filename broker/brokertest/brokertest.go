@@ -49,6 +49,10 @@ type Capabilities struct {
 	// Persistent: a broker made by newBroker after another was closed sees
 	// the events, and the acks, that the closed one stored.
 	Persistent bool
+	// ClaimTTL is how long a claimed partition (broker.Claimer) stays
+	// with a holder that died; ReleaseHandsOver wants a released one to
+	// move in under half of it. 0 skips that case.
+	ClaimTTL time.Duration
 }
 
 // All is every capability.
@@ -99,6 +103,10 @@ func Run(t *testing.T, caps Capabilities, newBroker func(t *testing.T) broker.Br
 		{"PendingStateFloor", nil, s.pendingStateFloor},
 		{"NakRedeliversInPlace", nil, s.nakRedeliversInPlace},
 		{"ResumeAfterReconnect", nil, s.resumeAfterReconnect},
+		{"PartitionsKeepKeyOrder", nil, s.partitionsKeepKeyOrder},
+		{"ClaimMovesOnDeath", nil, s.claimMovesOnDeath},
+		{"ClaimRestartsAtAckFloor", nil, s.claimRestartsAtAckFloor},
+		{"ReleaseHandsOver", nil, s.releaseHandsOver},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -225,7 +233,8 @@ type received struct {
 	d       broker.Delivery
 }
 
-// consumer runs Consume in a goroutine and records every delivery.
+// consumer runs Consume in a goroutine (one per partition, see
+// startConsumeAll) and records every delivery.
 type consumer struct {
 	t      *testing.T
 	mu     sync.Mutex
@@ -233,6 +242,7 @@ type consumer struct {
 	sizes  []int
 	cancel context.CancelFunc
 	done   chan error
+	n      int // Consume calls running
 	once   sync.Once
 	err    error
 }
@@ -248,27 +258,51 @@ func ack(t *testing.T) settle {
 	}
 }
 
+// startConsume consumes sub (its partition sub.Partition).
 func startConsume(t *testing.T, b broker.Broker, sub broker.Subscription, batch int, fn settle) *consumer {
+	t.Helper()
+	return startConsuming(t, b, []broker.Subscription{sub}, batch, fn)
+}
+
+// startConsumeAll consumes every partition of sub (one Consume each), for
+// events of several partition keys; order holds within a partition only.
+func startConsumeAll(t *testing.T, b broker.Broker, sub broker.Subscription, batch int, fn settle) *consumer {
+	t.Helper()
+	subs := []broker.Subscription{sub}
+	if p, ok := b.(broker.Partitioner); ok && sub.Kind == envelope.KindIntegration {
+		subs = subs[:0]
+		for i := range p.Partitions() {
+			ps := sub
+			ps.Partition = i
+			subs = append(subs, ps)
+		}
+	}
+	return startConsuming(t, b, subs, batch, fn)
+}
+
+func startConsuming(t *testing.T, b broker.Broker, subs []broker.Subscription, batch int, fn settle) *consumer {
 	t.Helper()
 	if fn == nil {
 		fn = ack(t)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	c := &consumer{t: t, cancel: cancel, done: make(chan error, 1)}
-	go func() {
-		c.done <- b.Consume(ctx, sub, batch, func(ctx context.Context, ds []broker.Delivery) {
-			c.mu.Lock()
-			c.sizes = append(c.sizes, len(ds))
-			c.mu.Unlock()
-			for _, d := range ds {
-				r := received{id: d.Header()[envelope.HeaderID], num: d.NumDelivered(), at: time.Now(), subject: d.Subject(), d: d}
+	c := &consumer{t: t, cancel: cancel, done: make(chan error, len(subs)), n: len(subs)}
+	for _, sub := range subs {
+		go func() {
+			c.done <- b.Consume(ctx, sub, batch, func(ctx context.Context, ds []broker.Delivery) {
 				c.mu.Lock()
-				c.got = append(c.got, r)
+				c.sizes = append(c.sizes, len(ds))
 				c.mu.Unlock()
-				fn(ctx, d, r)
-			}
-		})
-	}()
+				for _, d := range ds {
+					r := received{id: d.Header()[envelope.HeaderID], num: d.NumDelivered(), at: time.Now(), subject: d.Subject(), d: d}
+					c.mu.Lock()
+					c.got = append(c.got, r)
+					c.mu.Unlock()
+					fn(ctx, d, r)
+				}
+			})
+		}()
+	}
 	t.Cleanup(func() { c.stop() })
 	return c
 }
@@ -278,11 +312,18 @@ func startConsume(t *testing.T, b broker.Broker, sub broker.Subscription, batch 
 func (c *consumer) stop() error {
 	c.once.Do(func() {
 		c.cancel()
-		select {
-		case c.err = <-c.done:
-		case <-time.After(wait):
-			c.err = errors.New("Consume did not return after its context was cancelled")
-			c.t.Error(c.err)
+		timeout := time.After(wait)
+		for range c.n {
+			select {
+			case err := <-c.done:
+				if c.err == nil {
+					c.err = err
+				}
+			case <-timeout:
+				c.err = errors.New("Consume did not return after its context was cancelled")
+				c.t.Error(c.err)
+				return
+			}
 		}
 	})
 	return c.err
@@ -436,9 +477,12 @@ func (s *suite) roundTripLossless(t *testing.T) {
 		Kind: envelope.KindIntegration, Source: "s", Time: time.Now().UTC()}
 	want := []*envelope.Envelope{full, minimal}
 	publish(t, b, want...)
-	c := startConsume(t, b, sub, 10, nil)
+	c := startConsumeAll(t, b, sub, 10, nil)
 	waitFor(t, "2 events", func() bool { return len(c.snapshot()) >= 2 })
 	got := c.snapshot()
+	if got[0].id != full.ID { // on different partitions: any order
+		got[0], got[1] = got[1], got[0]
+	}
 	for i, r := range got[:2] {
 		h := r.d.Header()
 		for k := range h {
@@ -665,10 +709,21 @@ func (s *suite) termNeverRedelivered(t *testing.T) {
 	}
 }
 
+// competingKind is the kind of subscription whose Consume calls compete for
+// events: integration, unless the broker claims integration subscriptions
+// (broker.Claimer), whose partitions go to one Consume at a time.
+func competingKind(b broker.Broker) envelope.Kind {
+	if c, ok := b.(broker.Claimer); ok && c.ClaimsInOrder(broker.Subscription{Kind: envelope.KindIntegration}) {
+		return envelope.KindNotification
+	}
+	return envelope.KindIntegration
+}
+
 func (s *suite) competingConsumers(t *testing.T) {
 	b := s.newBroker(t)
 	svc, name, typ := names(t)
-	sub := subscription(svc, name, typ, envelope.KindIntegration, 20*time.Second)
+	kind := competingKind(b)
+	sub := subscription(svc, name, typ, kind, 20*time.Second)
 	provision(t, b, sub)
 	var mu sync.Mutex
 	handledBy := map[string][]int{}
@@ -686,7 +741,7 @@ func (s *suite) competingConsumers(t *testing.T) {
 	c1 := startConsume(t, b, sub, 8, mk(1))
 	c2 := startConsume(t, b, sub, 8, mk(2))
 	time.Sleep(300 * time.Millisecond) // both pulling
-	es := newEvents(typ, envelope.KindIntegration, 300)
+	es := newEvents(typ, kind, 300)
 	publish(t, b, es...)
 	waitFor(t, "every event handled", func() bool {
 		mu.Lock()
@@ -740,8 +795,8 @@ func (s *suite) replayOnlyNamed(t *testing.T) {
 	provision(t, b, subA, subB)
 	e := fullEvent(typ, envelope.KindIntegration)
 	publish(t, b, e)
-	ca := startConsume(t, b, subA, 10, nil)
-	cb := startConsume(t, b, subB, 10, nil)
+	ca := startConsumeAll(t, b, subA, 10, nil)
+	cb := startConsumeAll(t, b, subB, 10, nil)
 	waitFor(t, "the event on both", func() bool { return ca.count(e.ID) == 1 && cb.count(e.ID) == 1 })
 
 	if err := b.Replay(ctxT(t), subA.Service, subA.Name, e); err != nil {

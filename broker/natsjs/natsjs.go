@@ -50,6 +50,13 @@ type Broker struct {
 	// reconnect: durable name -> *ackLog.
 	acks sync.Map
 
+	// balancers balances the partitions of each subscription consumed
+	// (balance.go): ConsumerName -> *balancer, under balMu; bg counts their
+	// goroutines.
+	balMu     sync.Mutex
+	balancers map[string]*balancer
+	bg        sync.WaitGroup
+
 	mu       sync.Mutex
 	isClosed atomic.Bool
 	closed   chan struct{}  // closed when Close starts
@@ -60,7 +67,21 @@ type Broker struct {
 	doneOnce sync.Once
 }
 
-var _ broker.Broker = (*Broker)(nil)
+var (
+	_ broker.Broker      = (*Broker)(nil)
+	_ broker.Partitioner = (*Broker)(nil)
+)
+
+// Partitions is the number of partitions of integration events,
+// WithPartitions. It implements broker.Partitioner. Notification
+// subscriptions have one partition whatever it is (their events are on one
+// stream): consume them as partition 0.
+func (b *Broker) Partitions() int { return b.names.partitions }
+
+// Partition returns PartitionOf(key, Partitions()): the partition of the
+// integration events of partition key key. It implements
+// broker.Partitioner.
+func (b *Broker) Partition(key string) int { return PartitionOf(key, b.names.partitions) }
 
 // Embedded starts an in-process nats-server with JetStream file storage and
 // connects to it in-process. It needs WithDataDir or WithEphemeral. The
@@ -288,14 +309,16 @@ func newBroker(cfg config) *Broker {
 	b := &Broker{
 		cfg:        cfg,
 		log:        cfg.logger,
-		names:      newNames(cfg.prefix),
+		names:      newNames(cfg.prefix, cfg.partitions),
 		closed:     make(chan struct{}),
 		connClosed: make(chan struct{}),
 	}
 	b.watches = map[string]*streamWatch{
-		b.names.intStream: newStreamWatch(),
 		b.names.ntfStream: newStreamWatch(),
 		b.names.dlqStream: newStreamWatch(),
+	}
+	for _, s := range b.names.intStreams() {
+		b.watches[s] = newStreamWatch()
 	}
 	b.baseCtx, b.cancel = context.WithCancel(context.Background())
 	return b
@@ -413,7 +436,7 @@ func (b *Broker) Close() error {
 		b.cancel()
 
 		waited := make(chan struct{})
-		go func() { b.active.Wait(); close(waited) }()
+		go func() { b.active.Wait(); b.bg.Wait(); close(waited) }()
 		timer := time.NewTimer(b.cfg.drainTimeout)
 		defer timer.Stop()
 		select {

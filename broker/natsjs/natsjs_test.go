@@ -235,6 +235,19 @@ func TestConformanceEmbeddedEphemeral(t *testing.T) {
 	})
 }
 
+// TestConformanceEmbeddedPartitioned runs the suite with four partitions,
+// over TCP so that the claim cases have a second instance: the keyless
+// events of most cases are on partition 0, the case of Partitioner spreads
+// keys over all four.
+func TestConformanceEmbeddedPartitioned(t *testing.T) {
+	caps := brokertest.All
+	caps.Persistent = false
+	caps.ClaimTTL = claimTTL
+	brokertest.Run(t, caps, func(t *testing.T) broker.Broker {
+		return listening(t, WithPartitions(4), WithPinnedTTL(claimTTL))
+	})
+}
+
 // TestConformanceEmbeddedSyncAlways runs the suite on a server that fsyncs
 // every write, where Publish sends atomic batches (and falls back to single
 // events for a batch the server refuses, e.g. one holding a duplicate).
@@ -255,13 +268,16 @@ func TestConformanceEmbeddedSyncAlways(t *testing.T) {
 
 func TestConformanceExternal(t *testing.T) {
 	srv := startExternal(t)
-	brokertest.Run(t, brokertest.All, func(t *testing.T) broker.Broker {
-		b, err := Connect(testCtx(t, 30*time.Second), []string{srv.url()},
-			WithLogger(testLogger()), WithName("herald-conformance"))
+	caps := brokertest.All
+	caps.ClaimTTL = claimTTL
+	opts := []Option{WithLogger(testLogger()), WithName("herald-conformance"), WithPinnedTTL(claimTTL)}
+	brokertest.Run(t, caps, func(t *testing.T) broker.Broker {
+		b, err := Connect(testCtx(t, 30*time.Second), []string{srv.url()}, opts...)
 		if err != nil {
 			t.Fatalf("Connect: %v", err)
 		}
-		return &reconnectable{Broker: b} // for ResumeAfterReconnect
+		// For ResumeAfterReconnect and the claim cases.
+		return &reconnectable{Broker: b, url: srv.url(), opts: opts}
 	})
 }
 
