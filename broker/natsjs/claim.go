@@ -21,14 +21,16 @@ import (
 //
 // The old holder's unacknowledged deliveries stay pending and would come
 // back only after their ack wait, behind newer events of their keys. So a
-// Consume that sees a pin id it does not hold stops its pull (dropping what
-// it buffered, unhandled), checks with the server that the pin is the
-// consumer's, resets the consumer (ResetConsumer: delivery restarts at the
-// ack floor + 1, pending cleared, the pin kept) and pulls again with a new
-// pull subscription — nothing sent to the old one can reach h. It does the
-// same when its connection came back while it held the pin. Order per key
-// then holds across takeovers without waiting out an ack wait: the events
-// the old holder handled but did not acknowledge come again first.
+// Consume that sees a pin id it does not hold checks with the server that
+// the pin is the consumer's and resets the consumer (ResetConsumer: delivery
+// restarts at the ack floor + 1, pending cleared, the pin kept, deliveries
+// numbered from 1 again); it drops what its pull buffered from before the
+// reset, and from then on admits only the claim's deliveries numbered
+// 1, 2, 3… in turn (inOrder): a missing one went astray and the claim
+// restarts again. It does the same when its connection came back while it
+// held the pin. Order per key then holds across takeovers without waiting
+// out an ack wait: the events the old holder handled but did not
+// acknowledge come again first.
 
 // priorityGroup is the priority group of herald's pinned consumers.
 const priorityGroup = "herald"
@@ -61,13 +63,28 @@ func pinnedClient(ci *jetstream.ConsumerInfo) string {
 }
 
 // fits reports whether m may join the batch being built: it is of the claim
-// held, on the same connection.
+// held, on the same connection, and the next delivery of the claim (which
+// it then counts, see inOrder).
 func (c *consumption) fits(m jetstream.Msg) bool {
 	if !c.pinned {
 		return true
 	}
 	pid := m.Headers().Get(hdrPinID)
-	return pid == "" || pid == c.pin && !c.reconnected()
+	if pid == "" {
+		return true
+	}
+	if pid != c.pin || c.reconnected() || c.first {
+		return false
+	}
+	if c.b.cfg.hasFlaw(flawNoReset) {
+		return true
+	}
+	seq, ok := consumerSeq(m)
+	if ok && seq != c.dseq+1 {
+		return false
+	}
+	c.dseq = seq
+	return true
 }
 
 // reconnected reports whether the connection came back since the claim was
@@ -94,20 +111,75 @@ func (c *consumption) admit(ctx context.Context, m jetstream.Msg) (bool, error) 
 		c.seen = c.b.nc.Stats().Reconnects
 		return true, nil
 	case pid != c.pin:
-		return false, c.restart(ctx, pid, "gained")
+		return false, c.restart(ctx, pid, "gained", false)
 	case c.reconnected():
-		return false, c.restart(ctx, pid, "reconnected")
+		return false, c.restart(ctx, pid, "reconnected", false)
+	case c.b.cfg.hasFlaw(flawNoReset):
+		return true, nil
 	}
+	return c.inOrder(ctx, m)
+}
+
+// strayAfter is how long after a restart a Consume waits for the restart's
+// first delivery before it restarts again: longer than any pull request of
+// before the restart can live (the server may serve one for up to 2 s after
+// its subscriber went, see inOrder).
+func (c *consumption) strayAfter() time.Duration { return 2*c.expiry + 2*time.Second }
+
+// inOrder reports whether m, of the claim held, is the claim's next
+// delivery. The server numbers a consumer's deliveries (the consumer
+// sequence) one by one, and a reset numbers them from 1 again; while a
+// claim is held, its deliveries all go to this Consume's pull, so they must
+// arrive numbered 1, 2, 3… from the restart on. What arrives before the
+// restart's delivery 1 was sent before the reset: dropped (it comes again).
+// A missing number is a delivery that went elsewhere — to a pull request of
+// before the restart that the server still served (with leaf nodes it keeps
+// serving a request up to 2 s after its subscriber went), or lost on the
+// wire — and would come back only after its ack wait, behind newer events of
+// its key: the claim restarts again, in place.
+func (c *consumption) inOrder(ctx context.Context, m jetstream.Msg) (bool, error) {
+	seq, ok := consumerSeq(m)
+	switch {
+	case !ok:
+		return true, nil
+	case c.first && seq == 1:
+		c.first, c.dseq = false, 1
+		return true, nil
+	case c.first:
+		if time.Since(c.restarted) > c.strayAfter() {
+			return false, c.restart(ctx, c.pin, "the restart's first delivery went astray", false)
+		}
+		return false, nil // sent before the reset
+	case seq != c.dseq+1:
+		return false, c.restart(ctx, c.pin, fmt.Sprintf("delivery %d of the claim went astray (got %d)", c.dseq+1, seq), false)
+	}
+	c.dseq = seq
 	return true, nil
 }
 
-// restart stops the pull (dropping what it buffered), and, if the consumer's
-// pin is pid, resets the consumer to its ack floor and holds the claim;
-// then it pulls again with a new pull subscription (nats.go's consumer keeps
-// the pin id, so the new pull carries it).
-func (c *consumption) restart(ctx context.Context, pid, why string) error {
-	c.stopGen(c.g, false)
-	c.g, c.next = nil, nil
+// consumerSeq returns m's consumer (delivery) sequence.
+func consumerSeq(m jetstream.Msg) (uint64, bool) {
+	md, err := m.Metadata()
+	if err != nil {
+		return 0, false
+	}
+	return md.Sequence.Consumer, true
+}
+
+// restart resets the consumer to its ack floor and holds the claim, if the
+// consumer's pin is pid. With fresh it first replaces the pull (dropping
+// what it buffered) by a new pull subscription — nats.go's consumer keeps
+// the pin id, so the new pull carries it —, for a pull the server no longer
+// serves; otherwise the pull goes on, and inOrder drops what it buffered
+// from before the reset. Replacing a pull that the server still serves
+// would leave its request behind, which the server may go on serving for a
+// while: the deliveries it takes would be lost to this Consume.
+func (c *consumption) restart(ctx context.Context, pid, why string, fresh bool) error {
+	if fresh {
+		c.stopGen(c.g, false)
+		c.g = nil
+	}
+	c.next = nil
 	held := c.pin
 	c.setPin("")
 	seen := c.b.nc.Stats().Reconnects
@@ -126,6 +198,7 @@ func (c *consumption) restart(ctx context.Context, pid, why string) error {
 		if r, err = c.b.js.ResetConsumer(rctx, c.stream, c.durable); err == nil {
 			c.setPin(pid)
 			c.seen = seen
+			c.first, c.dseq, c.restarted = true, 0, time.Now()
 			c.b.log.Info("herald/natsjs: claim gained", "consumer", c.durable, "partition", c.sub.Partition,
 				"reason", why, "restart_at", r.ResetSeq)
 		}
@@ -142,6 +215,9 @@ func (c *consumption) restart(ctx context.Context, pid, why string) error {
 			t.Stop()
 			return nil
 		}
+	}
+	if c.g != nil {
+		return nil
 	}
 	return c.startPull()
 }

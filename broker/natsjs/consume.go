@@ -270,10 +270,16 @@ type consumption struct {
 	// (re)started.
 	pin, stale string
 	seen       uint64
-	out        atomic.Int64 // deliveries handed to h and not yet settled
-	holding    atomic.Bool  // pin != "", for the balancer
-	offUntil   atomic.Int64 // unix nanoseconds: released, stays off the partition until then
-	releasing  atomic.Bool  // a release by the balancer is under way
+	// first: the claim was restarted and its delivery 1 has not arrived
+	// yet; dseq is the consumer sequence of the claim's last delivery
+	// admitted; restarted is when the claim was restarted (see inOrder).
+	first     bool
+	dseq      uint64
+	restarted time.Time
+	out       atomic.Int64 // deliveries handed to h and not yet settled
+	holding   atomic.Bool  // pin != "", for the balancer
+	offUntil  atomic.Int64 // unix nanoseconds: released, stays off the partition until then
+	releasing atomic.Bool  // a release by the balancer is under way
 }
 
 // setPin records the claim held ("" for none).
@@ -386,7 +392,7 @@ func (c *consumption) finish() {
 func (c *consumption) repull(ctx context.Context, why string) error {
 	if c.pinned {
 		if c.pin != "" {
-			return c.restart(ctx, c.pin, why)
+			return c.restart(ctx, c.pin, why, true)
 		}
 		c.stopGen(c.g, false)
 		c.g, c.next = nil, nil
