@@ -1,0 +1,182 @@
+package natsjs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Two regions (docs/regions.md): each region is a NATS cluster with a
+// JetStream domain of its own; the consuming region's cluster connects to
+// the producing region's by a leafnode. In the consuming region every
+// integration stream also sources the same-named stream of the producing
+// region, through that domain's API ($JS.<domain>.API): its consumers read
+// a local copy, and a cut link only pauses the sourcing, which resumes
+// from where it stopped.
+
+// regionWait bounds how long Provision waits for the source region to
+// answer before it refuses: long enough for a leafnode that is still
+// connecting (it retries every second by default), short enough to report
+// a missing link at once.
+const regionWait = 5 * time.Second
+
+// WithSourceRegion makes this region consume the integration events of
+// another region: domain is the JetStream domain of that region's cluster
+// (jetstream { domain: ... } in its servers' configuration), reached over
+// a leafnode connection between the two clusters. Provision then makes each
+// integration stream here (<PREFIX>_INT, or one per partition) source the
+// same-named stream of that domain, so that subscriptions here receive
+// every integration event published there, in the stream's order, and go
+// on reading what arrived while the link between the regions is cut.
+//
+// The source region must be reachable and have provisioned its streams
+// (with the same WithPrefix and WithPartitions) when Provision runs here;
+// Provision refuses otherwise and changes nothing. Events published here
+// stay here: sourcing goes one way. The leafnode must deny the prefix's
+// subjects (and $JS.ACK.> and $JS.EVENT.>) both ways, or the streams here
+// also capture the other region's publishes directly: see
+// docs/regions.md. Connect only.
+func WithSourceRegion(domain string) Option {
+	return func(c *config) error {
+		if err := c.only(modeExternal, "WithSourceRegion"); err != nil {
+			return err
+		}
+		if err := validDomain(domain); err != nil {
+			return invalid("WithSourceRegion(%q): %v", domain, err)
+		}
+		c.sourceRegion = domain
+		return nil
+	}
+}
+
+// validDomain accepts a JetStream domain name: one subject token of
+// letters, digits, '-' and '_'.
+func validDomain(d string) error {
+	if d == "" {
+		return errors.New("empty JetStream domain")
+	}
+	for i := 0; i < len(d); i++ {
+		if !plainChar(d[i]) && d[i] != '_' {
+			return fmt.Errorf("character %q not allowed in a JetStream domain; use letters, digits, '-' and '_'", d[i])
+		}
+	}
+	return nil
+}
+
+// regionAPIPrefix is the API prefix of the JetStream of domain, as seen
+// from another domain.
+func regionAPIPrefix(domain string) string { return "$JS." + domain + ".API" }
+
+// isIntegrationStream reports whether sc holds integration events: one of
+// its subjects is under <prefix>.int. (one stream, or one per partition).
+func (b *Broker) isIntegrationStream(sc jetstream.StreamConfig) bool {
+	pre := b.names.prefix + "." + tokInt + "."
+	return slices.ContainsFunc(sc.Subjects, func(s string) bool { return strings.HasPrefix(s, pre) })
+}
+
+// integrationStreams returns the names of the integration streams that
+// Provision creates.
+func (b *Broker) integrationStreams() []string {
+	var names []string
+	for _, sc := range b.streamConfigs() {
+		if b.isIntegrationStream(sc) {
+			names = append(names, sc.Name)
+		}
+	}
+	return names
+}
+
+// regionSource returns the source of the same-named stream of the source
+// region for an integration stream config, or nil.
+func (b *Broker) regionSource(sc jetstream.StreamConfig) *jetstream.StreamSource {
+	if b.cfg.sourceRegion == "" || !b.isIntegrationStream(sc) {
+		return nil
+	}
+	return &jetstream.StreamSource{
+		Name:     sc.Name,
+		External: &jetstream.ExternalStream{APIPrefix: regionAPIPrefix(b.cfg.sourceRegion)},
+	}
+}
+
+// withSources returns sc with the source region's source added (see
+// regionSource) and the sources the stream has already (old, nil for a new
+// stream) kept: a service without WithSourceRegion, provisioning the same
+// streams, never removes a region's sourcing.
+func (b *Broker) withSources(sc jetstream.StreamConfig, old *jetstream.StreamConfig) jetstream.StreamConfig {
+	var srcs []*jetstream.StreamSource
+	if old != nil {
+		srcs = append(srcs, old.Sources...)
+	}
+	if src := b.regionSource(sc); src != nil && !slices.ContainsFunc(srcs, func(s *jetstream.StreamSource) bool {
+		return sameSource(s, src)
+	}) {
+		srcs = append(srcs, src)
+	}
+	sc.Sources = srcs
+	return sc
+}
+
+func sameSource(a, b *jetstream.StreamSource) bool {
+	prefix := func(s *jetstream.StreamSource) string {
+		if s.External == nil {
+			return ""
+		}
+		return s.External.APIPrefix
+	}
+	return a.Name == b.Name && prefix(a) == prefix(b)
+}
+
+// checkSourceRegion makes sure, before Provision changes anything, that
+// the source region (WithSourceRegion) answers and has every integration
+// stream this region is to source. It waits up to regionWait for a region
+// that does not answer (a leafnode still connecting).
+func (b *Broker) checkSourceRegion(ctx context.Context) error {
+	domain := b.cfg.sourceRegion
+	if domain == "" {
+		return nil
+	}
+	setting := fmt.Sprintf("WithSourceRegion(%q)", domain)
+	js, err := jetstream.NewWithDomain(b.nc, domain)
+	if err != nil {
+		return fmt.Errorf("herald/natsjs: provision: %s: %w", setting, err)
+	}
+	for _, name := range b.integrationStreams() {
+		deadline := time.Now().Add(regionWait)
+		for {
+			actx, cancel := context.WithTimeout(ctx, min(apiAttempt, time.Until(deadline)+time.Millisecond))
+			_, err = js.Stream(actx, name)
+			cancel()
+			if err == nil || errors.Is(err, jetstream.ErrStreamNotFound) || ctx.Err() != nil || time.Now().After(deadline) {
+				break
+			}
+			select {
+			case <-ctx.Done():
+			case <-b.closed:
+				return fmt.Errorf("%w: %w", errClosed, err)
+			case <-time.After(250 * time.Millisecond):
+			}
+		}
+		switch {
+		case err == nil:
+		case errors.Is(err, jetstream.ErrStreamNotFound):
+			return fmt.Errorf("herald/natsjs: provision: %s: region %q has no stream %s: provision the region's services first, "+
+				"with the same WithPrefix and WithPartitions as here: %w", setting, domain, name, err)
+		case ctx.Err() != nil:
+			return fmt.Errorf("herald/natsjs: provision: %s: %w (last attempt: %w)", setting, ctx.Err(), err)
+		case errors.Is(err, nats.ErrNoResponders), errors.Is(err, jetstream.ErrJetStreamNotEnabled),
+			errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
+			return fmt.Errorf("herald/natsjs: provision: %s: the JetStream of region %q does not answer at %s.> "+
+				"(waited %v): is the leafnode between the regions up, and is %q the domain of that region's servers? "+
+				"Provision changed nothing (last error: %w)", setting, domain, regionAPIPrefix(domain), regionWait, domain, err)
+		default:
+			return fmt.Errorf("herald/natsjs: provision: %s: stream %s of region %q: %w", setting, name, domain, err)
+		}
+	}
+	return nil
+}

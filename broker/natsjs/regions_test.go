@@ -1,0 +1,172 @@
+package natsjs
+
+import (
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/heraldhq/herald/broker"
+	"github.com/heraldhq/herald/envelope"
+	"github.com/heraldhq/herald/internal/natsserver"
+)
+
+func TestWithSourceRegionRejectsBadDomains(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		domain string
+		embed  bool
+	}{
+		{"empty", "", false},
+		{"dotted", "eu.west", false},
+		{"wildcard", "eu*", false},
+		{"space", "eu west", false},
+		{"embedded", "eu", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := defaultConfig(modeExternal)
+			if tc.embed {
+				cfg = defaultConfig(modeEmbedded)
+			}
+			err := cfg.apply([]Option{WithSourceRegion(tc.domain)})
+			if !errors.Is(err, ErrInvalidOption) || !strings.Contains(err.Error(), "WithSourceRegion") {
+				t.Fatalf("WithSourceRegion(%q): %v, want an invalid option naming it", tc.domain, err)
+			}
+		})
+	}
+	cfg := defaultConfig(modeExternal)
+	if err := cfg.apply([]Option{WithSourceRegion("eu-west_1")}); err != nil || cfg.sourceRegion != "eu-west_1" {
+		t.Fatalf("WithSourceRegion(eu-west_1): %v, %q", err, cfg.sourceRegion)
+	}
+}
+
+// TestProvisionRefusesAnUnreachableSourceRegion: region b's services
+// provision with WithSourceRegion("a"). While the leafnode to region a is
+// cut, Provision refuses within regionWait with an error naming the option
+// and the domain, and creates no stream in b; with a up but not yet
+// provisioned, it refuses naming the missing stream; once a has its
+// streams, b's integration stream sources a's.
+func TestProvisionRefusesAnUnreachableSourceRegion(t *testing.T) {
+	dir := t.TempDir()
+	a := natsserver.StartClusterConfig(t, filepath.Join(dir, "a"), natsserver.ClusterConfig{Nodes: 1, Domain: "a", LeafListen: true})
+	link := natsserver.StartProxy(t, a.LeafAddrs()...)
+	link.Cut()
+	b := natsserver.StartClusterConfig(t, filepath.Join(dir, "b"), natsserver.ClusterConfig{Nodes: 1, Domain: "b",
+		LeafRemotes: link.URLs("nats-leaf"), LeafDeny: []string{"herald.>", "$JS.ACK.>", "$JS.EVENT.>"}})
+	ctx := testCtx(t, time.Minute)
+	for _, c := range []*natsserver.Cluster{a, b} {
+		if err := c.WaitJetStream(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sub := broker.Subscription{Service: "shipping", Name: "ship", Types: []string{"shop.order.placed"}, Kind: envelope.KindIntegration}
+	topo := broker.Topology{Service: "shipping", Subscriptions: []broker.Subscription{sub}}
+	bb, err := Connect(ctx, b.URLs(), WithSourceRegion("a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bb.Close()
+
+	start := time.Now()
+	err = bb.Provision(ctx, topo)
+	took := time.Since(start)
+	if err == nil || !strings.Contains(err.Error(), `WithSourceRegion("a")`) || !strings.Contains(err.Error(), `region "a" does not answer`) {
+		t.Fatalf("Provision with region a cut off: %v, want an error naming WithSourceRegion and the domain", err)
+	}
+	if took > regionWait+5*time.Second {
+		t.Errorf("Provision took %v to refuse, want about regionWait (%v)", took, regionWait)
+	}
+	t.Logf("refused after %v: %v", took.Round(time.Millisecond), err)
+	bjs, err := b.JetStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := bjs.StreamNames(ctx)
+	for n := range names.Name() {
+		t.Errorf("stream %s created in b though Provision refused", n)
+	}
+	if names.Err() != nil {
+		t.Fatal(names.Err())
+	}
+
+	link.Restore()
+	if err := b.WaitDomain(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	err = bb.Provision(ctx, topo)
+	if err == nil || !strings.Contains(err.Error(), "has no stream HERALD_INT") || !errors.Is(err, jetstream.ErrStreamNotFound) {
+		t.Fatalf("Provision with region a unprovisioned: %v, want an error naming the missing stream", err)
+	}
+
+	ab, err := Connect(ctx, a.URLs())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ab.Close()
+	if err := ab.Provision(ctx, broker.Topology{Service: "orders"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := bb.Provision(ctx, topo); err != nil {
+		t.Fatalf("Provision with region a up: %v", err)
+	}
+	// A service of b without the option keeps the sourcing.
+	other, err := Connect(ctx, b.URLs())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if err := other.Provision(ctx, broker.Topology{Service: "billing"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range bb.integrationStreams() {
+		st, err := bjs.Stream(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		srcs := st.CachedInfo().Config.Sources
+		if len(srcs) != 1 || srcs[0].Name != name || srcs[0].External == nil || srcs[0].External.APIPrefix != "$JS.a.API" {
+			t.Errorf("stream %s of b: sources %+v, want %s of $JS.a.API", name, srcs, name)
+		}
+	}
+	for _, name := range []string{"HERALD_NTF", "HERALD_DLQ"} {
+		st, err := bjs.Stream(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if srcs := st.CachedInfo().Config.Sources; len(srcs) != 0 {
+			t.Errorf("stream %s of b sources %+v, want none", name, srcs)
+		}
+	}
+}
+
+// TestWithSourcesKeepsWhatTheStreamHas: without WithSourceRegion the
+// streams have no sources, and a stream that has some keeps them.
+func TestWithSourcesKeepsWhatTheStreamHas(t *testing.T) {
+	b := &Broker{names: newNames("herald")}
+	sc := b.streamConfigs()[0]
+	if got := b.withSources(sc, nil); len(got.Sources) != 0 {
+		t.Fatalf("no region, new stream: sources %+v", got.Sources)
+	}
+	had := &jetstream.StreamSource{Name: sc.Name, External: &jetstream.ExternalStream{APIPrefix: "$JS.a.API"}}
+	old := sc
+	old.Sources = []*jetstream.StreamSource{had}
+	if got := b.withSources(sc, &old); len(got.Sources) != 1 || got.Sources[0] != had {
+		t.Fatalf("no region, stream with a source: sources %+v", got.Sources)
+	}
+	b.cfg.sourceRegion = "a"
+	if got := b.withSources(sc, &old); len(got.Sources) != 1 {
+		t.Fatalf("region a, stream sourcing a: sources %+v, want one", got.Sources)
+	}
+	b.cfg.sourceRegion = "c"
+	if got := b.withSources(sc, &old); len(got.Sources) != 2 || got.Sources[1].External.APIPrefix != "$JS.c.API" {
+		t.Fatalf("region c, stream sourcing a: sources %+v, want a and c", got.Sources)
+	}
+	for _, other := range b.streamConfigs()[1:] {
+		if got := b.withSources(other, nil); len(got.Sources) != 0 {
+			t.Errorf("stream %s sources %+v, want none", other.Name, got.Sources)
+		}
+	}
+}
