@@ -1,0 +1,144 @@
+package herald_test
+
+// Two regions (docs/regions.md): region a, a 3-node JetStream cluster in
+// domain "a", where "orders" publishes; region b, a cluster in domain "b"
+// whose node connects to a's by a leafnode through a proxy the test can
+// cut, where "shipping" subscribes. b's integration stream sources a's
+// (natsjs.WithSourceRegion).
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/heraldhq/herald/broker/natsjs"
+	"github.com/heraldhq/herald/internal/natsserver"
+	"github.com/heraldhq/herald/internal/testwait"
+)
+
+// regionLeafDeny is what the leafnode between the regions must not carry
+// either way (docs/regions.md): herald's subjects, which both regions'
+// streams capture, acks of same-named consumers, and JetStream advisories.
+var regionLeafDeny = []string{"herald.>", "$JS.ACK.>", "$JS.EVENT.>"}
+
+// TestRegionsLinkCutUnderLoad publishes about 2,000 events over 20 keys
+// in region a and takes them in region b; under load it cuts the link
+// between the regions for 3 s and restores it. From shipping's own
+// tables: every event acknowledged in a took effect in b exactly once, in
+// order per key; while the link was cut b stopped receiving, and after it
+// came back the backlog drained (the time is logged). b's stream ends
+// with exactly the messages of a's: nothing reached it but the source.
+func TestRegionsLinkCutUnderLoad(t *testing.T) {
+	const total = 2000
+	dir := t.TempDir()
+	a := natsserver.StartClusterConfig(t, filepath.Join(dir, "a"), natsserver.ClusterConfig{Nodes: 3, Domain: "a", LeafListen: true})
+	link := natsserver.StartProxy(t, a.LeafAddrs()...)
+	b := natsserver.StartClusterConfig(t, filepath.Join(dir, "b"), natsserver.ClusterConfig{Nodes: 1, Domain: "b",
+		LeafRemotes: link.URLs("nats-leaf"), LeafDeny: regionLeafDeny})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for _, c := range []*natsserver.Cluster{a, b} {
+		if err := c.WaitJetStream(ctx); err != nil {
+			t.Fatalf("region %s: %v", c.Domain(), err)
+		}
+	}
+	if err := b.WaitDomain(ctx, "a"); err != nil {
+		t.Fatalf("region a seen from b: %v", err)
+	}
+	logs := &clusterLog{}
+
+	// Region a: orders, on R3 streams.
+	pst := clusterStore(t, "orders", `CREATE TABLE placed (idx INTEGER PRIMARY KEY)`)
+	plog := logs.logger(t, "orders")
+	pb, err := clusterConnect(ctx, a, "orders", plog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pb.Close() })
+	counted := &clusterAcks{Broker: pb}
+	producer, err := clusterProducer(pst, counted, plog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clusterStart(t, ctx, producer)
+
+	// Region b: shipping, sourcing region a.
+	cst := clusterShippingStore(t)
+	clog := logs.logger(t, "shipping")
+	cb, err := natsjs.Connect(ctx, b.URLs(), natsjs.WithSourceRegion("a"), natsjs.WithName("shipping"),
+		natsjs.WithLogger(clog), natsjs.WithReconnectWait(100*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cb.Close() })
+	consumer, err := clusterShipping(cst, cb, clog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	effects := func() int64 { return clusterEffects(cst) }
+	clusterStart(t, ctx, consumer)
+
+	// Load: one order per transaction, about 150 a second, total in all.
+	var placed atomic.Int64
+	produced := make(chan error, 1)
+	go func() { produced <- clusterOrders(ctx, producer, total, nil, &placed) }()
+	status := func() string {
+		return fmt.Sprintf("placed %d, acknowledged in a %d, effects in b %d", placed.Load(), counted.acked.Load(), effects())
+	}
+	wait := func(timeout time.Duration, what string, cond func() bool) {
+		t.Helper()
+		testwait.UntilReport(t, timeout, cond, func() string { return "waiting for " + what + ": " + status() })
+	}
+	wait(time.Minute, "the flow to start", func() bool { return effects() >= 400 })
+
+	// Cut the link for 3 s under load.
+	cutAt, atCut := time.Now(), effects()
+	link.Cut()
+	time.Sleep(time.Second)
+	stalled := effects() // what b had received is taken by now
+	time.Sleep(2 * time.Second)
+	atRestore, ackedAtRestore := effects(), counted.acked.Load()
+	restoredAt := time.Now()
+	link.Restore()
+	if atRestore != stalled {
+		t.Errorf("effects in b went from %d to %d while the link was cut", stalled, atRestore)
+	}
+	backlog := ackedAtRestore - atRestore
+	if backlog < 100 {
+		t.Fatalf("only %d events acknowledged in a but not yet in b when the link came back (%s): the cut held nothing back", backlog, status())
+	}
+	wait(time.Minute, "the backlog to drain", func() bool { return effects() >= ackedAtRestore })
+	drained := time.Since(restoredAt)
+
+	if err := <-produced; err != nil {
+		t.Fatal(err)
+	}
+	wait(time.Minute, fmt.Sprintf("%d effects", total), func() bool { return effects() >= total })
+	done := time.Since(restoredAt)
+	time.Sleep(500 * time.Millisecond) // room for a late duplicate
+	t.Logf("link cut at %d effects in b, restored %v later with %d events acknowledged in a but not in b; "+
+		"that backlog drained %v after the link came back; all %d events took effect %v after it",
+		atCut, restoredAt.Sub(cutAt).Round(time.Millisecond), backlog,
+		drained.Round(time.Millisecond), total, done.Round(time.Millisecond))
+
+	// Exactly once, in order per key, from shipping's own tables.
+	clusterCheckEffects(t, cst, total)
+
+	// b's stream holds a's messages and nothing else.
+	ajs, _ := a.JetStream()
+	bjs, _ := b.JetStream()
+	as, err := ajs.Stream(ctx, "HERALD_INT")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bs, err := bjs.Stream(ctx, "HERALD_INT")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if am, bm := as.CachedInfo().State.Msgs, bs.CachedInfo().State.Msgs; am != bm || am < total {
+		t.Errorf("stream HERALD_INT: %d messages in a, %d in b, want the same, at least %d", am, bm, total)
+	}
+}
