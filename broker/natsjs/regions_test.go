@@ -145,7 +145,7 @@ func TestProvisionRefusesAnUnreachableSourceRegion(t *testing.T) {
 // TestWithSourcesKeepsWhatTheStreamHas: without WithSourceRegion the
 // streams have no sources, and a stream that has some keeps them.
 func TestWithSourcesKeepsWhatTheStreamHas(t *testing.T) {
-	b := &Broker{names: newNames("herald")}
+	b := &Broker{names: newNames("herald", 1)}
 	sc := b.streamConfigs()[0]
 	if got := b.withSources(sc, nil); len(got.Sources) != 0 {
 		t.Fatalf("no region, new stream: sources %+v", got.Sources)
