@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -73,23 +73,10 @@ func validDomain(d string) error {
 // from another domain.
 func regionAPIPrefix(domain string) string { return "$JS." + domain + ".API" }
 
-// isIntegrationStream reports whether sc holds integration events: one of
-// its subjects is under <prefix>.int. (one stream, or one per partition).
+// isIntegrationStream reports whether sc is one of the integration
+// streams (one, or one per partition).
 func (b *Broker) isIntegrationStream(sc jetstream.StreamConfig) bool {
-	pre := b.names.prefix + "." + tokInt + "."
-	return slices.ContainsFunc(sc.Subjects, func(s string) bool { return strings.HasPrefix(s, pre) })
-}
-
-// integrationStreams returns the names of the integration streams that
-// Provision creates.
-func (b *Broker) integrationStreams() []string {
-	var names []string
-	for _, sc := range b.streamConfigs() {
-		if b.isIntegrationStream(sc) {
-			names = append(names, sc.Name)
-		}
-	}
-	return names
+	return slices.Contains(b.names.intStreams(), sc.Name)
 }
 
 // regionSource returns the source of the same-named stream of the source
@@ -134,8 +121,9 @@ func sameSource(a, b *jetstream.StreamSource) bool {
 
 // checkSourceRegion makes sure, before Provision changes anything, that
 // the source region (WithSourceRegion) answers and has every integration
-// stream this region is to source. It waits up to regionWait for a region
-// that does not answer (a leafnode still connecting).
+// stream this region is to source, with as many partitions as this
+// broker. It waits up to regionWait for a region that does not answer (a
+// leafnode still connecting).
 func (b *Broker) checkSourceRegion(ctx context.Context) error {
 	domain := b.cfg.sourceRegion
 	if domain == "" {
@@ -146,25 +134,20 @@ func (b *Broker) checkSourceRegion(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("herald/natsjs: provision: %s: %w", setting, err)
 	}
-	for _, name := range b.integrationStreams() {
-		deadline := time.Now().Add(regionWait)
-		for {
-			actx, cancel := context.WithTimeout(ctx, min(apiAttempt, time.Until(deadline)+time.Millisecond))
-			_, err = js.Stream(actx, name)
-			cancel()
-			if err == nil || errors.Is(err, jetstream.ErrStreamNotFound) || ctx.Err() != nil || time.Now().After(deadline) {
-				break
-			}
-			select {
-			case <-ctx.Done():
-			case <-b.closed:
-				return fmt.Errorf("%w: %w", errClosed, err)
-			case <-time.After(250 * time.Millisecond):
-			}
-		}
+	for _, name := range b.names.intStreams() {
+		s, err := b.regionStream(ctx, js, name)
 		switch {
 		case err == nil:
+			if have := streamPartitions(s); have != b.names.partitions {
+				return fmt.Errorf("herald/natsjs: provision: %s: region %q: %w", setting, domain, partitionMismatch(name, have, b.names.partitions))
+			}
 		case errors.Is(err, jetstream.ErrStreamNotFound):
+			// The region may have the streams of another partition count.
+			for _, other := range []string{b.names.intStream, b.names.intStream + "_0"} {
+				if s, oerr := b.regionStream(ctx, js, other); oerr == nil && other != name {
+					return fmt.Errorf("herald/natsjs: provision: %s: region %q: %w", setting, domain, partitionMismatch(other, streamPartitions(s), b.names.partitions))
+				}
+			}
 			return fmt.Errorf("herald/natsjs: provision: %s: region %q has no stream %s: provision the region's services first, "+
 				"with the same WithPrefix and WithPartitions as here: %w", setting, domain, name, err)
 		case ctx.Err() != nil:
@@ -179,4 +162,33 @@ func (b *Broker) checkSourceRegion(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// regionStream looks stream name up in the JetStream js of another region,
+// retrying for up to regionWait while the region does not answer.
+func (b *Broker) regionStream(ctx context.Context, js jetstream.JetStream, name string) (jetstream.Stream, error) {
+	deadline := time.Now().Add(regionWait)
+	for {
+		actx, cancel := context.WithTimeout(ctx, min(apiAttempt, time.Until(deadline)+time.Millisecond))
+		s, err := js.Stream(actx, name)
+		cancel()
+		if err == nil || errors.Is(err, jetstream.ErrStreamNotFound) || ctx.Err() != nil || time.Now().After(deadline) {
+			return s, err
+		}
+		select {
+		case <-ctx.Done():
+		case <-b.closed:
+			return nil, fmt.Errorf("%w: %w", errClosed, err)
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// streamPartitions is the partition count in an integration stream's
+// metadata: 1 for a stream without it (created before partitions).
+func streamPartitions(s jetstream.Stream) int {
+	if n, err := strconv.Atoi(s.CachedInfo().Config.Metadata[metaPartitions]); err == nil && n >= 1 {
+		return n
+	}
+	return 1
 }

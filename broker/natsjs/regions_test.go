@@ -1,9 +1,12 @@
 package natsjs
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -121,7 +124,7 @@ func TestProvisionRefusesAnUnreachableSourceRegion(t *testing.T) {
 	if err := other.Provision(ctx, broker.Topology{Service: "billing"}); err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range bb.integrationStreams() {
+	for _, name := range bb.names.intStreams() {
 		st, err := bjs.Stream(ctx, name)
 		if err != nil {
 			t.Fatal(err)
@@ -168,5 +171,125 @@ func TestWithSourcesKeepsWhatTheStreamHas(t *testing.T) {
 		if got := b.withSources(other, nil); len(got.Sources) != 0 {
 			t.Errorf("stream %s sources %+v, want none", other.Name, got.Sources)
 		}
+	}
+}
+
+// regionPair starts regions a and b (single nodes, domains "a" and "b"),
+// b a leafnode of a through a Proxy, and waits until b reaches a.
+func regionPair(t *testing.T) (a, b *natsserver.Cluster, link *natsserver.Proxy) {
+	t.Helper()
+	dir := t.TempDir()
+	a = natsserver.StartClusterConfig(t, filepath.Join(dir, "a"), natsserver.ClusterConfig{Nodes: 1, Domain: "a", LeafListen: true})
+	link = natsserver.StartProxy(t, a.LeafAddrs()...)
+	b = natsserver.StartClusterConfig(t, filepath.Join(dir, "b"), natsserver.ClusterConfig{Nodes: 1, Domain: "b",
+		LeafRemotes: link.URLs("nats-leaf"), LeafDeny: []string{"herald.>", "$JS.ACK.>", "$JS.EVENT.>"}})
+	ctx := testCtx(t, time.Minute)
+	for _, c := range []*natsserver.Cluster{a, b} {
+		if err := c.WaitJetStream(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.WaitDomain(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	return a, b, link
+}
+
+// TestSourceRegionPartitions: with WithPartitions(4) in both regions, each
+// of b's four integration streams sources a's stream of the same
+// partition; events published in a while the link is cut reach b's
+// consumers after it is restored, each once, in order per key. A broker of
+// b with another partition count is refused, naming both counts.
+func TestSourceRegionPartitions(t *testing.T) {
+	const n, keys, perKey = 4, 20, 10
+	a, b, link := regionPair(t)
+	ctx := testCtx(t, time.Minute)
+	const typ = "shop.order.placed"
+	ab, err := Connect(ctx, a.URLs(), WithPartitions(n))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ab.Close()
+	if err := ab.Provision(ctx, broker.Topology{Service: "orders"}); err != nil {
+		t.Fatal(err)
+	}
+	two, err := Connect(ctx, b.URLs(), WithPartitions(2), WithSourceRegion("a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer two.Close()
+	err = two.Provision(ctx, broker.Topology{Service: "billing"})
+	if !errors.Is(err, ErrPartitionMismatch) || !strings.Contains(err.Error(), `WithSourceRegion("a")`) ||
+		!strings.Contains(err.Error(), "have 4 partition(s)") || !strings.Contains(err.Error(), "WithPartitions(2)") {
+		t.Fatalf("Provision with 2 partitions sourcing 4: %v, want a mismatch naming both", err)
+	}
+
+	bb, err := Connect(ctx, b.URLs(), WithPartitions(n), WithSourceRegion("a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bb.Close()
+	sub := broker.Subscription{Service: "shipping", Name: "ship", Types: []string{typ}, Kind: envelope.KindIntegration, MaxAckPending: 1000}
+	if err := bb.Provision(ctx, broker.Topology{Service: "shipping", Subscriptions: []broker.Subscription{sub}}); err != nil {
+		t.Fatal(err)
+	}
+	batch := func(from, to int) []*envelope.Envelope {
+		var es []*envelope.Envelope
+		for i := from; i < to; i++ {
+			for k := range keys {
+				es = append(es, keyed(typ, fmt.Sprintf("k%02d", k), i))
+			}
+		}
+		return es
+	}
+
+	var mu sync.Mutex
+	next := map[string]int{} // key -> the counter it expects next
+	var bad []string
+	total := 0
+	cctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	for p := range n {
+		ps := sub
+		ps.Partition = p
+		wg.Go(func() {
+			err := bb.Consume(cctx, ps, 16, func(ctx context.Context, ds []broker.Delivery) {
+				for _, d := range ds {
+					k, i := seqOf(t, d.Data())
+					mu.Lock()
+					if i != next[k] || PartitionOf(k, n) != p {
+						bad = append(bad, fmt.Sprintf("partition %d: key %s event %d, want %d", p, k, i, next[k]))
+					}
+					next[k] = i + 1
+					total++
+					mu.Unlock()
+					_ = d.Ack(ctx)
+				}
+			})
+			if err != nil && cctx.Err() == nil {
+				t.Errorf("Consume partition %d: %v", p, err)
+			}
+		})
+	}
+	received := func() int { mu.Lock(); defer mu.Unlock(); return total }
+	mustPublish(t, ab, batch(0, perKey/2))
+	waitUntil(t, 30*time.Second, "the first half in b", func() bool { return received() == keys*perKey/2 })
+	link.Cut()
+	mustPublish(t, ab, batch(perKey/2, perKey))
+	time.Sleep(300 * time.Millisecond)
+	if got := received(); got != keys*perKey/2 {
+		t.Fatalf("%d events in b while the link was cut, want %d", got, keys*perKey/2)
+	}
+	restored := time.Now()
+	link.Restore()
+	waitUntil(t, 45*time.Second, "every event in b", func() bool { return received() >= keys*perKey })
+	t.Logf("backlog of %d events over %d partitions taken in b %v after the link came back",
+		keys*perKey/2, n, time.Since(restored).Round(time.Millisecond))
+	time.Sleep(300 * time.Millisecond) // room for a late duplicate
+	mu.Lock()
+	defer mu.Unlock()
+	if total != keys*perKey || len(bad) > 0 {
+		t.Fatalf("%d deliveries of %d events; out of order or misplaced: %v", total, keys*perKey, bad)
 	}
 }
