@@ -36,8 +36,10 @@ const regionWait = 5 * time.Second
 // on reading what arrived while the link between the regions is cut.
 //
 // The source region must be reachable and have provisioned its streams
-// (with the same WithPrefix and WithPartitions) when Provision runs here;
-// Provision refuses otherwise and changes nothing. Events published here
+// (with the same WithPrefix and WithPartitions) when Provision first sets
+// up the sourcing here; Provision refuses otherwise, naming this option,
+// and changes nothing. Once the streams here source that region, Provision
+// no longer asks it: services here start while the link is cut. Events published here
 // stay here: sourcing goes one way. The leafnode must deny the prefix's
 // subjects (and $JS.ACK.> and $JS.EVENT.>) both ways, or the streams here
 // also capture the other region's publishes directly: see
@@ -123,10 +125,12 @@ func sameSource(a, b *jetstream.StreamSource) bool {
 // the source region (WithSourceRegion) answers and has every integration
 // stream this region is to source, with as many partitions as this
 // broker. It waits up to regionWait for a region that does not answer (a
-// leafnode still connecting).
+// leafnode still connecting). When every integration stream here sources
+// the region already there is nothing to set up and it checks nothing: a
+// service of this region restarts while the link is cut.
 func (b *Broker) checkSourceRegion(ctx context.Context) error {
 	domain := b.cfg.sourceRegion
-	if domain == "" {
+	if domain == "" || b.sourcing(ctx) {
 		return nil
 	}
 	setting := fmt.Sprintf("WithSourceRegion(%q)", domain)
@@ -162,6 +166,24 @@ func (b *Broker) checkSourceRegion(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// sourcing reports whether every integration stream here exists and
+// sources the source region already.
+func (b *Broker) sourcing(ctx context.Context) bool {
+	for _, sc := range b.streamConfigs() {
+		src := b.regionSource(sc)
+		if src == nil {
+			continue
+		}
+		actx, cancel := context.WithTimeout(ctx, apiAttempt)
+		s, err := b.js.Stream(actx, sc.Name)
+		cancel()
+		if err != nil || !slices.ContainsFunc(s.CachedInfo().Config.Sources, func(s *jetstream.StreamSource) bool { return sameSource(s, src) }) {
+			return false
+		}
+	}
+	return true
 }
 
 // regionStream looks stream name up in the JetStream js of another region,

@@ -51,7 +51,8 @@ func TestWithSourceRegionRejectsBadDomains(t *testing.T) {
 // cut, Provision refuses within regionWait with an error naming the option
 // and the domain, and creates no stream in b; with a up but not yet
 // provisioned, it refuses naming the missing stream; once a has its
-// streams, b's integration stream sources a's.
+// streams, b's integration stream sources a's, and a service of b
+// provisions with the link cut again.
 func TestProvisionRefusesAnUnreachableSourceRegion(t *testing.T) {
 	dir := t.TempDir()
 	a := natsserver.StartClusterConfig(t, filepath.Join(dir, "a"), natsserver.ClusterConfig{Nodes: 1, Domain: "a", LeafListen: true})
@@ -133,6 +134,18 @@ func TestProvisionRefusesAnUnreachableSourceRegion(t *testing.T) {
 		if len(srcs) != 1 || srcs[0].Name != name || srcs[0].External == nil || srcs[0].External.APIPrefix != "$JS.a.API" {
 			t.Errorf("stream %s of b: sources %+v, want %s of $JS.a.API", name, srcs, name)
 		}
+	}
+	// Once b sources a, a service of b restarting while the link is cut
+	// provisions without waiting for a.
+	link.Cut()
+	again, err := Connect(ctx, b.URLs(), WithSourceRegion("a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	start = time.Now()
+	if err := again.Provision(ctx, topo); err != nil || time.Since(start) > regionWait {
+		t.Fatalf("Provision in b, already sourcing a, with the link cut: %v after %v, want success without waiting for a", err, time.Since(start))
 	}
 	for _, name := range []string{"HERALD_NTF", "HERALD_DLQ"} {
 		st, err := bjs.Stream(ctx, name)
