@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -81,36 +82,90 @@ func (b *Broker) isIntegrationStream(sc jetstream.StreamConfig) bool {
 	return slices.Contains(b.names.intStreams(), sc.Name)
 }
 
-// regionSource returns the source of the same-named stream of the source
-// region for an integration stream config, or nil.
-func (b *Broker) regionSource(sc jetstream.StreamConfig) *jetstream.StreamSource {
-	if b.cfg.sourceRegion == "" || !b.isIntegrationStream(sc) {
-		return nil
-	}
-	return &jetstream.StreamSource{
-		Name:     sc.Name,
-		External: &jetstream.ExternalStream{APIPrefix: regionAPIPrefix(b.cfg.sourceRegion)},
+// regionState is what Provision learns about the regions: this region's
+// own JetStream domain, which names the durable consumers that the source
+// region keeps for it.
+type regionState struct {
+	mu   sync.Mutex
+	here string
+}
+
+func (r *regionState) domain() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.here
+}
+
+// sourceMaxAckPending bounds the events a source region's durable
+// consumer has sent this region but not had acknowledged by flow control.
+const sourceMaxAckPending = 4096
+
+// sourceConsumer returns the name and delivery subject of the durable
+// consumer that the stream of the source region keeps for region here:
+// "region-<here>" and "_HERALD_SOURCE.<stream>.<here>" (outside the prefix,
+// which the leafnode denies).
+func sourceConsumer(stream, here string) (name, deliver string) {
+	return "region-" + here, "_HERALD_SOURCE." + stream + "." + here
+}
+
+// sourceConsumerConfig is the config of that durable: a push consumer
+// acknowledged by the flow control of the sourcing stream
+// (AckFlowControl, nats-server 2.14+), heartbeats every second (the only
+// value the server accepts for it), no expiry.
+func sourceConsumerConfig(stream, here, there string) jetstream.ConsumerConfig {
+	name, deliver := sourceConsumer(stream, here)
+	return jetstream.ConsumerConfig{
+		Durable:        name,
+		Description:    "herald: region " + here + " sources " + stream + " of region " + there,
+		DeliverSubject: deliver,
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+		AckPolicy:      jetstream.AckFlowControlPolicy,
+		FlowControl:    true,
+		IdleHeartbeat:  time.Second,
+		MaxAckPending:  sourceMaxAckPending,
+		MaxDeliver:     -1,
 	}
 }
 
-// withSources returns sc with the source region's source added (see
-// regionSource) and the sources the stream has already (old, nil for a new
-// stream) kept: a service without WithSourceRegion, provisioning the same
-// streams, never removes a region's sourcing.
+// regionSource returns the source of the same-named stream of the source
+// region for an integration stream config, or nil: through that region's
+// API, by the durable consumer it keeps for this region (durable sourcing:
+// after a long cut the source resumes as soon as that consumer's
+// heartbeats come through again, rather than after the server's retry
+// backoff).
+func (b *Broker) regionSource(sc jetstream.StreamConfig) *jetstream.StreamSource {
+	here := b.region.domain()
+	if b.cfg.sourceRegion == "" || here == "" || !b.isIntegrationStream(sc) {
+		return nil
+	}
+	name, deliver := sourceConsumer(sc.Name, here)
+	return &jetstream.StreamSource{
+		Name:     sc.Name,
+		External: &jetstream.ExternalStream{APIPrefix: regionAPIPrefix(b.cfg.sourceRegion)},
+		Consumer: &jetstream.StreamConsumerSource{Name: name, DeliverSubject: deliver},
+	}
+}
+
+// withSources returns sc with the source region's source (regionSource)
+// in place of any source of the same stream and domain, and the other
+// sources the stream has already (old, nil for a new stream) kept: a
+// service without WithSourceRegion, provisioning the same streams, never
+// removes a region's sourcing.
 func (b *Broker) withSources(sc jetstream.StreamConfig, old *jetstream.StreamConfig) jetstream.StreamConfig {
 	var srcs []*jetstream.StreamSource
 	if old != nil {
 		srcs = append(srcs, old.Sources...)
 	}
-	if src := b.regionSource(sc); src != nil && !slices.ContainsFunc(srcs, func(s *jetstream.StreamSource) bool {
-		return sameSource(s, src)
-	}) {
+	if src := b.regionSource(sc); src != nil {
+		srcs = slices.DeleteFunc(srcs, func(s *jetstream.StreamSource) bool { return sameSource(s, src) })
 		srcs = append(srcs, src)
 	}
 	sc.Sources = srcs
 	return sc
 }
 
+// sameSource reports whether a and b source the same stream of the same
+// domain (a stream sources another once).
 func sameSource(a, b *jetstream.StreamSource) bool {
 	prefix := func(s *jetstream.StreamSource) string {
 		if s.External == nil {
@@ -119,6 +174,15 @@ func sameSource(a, b *jetstream.StreamSource) bool {
 		return s.External.APIPrefix
 	}
 	return a.Name == b.Name && prefix(a) == prefix(b)
+}
+
+// sameConsumer reports whether a and b read by the same durable consumer
+// (or both by an ephemeral one).
+func sameConsumer(a, b *jetstream.StreamSource) bool {
+	if a.Consumer == nil || b.Consumer == nil {
+		return a.Consumer == b.Consumer
+	}
+	return *a.Consumer == *b.Consumer
 }
 
 // checkSourceRegion makes sure, before Provision changes anything, that
@@ -130,10 +194,16 @@ func sameSource(a, b *jetstream.StreamSource) bool {
 // service of this region restarts while the link is cut.
 func (b *Broker) checkSourceRegion(ctx context.Context) error {
 	domain := b.cfg.sourceRegion
-	if domain == "" || b.sourcing(ctx) {
+	if domain == "" {
 		return nil
 	}
 	setting := fmt.Sprintf("WithSourceRegion(%q)", domain)
+	if err := b.learnDomain(ctx, setting); err != nil {
+		return err
+	}
+	if b.sourcing(ctx) {
+		return nil
+	}
 	js, err := jetstream.NewWithDomain(b.nc, domain)
 	if err != nil {
 		return fmt.Errorf("herald/natsjs: provision: %s: %w", setting, err)
@@ -165,6 +235,49 @@ func (b *Broker) checkSourceRegion(ctx context.Context) error {
 			return fmt.Errorf("herald/natsjs: provision: %s: stream %s of region %q: %w", setting, name, domain, err)
 		}
 	}
+	// The durable consumers the streams there keep for this region.
+	here := b.region.domain()
+	for _, name := range b.names.intStreams() {
+		cfg := sourceConsumerConfig(name, here, domain)
+		err := b.retryStartup(ctx, "provision consumer "+cfg.Durable+" on "+name+" of region "+domain, func(ctx context.Context) error {
+			_, err := js.CreateOrUpdatePushConsumer(ctx, name, cfg)
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("herald/natsjs: provision: %s: consumer %s on stream %s of region %q: %w", setting, cfg.Durable, name, domain, err)
+		}
+	}
+	return nil
+}
+
+// learnDomain finds this region's own JetStream domain (from the
+// account's JetStream info) for regionSource, and refuses a region without
+// one, or with the source region's.
+func (b *Broker) learnDomain(ctx context.Context, setting string) error {
+	if b.region.domain() != "" {
+		return nil
+	}
+	var here string
+	err := b.retryStartup(ctx, "JetStream account info", func(ctx context.Context) error {
+		ai, err := b.js.AccountInfo(ctx)
+		if err == nil {
+			here = ai.Domain
+		}
+		return err
+	})
+	switch {
+	case err != nil:
+		return fmt.Errorf("herald/natsjs: provision: %s: this region's JetStream domain: %w", setting, err)
+	case here == "":
+		return fmt.Errorf("herald/natsjs: provision: %s: this region's servers have no JetStream domain; "+
+			"give every server of each region its region's domain (jetstream { domain: ... }), this one other than %q", setting, b.cfg.sourceRegion)
+	case here == b.cfg.sourceRegion:
+		return fmt.Errorf("herald/natsjs: provision: %s: this region's servers are in that domain themselves: "+
+			"connect to the servers of the consuming region, or give them a domain of their own", setting)
+	}
+	b.region.mu.Lock()
+	b.region.here = here
+	b.region.mu.Unlock()
 	return nil
 }
 
@@ -179,7 +292,9 @@ func (b *Broker) sourcing(ctx context.Context) bool {
 		actx, cancel := context.WithTimeout(ctx, apiAttempt)
 		s, err := b.js.Stream(actx, sc.Name)
 		cancel()
-		if err != nil || !slices.ContainsFunc(s.CachedInfo().Config.Sources, func(s *jetstream.StreamSource) bool { return sameSource(s, src) }) {
+		if err != nil || !slices.ContainsFunc(s.CachedInfo().Config.Sources, func(s *jetstream.StreamSource) bool {
+			return sameSource(s, src) && sameConsumer(s, src)
+		}) {
 			return false
 		}
 	}

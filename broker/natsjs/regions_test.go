@@ -131,8 +131,20 @@ func TestProvisionRefusesAnUnreachableSourceRegion(t *testing.T) {
 			t.Fatal(err)
 		}
 		srcs := st.CachedInfo().Config.Sources
-		if len(srcs) != 1 || srcs[0].Name != name || srcs[0].External == nil || srcs[0].External.APIPrefix != "$JS.a.API" {
-			t.Errorf("stream %s of b: sources %+v, want %s of $JS.a.API", name, srcs, name)
+		if len(srcs) != 1 || srcs[0].Name != name || srcs[0].External == nil || srcs[0].External.APIPrefix != "$JS.a.API" ||
+			srcs[0].Consumer == nil || srcs[0].Consumer.Name != "region-b" {
+			t.Errorf("stream %s of b: sources %+v, want %s of $JS.a.API by consumer region-b", name, srcs, name)
+		}
+		ajs, err := a.JetStream()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := ajs.PushConsumer(ctx, name, "region-b")
+		if err != nil {
+			t.Fatalf("consumer region-b of %s in a: %v", name, err)
+		}
+		if cfg := c.CachedInfo().Config; cfg.AckPolicy != jetstream.AckFlowControlPolicy || cfg.DeliverSubject != "_HERALD_SOURCE."+name+".b" {
+			t.Errorf("consumer region-b of %s in a: %+v", name, cfg)
 		}
 	}
 	// Once b sources a, a service of b restarting while the link is cut
@@ -173,8 +185,14 @@ func TestWithSourcesKeepsWhatTheStreamHas(t *testing.T) {
 		t.Fatalf("no region, stream with a source: sources %+v", got.Sources)
 	}
 	b.cfg.sourceRegion = "a"
-	if got := b.withSources(sc, &old); len(got.Sources) != 1 {
-		t.Fatalf("region a, stream sourcing a: sources %+v, want one", got.Sources)
+	if got := b.withSources(sc, &old); len(got.Sources) != 1 || got.Sources[0] != had {
+		t.Fatalf("region a, this region's domain not known yet: sources %+v, want the stream's", got.Sources)
+	}
+	b.region.here = "b"
+	got := b.withSources(sc, &old)
+	if len(got.Sources) != 1 || got.Sources[0].Consumer == nil ||
+		*got.Sources[0].Consumer != (jetstream.StreamConsumerSource{Name: "region-b", DeliverSubject: "_HERALD_SOURCE.HERALD_INT.b"}) {
+		t.Fatalf("region a, stream sourcing a: sources %+v, want one, by the durable region-b", got.Sources)
 	}
 	b.cfg.sourceRegion = "c"
 	if got := b.withSources(sc, &old); len(got.Sources) != 2 || got.Sources[1].External.APIPrefix != "$JS.c.API" {
@@ -304,5 +322,40 @@ func TestSourceRegionPartitions(t *testing.T) {
 	defer mu.Unlock()
 	if total != keys*perKey || len(bad) > 0 {
 		t.Fatalf("%d deliveries of %d events; out of order or misplaced: %v", total, keys*perKey, bad)
+	}
+}
+
+// TestProvisionRefusesARegionWithoutDomain: WithSourceRegion on servers
+// without a JetStream domain, or in the source region's own, is refused
+// naming the option; no stream is created.
+func TestProvisionRefusesARegionWithoutDomain(t *testing.T) {
+	ctx := testCtx(t, time.Minute)
+	for _, tc := range []struct{ domain, want string }{
+		{"", "this region's servers have no JetStream domain"},
+		{"a", "this region's servers are in that domain themselves"},
+	} {
+		t.Run("domain="+tc.domain, func(t *testing.T) {
+			c := natsserver.StartClusterConfig(t, t.TempDir(), natsserver.ClusterConfig{Nodes: 1, Domain: tc.domain})
+			if err := c.WaitJetStream(ctx); err != nil {
+				t.Fatal(err)
+			}
+			b, err := Connect(ctx, c.URLs(), WithSourceRegion("a"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.Close()
+			err = b.Provision(ctx, broker.Topology{Service: "shipping"})
+			if err == nil || !strings.Contains(err.Error(), `WithSourceRegion("a")`) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Provision: %v, want an error naming WithSourceRegion and saying %q", err, tc.want)
+			}
+			js, err := c.JetStream()
+			if err != nil {
+				t.Fatal(err)
+			}
+			names := js.StreamNames(ctx)
+			for n := range names.Name() {
+				t.Errorf("stream %s created though Provision refused", n)
+			}
+		})
 	}
 }
