@@ -25,6 +25,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/heraldhq/herald"
+	"github.com/heraldhq/herald/broker"
 	"github.com/heraldhq/herald/broker/natsjs"
 	"github.com/heraldhq/herald/envelope"
 	"github.com/heraldhq/herald/internal/natsserver"
@@ -120,6 +121,137 @@ func (b *clusterAcks) Publish(ctx context.Context, events []*envelope.Envelope) 
 	return errs
 }
 
+// clusterProducer is "orders" on st and b: each clusterOrderPlaced it
+// records becomes a clusterOrderConfirmed of its key.
+func clusterProducer(st *store.Store, b broker.Broker, log *slog.Logger) (*herald.Service, error) {
+	producer, err := herald.New("orders", herald.WithStore(st), herald.WithBroker(b), herald.WithLogger(log),
+		herald.WithRelay(herald.RelayConfig{PollInterval: 50 * time.Millisecond}))
+	if err != nil {
+		return nil, err
+	}
+	err = herald.Translate(producer, clusterOrderPlaced, clusterOrderConfirmed, func(_ context.Context, p clusterPlaced) (clusterEvent, error) {
+		k, s := clusterKey(p.Index)
+		return clusterEvent{Key: k, Seq: s, Index: p.Index}, nil
+	})
+	return producer, err
+}
+
+// clusterShippingStore is the store of "shipping", with its tables of
+// effects, progress per key and order violations (see clusterShip).
+func clusterShippingStore(t *testing.T) *store.Store {
+	return clusterStore(t, "shipping",
+		`CREATE TABLE effects (event_key TEXT NOT NULL, seq INTEGER NOT NULL, event_id TEXT NOT NULL)`,
+		`CREATE TABLE progress (event_key TEXT PRIMARY KEY, seq INTEGER NOT NULL)`,
+		`CREATE TABLE violations (event_key TEXT NOT NULL, seq INTEGER NOT NULL, prev INTEGER NOT NULL)`)
+}
+
+// clusterShipping is "shipping" on st (clusterShippingStore) and b,
+// subscribed to clusterOrderConfirmed: each event is an effect, and one
+// whose sequence does not follow its key's last is a violation.
+func clusterShipping(st *store.Store, b broker.Broker, log *slog.Logger) (*herald.Service, error) {
+	consumer, err := herald.New("shipping", herald.WithStore(st), herald.WithBroker(b), herald.WithLogger(log))
+	if err != nil {
+		return nil, err
+	}
+	err = herald.Subscribe(consumer, clusterOrderConfirmed, "ship", func(ctx context.Context, tx herald.Tx, e clusterEvent) error {
+		ev, _ := herald.EventFrom(ctx)
+		q := tx.SQL()
+		prev := 0
+		if err := q.QueryRowContext(ctx, `SELECT seq FROM progress WHERE event_key = ?`, e.Key).Scan(&prev); err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return err
+		}
+		if e.Seq != prev+1 {
+			if _, err := q.ExecContext(ctx, `INSERT INTO violations VALUES (?, ?, ?)`, e.Key, e.Seq, prev); err != nil {
+				return err
+			}
+		}
+		if _, err := q.ExecContext(ctx, `INSERT INTO progress VALUES (?, ?) ON CONFLICT (event_key) DO UPDATE SET seq = MAX(seq, excluded.seq)`, e.Key, e.Seq); err != nil {
+			return err
+		}
+		_, err := q.ExecContext(ctx, `INSERT INTO effects VALUES (?, ?, ?)`, e.Key, e.Seq, ev.ID)
+		return err
+	}, herald.AckWait(time.Second))
+	return consumer, err
+}
+
+// clusterOrders places orders 0, 1, ... on producer (clusterProducer),
+// one per transaction about every 5ms, counting them in placed, until n
+// are placed (n < 0: no limit) or stop closes.
+func clusterOrders(ctx context.Context, producer *herald.Service, n int, stop <-chan struct{}, placed *atomic.Int64) error {
+	for i := 0; n < 0 || i < n; i++ {
+		select {
+		case <-stop:
+			return nil
+		default:
+		}
+		err := producer.Do(ctx, func(tx herald.Tx) error {
+			if _, err := tx.SQL().ExecContext(ctx, `INSERT INTO placed VALUES (?)`, i); err != nil {
+				return err
+			}
+			return herald.Record(tx, clusterOrderPlaced, clusterPlaced{Index: i})
+		})
+		if err != nil {
+			return fmt.Errorf("order %d: %w", i, err)
+		}
+		placed.Add(1)
+		time.Sleep(5 * time.Millisecond)
+	}
+	return nil
+}
+
+// clusterStart starts svc; the test's cleanup closes it.
+func clusterStart(t *testing.T, ctx context.Context, svc *herald.Service) {
+	t.Helper()
+	if err := svc.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { svc.Close() })
+}
+
+// clusterEffects counts shipping's effects.
+func clusterEffects(st *store.Store) int64 {
+	var n int64
+	_ = st.DB().QueryRow(`SELECT COUNT(*) FROM effects`).Scan(&n)
+	return n
+}
+
+// clusterCheckEffects checks from shipping's own tables that the first n
+// events took effect exactly once each, in order per key.
+func clusterCheckEffects(t *testing.T, st *store.Store, n int) {
+	t.Helper()
+	rows, err := st.DB().Query(`SELECT event_key, seq FROM effects`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string][]int{}
+	total := 0
+	for rows.Next() {
+		var k string
+		var s int
+		if err := rows.Scan(&k, &s); err != nil {
+			t.Fatal(err)
+		}
+		got[k] = append(got[k], s)
+		total++
+	}
+	rows.Close()
+	if total != n {
+		t.Errorf("%d effects for %d events", total, n)
+	}
+	for i := range clusterKeys {
+		k := fmt.Sprintf("k%02d", i)
+		want := (n - i + clusterKeys - 1) / clusterKeys
+		s := got[k]
+		if len(s) != want || !slices.IsSorted(s) || (len(s) > 0 && (s[0] != 1 || s[len(s)-1] != want)) {
+			t.Errorf("key %s: %d effects (want %d), sorted %v", k, len(s), want, slices.IsSorted(s))
+		}
+	}
+	var v int
+	if err := st.DB().QueryRow(`SELECT COUNT(*) FROM violations`).Scan(&v); err != nil || v > 0 {
+		t.Errorf("%d events took effect out of their key's order (err %v)", v, err)
+	}
+}
+
 // progress samples a counter every 20ms and remembers when it changed.
 type progress struct {
 	mu      sync.Mutex
@@ -199,10 +331,7 @@ func clusterLeaderKill(t *testing.T, publisherOnLeader bool) {
 	logs := &clusterLog{}
 
 	pst := clusterStore(t, "orders", `CREATE TABLE placed (idx INTEGER PRIMARY KEY)`)
-	cst := clusterStore(t, "shipping",
-		`CREATE TABLE effects (event_key TEXT NOT NULL, seq INTEGER NOT NULL, event_id TEXT NOT NULL)`,
-		`CREATE TABLE progress (event_key TEXT PRIMARY KEY, seq INTEGER NOT NULL)`,
-		`CREATE TABLE violations (event_key TEXT NOT NULL, seq INTEGER NOT NULL, prev INTEGER NOT NULL)`)
+	cst := clusterShippingStore(t)
 
 	plog := logs.logger(t, "orders")
 	pb, err := clusterConnect(ctx, c, "orders", plog)
@@ -211,15 +340,8 @@ func clusterLeaderKill(t *testing.T, publisherOnLeader bool) {
 	}
 	t.Cleanup(func() { pb.Close() })
 	counted := &clusterAcks{Broker: pb}
-	producer, err := herald.New("orders", herald.WithStore(pst), herald.WithBroker(counted), herald.WithLogger(plog),
-		herald.WithRelay(herald.RelayConfig{PollInterval: 50 * time.Millisecond}))
+	producer, err := clusterProducer(pst, counted, plog)
 	if err != nil {
-		t.Fatal(err)
-	}
-	if err := herald.Translate(producer, clusterOrderPlaced, clusterOrderConfirmed, func(_ context.Context, p clusterPlaced) (clusterEvent, error) {
-		k, s := clusterKey(p.Index)
-		return clusterEvent{Key: k, Seq: s, Index: p.Index}, nil
-	}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -229,43 +351,13 @@ func clusterLeaderKill(t *testing.T, publisherOnLeader bool) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cb.Close() })
-	consumer, err := herald.New("shipping", herald.WithStore(cst), herald.WithBroker(cb), herald.WithLogger(clog))
+	consumer, err := clusterShipping(cst, cb, clog)
 	if err != nil {
 		t.Fatal(err)
 	}
-	effects := func() int64 {
-		var n int64
-		_ = cst.DB().QueryRow(`SELECT COUNT(*) FROM effects`).Scan(&n)
-		return n
-	}
-	if err := herald.Subscribe(consumer, clusterOrderConfirmed, "ship", func(ctx context.Context, tx herald.Tx, e clusterEvent) error {
-		ev, _ := herald.EventFrom(ctx)
-		q := tx.SQL()
-		prev := 0
-		if err := q.QueryRowContext(ctx, `SELECT seq FROM progress WHERE event_key = ?`, e.Key).Scan(&prev); err != nil && !errors.Is(err, sql.ErrNoRows) {
-			return err
-		}
-		if e.Seq != prev+1 {
-			if _, err := q.ExecContext(ctx, `INSERT INTO violations VALUES (?, ?, ?)`, e.Key, e.Seq, prev); err != nil {
-				return err
-			}
-		}
-		if _, err := q.ExecContext(ctx, `INSERT INTO progress VALUES (?, ?) ON CONFLICT (event_key) DO UPDATE SET seq = MAX(seq, excluded.seq)`, e.Key, e.Seq); err != nil {
-			return err
-		}
-		_, err := q.ExecContext(ctx, `INSERT INTO effects VALUES (?, ?, ?)`, e.Key, e.Seq, ev.ID)
-		return err
-	}, herald.AckWait(time.Second)); err != nil {
-		t.Fatal(err)
-	}
-	if err := consumer.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { consumer.Close() })
-	if err := producer.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { producer.Close() })
+	effects := func() int64 { return clusterEffects(cst) }
+	clusterStart(t, ctx, consumer)
+	clusterStart(t, ctx, producer)
 
 	// The election, as the cluster announces it.
 	nc, err := nats.Connect(strings.Join(c.URLs(), ","), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
@@ -341,28 +433,7 @@ func clusterLeaderKill(t *testing.T, publisherOnLeader bool) {
 	var placed atomic.Int64
 	stop := make(chan struct{})
 	produced := make(chan error, 1)
-	go func() {
-		produced <- func() error {
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return nil
-				default:
-				}
-				err := producer.Do(ctx, func(tx herald.Tx) error {
-					if _, err := tx.SQL().ExecContext(ctx, `INSERT INTO placed VALUES (?)`, i); err != nil {
-						return err
-					}
-					return herald.Record(tx, clusterOrderPlaced, clusterPlaced{Index: i})
-				})
-				if err != nil {
-					return fmt.Errorf("order %d: %w", i, err)
-				}
-				placed.Add(1)
-				time.Sleep(5 * time.Millisecond)
-			}
-		}()
-	}()
+	go func() { produced <- clusterOrders(ctx, producer, -1, stop, &placed) }()
 	pctx, stopSampling := context.WithCancel(ctx)
 	defer stopSampling()
 	var pubs, takes progress
@@ -444,38 +515,7 @@ func clusterLeaderKill(t *testing.T, publisherOnLeader bool) {
 		t.Errorf("effects stalled %v, want < the elections' %v + 5s", takeStall, both.Sub(killedAt))
 	}
 
-	// Exactly once, in order per key, from the consumer's own tables.
-	rows, err := cst.DB().Query(`SELECT event_key, seq FROM effects`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := map[string][]int{}
-	total := 0
-	for rows.Next() {
-		var k string
-		var s int
-		if err := rows.Scan(&k, &s); err != nil {
-			t.Fatal(err)
-		}
-		got[k] = append(got[k], s)
-		total++
-	}
-	rows.Close()
-	if total != int(n) {
-		t.Errorf("%d effects for %d events", total, n)
-	}
-	for i := range clusterKeys {
-		k := fmt.Sprintf("k%02d", i)
-		want := int((n - int64(i) + clusterKeys - 1) / clusterKeys)
-		s := got[k]
-		if len(s) != want || !slices.IsSorted(s) || (len(s) > 0 && (s[0] != 1 || s[len(s)-1] != want)) {
-			t.Errorf("key %s: %d effects (want %d), sorted %v", k, len(s), want, slices.IsSorted(s))
-		}
-	}
-	var v int
-	if err := cst.DB().QueryRow(`SELECT COUNT(*) FROM violations`).Scan(&v); err != nil || v > 0 {
-		t.Errorf("%d events took effect out of their key's order (err %v)", v, err)
-	}
+	clusterCheckEffects(t, cst, int(n))
 }
 
 // TestClusterFreshStart starts four services at once, each with its own

@@ -49,6 +49,8 @@ type Broker struct {
 	// acks keeps each consumer's last acks, to send again after a
 	// reconnect: durable name -> *ackLog.
 	acks sync.Map
+	// region is what Provision learned for WithSourceRegion (regions.go).
+	region regionState
 
 	// balancers balances the partitions of each subscription consumed
 	// (balance.go): ConsumerName -> *balancer, under balMu; bg counts their

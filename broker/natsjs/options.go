@@ -83,6 +83,7 @@ type config struct {
 	atomicSet       bool
 	traceStorage    TraceStorage
 	traceStorageSet bool
+	sourceRegion    string // WithSourceRegion: the JetStream domain sourced (regions.go)
 
 	// embedded
 	serverLog    slog.Level // the least level of the server's lines that are logged

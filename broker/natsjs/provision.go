@@ -62,6 +62,9 @@ func (b *Broker) Provision(ctx context.Context, t broker.Topology) error {
 	if err := b.checkPartitions(ctx); err != nil {
 		return err
 	}
+	if err := b.checkSourceRegion(ctx); err != nil {
+		return err
+	}
 	if err := b.ensureStreams(ctx); err != nil {
 		return err
 	}
@@ -188,16 +191,18 @@ func (b *Broker) ensureStreams(ctx context.Context) error {
 // stream that uses it.
 func (b *Broker) ensureStream(ctx context.Context, sc jetstream.StreamConfig, keepAtomic bool) error {
 	err := b.retryStartup(ctx, "provision stream "+sc.Name, func(ctx context.Context) error {
-		if keepAtomic {
-			s, err := b.js.Stream(ctx, sc.Name)
-			switch {
-			case err == nil:
-				sc.AllowAtomicPublish = sc.AllowAtomicPublish || s.CachedInfo().Config.AllowAtomicPublish
-			case !errors.Is(err, jetstream.ErrStreamNotFound):
-				return err
+		var old *jetstream.StreamConfig
+		s, err := b.js.Stream(ctx, sc.Name)
+		switch {
+		case err == nil:
+			old = &s.CachedInfo().Config
+			if keepAtomic {
+				sc.AllowAtomicPublish = sc.AllowAtomicPublish || old.AllowAtomicPublish
 			}
+		case !errors.Is(err, jetstream.ErrStreamNotFound):
+			return err
 		}
-		_, err := b.js.CreateOrUpdateStream(ctx, sc)
+		_, err = b.js.CreateOrUpdateStream(ctx, b.withSources(sc, old))
 		return err
 	})
 	if err != nil {

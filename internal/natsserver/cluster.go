@@ -23,9 +23,10 @@ import (
 // SIGKILLed and restarted on the same ports and store (Server.Kill,
 // Server.Restart); the test's cleanup kills every node by PID.
 type Cluster struct {
-	t     testing.TB
-	name  string
-	nodes []*Server
+	t      testing.TB
+	name   string
+	domain string
+	nodes  []*Server
 
 	mu sync.Mutex
 	nc *nats.Conn
@@ -35,17 +36,55 @@ type Cluster struct {
 // StartCluster starts an n-node cluster (n >= 1, usually 3) with its store
 // directories under dir (dir/node0, dir/node1...) and waits until every
 // node accepts client connections. It does not wait for the cluster to
-// elect its meta leader: see WaitJetStream.
+// elect its meta leader: see WaitJetStream. Every node, even of a 1-node
+// cluster, has a cluster block; StartClusterConfig also starts standalone
+// nodes and regions.
 func StartCluster(t testing.TB, dir string, n int) *Cluster {
 	t.Helper()
-	if n < 1 {
-		t.Fatalf("natsserver: cluster of %d nodes", n)
+	return StartClusterConfig(t, dir, ClusterConfig{Nodes: n, Routes: true})
+}
+
+// ClusterConfig describes a cluster for StartClusterConfig: its size, its
+// JetStream domain, and its leafnode connections to other clusters (other
+// regions, each its own domain).
+type ClusterConfig struct {
+	// Nodes is the number of servers, at least 1.
+	Nodes int
+	// Routes gives a 1-node cluster a cluster block anyway (as StartCluster
+	// does); a cluster of 2 or more nodes always has one. Without it a
+	// single node runs standalone JetStream, which starts faster.
+	Routes bool
+	// Domain is the JetStream domain of every node (jetstream { domain });
+	// empty: none. Two clusters joined by a leafnode need different domains
+	// to keep separate JetStreams; each reaches the other's API under
+	// $JS.<domain>.API.
+	Domain string
+	// LeafListen makes every node accept leafnode connections on a port of
+	// its own (Server.LeafAddr).
+	LeafListen bool
+	// LeafRemotes are the leafnode URLs (nats-leaf://host:port) every node
+	// solicits, one remote with these URLs for failover, bound to the
+	// default account.
+	LeafRemotes []string
+	// LeafDeny lists subjects the remotes neither import nor export
+	// (deny_imports and deny_exports).
+	LeafDeny []string
+}
+
+// StartClusterConfig starts the cluster of cfg with its store directories
+// under dir (dir/node0, dir/node1...) and waits until every node accepts
+// client connections. It does not wait for the meta leader, nor for the
+// leafnode connections: see WaitJetStream and WaitDomain.
+func StartClusterConfig(t testing.TB, dir string, cfg ClusterConfig) *Cluster {
+	t.Helper()
+	if cfg.Nodes < 1 {
+		t.Fatalf("natsserver: cluster of %d nodes", cfg.Nodes)
 	}
 	bin := Build(t)
 	var err error
 	for attempt := 0; attempt < 3; attempt++ {
 		var c *Cluster
-		if c, err = startCluster(t, bin, dir, n, attempt); err == nil {
+		if c, err = startCluster(t, bin, dir, cfg, attempt); err == nil {
 			t.Cleanup(c.close)
 			return c
 		}
@@ -56,10 +95,11 @@ func StartCluster(t testing.TB, dir string, n int) *Cluster {
 	return nil
 }
 
-func startCluster(t testing.TB, bin, dir string, n, attempt int) (*Cluster, error) {
-	ports := freePorts(t, 2*n)
-	client, routes := ports[:n], ports[n:]
-	c := &Cluster{t: t, name: fmt.Sprintf("herald-test-%d-%d", os.Getpid(), routes[0])}
+func startCluster(t testing.TB, bin, dir string, cfg ClusterConfig, attempt int) (*Cluster, error) {
+	n := cfg.Nodes
+	ports := freePorts(t, 3*n)
+	client, routes, leafs := ports[:n], ports[n:2*n], ports[2*n:]
+	c := &Cluster{t: t, name: fmt.Sprintf("herald-test-%d-%d", os.Getpid(), routes[0]), domain: cfg.Domain}
 	var urls []string
 	for _, p := range routes {
 		urls = append(urls, strconv.Quote("nats-route://127.0.0.1:"+strconv.Itoa(p)))
@@ -75,15 +115,20 @@ func startCluster(t testing.TB, bin, dir string, n, attempt int) (*Cluster, erro
 		s := newServer(t, bin, ndir)
 		s.port = client[i]
 		s.name = fmt.Sprintf("herald-test-%d-%d", os.Getpid(), s.port)
-		var others []string
-		for j, u := range urls {
-			if j != i {
-				others = append(others, u)
+		s.domain = cfg.Domain
+		var extra strings.Builder
+		if n > 1 || cfg.Routes {
+			var others []string
+			for j, u := range urls {
+				if j != i {
+					others = append(others, u)
+				}
 			}
+			fmt.Fprintf(&extra, "cluster {\n  name: %q\n  listen: \"127.0.0.1:%d\"\n  routes: [%s]\n}\n",
+				c.name, routes[i], strings.Join(others, ", "))
 		}
-		extra := fmt.Sprintf("cluster {\n  name: %q\n  listen: \"127.0.0.1:%d\"\n  routes: [%s]\n}\n",
-			c.name, routes[i], strings.Join(others, ", "))
-		if err := s.writeConf(extra); err != nil {
+		extra.WriteString(leafConf(cfg, leafs[i], s))
+		if err := s.writeConf(extra.String()); err != nil {
 			return nil, err
 		}
 		c.nodes = append(c.nodes, s)
@@ -95,6 +140,41 @@ func startCluster(t testing.TB, bin, dir string, n, attempt int) (*Cluster, erro
 		}
 	}
 	return c, nil
+}
+
+// leafConf returns the leafnodes block of a node of cfg (listening on port
+// when cfg.LeafListen), or "".
+func leafConf(cfg ClusterConfig, port int, s *Server) string {
+	if !cfg.LeafListen && len(cfg.LeafRemotes) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	b.WriteString("leafnodes {\n")
+	if cfg.LeafListen {
+		s.leafPort = port
+		// no_advertise: a leaf must not learn this port and go round a
+		// Proxy in front of it.
+		fmt.Fprintf(&b, "  listen: \"127.0.0.1:%d\"\n  no_advertise: true\n", port)
+	}
+	if len(cfg.LeafRemotes) > 0 {
+		b.WriteString("  reconnect: \"250ms\"\n  remotes: [{\n    urls: [")
+		b.WriteString(quoteAll(cfg.LeafRemotes))
+		b.WriteString("]\n")
+		if len(cfg.LeafDeny) > 0 {
+			fmt.Fprintf(&b, "    deny_imports: [%s]\n    deny_exports: [%[1]s]\n", quoteAll(cfg.LeafDeny))
+		}
+		b.WriteString("  }]\n")
+	}
+	b.WriteString("}\n")
+	return b.String()
+}
+
+func quoteAll(ss []string) string {
+	q := make([]string, len(ss))
+	for i, s := range ss {
+		q[i] = strconv.Quote(s)
+	}
+	return strings.Join(q, ", ")
 }
 
 // freePorts returns k distinct ports on 127.0.0.1 that were free a moment
@@ -126,6 +206,21 @@ func (c *Cluster) close() {
 
 // Name is the cluster's name (-cluster_name).
 func (c *Cluster) Name() string { return c.name }
+
+// Domain is the cluster's JetStream domain (ClusterConfig.Domain).
+func (c *Cluster) Domain() string { return c.domain }
+
+// LeafAddrs returns the leafnode addresses (host:port) of every node, for
+// another cluster's LeafRemotes or a Proxy; nil without LeafListen.
+func (c *Cluster) LeafAddrs() []string {
+	var addrs []string
+	for _, s := range c.nodes {
+		if a := s.LeafAddr(); a != "" {
+			addrs = append(addrs, a)
+		}
+	}
+	return addrs
+}
 
 // Nodes returns the nodes, in start order.
 func (c *Cluster) Nodes() []*Server { return c.nodes }
@@ -177,6 +272,26 @@ func (c *Cluster) JetStream() (jetstream.JetStream, error) {
 // elected its meta leader), polling, or ctx ends.
 func (c *Cluster) WaitJetStream(ctx context.Context) error {
 	js, err := c.JetStream()
+	if err != nil {
+		return err
+	}
+	return poll(ctx, func(ctx context.Context) error {
+		_, err := js.AccountInfo(ctx)
+		return err
+	})
+}
+
+// WaitDomain waits until the JetStream of domain answers through this
+// cluster (at $JS.<domain>.API), that is until a leafnode connects the
+// two and the other side has its meta leader, polling, or ctx ends.
+func (c *Cluster) WaitDomain(ctx context.Context, domain string) error {
+	if _, err := c.JetStream(); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	nc := c.nc
+	c.mu.Unlock()
+	js, err := jetstream.NewWithDomain(nc, domain)
 	if err != nil {
 		return err
 	}
