@@ -42,22 +42,34 @@ func StartCluster(t testing.TB, dir string, n int) *Cluster {
 		t.Fatalf("natsserver: cluster of %d nodes", n)
 	}
 	bin := Build(t)
+	c, err := launchCluster(t, bin, dir, n, jetstreamConf, t.Logf)
+	if err != nil {
+		t.Fatalf("natsserver: cluster: %v", err)
+	}
+	t.Cleanup(c.close)
+	return c
+}
+
+// launchCluster starts the cluster, trying new ports up to three times.
+// t is nil outside tests.
+func launchCluster(t testing.TB, bin, dir string, n int, js string, logf func(string, ...any)) (*Cluster, error) {
 	var err error
 	for attempt := 0; attempt < 3; attempt++ {
 		var c *Cluster
-		if c, err = startCluster(t, bin, dir, n, attempt); err == nil {
-			t.Cleanup(c.close)
-			return c
+		if c, err = startCluster(t, bin, dir, n, attempt, js); err == nil {
+			return c, nil
 		}
 		// Most likely a port taken meanwhile: pick new ones.
-		t.Logf("natsserver: cluster start attempt %d: %v", attempt+1, err)
+		logf("natsserver: cluster start attempt %d: %v", attempt+1, err)
 	}
-	t.Fatalf("natsserver: cluster: %v", err)
-	return nil
+	return nil, err
 }
 
-func startCluster(t testing.TB, bin, dir string, n, attempt int) (*Cluster, error) {
-	ports := freePorts(t, 2*n)
+func startCluster(t testing.TB, bin, dir string, n, attempt int, js string) (*Cluster, error) {
+	ports, err := freePorts(2 * n)
+	if err != nil {
+		return nil, err
+	}
 	client, routes := ports[:n], ports[n:]
 	c := &Cluster{t: t, name: fmt.Sprintf("herald-test-%d-%d", os.Getpid(), routes[0])}
 	var urls []string
@@ -73,6 +85,7 @@ func startCluster(t testing.TB, bin, dir string, n, attempt int) (*Cluster, erro
 			return nil, err
 		}
 		s := newServer(t, bin, ndir)
+		s.js = js
 		s.port = client[i]
 		s.name = fmt.Sprintf("herald-test-%d-%d", os.Getpid(), s.port)
 		var others []string
@@ -99,17 +112,20 @@ func startCluster(t testing.TB, bin, dir string, n, attempt int) (*Cluster, erro
 
 // freePorts returns k distinct ports on 127.0.0.1 that were free a moment
 // ago.
-func freePorts(t testing.TB, k int) []int {
+func freePorts(k int) ([]int, error) {
 	seen := map[int]bool{}
 	var ports []int
 	for len(ports) < k {
-		p := FreePort(t)
+		p, err := freePort()
+		if err != nil {
+			return nil, err
+		}
 		if !seen[p] {
 			seen[p] = true
 			ports = append(ports, p)
 		}
 	}
-	return ports
+	return ports, nil
 }
 
 func (c *Cluster) close() {
