@@ -120,6 +120,26 @@ func (b *clusterAcks) Publish(ctx context.Context, events []*envelope.Envelope) 
 	return errs
 }
 
+// clusterProducer is the orders service on b: each clusterPlaced order is
+// translated into the clusterKey'd clusterOrderConfirmed, its publishes
+// counted. It is not started.
+func clusterProducer(t *testing.T, st *store.Store, b *natsjs.Broker, log *slog.Logger) (*herald.Service, *clusterAcks) {
+	t.Helper()
+	counted := &clusterAcks{Broker: b}
+	producer, err := herald.New("orders", herald.WithStore(st), herald.WithBroker(counted), herald.WithLogger(log),
+		herald.WithRelay(herald.RelayConfig{PollInterval: 50 * time.Millisecond}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := herald.Translate(producer, clusterOrderPlaced, clusterOrderConfirmed, func(_ context.Context, p clusterPlaced) (clusterEvent, error) {
+		k, s := clusterKey(p.Index)
+		return clusterEvent{Key: k, Seq: s, Index: p.Index}, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return producer, counted
+}
+
 // progress samples a counter every 20ms and remembers when it changed.
 type progress struct {
 	mu      sync.Mutex
@@ -210,18 +230,7 @@ func clusterLeaderKill(t *testing.T, publisherOnLeader bool) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { pb.Close() })
-	counted := &clusterAcks{Broker: pb}
-	producer, err := herald.New("orders", herald.WithStore(pst), herald.WithBroker(counted), herald.WithLogger(plog),
-		herald.WithRelay(herald.RelayConfig{PollInterval: 50 * time.Millisecond}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := herald.Translate(producer, clusterOrderPlaced, clusterOrderConfirmed, func(_ context.Context, p clusterPlaced) (clusterEvent, error) {
-		k, s := clusterKey(p.Index)
-		return clusterEvent{Key: k, Seq: s, Index: p.Index}, nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	producer, counted := clusterProducer(t, pst, pb, plog)
 
 	clog := logs.logger(t, "shipping")
 	cb, err := clusterConnect(ctx, c, "shipping", clog)

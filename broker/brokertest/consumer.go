@@ -152,7 +152,7 @@ func (s *suite) nakRedeliversInPlace(t *testing.T) {
 	provision(t, b, sub)
 	e := fullEvent(typ, envelope.KindIntegration)
 	publish(t, b, e)
-	c := startConsume(t, b, sub, 10, func(ctx context.Context, d broker.Delivery, r received) {
+	c := startConsumeAll(t, b, sub, 10, func(ctx context.Context, d broker.Delivery, r received) {
 		if r.num == 1 {
 			if err := d.Nak(0); err != nil {
 				t.Errorf("Nak: %v", err)

@@ -96,6 +96,8 @@
 //
 //	herald.int.<type>            integration events      stream HERALD_INT
 //	herald.rpl.int.<consumer>    replays to one integration subscription (HERALD_INT)
+//	herald.int.<p>.<type>        the same with WithPartitions(N), N > 1: stream HERALD_INT_<p>
+//	herald.rpl.int.<p>.<consumer>                        (HERALD_INT_<p>), p = 0..N-1
 //	herald.ntf.<type>            notification events     stream HERALD_NTF
 //	herald.rpl.ntf.<consumer>    replays to one notification subscription (HERALD_NTF)
 //	herald.dlq.<service>.<sub>   dead letters (JSON)     stream HERALD_DLQ, 14 days
@@ -110,7 +112,7 @@
 // the service and subscription names (see [ConsumerName]); being one token it
 // cannot be confused between two subscriptions.
 //
-// Provision creates or updates the three streams (file storage, limits
+// Provision creates or updates the streams (file storage, limits
 // retention, [WithMaxAge] for events, 14 days for dead letters, a duplicate
 // window of [WithDuplicateWindow]) and one durable pull consumer per
 // subscription, filtered on the subjects of its event types plus its own
@@ -122,4 +124,39 @@
 // Publish deduplicates by envelope ID (the Nats-Msg-Id header) within the
 // duplicate window. Replay publishes with a fresh message ID so that the
 // window does not swallow it.
+//
+// # Partitions
+//
+// [WithPartitions](N) spreads integration events over N partitions by
+// their partition key (envelope.Envelope.Key, herald.KeyBy):
+// p = [PartitionOf](key, N), the 32-bit FNV-1a hash of the key's bytes
+// modulo N — a wire contract, other languages compute the same. Keyless
+// events are in partition 0, with no order promised among them beyond the
+// partition's. Each partition is a stream of its own, HERALD_INT_<p>, so
+// that on a cluster the partitions' Raft leaders spread over the nodes; an
+// event goes to herald.int.<p>.<type>, a replay of it to
+// herald.rpl.int.<p>.<consumer>, and an integration subscription has one
+// durable consumer per partition, <consumer>_p<p>. With N = 1 (the default)
+// the names are those of a system from before partitions: HERALD_INT,
+// herald.int.<type>, herald.rpl.int.<consumer>, <consumer>. Notifications
+// and dead letters stay on one stream each: a notification subscription has
+// one partition, 0, whatever N is ([Broker.Partitions] counts the
+// integration partitions). A Subscription names the partition it consumes
+// (broker.Subscription.Partition); Consume, Pending and PendingState refuse
+// one out of range.
+//
+// The streams carry metadata herald.partitions=N and herald.partition=p.
+// N is fixed when the streams are first provisioned: Provision refuses a
+// broker whose N differs from the existing streams' (it looks at HERALD_INT
+// and HERALD_INT_0), with an error wrapping [ErrPartitionMismatch] that
+// names both counts. There is no online migration. To change N:
+//
+//  1. stop the relays of every service (their outboxes keep the new events);
+//  2. let the consumers drain: every consumer of the old streams shows
+//     NumPending = 0 and NumAckPending = 0 (nats consumer report);
+//  3. stop every service, and back up (nats stream backup) then delete the
+//     old integration streams — their subjects overlap the new ones', which
+//     JetStream refuses — dropping their consumers;
+//  4. start every service with the new WithPartitions: Provision creates the
+//     new streams and consumers, and the relays publish on.
 package natsjs

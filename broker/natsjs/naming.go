@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"strconv"
 	"strings"
 
 	"github.com/heraldhq/herald/envelope"
@@ -17,22 +18,78 @@ const (
 	tokRpl = "rpl"
 )
 
-// names holds the subjects and stream names derived from the prefix.
+// names holds the subjects and stream names derived from the prefix and
+// the number of partitions.
 type names struct {
-	prefix    string
-	intStream string
-	ntfStream string
-	dlqStream string
+	prefix     string
+	partitions int    // at least 1
+	intStream  string // <PREFIX>_INT: the integration stream with one partition, and the base of the others' names
+	ntfStream  string
+	dlqStream  string
 }
 
-func newNames(prefix string) names {
+func newNames(prefix string, partitions int) names {
 	up := strings.ToUpper(strings.ReplaceAll(prefix, ".", "_"))
 	return names{
-		prefix:    prefix,
-		intStream: up + "_INT",
-		ntfStream: up + "_NTF",
-		dlqStream: up + "_DLQ",
+		prefix:     prefix,
+		partitions: max(partitions, 1),
+		intStream:  up + "_INT",
+		ntfStream:  up + "_NTF",
+		dlqStream:  up + "_DLQ",
 	}
+}
+
+// partitioned reports whether integration events are spread over more than
+// one partition: then their streams, subjects and consumers carry the
+// partition; with one they keep the names they had before partitions
+// existed.
+func (n names) partitioned() bool { return n.partitions > 1 }
+
+// intStreamOf returns the stream of integration partition p: <PREFIX>_INT
+// with one partition, <PREFIX>_INT_<p> with more.
+func (n names) intStreamOf(p int) string {
+	if !n.partitioned() {
+		return n.intStream
+	}
+	return n.intStream + "_" + strconv.Itoa(p)
+}
+
+// intStreams returns the streams of every integration partition.
+func (n names) intStreams() []string {
+	out := make([]string, n.partitions)
+	for p := range out {
+		out[p] = n.intStreamOf(p)
+	}
+	return out
+}
+
+// partitionOf returns the partition of events of kind k and partition key
+// key: PartitionOf for integration events, 0 for notifications (one stream).
+func (n names) partitionOf(k envelope.Kind, key string) int {
+	if k != envelope.KindIntegration {
+		return 0
+	}
+	return PartitionOf(key, n.partitions)
+}
+
+// partitionToken returns "<p>." for an integration subject of a partitioned
+// system, "" otherwise.
+func (n names) partitionToken(t string, p int) string {
+	if t != tokInt || !n.partitioned() {
+		return ""
+	}
+	return strconv.Itoa(p) + "."
+}
+
+// durable returns the durable consumer name of partition p of a
+// subscription of kind k: ConsumerName, with "_p<p>" appended for an
+// integration subscription of a partitioned system.
+func (n names) durable(k envelope.Kind, service, subscription string, p int) string {
+	name := ConsumerName(service, subscription)
+	if k != envelope.KindIntegration || !n.partitioned() {
+		return name
+	}
+	return name + "_p" + strconv.Itoa(p)
 }
 
 // kindToken returns the subject token of k, or an error for a domain or
@@ -50,20 +107,23 @@ func kindToken(k envelope.Kind) (string, error) {
 	}
 }
 
-// stream returns the stream that holds events of kind k.
-func (n names) stream(k envelope.Kind) (string, error) {
+// stream returns the stream that holds events of kind k in partition p
+// (p is ignored for notifications).
+func (n names) stream(k envelope.Kind, p int) (string, error) {
 	t, err := kindToken(k)
 	if err != nil {
 		return "", err
 	}
 	if t == tokInt {
-		return n.intStream, nil
+		return n.intStreamOf(p), nil
 	}
 	return n.ntfStream, nil
 }
 
-// eventSubject returns <prefix>.<int|ntf>.<type>.
-func (n names) eventSubject(k envelope.Kind, typ string) (string, error) {
+// eventSubject returns <prefix>.<int|ntf>.<type>, or with several
+// partitions <prefix>.int.<p>.<type> for an integration event of partition
+// p.
+func (n names) eventSubject(k envelope.Kind, typ string, p int) (string, error) {
 	t, err := kindToken(k)
 	if err != nil {
 		return "", err
@@ -71,16 +131,18 @@ func (n names) eventSubject(k envelope.Kind, typ string) (string, error) {
 	if err := validType(typ); err != nil {
 		return "", err
 	}
-	return n.prefix + "." + t + "." + typ, nil
+	return n.prefix + "." + t + "." + n.partitionToken(t, p) + typ, nil
 }
 
-// replaySubject returns <prefix>.rpl.<int|ntf>.<consumer>.
-func (n names) replaySubject(k envelope.Kind, consumer string) (string, error) {
+// replaySubject returns <prefix>.rpl.<int|ntf>.<consumer>, or with several
+// partitions <prefix>.rpl.int.<p>.<consumer> for partition p of an
+// integration subscription; consumer is the subscription's ConsumerName.
+func (n names) replaySubject(k envelope.Kind, consumer string, p int) (string, error) {
 	t, err := kindToken(k)
 	if err != nil {
 		return "", err
 	}
-	return n.prefix + "." + tokRpl + "." + t + "." + consumer, nil
+	return n.prefix + "." + tokRpl + "." + t + "." + n.partitionToken(t, p) + consumer, nil
 }
 
 // dlqSubject returns <prefix>.dlq.<service>.<subscription>, each name made a

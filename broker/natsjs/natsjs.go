@@ -60,7 +60,21 @@ type Broker struct {
 	doneOnce sync.Once
 }
 
-var _ broker.Broker = (*Broker)(nil)
+var (
+	_ broker.Broker      = (*Broker)(nil)
+	_ broker.Partitioner = (*Broker)(nil)
+)
+
+// Partitions is the number of partitions of integration events,
+// WithPartitions. It implements broker.Partitioner. Notification
+// subscriptions have one partition whatever it is (their events are on one
+// stream): consume them as partition 0.
+func (b *Broker) Partitions() int { return b.names.partitions }
+
+// Partition returns PartitionOf(key, Partitions()): the partition of the
+// integration events of partition key key. It implements
+// broker.Partitioner.
+func (b *Broker) Partition(key string) int { return PartitionOf(key, b.names.partitions) }
 
 // Embedded starts an in-process nats-server with JetStream file storage and
 // connects to it in-process. It needs WithDataDir or WithEphemeral. The
@@ -288,14 +302,16 @@ func newBroker(cfg config) *Broker {
 	b := &Broker{
 		cfg:        cfg,
 		log:        cfg.logger,
-		names:      newNames(cfg.prefix),
+		names:      newNames(cfg.prefix, cfg.partitions),
 		closed:     make(chan struct{}),
 		connClosed: make(chan struct{}),
 	}
 	b.watches = map[string]*streamWatch{
-		b.names.intStream: newStreamWatch(),
 		b.names.ntfStream: newStreamWatch(),
 		b.names.dlqStream: newStreamWatch(),
+	}
+	for _, s := range b.names.intStreams() {
+		b.watches[s] = newStreamWatch()
 	}
 	b.baseCtx, b.cancel = context.WithCancel(context.Background())
 	return b

@@ -235,6 +235,21 @@ func TestConformanceEmbeddedEphemeral(t *testing.T) {
 	})
 }
 
+// TestConformanceEmbeddedPartitioned runs the suite with four partitions:
+// the keyless events of most cases are on partition 0, the case of
+// Partitioner spreads keys over all four.
+func TestConformanceEmbeddedPartitioned(t *testing.T) {
+	caps := brokertest.All
+	caps.Persistent = false
+	brokertest.Run(t, caps, func(t *testing.T) broker.Broker {
+		b, err := Embedded(testCtx(t, 30*time.Second), WithEphemeral(), WithPartitions(4), WithLogger(testLogger()))
+		if err != nil {
+			t.Fatalf("Embedded: %v", err)
+		}
+		return b
+	})
+}
+
 // TestConformanceEmbeddedSyncAlways runs the suite on a server that fsyncs
 // every write, where Publish sends atomic batches (and falls back to single
 // events for a batch the server refuses, e.g. one holding a duplicate).

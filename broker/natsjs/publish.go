@@ -92,7 +92,7 @@ func (b *Broker) publishEach(ctx context.Context, events []*envelope.Envelope, e
 			stopped = errs[i]
 			continue
 		}
-		streams[i], _ = b.names.stream(e.Kind)
+		streams[i] = b.eventStream(e)
 		w := b.watch(streams[i])
 		if w != nil && w.isUnsettled() {
 			if err := b.probe(ctx, w, streams[i], eventID(e), m); err != nil {
@@ -263,7 +263,7 @@ func (b *Broker) publishAtomic(ctx context.Context, events []*envelope.Envelope,
 			break
 		}
 		msgs[i] = m
-		streams[i], _ = b.names.stream(e.Kind)
+		streams[i] = b.eventStream(e)
 	}
 	stop := func(from int, cause error) {
 		for j := from; j < len(events); j++ {
@@ -426,11 +426,18 @@ func (b *Broker) publishErrIn(ctx context.Context, id, stream string, err error,
 	}
 }
 
+// eventStream returns the stream of e ("" for a kind that has none): of its
+// partition, for an integration event.
+func (b *Broker) eventStream(e *envelope.Envelope) string {
+	s, _ := b.names.stream(e.Kind, b.names.partitionOf(e.Kind, e.Key))
+	return s
+}
+
 // eventErr classifies the failure of a publish of e to its stream.
 func (b *Broker) eventErr(ctx context.Context, e *envelope.Envelope, err error) error {
 	stream := ""
 	if e != nil {
-		stream, _ = b.names.stream(e.Kind)
+		stream = b.eventStream(e)
 	}
 	return b.publishErr(ctx, eventID(e), stream, err)
 }
@@ -528,7 +535,7 @@ func (b *Broker) eventMsg(e *envelope.Envelope, subject, msgID string) (*nats.Ms
 		return nil, err
 	}
 	if subject == "" {
-		s, err := b.names.eventSubject(e.Kind, e.Type)
+		s, err := b.names.eventSubject(e.Kind, e.Type, b.names.partitionOf(e.Kind, e.Key))
 		if err != nil {
 			return nil, err
 		}
@@ -581,8 +588,10 @@ func wireSafe(v string) error {
 // that subscription's consumer reads. The message gets a fresh Nats-Msg-Id
 // (the envelope ID plus ":replay:" and a unique suffix) so the duplicate
 // window does not drop it; the envelope itself is unchanged. e.Kind selects
-// the stream; a subscription that Provision did not create on it fails with
-// an error wrapping broker.ErrNotProvisioned.
+// the stream and, for an integration event, the partition of e.Key the
+// partition's stream and consumer (Consume of that partition receives it); a
+// subscription that Provision did not create on it fails with an error
+// wrapping broker.ErrNotProvisioned.
 func (b *Broker) Replay(ctx context.Context, service, subscription string, e *envelope.Envelope) error {
 	if err := b.enter(); err != nil {
 		return err
@@ -600,11 +609,12 @@ func (b *Broker) Replay(ctx context.Context, service, subscription string, e *en
 	if e == nil {
 		return errors.New("herald/natsjs: replay: nil envelope")
 	}
-	stream, err := b.names.stream(e.Kind)
+	p := b.names.partitionOf(e.Kind, e.Key)
+	stream, err := b.names.stream(e.Kind, p)
 	if err != nil {
 		return fmt.Errorf("herald/natsjs: replay %s: %w", e.ID, err)
 	}
-	durable := ConsumerName(service, subscription)
+	durable := b.names.durable(e.Kind, service, subscription, p)
 	key := stream + "/" + durable
 	if _, ok := b.replayTargets.Load(key); !ok {
 		if _, err := b.consumer(ctx, stream, durable); err != nil {
@@ -612,7 +622,7 @@ func (b *Broker) Replay(ctx context.Context, service, subscription string, e *en
 		}
 		b.replayTargets.Store(key, struct{}{})
 	}
-	subj, err := b.names.replaySubject(e.Kind, durable)
+	subj, err := b.names.replaySubject(e.Kind, ConsumerName(service, subscription), p)
 	if err != nil {
 		return err
 	}

@@ -136,14 +136,14 @@ func TestProvisionReplicasOnSingleServerFailsAtOnce(t *testing.T) {
 	srv := natsserver.Start(t, t.TempDir(), 0)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	b, err := Connect(ctx, []string{srv.URL()}, WithReplicas(3))
+	b, err := Connect(ctx, []string{srv.URL()}, WithReplicas(3), WithPartitions(4))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer b.Close()
 	start := time.Now()
 	err = b.Provision(ctx, broker.Topology{Service: "svc"})
-	if err == nil || !strings.Contains(err.Error(), "replicas") || time.Since(start) > 5*time.Second {
+	if err == nil || !strings.Contains(err.Error(), "WithReplicas(3): the server is a single node") || time.Since(start) > 5*time.Second {
 		t.Fatalf("Provision with 3 replicas on one server: %v after %v, want a prompt refusal", err, time.Since(start))
 	}
 }
