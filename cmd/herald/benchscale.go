@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"fmt"
 	"log/slog"
 	"os"
@@ -21,7 +22,7 @@ type benchScaleFlags struct {
 	events                int
 	duration, settle      time.Duration
 	postgres              string
-	jsonOut               string
+	jsonOut, mermaid      string
 	quiet, verbose        bool
 }
 
@@ -52,7 +53,7 @@ command (and cached) from herald's source: run scale inside a herald source
 checkout, or pass --servers embedded.`,
 		Example: `  herald bench scale
   herald bench scale --servers embedded --partitions 1,4 --instances 1,2
-  herald bench scale --events 50000 --duration 30s --json scale.json`,
+  herald bench scale --events 50000 --duration 30s --json scale.json --mermaid scale-chart.md`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runBenchScale(cmd, f)
@@ -70,6 +71,7 @@ checkout, or pass --servers embedded.`,
 	fl.DurationVar(&f.settle, "settle", d.Settle, "how long the consumer instances run before the relay starts, to share the partitions")
 	fl.StringVar(&f.postgres, "postgres", os.Getenv("HERALD_POSTGRES_URL"), "PostgreSQL `URL`: the services' stores on PostgreSQL instead of SQLite (default $HERALD_POSTGRES_URL)")
 	fl.StringVar(&f.jsonOut, "json", "", "write the cells as JSON into this `FILE`")
+	fl.StringVar(&f.mermaid, "mermaid", "", "write a Mermaid xychart per server (events/s by partitions, a line per instance count) into this markdown `FILE`")
 	fl.BoolVar(&f.quiet, "quiet", false, "no progress bar")
 	fl.BoolVar(&f.verbose, "verbose", false, "print herald's own logs on stderr")
 	return cmd
@@ -164,6 +166,15 @@ func runBenchScale(cmd *cobra.Command, f benchScaleFlags) error {
 	}
 	if runErr != nil {
 		return runErr
+	}
+	if f.mermaid != "" {
+		var b bytes.Buffer
+		if err := benchrun.WriteScaleChart(&b, results); err != nil {
+			return err
+		}
+		if err := os.WriteFile(f.mermaid, b.Bytes(), 0o644); err != nil {
+			return fmt.Errorf("--mermaid: %w", err)
+		}
 	}
 	return writeJSONFile(f.jsonOut, results)
 }

@@ -25,13 +25,13 @@ func TestBenchScale(t *testing.T) {
 		natsserver.Build(t) // the cluster's binary, built (or found) before the clock of the run
 		servers = "embedded,cluster"
 	}
-	js := filepath.Join(t.TempDir(), "scale.json")
+	js, chart := filepath.Join(t.TempDir(), "scale.json"), filepath.Join(t.TempDir(), "chart.md")
 	var out, errb bytes.Buffer
 	cmd := newRoot()
 	cmd.SetOut(&out)
 	cmd.SetErr(&errb)
 	cmd.SetArgs([]string{"bench", "scale", "--servers", servers, "--partitions", "1,2", "--instances", "1,2",
-		"--events", "300", "--duration", "1m", "--settle", "0", "--postgres", "", "--quiet", "--json", js})
+		"--events", "300", "--duration", "1m", "--settle", "0", "--postgres", "", "--quiet", "--json", js, "--mermaid", chart})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	if err := cmd.ExecuteContext(ctx); err != nil {
@@ -63,6 +63,14 @@ func TestBenchScale(t *testing.T) {
 		}
 	}
 	text := out.String()
+	mm, err := os.ReadFile(chart)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(mm), "xychart-beta"); n != strings.Count(servers, ",")+1 || !strings.Contains(string(mm), `x-axis "partitions" [1, 2]`) ||
+		strings.Count(string(mm), "    line [") != 2*n {
+		t.Errorf("--mermaid:\n%s", mm)
+	}
 	for _, s := range strings.Split(servers, ",") {
 		for _, p := range []string{"1", "2"} {
 			for _, i := range []string{"1", "2"} {

@@ -124,6 +124,10 @@ type ScaleResult struct {
 	// CPUPerEvent is the CPU microseconds (user + system) of this process
 	// and of the cluster's nodes per handled event.
 	CPUPerEvent float64 `json:"cpu_us_per_event"`
+	// ServerCPUPerEvent is the part of CPUPerEvent the cluster's nodes
+	// spent, all replicas together (0 on the embedded server, which runs in
+	// this process).
+	ServerCPUPerEvent float64 `json:"server_cpu_us_per_event,omitempty"`
 	// Ratio is EventsPerSec over the same server's 1×1 cell of this run (0
 	// when the run has none).
 	Ratio float64 `json:"ratio_to_1x1"`
@@ -465,7 +469,8 @@ func (r *runner) scaleCell(ctx context.Context, cfg ScaleConfig, c scaleCell) (S
 	case <-ctx.Done():
 		return res, ctx.Err()
 	}
-	elapsed, cpu := time.Since(t0), cpuTime()-cpu0+nodesCPU()-ncpu0
+	elapsed, ncpu := time.Since(t0), nodesCPU()-ncpu0
+	cpu := cpuTime() - cpu0 + ncpu
 	handled, dups, ooo := k.counts()
 	res.Events, res.Duplicates, res.OutOfOrder = handled, dups, ooo
 	res.Seconds = elapsed.Seconds()
@@ -475,6 +480,7 @@ func (r *runner) scaleCell(ctx context.Context, cfg ScaleConfig, c scaleCell) (S
 	}
 	if handled > 0 {
 		res.CPUPerEvent = float64(cpu.Microseconds()) / float64(handled)
+		res.ServerCPUPerEvent = float64(ncpu.Microseconds()) / float64(handled)
 	}
 	return res, nil
 }
@@ -482,32 +488,13 @@ func (r *runner) scaleCell(ctx context.Context, cfg ScaleConfig, c scaleCell) (S
 // WriteScaleTable prints the cells: one table per server, a row per
 // partition count, a column group per instance count.
 func WriteScaleTable(w io.Writer, results []ScaleResult) error {
-	var servers []string
-	for _, r := range results {
-		if !slices.Contains(servers, r.Server) {
-			servers = append(servers, r.Server)
+	for _, g := range scaleGrids(results) {
+		s, ps, is, cell, note := g.server, g.partitions, g.instances, g.cells, g.note
+		what := "CPU µs per event"
+		if s == ServerCluster {
+			what = "CPU µs per event (of which the nodes')"
 		}
-	}
-	for _, s := range servers {
-		var ps, is []int
-		cell := map[[2]int]ScaleResult{}
-		var note string
-		for _, r := range results {
-			if r.Server != s {
-				continue
-			}
-			if !slices.Contains(ps, r.Partitions) {
-				ps = append(ps, r.Partitions)
-			}
-			if !slices.Contains(is, r.Instances) {
-				is = append(is, r.Instances)
-			}
-			cell[[2]int{r.Partitions, r.Instances}] = r
-			note = r.Note
-		}
-		slices.Sort(ps)
-		slices.Sort(is)
-		fmt.Fprintf(w, "%s (%s): events/s, CPU µs per event, ratio to 1×1\n\n", s, note)
+		fmt.Fprintf(w, "%s (%s): events/s, %s, ratio to 1×1\n\n", s, note, what)
 		head := "| partitions |"
 		rule := "|--:|"
 		for _, i := range is {
@@ -524,7 +511,11 @@ func WriteScaleTable(w io.Writer, results []ScaleResult) error {
 					line += " – |"
 					continue
 				}
-				line += fmt.Sprintf(" %s/s, %.0f µs, %.2f×", Human(r.EventsPerSec), r.CPUPerEvent, r.Ratio)
+				line += fmt.Sprintf(" %s/s, %.0f µs", Human(r.EventsPerSec), r.CPUPerEvent)
+				if r.ServerCPUPerEvent > 0 {
+					line += fmt.Sprintf(" (%.0f)", r.ServerCPUPerEvent)
+				}
+				line += fmt.Sprintf(", %.2f×", r.Ratio)
 				if r.Events < r.Offered {
 					line += fmt.Sprintf(" (%d of %d in %.0fs)", r.Events, r.Offered, r.Seconds)
 				}
@@ -542,9 +533,91 @@ func WriteScaleTable(w io.Writer, results []ScaleResult) error {
 	return nil
 }
 
+// scaleGrid is one server's cells by partitions and instances.
+type scaleGrid struct {
+	server                string
+	partitions, instances []int // sorted
+	cells                 map[[2]int]ScaleResult
+	note                  string
+}
+
+// scaleGrids groups results by server, in the order the servers ran.
+func scaleGrids(results []ScaleResult) []scaleGrid {
+	var gs []scaleGrid
+	for _, r := range results {
+		i := slices.IndexFunc(gs, func(g scaleGrid) bool { return g.server == r.Server })
+		if i < 0 {
+			gs = append(gs, scaleGrid{server: r.Server, cells: map[[2]int]ScaleResult{}})
+			i = len(gs) - 1
+		}
+		g := &gs[i]
+		if !slices.Contains(g.partitions, r.Partitions) {
+			g.partitions = append(g.partitions, r.Partitions)
+		}
+		if !slices.Contains(g.instances, r.Instances) {
+			g.instances = append(g.instances, r.Instances)
+		}
+		g.cells[[2]int{r.Partitions, r.Instances}] = r
+		g.note = r.Note
+	}
+	for i := range gs {
+		slices.Sort(gs[i].partitions)
+		slices.Sort(gs[i].instances)
+	}
+	return gs
+}
+
 func plural(n int) string {
 	if n == 1 {
 		return ""
 	}
 	return "s"
+}
+
+// WriteScaleChart writes a Mermaid xychart per server: events/s against
+// the partition count, a line per instance count (in increasing order; the
+// title says which is which, as xychart has no legend).
+func WriteScaleChart(w io.Writer, results []ScaleResult) error {
+	for _, g := range scaleGrids(results) {
+		s, ps, is := g.server, g.partitions, g.instances
+		top := 0.0
+		for _, r := range g.cells {
+			top = max(top, r.EventsPerSec)
+		}
+		names := make([]string, len(is))
+		for k, i := range is {
+			names[k] = strconv.Itoa(i)
+		}
+		xs := make([]string, len(ps))
+		for k, p := range ps {
+			xs[k] = strconv.Itoa(p)
+		}
+		fmt.Fprintf(w, "```mermaid\nxychart-beta\n    title \"%s: events/s by partitions (lines: %s instances)\"\n", s, strings.Join(names, ", "))
+		fmt.Fprintf(w, "    x-axis \"partitions\" [%s]\n    y-axis \"events/s\" 0 --> %.0f\n", strings.Join(xs, ", "), niceCeil(top))
+		for _, i := range is {
+			vals := make([]string, len(ps))
+			for k, p := range ps {
+				vals[k] = fmt.Sprintf("%.0f", g.cells[[2]int{p, i}].EventsPerSec)
+			}
+			fmt.Fprintf(w, "    line [%s]\n", strings.Join(vals, ", "))
+		}
+		if _, err := fmt.Fprint(w, "```\n\n"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// niceCeil rounds v up to 1, 2 or 5 times a power of ten (at least 10).
+func niceCeil(v float64) float64 {
+	p := 10.0
+	for p*10 <= v {
+		p *= 10
+	}
+	for _, m := range []float64{1, 2, 5, 10} {
+		if m*p >= v {
+			return m * p
+		}
+	}
+	return 10 * p
 }
