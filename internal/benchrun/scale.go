@@ -259,8 +259,7 @@ func (r *runner) scaleCluster(ctx context.Context, cfg ScaleConfig, add func(Sca
 	if err != nil {
 		return err
 	}
-	c, err := natsserver.LaunchCluster(natsserver.ClusterConfig{Bin: cfg.ServerBin, Dir: dir, Nodes: cfg.Nodes, SyncInterval: cfg.ClusterSync,
-		Logf: func(format string, args ...any) { cfg.Logger.Warn(fmt.Sprintf(format, args...)) }})
+	c, err := natsserver.LaunchCluster(cfg.ServerBin, dir, natsserver.ClusterConfig{Nodes: cfg.Nodes, SyncInterval: cfg.ClusterSync})
 	if err != nil {
 		return err
 	}

@@ -23,9 +23,10 @@ import (
 // SIGKILLed and restarted on the same ports and store (Server.Kill,
 // Server.Restart); the test's cleanup kills every node by PID.
 type Cluster struct {
-	t     testing.TB
-	name  string
-	nodes []*Server
+	t      testing.TB
+	name   string
+	domain string
+	nodes  []*Server
 
 	mu sync.Mutex
 	nc *nats.Conn
@@ -35,14 +36,64 @@ type Cluster struct {
 // StartCluster starts an n-node cluster (n >= 1, usually 3) with its store
 // directories under dir (dir/node0, dir/node1...) and waits until every
 // node accepts client connections. It does not wait for the cluster to
-// elect its meta leader: see WaitJetStream.
+// elect its meta leader: see WaitJetStream. Every node, even of a 1-node
+// cluster, has a cluster block; StartClusterConfig also starts standalone
+// nodes and regions.
 func StartCluster(t testing.TB, dir string, n int) *Cluster {
 	t.Helper()
-	if n < 1 {
-		t.Fatalf("natsserver: cluster of %d nodes", n)
+	return StartClusterConfig(t, dir, ClusterConfig{Nodes: n, Routes: true})
+}
+
+// ClusterConfig describes a cluster for StartClusterConfig: its size, its
+// JetStream domain, and its leafnode connections to other clusters (other
+// regions, each its own domain).
+type ClusterConfig struct {
+	// Nodes is the number of servers, at least 1.
+	Nodes int
+	// Routes gives a 1-node cluster a cluster block anyway (as StartCluster
+	// does); a cluster of 2 or more nodes always has one. Without it a
+	// single node runs standalone JetStream, which starts faster.
+	Routes bool
+	// Domain is the JetStream domain of every node (jetstream { domain });
+	// empty: none. Two clusters joined by a leafnode need different domains
+	// to keep separate JetStreams; each reaches the other's API under
+	// $JS.<domain>.API.
+	Domain string
+	// LeafListen makes every node accept leafnode connections on a port of
+	// its own (Server.LeafAddr).
+	LeafListen bool
+	// LeafRemotes are the leafnode URLs (nats-leaf://host:port) every node
+	// solicits, one remote with these URLs for failover, bound to the
+	// default account.
+	LeafRemotes []string
+	// LeafDeny lists subjects the remotes neither import nor export
+	// (deny_imports and deny_exports).
+	LeafDeny []string
+	// SyncInterval is JetStream's sync_interval: empty or "always" (an
+	// fsync per write, what the tests run), or a duration such as "1s" or
+	// "2m" (the server's own default).
+	SyncInterval string
+}
+
+// jetStreamConf is the JetStream block of the nodes' configuration.
+func (cfg ClusterConfig) jetStreamConf() string {
+	if cfg.SyncInterval == "" || cfg.SyncInterval == "always" {
+		return jetstreamConf
+	}
+	return strings.Replace(jetstreamConf, "sync_interval: always", "sync_interval: "+cfg.SyncInterval, 1)
+}
+
+// StartClusterConfig starts the cluster of cfg with its store directories
+// under dir (dir/node0, dir/node1...) and waits until every node accepts
+// client connections. It does not wait for the meta leader, nor for the
+// leafnode connections: see WaitJetStream and WaitDomain.
+func StartClusterConfig(t testing.TB, dir string, cfg ClusterConfig) *Cluster {
+	t.Helper()
+	if cfg.Nodes < 1 {
+		t.Fatalf("natsserver: cluster of %d nodes", cfg.Nodes)
 	}
 	bin := Build(t)
-	c, err := launchCluster(t, bin, dir, n, jetstreamConf, t.Logf)
+	c, err := launchCluster(t, bin, dir, cfg, t.Logf)
 	if err != nil {
 		t.Fatalf("natsserver: cluster: %v", err)
 	}
@@ -52,11 +103,11 @@ func StartCluster(t testing.TB, dir string, n int) *Cluster {
 
 // launchCluster starts the cluster, trying new ports up to three times.
 // t is nil outside tests.
-func launchCluster(t testing.TB, bin, dir string, n int, js string, logf func(string, ...any)) (*Cluster, error) {
+func launchCluster(t testing.TB, bin, dir string, cfg ClusterConfig, logf func(string, ...any)) (*Cluster, error) {
 	var err error
 	for attempt := 0; attempt < 3; attempt++ {
 		var c *Cluster
-		if c, err = startCluster(t, bin, dir, n, attempt, js); err == nil {
+		if c, err = startCluster(t, bin, dir, cfg, attempt); err == nil {
 			return c, nil
 		}
 		// Most likely a port taken meanwhile: pick new ones.
@@ -65,13 +116,14 @@ func launchCluster(t testing.TB, bin, dir string, n int, js string, logf func(st
 	return nil, err
 }
 
-func startCluster(t testing.TB, bin, dir string, n, attempt int, js string) (*Cluster, error) {
-	ports, err := freePorts(2 * n)
+func startCluster(t testing.TB, bin, dir string, cfg ClusterConfig, attempt int) (*Cluster, error) {
+	n := cfg.Nodes
+	ports, err := freePorts(3 * n)
 	if err != nil {
 		return nil, err
 	}
-	client, routes := ports[:n], ports[n:]
-	c := &Cluster{t: t, name: fmt.Sprintf("herald-test-%d-%d", os.Getpid(), routes[0])}
+	client, routes, leafs := ports[:n], ports[n:2*n], ports[2*n:]
+	c := &Cluster{t: t, name: fmt.Sprintf("herald-test-%d-%d", os.Getpid(), routes[0]), domain: cfg.Domain}
 	var urls []string
 	for _, p := range routes {
 		urls = append(urls, strconv.Quote("nats-route://127.0.0.1:"+strconv.Itoa(p)))
@@ -85,18 +137,23 @@ func startCluster(t testing.TB, bin, dir string, n, attempt int, js string) (*Cl
 			return nil, err
 		}
 		s := newServer(t, bin, ndir)
-		s.js = js
+		s.js = cfg.jetStreamConf()
 		s.port = client[i]
 		s.name = fmt.Sprintf("herald-test-%d-%d", os.Getpid(), s.port)
-		var others []string
-		for j, u := range urls {
-			if j != i {
-				others = append(others, u)
+		s.domain = cfg.Domain
+		var extra strings.Builder
+		if n > 1 || cfg.Routes {
+			var others []string
+			for j, u := range urls {
+				if j != i {
+					others = append(others, u)
+				}
 			}
+			fmt.Fprintf(&extra, "cluster {\n  name: %q\n  listen: \"127.0.0.1:%d\"\n  routes: [%s]\n}\n",
+				c.name, routes[i], strings.Join(others, ", "))
 		}
-		extra := fmt.Sprintf("cluster {\n  name: %q\n  listen: \"127.0.0.1:%d\"\n  routes: [%s]\n}\n",
-			c.name, routes[i], strings.Join(others, ", "))
-		if err := s.writeConf(extra); err != nil {
+		extra.WriteString(leafConf(cfg, leafs[i], s))
+		if err := s.writeConf(extra.String()); err != nil {
 			return nil, err
 		}
 		c.nodes = append(c.nodes, s)
@@ -108,6 +165,41 @@ func startCluster(t testing.TB, bin, dir string, n, attempt int, js string) (*Cl
 		}
 	}
 	return c, nil
+}
+
+// leafConf returns the leafnodes block of a node of cfg (listening on port
+// when cfg.LeafListen), or "".
+func leafConf(cfg ClusterConfig, port int, s *Server) string {
+	if !cfg.LeafListen && len(cfg.LeafRemotes) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	b.WriteString("leafnodes {\n")
+	if cfg.LeafListen {
+		s.leafPort = port
+		// no_advertise: a leaf must not learn this port and go round a
+		// Proxy in front of it.
+		fmt.Fprintf(&b, "  listen: \"127.0.0.1:%d\"\n  no_advertise: true\n", port)
+	}
+	if len(cfg.LeafRemotes) > 0 {
+		b.WriteString("  reconnect: \"250ms\"\n  remotes: [{\n    urls: [")
+		b.WriteString(quoteAll(cfg.LeafRemotes))
+		b.WriteString("]\n")
+		if len(cfg.LeafDeny) > 0 {
+			fmt.Fprintf(&b, "    deny_imports: [%s]\n    deny_exports: [%[1]s]\n", quoteAll(cfg.LeafDeny))
+		}
+		b.WriteString("  }]\n")
+	}
+	b.WriteString("}\n")
+	return b.String()
+}
+
+func quoteAll(ss []string) string {
+	q := make([]string, len(ss))
+	for i, s := range ss {
+		q[i] = strconv.Quote(s)
+	}
+	return strings.Join(q, ", ")
 }
 
 // freePorts returns k distinct ports on 127.0.0.1 that were free a moment
@@ -142,6 +234,21 @@ func (c *Cluster) close() {
 
 // Name is the cluster's name (-cluster_name).
 func (c *Cluster) Name() string { return c.name }
+
+// Domain is the cluster's JetStream domain (ClusterConfig.Domain).
+func (c *Cluster) Domain() string { return c.domain }
+
+// LeafAddrs returns the leafnode addresses (host:port) of every node, for
+// another cluster's LeafRemotes or a Proxy; nil without LeafListen.
+func (c *Cluster) LeafAddrs() []string {
+	var addrs []string
+	for _, s := range c.nodes {
+		if a := s.LeafAddr(); a != "" {
+			addrs = append(addrs, a)
+		}
+	}
+	return addrs
+}
 
 // Nodes returns the nodes, in start order.
 func (c *Cluster) Nodes() []*Server { return c.nodes }
@@ -193,6 +300,26 @@ func (c *Cluster) JetStream() (jetstream.JetStream, error) {
 // elected its meta leader), polling, or ctx ends.
 func (c *Cluster) WaitJetStream(ctx context.Context) error {
 	js, err := c.JetStream()
+	if err != nil {
+		return err
+	}
+	return poll(ctx, func(ctx context.Context) error {
+		_, err := js.AccountInfo(ctx)
+		return err
+	})
+}
+
+// WaitDomain waits until the JetStream of domain answers through this
+// cluster (at $JS.<domain>.API), that is until a leafnode connects the
+// two and the other side has its meta leader, polling, or ctx ends.
+func (c *Cluster) WaitDomain(ctx context.Context, domain string) error {
+	if _, err := c.JetStream(); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	nc := c.nc
+	c.mu.Unlock()
+	js, err := jetstream.NewWithDomain(nc, domain)
 	if err != nil {
 		return err
 	}

@@ -9,44 +9,23 @@ import (
 	"time"
 )
 
-// ClusterConfig sizes a cluster started outside tests by LaunchCluster.
-type ClusterConfig struct {
-	// Bin is the nats-server binary (Binary).
-	Bin string
-	// Dir holds the nodes' store directories, configurations and logs.
-	Dir string
-	// Nodes is the number of nodes, at least 1 (3 for an R3 stream).
-	Nodes int
-	// SyncInterval is JetStream's sync_interval: "always" (an fsync per
-	// write, what StartCluster's test clusters run) when empty, or a
-	// duration such as "1s" or "2m" (the server's own default).
-	SyncInterval string
-	// Logf receives a line per failed start attempt; nil for none.
-	Logf func(format string, args ...any)
-}
-
-// LaunchCluster is StartCluster outside tests (herald bench scale): the
-// same real nats-server processes on loopback ports, each dying with this
-// process (Pdeathsig on Linux). The caller stops them with Close.
-func LaunchCluster(cfg ClusterConfig) (*Cluster, error) {
+// LaunchCluster is StartClusterConfig outside tests (herald bench scale):
+// the same real nats-server processes of bin (Binary) on loopback ports,
+// with their stores under dir, each dying with this process (Pdeathsig on
+// Linux). The caller stops them with Close.
+func LaunchCluster(bin, dir string, cfg ClusterConfig) (*Cluster, error) {
 	if cfg.Nodes < 1 {
 		return nil, fmt.Errorf("natsserver: cluster of %d nodes", cfg.Nodes)
 	}
-	if cfg.Bin == "" {
+	if bin == "" {
 		return nil, errors.New("natsserver: no nats-server binary")
 	}
-	js := jetstreamConf
 	if cfg.SyncInterval != "" && cfg.SyncInterval != "always" {
 		if _, err := time.ParseDuration(cfg.SyncInterval); err != nil {
 			return nil, fmt.Errorf("natsserver: sync interval %q: %w", cfg.SyncInterval, err)
 		}
-		js = strings.Replace(js, "sync_interval: always", "sync_interval: "+cfg.SyncInterval, 1)
 	}
-	logf := cfg.Logf
-	if logf == nil {
-		logf = func(string, ...any) {}
-	}
-	return launchCluster(nil, cfg.Bin, cfg.Dir, cfg.Nodes, js, logf)
+	return launchCluster(nil, bin, dir, cfg, func(string, ...any) {})
 }
 
 // Close kills every node, by PID, and closes the cluster's own client. A

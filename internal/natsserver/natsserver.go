@@ -195,6 +195,9 @@ type Server struct {
 	conf string
 	logf string
 	name string
+	// domain is the JetStream domain, leafPort the leafnode port (0: none).
+	domain   string
+	leafPort int
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -249,13 +252,27 @@ func newServer(t testing.TB, bin, dir string) *Server {
 	}
 }
 
-// writeConf writes the configuration file: JetStream, then extra.
+// writeConf writes the configuration file: JetStream (in s.domain, if
+// set), then extra.
 func (s *Server) writeConf(extra string) error {
-	return os.WriteFile(s.conf, []byte(s.js+extra), 0o600)
+	js := s.js
+	if s.domain != "" {
+		js = strings.Replace(js, "{\n", "{\n  domain: "+strconv.Quote(s.domain)+"\n", 1)
+	}
+	return os.WriteFile(s.conf, []byte(js+extra), 0o600)
 }
 
 // URL is the server's client URL.
 func (s *Server) URL() string { return "nats://127.0.0.1:" + strconv.Itoa(s.port) }
+
+// LeafAddr is the address (127.0.0.1:port) on which the server accepts
+// leafnode connections, or "" if it accepts none.
+func (s *Server) LeafAddr() string {
+	if s.leafPort == 0 {
+		return ""
+	}
+	return "127.0.0.1:" + strconv.Itoa(s.leafPort)
+}
 
 // Port is the server's client port.
 func (s *Server) Port() int { return s.port }
