@@ -55,6 +55,13 @@ func TestBenchScale(t *testing.T) {
 		if c.Events != 300 || c.Offered != 300 || c.EventsPerSec <= 0 || c.CPUPerEvent <= 0 || c.Ratio <= 0 {
 			t.Errorf("%s: %+v", c.Label(), c)
 		}
+		sum := 0
+		for _, n := range c.PerInstance {
+			sum += n
+		}
+		if len(c.PerInstance) != c.Instances || sum != c.Events {
+			t.Errorf("%s: handled per instance %v, want %d instances summing to %d", c.Label(), c.PerInstance, c.Instances, c.Events)
+		}
 		if c.Partitions == 1 && c.Instances == 1 && c.Ratio != 1 {
 			t.Errorf("%s: ratio %v, want 1", c.Label(), c.Ratio)
 		}

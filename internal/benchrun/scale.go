@@ -134,9 +134,12 @@ type ScaleResult struct {
 	// Duplicates are events handled again after their first time (a
 	// rolled-back batch, a redelivery); OutOfOrder are first handlings of
 	// an event after a later event of its key.
-	Duplicates int    `json:"duplicates"`
-	OutOfOrder int    `json:"out_of_order"`
-	Note       string `json:"note,omitempty"`
+	Duplicates int `json:"duplicates"`
+	OutOfOrder int `json:"out_of_order"`
+	// PerInstance is how many events each instance handled first: how the
+	// partitions were shared out.
+	PerInstance []int  `json:"handled_per_instance"`
+	Note        string `json:"note,omitempty"`
 }
 
 // Label names the cell: "embedded p4×i2".
@@ -337,13 +340,14 @@ type keyOrder struct {
 	seen       map[int]bool
 	last       map[string]int
 	dups, ooo  int
+	per        []int // first handlings per instance
 	target     int
 	done       chan struct{}
 	bar        *Bar
 	closedDone bool
 }
 
-func (k *keyOrder) handle(e Event) {
+func (k *keyOrder) handle(instance int, e Event) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.seen[e.Seq] {
@@ -351,6 +355,7 @@ func (k *keyOrder) handle(e Event) {
 		return
 	}
 	k.seen[e.Seq] = true
+	k.per[instance]++
 	if last, ok := k.last[e.Key]; ok && last > e.Seq {
 		k.ooo++
 	} else {
@@ -363,10 +368,10 @@ func (k *keyOrder) handle(e Event) {
 	}
 }
 
-func (k *keyOrder) counts() (handled, dups, ooo int) {
+func (k *keyOrder) counts() (handled, dups, ooo int, per []int) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	return len(k.seen), k.dups, k.ooo
+	return len(k.seen), k.dups, k.ooo, slices.Clone(k.per)
 }
 
 // scaleCell measures one cell: cfg.Events integration events waiting in
@@ -413,7 +418,7 @@ func (r *runner) scaleCell(ctx context.Context, cfg ScaleConfig, c scaleCell) (S
 	}
 	bar := r.progress(res.Label(), cfg.Events)
 	defer bar.Done()
-	k := &keyOrder{seen: make(map[int]bool, cfg.Events), last: map[string]int{}, target: cfg.Events, done: make(chan struct{}), bar: bar}
+	k := &keyOrder{seen: make(map[int]bool, cfg.Events), last: map[string]int{}, target: cfg.Events, done: make(chan struct{}), bar: bar, per: make([]int, c.instances)}
 	var instances []*herald.Service
 	for n := range c.instances {
 		opts := []natsjs.Option{natsjs.WithLogger(cfg.Logger), natsjs.WithPartitions(c.partitions), natsjs.WithReplicas(c.replicas),
@@ -432,7 +437,7 @@ func (r *runner) scaleCell(ctx context.Context, cfg ScaleConfig, c scaleCell) (S
 		}
 		closers = append(closers, func() { svc.Close() })
 		if err := herald.Subscribe(svc, out, "sink", func(_ context.Context, _ herald.Tx, e Event) error {
-			k.handle(e)
+			k.handle(n, e)
 			return nil
 		}, herald.BatchSize(256)); err != nil {
 			return res, err
@@ -470,8 +475,8 @@ func (r *runner) scaleCell(ctx context.Context, cfg ScaleConfig, c scaleCell) (S
 	}
 	elapsed, ncpu := time.Since(t0), nodesCPU()-ncpu0
 	cpu := cpuTime() - cpu0 + ncpu
-	handled, dups, ooo := k.counts()
-	res.Events, res.Duplicates, res.OutOfOrder = handled, dups, ooo
+	handled, dups, ooo, per := k.counts()
+	res.Events, res.Duplicates, res.OutOfOrder, res.PerInstance = handled, dups, ooo, per
 	res.Seconds = elapsed.Seconds()
 	if elapsed > 0 {
 		res.EventsPerSec = float64(handled) / elapsed.Seconds()
@@ -493,7 +498,7 @@ func WriteScaleTable(w io.Writer, results []ScaleResult) error {
 		if s == ServerCluster {
 			what = "CPU µs per event (of which the nodes')"
 		}
-		fmt.Fprintf(w, "%s (%s): events/s, %s, ratio to 1×1\n\n", s, note, what)
+		fmt.Fprintf(w, "%s (%s): events/s, %s, ratio to 1×1; the busiest instance's share of the events\n\n", s, note, what)
 		head := "| partitions |"
 		rule := "|--:|"
 		for _, i := range is {
@@ -514,9 +519,14 @@ func WriteScaleTable(w io.Writer, results []ScaleResult) error {
 				if r.ServerCPUPerEvent > 0 {
 					line += fmt.Sprintf(" (%.0f)", r.ServerCPUPerEvent)
 				}
-				line += fmt.Sprintf(", %.2f×", r.Ratio)
+				if r.Ratio > 0 {
+					line += fmt.Sprintf(", %.2f×", r.Ratio)
+				}
 				if r.Events < r.Offered {
 					line += fmt.Sprintf(" (%d of %d in %.0fs)", r.Events, r.Offered, r.Seconds)
+				}
+				if len(r.PerInstance) > 1 && r.Events > 0 {
+					line += fmt.Sprintf(", busiest %d%%", 100*slices.Max(r.PerInstance)/r.Events)
 				}
 				if r.OutOfOrder > 0 {
 					line += fmt.Sprintf(", %d out of order", r.OutOfOrder)
