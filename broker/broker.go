@@ -153,7 +153,13 @@ type DeadLetter struct {
 //     goes on on the same Consume call, and what was out comes back after
 //     its ack wait (ResumeAfterReconnect, for brokers a test can disconnect,
 //     brokertest.Disconnecter). herald keeps order per key after a crash or
-//     a reconnect only on transports that implement them.
+//     a reconnect only on transports that implement them, or Claimer:
+//     only one instance receives a claimed partition at a time, a dead
+//     holder's unacknowledged events go to the next one first, in order
+//     (ClaimMovesOnDeath), a holder's reconnect restarts the partition at
+//     its ack floor (ClaimRestartsAtAckFloor), and a holder that stops
+//     hands over at once (ReleaseHandsOver); Partitioner's partitions keep
+//     each key on one partition in order (PartitionsKeepKeyOrder).
 type Broker interface {
 	Publisher
 	Subscriber

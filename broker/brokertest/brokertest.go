@@ -49,6 +49,10 @@ type Capabilities struct {
 	// Persistent: a broker made by newBroker after another was closed sees
 	// the events, and the acks, that the closed one stored.
 	Persistent bool
+	// ClaimTTL is how long a claimed partition (broker.Claimer) stays
+	// with a holder that died; ReleaseHandsOver wants a released one to
+	// move in under half of it. 0 skips that case.
+	ClaimTTL time.Duration
 }
 
 // All is every capability.
@@ -100,6 +104,9 @@ func Run(t *testing.T, caps Capabilities, newBroker func(t *testing.T) broker.Br
 		{"NakRedeliversInPlace", nil, s.nakRedeliversInPlace},
 		{"ResumeAfterReconnect", nil, s.resumeAfterReconnect},
 		{"PartitionsKeepKeyOrder", nil, s.partitionsKeepKeyOrder},
+		{"ClaimMovesOnDeath", nil, s.claimMovesOnDeath},
+		{"ClaimRestartsAtAckFloor", nil, s.claimRestartsAtAckFloor},
+		{"ReleaseHandsOver", nil, s.releaseHandsOver},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -702,10 +709,21 @@ func (s *suite) termNeverRedelivered(t *testing.T) {
 	}
 }
 
+// competingKind is the kind of subscription whose Consume calls compete for
+// events: integration, unless the broker claims integration subscriptions
+// (broker.Claimer), whose partitions go to one Consume at a time.
+func competingKind(b broker.Broker) envelope.Kind {
+	if c, ok := b.(broker.Claimer); ok && c.ClaimsInOrder(broker.Subscription{Kind: envelope.KindIntegration}) {
+		return envelope.KindNotification
+	}
+	return envelope.KindIntegration
+}
+
 func (s *suite) competingConsumers(t *testing.T) {
 	b := s.newBroker(t)
 	svc, name, typ := names(t)
-	sub := subscription(svc, name, typ, envelope.KindIntegration, 20*time.Second)
+	kind := competingKind(b)
+	sub := subscription(svc, name, typ, kind, 20*time.Second)
 	provision(t, b, sub)
 	var mu sync.Mutex
 	handledBy := map[string][]int{}
@@ -723,7 +741,7 @@ func (s *suite) competingConsumers(t *testing.T) {
 	c1 := startConsume(t, b, sub, 8, mk(1))
 	c2 := startConsume(t, b, sub, 8, mk(2))
 	time.Sleep(300 * time.Millisecond) // both pulling
-	es := newEvents(typ, envelope.KindIntegration, 300)
+	es := newEvents(typ, kind, 300)
 	publish(t, b, es...)
 	waitFor(t, "every event handled", func() bool {
 		mu.Lock()

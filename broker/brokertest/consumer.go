@@ -182,7 +182,9 @@ func (s *suite) nakRedeliversInPlace(t *testing.T) {
 // disconnected (Disconnecter): Epoch changes when the connection comes
 // back, consumption continues without a new Consume call, and an event
 // that was held unsettled across the drop comes back after its ack wait
-// while the acknowledged ones do not.
+// while the acknowledged ones do not. On a broker.Claimer it uses a
+// notification subscription (a claimed one restarts at its ack floor
+// instead, see claimRestartsAtAckFloor).
 func (s *suite) resumeAfterReconnect(t *testing.T) {
 	b := s.newBroker(t)
 	r, ok := b.(broker.Resumer)
@@ -195,9 +197,10 @@ func (s *suite) resumeAfterReconnect(t *testing.T) {
 	}
 	svc, name, typ := names(t)
 	const ackWait = 2 * time.Second
-	sub := subscription(svc, name, typ, envelope.KindIntegration, ackWait)
+	kind := competingKind(b) // a claimed subscription restarts instead (ClaimRestartsAtAckFloor)
+	sub := subscription(svc, name, typ, kind, ackWait)
 	provision(t, b, sub)
-	es := newEvents(typ, envelope.KindIntegration, 3)
+	es := newEvents(typ, kind, 3)
 	publish(t, b, es...)
 	held := es[1].ID
 	var acked atomic.Int32
@@ -220,7 +223,7 @@ func (s *suite) resumeAfterReconnect(t *testing.T) {
 	}
 	waitFor(t, "Epoch to change after the reconnect", func() bool { return r.Epoch() != before })
 	after := r.Epoch()
-	later := newEvents(typ, envelope.KindIntegration, 2)
+	later := newEvents(typ, kind, 2)
 	waitFor(t, "a publish after the reconnect", func() bool {
 		errs := b.Publish(ctxT(t), later)
 		return errs[0] == nil && errs[1] == nil

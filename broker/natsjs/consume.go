@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -17,37 +18,59 @@ import (
 	"github.com/heraldhq/herald/broker"
 )
 
-// pullExpiry is how long one pull request of a subscription lasts.
+// pullExpiry is how long one pull request of an unpinned subscription
+// lasts; a pinned one's lasts half the pinned TTL (pullExpiryOf).
 const pullExpiry = 5 * time.Second
 
 // watchEvery is how long a Consume waits without a message before it asks
 // the server whether its pull was lost.
 const watchEvery = 500 * time.Millisecond
 
-// pullLost reports whether the server holds events for cons while no pull
-// request of cons is waiting and none of its events is out: then nothing is
-// on its way, and pulling again loses nothing (an event still buffered in
+// pullLost reports whether the server holds events for cons while none of
+// them is out and no pull request that could take them waits: then nothing
+// is on its way, and pulling again loses nothing (an event still buffered in
 // the client would count as out, and a restarted pull could drop it, to
-// come back only after the ack wait, behind newer events of its key).
-func pullLost(ctx context.Context, cons jetstream.Consumer) bool {
+// come back only after the ack wait, behind newer events of its key). For
+// a pinned consumer (pinned), the pulls of other instances wait as
+// standbys whatever happens, so NumWaiting says nothing: the pull is lost
+// when pin, this Consume's pin, is the consumer's, or when no client is
+// pinned and no pull waits.
+func pullLost(ctx context.Context, cons jetstream.Consumer, pinned bool, pin string) bool {
 	ictx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	ci, err := cons.Info(ictx)
 	if err != nil {
 		return false
 	}
-	return ci.NumPending > 0 && ci.NumWaiting == 0 && ci.NumAckPending == 0
+	if ci.NumPending == 0 || ci.NumAckPending > 0 {
+		return false
+	}
+	if !pinned {
+		return ci.NumWaiting == 0
+	}
+	if holder := pinnedClient(ci); holder != "" {
+		return holder == pin
+	}
+	return ci.NumWaiting == 0
 }
 
-// Consume pulls the events of sub's durable consumer and calls h with
-// batches of at most batch deliveries, in stream order: what is immediately
-// available is grouped, a lone event is not held back waiting for more. It
-// blocks until ctx ends (nil), the broker closes (an error wrapping
-// broker.ErrClosed) or the consumer disappears (broker.ErrNotProvisioned).
-// The consumer must exist: Provision creates it; Consume does not. Several
-// Consume calls on the same subscription share its events. h's context ends
-// when ctx ends or the broker closes. Events pulled but not yet handed to h
-// when Consume returns are nak'ed, so that another consumer gets them at once.
+// Consume pulls the events of sub's durable consumer (of its partition
+// sub.Partition) and calls h with batches of at most batch deliveries, in
+// stream order: what is immediately available is grouped, a lone event is
+// not held back waiting for more. It blocks until ctx ends (nil), the broker
+// closes (an error wrapping broker.ErrClosed) or the consumer disappears
+// (broker.ErrNotProvisioned). The consumer must exist: Provision creates it;
+// Consume does not. h's context ends when ctx ends or the broker closes.
+//
+// Several Consume calls on a notification subscription share its events;
+// events pulled but not yet handed to h when Consume returns are nak'ed, so
+// that another consumer gets them at once. An integration subscription's
+// partition is claimed (see ClaimsInOrder and the package documentation,
+// Claims): one Consume call at a time, among all processes, receives its
+// events; the others wait as standbys. A Consume that gains the claim
+// restarts the partition at its first unacknowledged event; one that
+// returns releases the claim once what it handed to h is settled (at most
+// 2 s), so that a standby takes over at once.
 func (b *Broker) Consume(ctx context.Context, sub broker.Subscription, batch int, h broker.Handler) error {
 	if err := b.enter(); err != nil {
 		return err
@@ -78,50 +101,40 @@ func (b *Broker) Consume(ctx context.Context, sub broker.Subscription, batch int
 		b.log.Warn("herald/natsjs: consumer subjects differ from the subscription's types; run Provision",
 			"consumer", durable, "provisioned", have, "subscription", want)
 	}
+	pinned := spec.cfg.PriorityPolicy == jetstream.PriorityPolicyPinned
+	if pinned && info.Config.PriorityPolicy != jetstream.PriorityPolicyPinned {
+		b.log.Warn("herald/natsjs: consumer is not pinned (provisioned by an older herald); consuming it unpinned, without claims; run Provision",
+			"consumer", durable)
+		pinned = false
+	}
 
 	hctx, stop := b.bind(ctx)
 	defer stop()
-	acks := b.ackLog(durable, ackLogSize(info.Config.MaxAckPending))
-
-	msgs := make(chan jetstream.Msg, batch)
-	quit := make(chan struct{})
-	fatal := make(chan error, 1)
-	pull := func() (jetstream.ConsumeContext, error) {
-		return cons.Consume(func(m jetstream.Msg) {
-			select {
-			case msgs <- m:
-			case <-quit:
-			}
-		},
-			jetstream.PullMaxMessages(pullSize(batch, info.Config.MaxAckPending)),
-			// A pull the server no longer serves is noticed by its missing
-			// heartbeats (half the expiry) and replaced after two of them;
-			// the watchdog below usually notices sooner.
-			jetstream.PullExpiry(pullExpiry),
-			jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-				if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrBadRequest) ||
-					errors.Is(err, jetstream.ErrConnectionClosed) {
-					select {
-					case fatal <- err:
-					default:
-					}
-					return
-				}
-				if errors.Is(err, jetstream.ErrNoHeartbeat) {
-					b.log.Info("herald/natsjs: consume: no heartbeat from the server; pulling again", "consumer", durable, "err", err)
-					return
-				}
-				b.log.Debug("herald/natsjs: consume", "consumer", durable, "err", err)
-			}),
-		)
+	c := &consumption{
+		b: b, sub: sub, stream: spec.stream, durable: durable, cons: cons, batch: batch, h: h, hctx: hctx,
+		acks:    b.ackLog(durable, ackLogSize(info.Config.MaxAckPending)),
+		pinned:  pinned,
+		pullMax: pullSize(batch, info.Config.MaxAckPending),
+		fatal:   make(chan error, 1),
+		lost:    make(chan struct{}, 1),
 	}
+	c.bufSize, c.expiry = batch, pullExpiry
+	if pinned {
+		// The callback must never block: while it does, nats.go sends no
+		// pull, and a pin whose pulls stop ends after the pinned TTL though
+		// its holder is busy. The server sends at most MaxAckPending.
+		c.bufSize = max(batch, c.pullMax, min(info.Config.MaxAckPending, 1<<14))
+		c.expiry = pullExpiryOf(b.cfg.pinnedTTL)
+	}
+
 	// A consumer of a replicated stream is served by its leader only. When
 	// the leader dies, the pull it served is gone with it; the cluster's
 	// advisory of the next election tells to pull again from the new leader
 	// at once, rather than after two missed heartbeats or the watchdog's
 	// look. Deliveries on the wire when the leader died come back only after
 	// their ack wait, as after a reconnect: Epoch counts the election so
-	// that herald holds newer events back meanwhile.
+	// that herald holds newer events back meanwhile. (A pinned consumer
+	// loses its pin at the election; the next pin restarts the partition.)
 	moved := make(chan struct{}, 1)
 	asub, err := b.nc.Subscribe(server.JSAdvisoryConsumerLeaderElectedPre+"."+spec.stream+"."+durable, func(*nats.Msg) {
 		b.leaderMoves.Add(1)
@@ -135,31 +148,10 @@ func (b *Broker) Consume(ctx context.Context, sub broker.Subscription, batch int
 	}
 	defer func() { _ = asub.Unsubscribe() }()
 
-	cc, err := pull()
-	if err != nil {
+	if c.g, err = c.pull(); err != nil {
 		return fmt.Errorf("herald/natsjs: consume %s/%s: %w", sub.Service, sub.Name, err)
 	}
-	stopped := cc.Closed()
-	defer func() {
-		close(quit)
-		cc.Stop()
-		// Hand back what was pulled but not handled, so another consumer
-		// gets it now rather than after AckWait.
-	drain:
-		for {
-			select {
-			case m := <-msgs:
-				_ = m.Nak()
-			default:
-				break drain
-			}
-		}
-		select {
-		case <-stopped:
-		case <-time.After(5 * time.Second):
-			b.log.Warn("herald/natsjs: consume: pull subscription slow to stop", "consumer", durable)
-		}
-	}()
+	defer c.finish()
 
 	// The watchdog: nats.go's pull sometimes believes a request is open
 	// that the server no longer has (seen under load: the server reports
@@ -169,61 +161,7 @@ func (b *Broker) Consume(ctx context.Context, sub broker.Subscription, batch int
 	// and no pull waiting, pull again.
 	watch := time.NewTicker(watchEvery)
 	defer watch.Stop()
-	last := time.Now()
-	// deliver hands m and what else is already waiting to h, as one batch.
-	deliver := func(m jetstream.Msg) {
-		ds := make([]broker.Delivery, 1, min(batch, 1+len(msgs)))
-		ds[0] = b.newDelivery(m, acks)
-		for len(ds) < batch {
-			select {
-			case m := <-msgs:
-				ds = append(ds, b.newDelivery(m, acks))
-			default:
-				h(hctx, ds)
-				return
-			}
-		}
-		h(hctx, ds)
-	}
-	// handOver delivers what a draining pull still passes on until it has
-	// stopped; false when ctx ended first.
-	handOver := func(ctx context.Context, stopped <-chan struct{}) bool {
-		limit := time.NewTimer(5 * time.Second)
-		defer limit.Stop()
-		for {
-			select {
-			case m := <-msgs:
-				deliver(m)
-			case <-stopped:
-				for len(msgs) > 0 {
-					deliver(<-msgs)
-				}
-				return true
-			case <-limit.C:
-				b.log.Warn("herald/natsjs: consume: pull slow to drain; pulling again anyway", "consumer", durable)
-				return true
-			case <-ctx.Done():
-				return false
-			}
-		}
-	}
-
-	// repull replaces the pull cc (closed by stopped) with a new one; a nil
-	// pull with a nil error means ctx ended.
-	repull := func(cc jetstream.ConsumeContext, stopped <-chan struct{}) (jetstream.ConsumeContext, <-chan struct{}, error) {
-		// Drain, not Stop: what reaches the old pull before the server
-		// drops it (a pull nats.go sent meanwhile) is still handed to h,
-		// in order, before the new pull starts.
-		cc.Drain()
-		if !handOver(ctx, stopped) {
-			return nil, nil, nil
-		}
-		ncc, err := pull()
-		if err != nil {
-			return nil, nil, fmt.Errorf("herald/natsjs: consume %s/%s: pull again: %w", sub.Service, sub.Name, err)
-		}
-		return ncc, ncc.Closed(), nil
-	}
+	c.last = time.Now()
 
 	for {
 		if ctx.Err() != nil {
@@ -232,12 +170,19 @@ func (b *Broker) Consume(ctx context.Context, sub broker.Subscription, batch int
 		if b.isClosed.Load() {
 			return errClosed
 		}
+		if m := c.next; m != nil {
+			c.next = nil
+			if err := c.receive(ctx, m); err != nil {
+				return err
+			}
+			continue
+		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-b.closed:
 			return errClosed
-		case err := <-fatal:
+		case err := <-c.fatal:
 			if errors.Is(err, jetstream.ErrConsumerDeleted) {
 				return fmt.Errorf("herald/natsjs: consume %s/%s: %w: %w", sub.Service, sub.Name, broker.ErrNotProvisioned, err)
 			}
@@ -245,33 +190,255 @@ func (b *Broker) Consume(ctx context.Context, sub broker.Subscription, batch int
 				return errClosed
 			}
 			return fmt.Errorf("herald/natsjs: consume %s/%s: %w", sub.Service, sub.Name, err)
-		case <-stopped:
+		case <-c.g.stopped:
 			if b.isClosed.Load() {
 				return errClosed
 			}
 			return fmt.Errorf("herald/natsjs: consume %s/%s: pull subscription stopped", sub.Service, sub.Name)
 		case <-watch.C:
-			if time.Since(last) < watchEvery || !pullLost(ctx, cons) {
+			if time.Since(c.last) < watchEvery || !pullLost(ctx, cons, c.pinned, c.pin) {
 				continue
 			}
 			b.log.Info("herald/natsjs: consume: the server has events and no pull of this consumer; pulling again", "consumer", durable)
-			ncc, nstopped, err := repull(cc, stopped)
-			if err != nil || ncc == nil {
+			if err := c.repull(ctx, "pull lost"); err != nil {
 				return err
 			}
-			cc, stopped, last = ncc, nstopped, time.Now()
 		case <-moved:
 			b.log.Info("herald/natsjs: consume: the consumer elected a leader; pulling again", "consumer", durable)
-			ncc, nstopped, err := repull(cc, stopped)
-			if err != nil || ncc == nil {
+			if err := c.repull(ctx, "consumer leader elected"); err != nil {
 				return err
 			}
-			cc, stopped, last = ncc, nstopped, time.Now()
-		case m := <-msgs:
-			last = time.Now()
-			deliver(m)
+		case <-c.lost:
+			c.loseClaim("the server refused this instance's pin (423)")
+		case m := <-c.g.msgs:
+			if err := c.receive(ctx, m); err != nil {
+				return err
+			}
 		}
 	}
+}
+
+// pullExpiryOf is the expiry of a pinned consumer's pulls: half the pinned
+// TTL, so that an idle holder renews its pin in time, and at least the 1 s
+// nats.go allows.
+func pullExpiryOf(ttl time.Duration) time.Duration { return max(ttl/2, time.Second) }
+
+// consumption is the state of one Consume call.
+type consumption struct {
+	b               *Broker
+	sub             broker.Subscription
+	stream, durable string
+	cons            jetstream.Consumer
+	batch           int
+	h               broker.Handler
+	hctx            context.Context
+	acks            *ackLog
+	pinned          bool // the consumer is pinned_client: claims (claim.go)
+	pullMax         int
+	bufSize         int
+	expiry          time.Duration
+	fatal           chan error    // from the pull's error handler: Consume ends
+	lost            chan struct{} // the server refused this Consume's pin
+
+	g    *pullGen
+	next jetstream.Msg // a message taken from g.msgs but not yet received
+	last time.Time     // when the last message arrived
+
+	// Claims (pinned only). pin is the pin id of the claim this Consume
+	// holds, "" when none; it is set only once the partition was restarted
+	// for it. stale is a pin id this Consume lost: its messages are
+	// dropped. seen is the connection's reconnect count when the claim was
+	// (re)started.
+	pin, stale string
+	seen       uint64
+	out        atomic.Int64 // deliveries handed to h and not yet settled
+}
+
+// pullGen is one pull subscription of a Consume; each has its own buffer,
+// so that nothing of one can reach h once it is replaced.
+type pullGen struct {
+	cc      jetstream.ConsumeContext
+	msgs    chan jetstream.Msg
+	quit    chan struct{}
+	stopped <-chan struct{}
+}
+
+// pull starts a pull subscription.
+func (c *consumption) pull() (*pullGen, error) {
+	g := &pullGen{msgs: make(chan jetstream.Msg, c.bufSize), quit: make(chan struct{})}
+	opts := []jetstream.PullConsumeOpt{
+		jetstream.PullMaxMessages(c.pullMax),
+		// A pull the server no longer serves is noticed by its missing
+		// heartbeats (half the expiry) and replaced after two of them;
+		// the watchdog usually notices sooner.
+		jetstream.PullExpiry(c.expiry),
+		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+			switch {
+			case errors.Is(err, jetstream.ErrConsumerDeleted), errors.Is(err, jetstream.ErrBadRequest),
+				errors.Is(err, jetstream.ErrConnectionClosed):
+				select {
+				case c.fatal <- err:
+				default:
+				}
+			case errors.Is(err, jetstream.ErrPinIDMismatch):
+				// nats.go forgets the pin and pulls on as a standby.
+				select {
+				case c.lost <- struct{}{}:
+				default:
+				}
+			case errors.Is(err, jetstream.ErrNoHeartbeat):
+				c.b.log.Info("herald/natsjs: consume: no heartbeat from the server; pulling again", "consumer", c.durable, "err", err)
+			default:
+				c.b.log.Debug("herald/natsjs: consume", "consumer", c.durable, "err", err)
+			}
+		}),
+	}
+	if c.pinned {
+		opts = append(opts, jetstream.PullPriorityGroup(priorityGroup))
+	}
+	cc, err := c.cons.Consume(func(m jetstream.Msg) {
+		select {
+		case g.msgs <- m:
+		case <-g.quit:
+		}
+	}, opts...)
+	if err != nil {
+		return nil, err
+	}
+	g.cc, g.stopped = cc, cc.Closed()
+	return g, nil
+}
+
+// stopGen stops g and empties its buffer: the messages are nak'ed (nak) so
+// that another consumer gets them at once, or dropped.
+func (c *consumption) stopGen(g *pullGen, nak bool) {
+	close(g.quit)
+	g.cc.Stop()
+	t := time.NewTimer(5 * time.Second)
+	defer t.Stop()
+	select {
+	case <-g.stopped:
+	case <-t.C:
+		c.b.log.Warn("herald/natsjs: consume: pull subscription slow to stop", "consumer", c.durable)
+	}
+	for {
+		select {
+		case m := <-g.msgs:
+			if nak {
+				_ = m.Nak()
+			}
+		default:
+			return
+		}
+	}
+}
+
+// finish ends the Consume: its pull stops; a claim it holds is released.
+func (c *consumption) finish() {
+	if c.g != nil {
+		c.stopGen(c.g, !c.pinned)
+		c.g = nil
+	}
+	if c.next != nil && !c.pinned {
+		_ = c.next.Nak()
+	}
+	c.next = nil
+	if c.pinned && c.pin != "" {
+		c.release("consume ended")
+	}
+}
+
+// repull replaces the pull with a new one, after the watchdog found it lost
+// or the consumer elected a leader. An unpinned pull is drained first: what
+// reaches it before the server drops it is still handed to h, in order. A
+// claimed partition restarts instead (what was on the wire comes again).
+func (c *consumption) repull(ctx context.Context, why string) error {
+	if c.pinned {
+		if c.pin != "" {
+			return c.restart(ctx, c.pin, why)
+		}
+		c.stopGen(c.g, false)
+		c.g, c.next = nil, nil
+		return c.startPull()
+	}
+	g := c.g
+	// Drain, not Stop: what reaches the old pull before the server drops
+	// it (a pull nats.go sent meanwhile) is still handed to h, in order,
+	// before the new pull starts.
+	g.cc.Drain()
+	limit := time.NewTimer(5 * time.Second)
+	defer limit.Stop()
+drain:
+	for {
+		select {
+		case m := <-g.msgs:
+			c.deliver(m)
+		case <-g.stopped:
+			for len(g.msgs) > 0 {
+				c.deliver(<-g.msgs)
+			}
+			break drain
+		case <-limit.C:
+			c.b.log.Warn("herald/natsjs: consume: pull slow to drain; pulling again anyway", "consumer", c.durable)
+			break drain
+		case <-ctx.Done():
+			return nil
+		}
+	}
+	return c.startPull()
+}
+
+// startPull starts a new pull as c.g.
+func (c *consumption) startPull() error {
+	g, err := c.pull()
+	if err != nil {
+		return fmt.Errorf("herald/natsjs: consume %s/%s: pull again: %w", c.sub.Service, c.sub.Name, err)
+	}
+	c.g, c.last = g, time.Now()
+	return nil
+}
+
+// receive hands m, and what else is already waiting, to h as one batch —
+// once m passes the claim's checks (admit).
+func (c *consumption) receive(ctx context.Context, m jetstream.Msg) error {
+	c.last = time.Now()
+	ok, err := c.admit(ctx, m)
+	if err != nil || !ok {
+		return err
+	}
+	c.deliver(m)
+	return nil
+}
+
+// deliver hands m and what else is already waiting (and admitted) to h, as
+// one batch.
+func (c *consumption) deliver(m jetstream.Msg) {
+	ds := make([]broker.Delivery, 1, min(c.batch, 1+len(c.g.msgs)))
+	ds[0] = c.newDelivery(m)
+	for len(ds) < c.batch {
+		select {
+		case m := <-c.g.msgs:
+			if !c.fits(m) {
+				c.next = m // received on its own, after this batch
+				c.h(c.hctx, ds)
+				return
+			}
+			ds = append(ds, c.newDelivery(m))
+		default:
+			c.h(c.hctx, ds)
+			return
+		}
+	}
+	c.h(c.hctx, ds)
+}
+
+func (c *consumption) newDelivery(m jetstream.Msg) *delivery {
+	d := c.b.newDelivery(m, c.acks)
+	if c.pinned {
+		d.claim = c
+		c.out.Add(1)
+	}
+	return d
 }
 
 // pullSize is how many messages a Consume keeps requested from the server:
@@ -287,11 +454,13 @@ func pullSize(batch, maxAckPending int) int {
 
 // delivery is a broker.Delivery over a JetStream message.
 type delivery struct {
-	b    *Broker
-	m    jetstream.Msg
-	num  uint64
-	seq  uint64
-	acks *ackLog // where its ack is kept, to be sent again after a reconnect
+	b     *Broker
+	m     jetstream.Msg
+	num   uint64
+	seq   uint64
+	acks  *ackLog      // where its ack is kept, to be sent again after a reconnect
+	claim *consumption // the claimed partition's Consume it counts as out in, or nil
+	done  atomic.Bool  // settled (for claim)
 
 	hdrOnce sync.Once
 	hdr     map[string]string // built by the first Header call
@@ -391,6 +560,7 @@ func (d *delivery) Ack(ctx context.Context) error {
 		ctx = context.Background()
 	}
 	d.keepAck()
+	d.settled()
 	return d.settleErr("ack", d.m.DoubleAck(ctx))
 }
 
@@ -401,6 +571,7 @@ func (d *delivery) AckNoWait() error {
 		return errClosed
 	}
 	d.keepAck()
+	d.settled()
 	return d.settleErr("ack", d.m.Ack())
 }
 
@@ -418,6 +589,7 @@ func (d *delivery) Nak(delay time.Duration) error {
 	if d.b.isClosed.Load() {
 		return errClosed
 	}
+	d.settled()
 	if delay <= 0 {
 		return d.settleErr("nak", d.m.Nak())
 	}
@@ -437,7 +609,16 @@ func (d *delivery) Term() error {
 	if d.b.isClosed.Load() {
 		return errClosed
 	}
+	d.settled()
 	return d.settleErr("term", d.m.Term())
+}
+
+// settled records the first settlement of a delivery of a claimed
+// partition: it no longer counts as out (see consumption.release).
+func (d *delivery) settled() {
+	if d.claim != nil && d.done.CompareAndSwap(false, true) {
+		d.claim.out.Add(-1)
+	}
 }
 
 func (d *delivery) settleErr(op string, err error) error {

@@ -20,11 +20,28 @@ import (
 // Broker's.
 type reconnectable struct {
 	*Broker
-	server *Broker // nil when the connection is to an external server
+	server *Broker  // nil when the connection is to an external server
+	url    string   // the server's
+	opts   []Option // of the connection, for NewInstance
 }
 
 // Disconnect drops the client connection; it reconnects by itself.
 func (r *reconnectable) Disconnect(context.Context) error { return r.nc.ForceReconnect() }
+
+// NewInstance connects another broker to the same server with the same
+// options: another instance (brokertest.Instancer). The caller closes it.
+func (r *reconnectable) NewInstance(t *testing.T) broker.Broker {
+	t.Helper()
+	b, err := Connect(testCtx(t, 30*time.Second), []string{r.url}, r.opts...)
+	if err != nil {
+		t.Fatalf("Connect: %v", err)
+	}
+	return &reconnectable{Broker: b, url: r.url, opts: r.opts}
+}
+
+// Kill closes the connection at once, as a killed process's goes: nothing
+// settled, released or drained (brokertest.Killer).
+func (r *reconnectable) Kill() { r.nc.Close() }
 
 func (r *reconnectable) Close() error {
 	err := r.Broker.Close()
@@ -37,19 +54,25 @@ func (r *reconnectable) Close() error {
 }
 
 // listening returns a broker connected over TCP to an embedded server of
-// its own.
-func listening(t *testing.T) *reconnectable {
+// its own, with opts.
+func listening(t *testing.T, opts ...Option) *reconnectable {
 	t.Helper()
 	srv, err := Embedded(testCtx(t, 30*time.Second), WithEphemeral(), WithListen("127.0.0.1:0"), WithLogger(testLogger()))
 	if err != nil {
 		t.Fatalf("Embedded: %v", err)
 	}
-	b, err := Connect(testCtx(t, 30*time.Second), []string{srv.URL()}, WithLogger(testLogger()), WithReconnectWait(50*time.Millisecond))
+	opts = append([]Option{WithLogger(testLogger()), WithReconnectWait(50 * time.Millisecond)}, opts...)
+	b, err := Connect(testCtx(t, 30*time.Second), []string{srv.URL()}, opts...)
 	if err != nil {
 		_ = srv.Close()
 		t.Fatalf("Connect: %v", err)
 	}
-	return &reconnectable{Broker: b, server: srv}
+	return &reconnectable{Broker: b, server: srv, url: srv.URL(), opts: opts}
+}
+
+// withFlaw breaks the broker deliberately (claim.go's flaws).
+func withFlaw(f string) Option {
+	return func(c *config) error { c.flaw = f; return nil }
 }
 
 // flawed breaks the broker it wraps in one way, named by flaw.
@@ -60,6 +83,12 @@ type flawed struct {
 	mu   sync.Mutex
 	seen map[string]bool                  // envelope ids published
 	subs map[string][]broker.Subscription // event type -> subscriptions
+}
+
+// NewInstance returns another instance with the same flaw.
+func (f *flawed) NewInstance(t *testing.T) broker.Broker {
+	return &flawed{reconnectable: f.reconnectable.NewInstance(t).(*reconnectable), flaw: f.flaw,
+		seen: map[string]bool{}, subs: map[string][]broker.Subscription{}}
 }
 
 func (f *flawed) Provision(ctx context.Context, t broker.Topology) error {
@@ -215,7 +244,15 @@ var brokerFlaws = map[string][]string{
 	"constant-sequence":      {"PublishConsumeInOrder", "NakRedeliversInPlace"},
 	"ignores-in-progress":    {"InProgressPostponesRedelivery"},
 	"term-is-nak":            {"TermNeverRedelivered"},
+	flawNoReset:              {"ClaimMovesOnDeath"},
+	flawNoResetOnReconnect:   {"ClaimRestartsAtAckFloor"},
+	flawNoUnpin:              {"ReleaseHandsOver"},
 }
+
+// claimTTL is the pinned TTL of the conformance tests' claim cases: long
+// enough that ReleaseHandsOver's bound (half of it) holds on a busy
+// machine.
+const claimTTL = 4 * time.Second
 
 // TestSuiteCatchesFlaws runs the conformance suite against deliberately
 // broken wrappers of a real broker, each in a child process (a failing
@@ -234,7 +271,9 @@ func TestFlawedBroker(t *testing.T) {
 	flaw := flawtest.Flaw(t, "BROKERTEST_FLAW", "TestSuiteCatchesFlaws")
 	caps := brokertest.All
 	caps.Persistent = false
+	caps.ClaimTTL = claimTTL
 	brokertest.Run(t, caps, func(t *testing.T) broker.Broker {
-		return &flawed{reconnectable: listening(t), flaw: flaw, seen: map[string]bool{}, subs: map[string][]broker.Subscription{}}
+		return &flawed{reconnectable: listening(t, WithPinnedTTL(claimTTL), withFlaw(flaw)), flaw: flaw,
+			seen: map[string]bool{}, subs: map[string][]broker.Subscription{}}
 	})
 }

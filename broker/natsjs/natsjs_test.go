@@ -235,18 +235,16 @@ func TestConformanceEmbeddedEphemeral(t *testing.T) {
 	})
 }
 
-// TestConformanceEmbeddedPartitioned runs the suite with four partitions:
-// the keyless events of most cases are on partition 0, the case of
-// Partitioner spreads keys over all four.
+// TestConformanceEmbeddedPartitioned runs the suite with four partitions,
+// over TCP so that the claim cases have a second instance: the keyless
+// events of most cases are on partition 0, the case of Partitioner spreads
+// keys over all four.
 func TestConformanceEmbeddedPartitioned(t *testing.T) {
 	caps := brokertest.All
 	caps.Persistent = false
+	caps.ClaimTTL = claimTTL
 	brokertest.Run(t, caps, func(t *testing.T) broker.Broker {
-		b, err := Embedded(testCtx(t, 30*time.Second), WithEphemeral(), WithPartitions(4), WithLogger(testLogger()))
-		if err != nil {
-			t.Fatalf("Embedded: %v", err)
-		}
-		return b
+		return listening(t, WithPartitions(4), WithPinnedTTL(claimTTL))
 	})
 }
 
@@ -270,13 +268,16 @@ func TestConformanceEmbeddedSyncAlways(t *testing.T) {
 
 func TestConformanceExternal(t *testing.T) {
 	srv := startExternal(t)
-	brokertest.Run(t, brokertest.All, func(t *testing.T) broker.Broker {
-		b, err := Connect(testCtx(t, 30*time.Second), []string{srv.url()},
-			WithLogger(testLogger()), WithName("herald-conformance"))
+	caps := brokertest.All
+	caps.ClaimTTL = claimTTL
+	opts := []Option{WithLogger(testLogger()), WithName("herald-conformance"), WithPinnedTTL(claimTTL)}
+	brokertest.Run(t, caps, func(t *testing.T) broker.Broker {
+		b, err := Connect(testCtx(t, 30*time.Second), []string{srv.url()}, opts...)
 		if err != nil {
 			t.Fatalf("Connect: %v", err)
 		}
-		return &reconnectable{Broker: b} // for ResumeAfterReconnect
+		// For ResumeAfterReconnect and the claim cases.
+		return &reconnectable{Broker: b, url: srv.url(), opts: opts}
 	})
 }
 

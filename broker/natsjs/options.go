@@ -66,6 +66,7 @@ type config struct {
 	replicas        int
 	partitions      int
 	pinnedTTL       time.Duration
+	flaw            string // a deliberate defect, for the tests that must catch it (claim.go)
 	maxInFlight     int
 	dupWindow       time.Duration
 	maxAge          time.Duration
@@ -235,11 +236,12 @@ func WithPartitions(n int) Option {
 // WithPinnedTTL sets how long a partition stays with an instance that
 // stopped pulling it (default DefaultPinnedTTL): after a crash, the
 // partitions of the dead instance move to the others within about this
-// time. It must be at least 1s; pulls are renewed at half of it.
+// time. It must be at least 2s: pulls are renewed at half of it, and a pull
+// lasts at least 1s.
 func WithPinnedTTL(d time.Duration) Option {
 	return func(c *config) error {
-		if d < time.Second {
-			return invalid("WithPinnedTTL(%v): want at least 1s", d)
+		if d < 2*time.Second {
+			return invalid("WithPinnedTTL(%v): want at least 2s (pulls are renewed at half of it, and nats.go pulls for at least 1s)", d)
 		}
 		c.pinnedTTL = d
 		return nil

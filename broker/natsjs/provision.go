@@ -314,7 +314,7 @@ func (b *Broker) consumerConfig(s broker.Subscription) (consumerSpec, error) {
 	if b.partitionsOf(s.Kind) > 1 {
 		desc += fmt.Sprintf(", partition %d of %d", s.Partition, b.partitionsOf(s.Kind))
 	}
-	return consumerSpec{stream: stream, cfg: jetstream.ConsumerConfig{
+	cfg := jetstream.ConsumerConfig{
 		Durable:        durable,
 		Description:    desc,
 		DeliverPolicy:  jetstream.DeliverAllPolicy,
@@ -323,7 +323,15 @@ func (b *Broker) consumerConfig(s broker.Subscription) (consumerSpec, error) {
 		MaxDeliver:     -1,
 		MaxAckPending:  maxAckPending,
 		FilterSubjects: subjects,
-	}}, nil
+	}
+	if b.ClaimsInOrder(s) {
+		// One Consume at a time holds each partition (claim.go). The
+		// server updates an existing consumer's priority policy in place.
+		cfg.PriorityGroups = []string{priorityGroup}
+		cfg.PriorityPolicy = jetstream.PriorityPolicyPinned
+		cfg.PinnedTTL = b.cfg.pinnedTTL
+	}
+	return consumerSpec{stream: stream, cfg: cfg}, nil
 }
 
 // consumer looks the durable consumer of s up; a missing stream or consumer

@@ -1,0 +1,162 @@
+package natsjs
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/heraldhq/herald/broker"
+	"github.com/heraldhq/herald/envelope"
+)
+
+// TestClaimProvisionUpdatesInPlace: a consumer provisioned before claims
+// existed (no priority policy) becomes pinned by Provision, keeping its
+// ack floor; the server updates the policy in place.
+func TestClaimProvisionUpdatesInPlace(t *testing.T) {
+	b := embedded(t, WithEphemeral())
+	ctx := testCtx(t, 30*time.Second)
+	sub := broker.Subscription{Service: "billing", Name: "old", Types: []string{"a.b"}, Kind: envelope.KindIntegration}
+	if err := b.Provision(ctx, broker.Topology{Service: "billing"}); err != nil {
+		t.Fatal(err)
+	}
+	spec, err := b.consumerConfig(sub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := spec.cfg
+	old.PriorityGroups, old.PriorityPolicy, old.PinnedTTL = nil, jetstream.PriorityPolicyNone, 0
+	if _, err := b.js.CreateOrUpdateConsumer(ctx, spec.stream, old); err != nil {
+		t.Fatal(err)
+	}
+	mustPublish(t, b, bulk("a.b", 3))
+	consumeIDs(t, b, broker.Subscription{Service: "billing", Name: "old", Types: []string{"a.b"}, Kind: envelope.KindIntegration}, true,
+		func(ids []string) bool { return len(ids) >= 3 })
+	if err := b.Provision(ctx, broker.Topology{Service: "billing", Subscriptions: []broker.Subscription{sub}}); err != nil {
+		t.Fatalf("Provision over an unpinned consumer: %v", err)
+	}
+	c, err := b.js.Consumer(ctx, spec.stream, spec.cfg.Durable)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ci := c.CachedInfo()
+	if ci.Config.PriorityPolicy != jetstream.PriorityPolicyPinned || ci.Config.PinnedTTL != DefaultPinnedTTL ||
+		len(ci.Config.PriorityGroups) != 1 || ci.Config.PriorityGroups[0] != priorityGroup {
+		t.Fatalf("consumer after Provision: policy %v, TTL %v, groups %v", ci.Config.PriorityPolicy, ci.Config.PinnedTTL, ci.Config.PriorityGroups)
+	}
+	if ci.AckFloor.Stream != 3 {
+		t.Fatalf("ack floor %d after the update, want 3", ci.AckFloor.Stream)
+	}
+}
+
+// instance is one Consume of a claimed partition in a test, recording
+// what it received.
+type instance struct {
+	b      *Broker
+	cancel context.CancelFunc
+	done   chan error
+
+	mu  sync.Mutex
+	got []got
+}
+
+type got struct {
+	id  string
+	seq uint64
+	at  time.Time
+}
+
+// consumeAs runs Consume of sub on b; hold decides which deliveries stay
+// unacknowledged.
+func consumeAs(t *testing.T, b *Broker, sub broker.Subscription, hold func(id string) bool) *instance {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	in := &instance{b: b, cancel: cancel, done: make(chan error, 1)}
+	go func() {
+		in.done <- b.Consume(ctx, sub, 16, func(ctx context.Context, ds []broker.Delivery) {
+			for _, d := range ds {
+				id := d.Header()[envelope.HeaderID]
+				in.mu.Lock()
+				in.got = append(in.got, got{id: id, seq: d.Sequence(), at: time.Now()})
+				in.mu.Unlock()
+				if hold == nil || !hold(id) {
+					_ = d.AckNoWait()
+				}
+			}
+		})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-in.done:
+		case <-time.After(20 * time.Second):
+			t.Error("Consume did not return")
+		}
+	})
+	return in
+}
+
+func (in *instance) snapshot() []got {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return append([]got(nil), in.got...)
+}
+
+// TestClaimTakeoverBound: two instances of one subscription; only the
+// holder receives; when its connection dies holding unacknowledged events,
+// the other takes over within PinnedTTL + 1 s and receives them first, in
+// stream order, then the newer ones.
+func TestClaimTakeoverBound(t *testing.T) {
+	srv := embedded(t, WithEphemeral(), WithListen("127.0.0.1:0"))
+	ctx := testCtx(t, 60*time.Second)
+	a := connect(t, srv.URL())
+	bb := connect(t, srv.URL())
+	const typ = "claim.bound"
+	sub := broker.Subscription{Service: "svc", Name: "bound", Types: []string{typ}, Kind: envelope.KindIntegration, AckWait: time.Minute}
+	if err := a.Provision(ctx, broker.Topology{Service: "svc", Subscriptions: []broker.Subscription{sub}}); err != nil {
+		t.Fatal(err)
+	}
+	es := bulk(typ, 40)
+	heldFrom := map[string]bool{}
+	for _, e := range es[20:] {
+		heldFrom[e.ID] = true
+	}
+	ia := consumeAs(t, a, sub, func(id string) bool { return heldFrom[id] })
+	mustPublish(t, a, es[:1])
+	waitUntil(t, 10*time.Second, "A to take the claim", func() bool { return len(ia.snapshot()) >= 1 })
+	ib := consumeAs(t, bb, sub, nil)
+	mustPublish(t, a, es[1:])
+	waitUntil(t, 10*time.Second, "A to receive every event", func() bool { return len(ia.snapshot()) >= len(es) })
+	time.Sleep(300 * time.Millisecond)
+	if n := len(ib.snapshot()); n != 0 {
+		t.Fatalf("B received %d events while A held the claim", n)
+	}
+	killed := time.Now()
+	a.nc.Close()
+	later := bulk(typ, 10)
+	mustPublish(t, bb, later)
+	waitUntil(t, 10*time.Second, "B to take over", func() bool { return len(ib.snapshot()) >= 20+len(later) })
+	gb := ib.snapshot()
+	if took := gb[0].at.Sub(killed); took > DefaultPinnedTTL+time.Second {
+		t.Errorf("B took over %v after the kill, want within PinnedTTL + 1 s = %v", took, DefaultPinnedTTL+time.Second)
+	} else {
+		t.Logf("B took over %v after the kill (PinnedTTL %v)", took, DefaultPinnedTTL)
+	}
+	want := append(es[20:], later...)
+	outOfOrder := 0
+	for i, e := range want {
+		if gb[i].id != e.ID {
+			outOfOrder++
+		}
+	}
+	for i := 1; i < len(gb); i++ {
+		if gb[i].seq <= gb[i-1].seq {
+			t.Errorf("B: sequence %d after %d", gb[i].seq, gb[i-1].seq)
+		}
+	}
+	if outOfOrder != 0 {
+		t.Fatalf("%d of B's first %d deliveries are not A's unacknowledged events then the newer ones in stream order", outOfOrder, len(want))
+	}
+}
