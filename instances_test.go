@@ -28,7 +28,6 @@ import (
 	"time"
 
 	"github.com/heraldhq/herald"
-	"github.com/heraldhq/herald/broker"
 	"github.com/heraldhq/herald/broker/natsjs"
 	"github.com/heraldhq/herald/internal/childproc"
 	"github.com/heraldhq/herald/internal/faultrig"
@@ -357,11 +356,6 @@ const instanceEvents = 3000 // over clusterKeys keys
 func TestOrderAcrossInstances(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: instance processes and clusters take a while")
-	}
-	if _, ok := any(&natsjs.Broker{}).(broker.Claimer); !ok {
-		// Without claims instances compete for every event: order per key
-		// cannot hold (README, Guarantees).
-		t.Skip("natsjs does not hand partitions to one instance at a time (broker.Claimer) yet")
 	}
 	for _, v := range []instanceVariant{
 		{name: "server/2-instances/4-partitions", instances: 2, partitions: 4},
