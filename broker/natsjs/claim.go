@@ -90,7 +90,8 @@ func (c *consumption) admit(ctx context.Context, m jetstream.Msg) (bool, error) 
 	case pid == c.stale:
 		return false, nil
 	case pid != c.pin && c.b.cfg.hasFlaw(flawNoReset):
-		c.pin, c.seen = pid, c.b.nc.Stats().Reconnects // takes the claim as it comes
+		c.setPin(pid) // takes the claim as it comes
+		c.seen = c.b.nc.Stats().Reconnects
 		return true, nil
 	case pid != c.pin:
 		return false, c.restart(ctx, pid, "gained")
@@ -108,7 +109,7 @@ func (c *consumption) restart(ctx context.Context, pid, why string) error {
 	c.stopGen(c.g, false)
 	c.g, c.next = nil, nil
 	held := c.pin
-	c.pin = ""
+	c.setPin("")
 	seen := c.b.nc.Stats().Reconnects
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	ci, err := c.cons.Info(rctx)
@@ -123,7 +124,8 @@ func (c *consumption) restart(ctx context.Context, pid, why string) error {
 	default:
 		var r *jetstream.ConsumerResetResponse
 		if r, err = c.b.js.ResetConsumer(rctx, c.stream, c.durable); err == nil {
-			c.pin, c.seen = pid, seen
+			c.setPin(pid)
+			c.seen = seen
 			c.b.log.Info("herald/natsjs: claim gained", "consumer", c.durable, "partition", c.sub.Partition,
 				"reason", why, "restart_at", r.ResetSeq)
 		}
@@ -152,7 +154,11 @@ func (c *consumption) loseClaim(why string) {
 		return
 	}
 	c.b.log.Info("herald/natsjs: claim released", "consumer", c.durable, "partition", c.sub.Partition, "reason", why)
-	c.stale, c.pin, c.next = c.pin, "", nil
+	c.stale, c.next = c.pin, nil
+	c.setPin("")
+	if c.g == nil {
+		return
+	}
 	for {
 		select {
 		case <-c.g.msgs:
@@ -172,7 +178,8 @@ const releaseSettle = 2 * time.Second
 // than after the pinned TTL.
 func (c *consumption) release(why string) {
 	pin := c.pin
-	c.pin, c.stale = "", pin
+	c.stale = pin
+	c.setPin("")
 	deadline := time.Now().Add(releaseSettle)
 	for c.out.Load() > 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)

@@ -160,3 +160,37 @@ func TestClaimTakeoverBound(t *testing.T) {
 		t.Fatalf("%d of B's first %d deliveries are not A's unacknowledged events then the newer ones in stream order", outOfOrder, len(want))
 	}
 }
+
+// TestCloseReleasesClaims: Close of the holder's broker unpins what it
+// holds, so a standby takes over at once rather than after the pinned TTL.
+func TestCloseReleasesClaims(t *testing.T) {
+	srv := embedded(t, WithEphemeral(), WithListen("127.0.0.1:0"))
+	ctx := testCtx(t, 60*time.Second)
+	const ttl = 6 * time.Second
+	a, bb := connect(t, srv.URL(), WithPinnedTTL(ttl)), connect(t, srv.URL(), WithPinnedTTL(ttl))
+	const typ = "claim.close"
+	sub := broker.Subscription{Service: "svc", Name: "close", Types: []string{typ}, Kind: envelope.KindIntegration, AckWait: time.Minute}
+	if err := a.Provision(ctx, broker.Topology{Service: "svc", Subscriptions: []broker.Subscription{sub}}); err != nil {
+		t.Fatal(err)
+	}
+	es := bulk(typ, 2)
+	ia := consumeAs(t, a, sub, nil)
+	mustPublish(t, a, es[:1])
+	waitUntil(t, 10*time.Second, "A to take the claim", func() bool { return len(ia.snapshot()) >= 1 })
+	ib := consumeAs(t, bb, sub, nil)
+	time.Sleep(200 * time.Millisecond)
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	closed := time.Now()
+	mustPublish(t, bb, es[1:])
+	waitUntil(t, 10*time.Second, "B to receive the next event", func() bool { return len(ib.snapshot()) >= 1 })
+	if took := time.Since(closed); took > ttl/2 {
+		t.Fatalf("B received the next event %v after A's Close, want under %v (half the pinned TTL): Close did not release", took, ttl/2)
+	} else {
+		t.Logf("handed over %v after Close", took)
+	}
+	if g := ib.snapshot(); g[0].id != es[1].ID {
+		t.Fatalf("B received %s first, want %s", g[0].id, es[1].ID)
+	}
+}

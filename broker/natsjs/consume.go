@@ -152,6 +152,10 @@ func (b *Broker) Consume(ctx context.Context, sub broker.Subscription, batch int
 		return fmt.Errorf("herald/natsjs: consume %s/%s: %w", sub.Service, sub.Name, err)
 	}
 	defer c.finish()
+	if c.pinned && b.names.partitioned() {
+		c.ctl = make(chan command, 4)
+		defer b.join(c).remove(c)
+	}
 
 	// The watchdog: nats.go's pull sometimes believes a request is open
 	// that the server no longer has (seen under load: the server reports
@@ -177,11 +181,20 @@ func (b *Broker) Consume(ctx context.Context, sub broker.Subscription, batch int
 			}
 			continue
 		}
+		var msgs <-chan jetstream.Msg
+		var stopped <-chan struct{}
+		if c.g != nil { // nil while the balancer keeps this Consume off its partition
+			msgs, stopped = c.g.msgs, c.g.stopped
+		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-b.closed:
 			return errClosed
+		case cmd := <-c.ctl:
+			if err := c.command(ctx, cmd); err != nil {
+				return err
+			}
 		case err := <-c.fatal:
 			if errors.Is(err, jetstream.ErrConsumerDeleted) {
 				return fmt.Errorf("herald/natsjs: consume %s/%s: %w: %w", sub.Service, sub.Name, broker.ErrNotProvisioned, err)
@@ -190,13 +203,13 @@ func (b *Broker) Consume(ctx context.Context, sub broker.Subscription, batch int
 				return errClosed
 			}
 			return fmt.Errorf("herald/natsjs: consume %s/%s: %w", sub.Service, sub.Name, err)
-		case <-c.g.stopped:
+		case <-stopped:
 			if b.isClosed.Load() {
 				return errClosed
 			}
 			return fmt.Errorf("herald/natsjs: consume %s/%s: pull subscription stopped", sub.Service, sub.Name)
 		case <-watch.C:
-			if time.Since(c.last) < watchEvery || !pullLost(ctx, cons, c.pinned, c.pin) {
+			if c.g == nil || time.Since(c.last) < watchEvery || !pullLost(ctx, cons, c.pinned, c.pin) {
 				continue
 			}
 			b.log.Info("herald/natsjs: consume: the server has events and no pull of this consumer; pulling again", "consumer", durable)
@@ -204,13 +217,16 @@ func (b *Broker) Consume(ctx context.Context, sub broker.Subscription, batch int
 				return err
 			}
 		case <-moved:
+			if c.g == nil {
+				continue
+			}
 			b.log.Info("herald/natsjs: consume: the consumer elected a leader; pulling again", "consumer", durable)
 			if err := c.repull(ctx, "consumer leader elected"); err != nil {
 				return err
 			}
 		case <-c.lost:
 			c.loseClaim("the server refused this instance's pin (423)")
-		case m := <-c.g.msgs:
+		case m := <-msgs:
 			if err := c.receive(ctx, m); err != nil {
 				return err
 			}
@@ -239,6 +255,7 @@ type consumption struct {
 	expiry          time.Duration
 	fatal           chan error    // from the pull's error handler: Consume ends
 	lost            chan struct{} // the server refused this Consume's pin
+	ctl             chan command  // from the balancer (balance.go); nil without one
 
 	g    *pullGen
 	next jetstream.Msg // a message taken from g.msgs but not yet received
@@ -252,6 +269,15 @@ type consumption struct {
 	pin, stale string
 	seen       uint64
 	out        atomic.Int64 // deliveries handed to h and not yet settled
+	holding    atomic.Bool  // pin != "", for the balancer
+	offUntil   atomic.Int64 // unix nanoseconds: released, stays off the partition until then
+	releasing  atomic.Bool  // a release by the balancer is under way
+}
+
+// setPin records the claim held ("" for none).
+func (c *consumption) setPin(pin string) {
+	c.pin = pin
+	c.holding.Store(pin != "")
 }
 
 // pullGen is one pull subscription of a Consume; each has its own buffer,
@@ -312,6 +338,9 @@ func (c *consumption) pull() (*pullGen, error) {
 // stopGen stops g and empties its buffer: the messages are nak'ed (nak) so
 // that another consumer gets them at once, or dropped.
 func (c *consumption) stopGen(g *pullGen, nak bool) {
+	if g == nil {
+		return
+	}
 	close(g.quit)
 	g.cc.Stop()
 	t := time.NewTimer(5 * time.Second)

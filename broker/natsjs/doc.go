@@ -159,4 +159,43 @@
 //     JetStream refuses — dropping their consumers;
 //  4. start every service with the new WithPartitions: Provision creates the
 //     new streams and consumers, and the relays publish on.
+//
+// # Claims
+//
+// Each partition of an integration subscription (also the one partition
+// with N = 1) is consumed by one Consume call at a time, among all the
+// instances of the service: its durable consumer is pinned_client with
+// priority group "herald" and a pinned TTL of [WithPinnedTTL] (default 2 s),
+// the JetStream priority groups of ADR-42. The server delivers to the
+// pinned pull only and stamps its pin id (Nats-Pin-Id) on each message;
+// the other pulls wait as standbys. Pulls expire at half the TTL, so an
+// idle holder keeps its pin. The pin moves when its pulls stop for the TTL
+// (a dead instance), when it is unpinned (a release), or when the consumer
+// elects a leader. Notification subscriptions are not claimed: their
+// Consume calls compete. [Broker.ClaimsInOrder] tells which (broker.Claimer).
+//
+// A Consume that receives a pin id it does not hold has gained the
+// partition: it drops what it buffered, unhandled, checks with the server
+// that the pin is the consumer's, resets the consumer (delivery restarts at
+// the ack floor + 1, nothing pending, the pin kept) and pulls again with a
+// new pull subscription, so nothing sent before reaches its handler. It
+// does the same when its connection came back while it held the pin. So
+// the events the previous holder handled but did not acknowledge come
+// again first, in stream order, before newer ones, without waiting out
+// their ack wait; herald's inbox absorbs the repeats. A reset restarts the
+// delivery count: NumDelivered is 1 again for those events. A dead
+// instance's partitions move within the pinned TTL (1.7 s measured with
+// 2 s); a Consume that returns, or a Close, waits at most 2 s for what it
+// handed out to be settled and unpins, so that a standby takes over within
+// milliseconds.
+//
+// With several partitions, each Broker also balances the partitions of the
+// subscriptions it consumes among the instances of their service, counted
+// from the heartbeats in <PREFIX>_INSTANCES (see balance.go): an instance
+// below its share (⌊N/instances⌋, at least 1) pulls every partition as a
+// standby and says so on <prefix>.claim.<consumer>; one above it, having
+// heard that, releases one partition every few seconds; one at its share
+// pulls only what it holds, and any partition that no client holds (a dead
+// instance's, while its heartbeat still counts). Claims gained and released
+// are logged at Info with the consumer, partition and reason.
 package natsjs

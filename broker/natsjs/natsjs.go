@@ -50,6 +50,13 @@ type Broker struct {
 	// reconnect: durable name -> *ackLog.
 	acks sync.Map
 
+	// balancers balances the partitions of each subscription consumed
+	// (balance.go): ConsumerName -> *balancer, under balMu; bg counts their
+	// goroutines.
+	balMu     sync.Mutex
+	balancers map[string]*balancer
+	bg        sync.WaitGroup
+
 	mu       sync.Mutex
 	isClosed atomic.Bool
 	closed   chan struct{}  // closed when Close starts
@@ -429,7 +436,7 @@ func (b *Broker) Close() error {
 		b.cancel()
 
 		waited := make(chan struct{})
-		go func() { b.active.Wait(); close(waited) }()
+		go func() { b.active.Wait(); b.bg.Wait(); close(waited) }()
 		timer := time.NewTimer(b.cfg.drainTimeout)
 		defer timer.Stop()
 		select {
