@@ -68,7 +68,7 @@ checkout, or pass --servers embedded.`,
 	fl.StringVar(&f.clusterSync, "cluster-sync", d.ClusterSync, "the cluster's JetStream sync_interval: always (an fsync per write, what herald assumes of an external server) or a `DURATION` (2m is the server's default)")
 	fl.IntVar(&f.events, "events", d.Events, "events in the producer's outbox in each cell")
 	fl.DurationVar(&f.duration, "duration", d.Duration, "the longest a cell measures")
-	fl.DurationVar(&f.settle, "settle", d.Settle, "how long the consumer instances run before the relay starts, to share the partitions")
+	fl.DurationVar(&f.settle, "settle", d.Settle, "how long two or more consumer instances run before the relay starts, to share the partitions out")
 	fl.StringVar(&f.postgres, "postgres", os.Getenv("HERALD_POSTGRES_URL"), "PostgreSQL `URL`: the services' stores on PostgreSQL instead of SQLite (default $HERALD_POSTGRES_URL)")
 	fl.StringVar(&f.jsonOut, "json", "", "write the cells as JSON into this `FILE`")
 	fl.StringVar(&f.mermaid, "mermaid", "", "write a Mermaid xychart per server (events/s by partitions, a line per instance count) into this markdown `FILE`")

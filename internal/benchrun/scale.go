@@ -47,8 +47,11 @@ type ScaleConfig struct {
 	// events, 20s).
 	Events   int
 	Duration time.Duration
-	// Settle is how long the consumer instances run before the relay
-	// starts, so that they share the partitions out first (default 1s).
+	// Settle is how long two or more consumer instances run before the
+	// relay starts, so that they share the partitions out first (default
+	// 3s; the balancing moves a partition every 3-5 s, so a fully even
+	// share of 8 partitions can take longer: the table shows the busiest
+	// instance's share).
 	Settle time.Duration
 	// PostgresURL, when set, puts the services' stores on PostgreSQL
 	// instead of SQLite.
@@ -67,7 +70,7 @@ type ScaleConfig struct {
 func DefaultScaleConfig() ScaleConfig {
 	return ScaleConfig{
 		Partitions: []int{1, 2, 4, 8}, Instances: []int{1, 2, 4}, Servers: []string{ServerEmbedded, ServerCluster},
-		Nodes: 3, Replicas: 3, ClusterSync: "always", Events: 20000, Duration: 20 * time.Second, Settle: time.Second,
+		Nodes: 3, Replicas: 3, ClusterSync: "always", Events: 20000, Duration: 20 * time.Second, Settle: 3 * time.Second,
 	}
 }
 
@@ -444,18 +447,31 @@ func (r *runner) scaleCell(ctx context.Context, cfg ScaleConfig, c scaleCell) (S
 		}
 		instances = append(instances, svc)
 	}
+	// The instances start together, as a deployment's replicas do, so
+	// that the server's first pins spread over them and the balancing has
+	// less to move.
+	errs := make([]error, len(instances))
+	var wg sync.WaitGroup
 	for n, svc := range instances {
-		if err := svc.Start(ctx); err != nil {
-			return res, fmt.Errorf("instance %d: %w", n, err)
-		}
+		wg.Go(func() {
+			if err := svc.Start(ctx); err != nil {
+				errs[n] = fmt.Errorf("instance %d: %w", n, err)
+			}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return res, err
 	}
 	if err := fillOutbox(ctx, &pipeline{prod: prod, recorded: recorded}, cfg.Events, 256); err != nil {
 		return res, err
 	}
-	select {
-	case <-time.After(cfg.Settle):
-	case <-ctx.Done():
-		return res, ctx.Err()
+	if c.instances > 1 { // one instance has nothing to share
+		select {
+		case <-time.After(cfg.Settle):
+		case <-ctx.Done():
+			return res, ctx.Err()
+		}
 	}
 	nodesCPU := func() time.Duration { return 0 }
 	if c.nodesCPU != nil {
