@@ -633,15 +633,16 @@ func WriteScaleChart(w io.Writer, results []ScaleResult) error {
 	return nil
 }
 
-// niceCeil rounds v up to 1, 2 or 5 times a power of ten (at least 10).
+// niceCeil rounds v up to a round axis bound: 1, 1.5, 2, 2.5, 3, 4, 5, 6 or
+// 8 times a power of ten (at least 10).
 func niceCeil(v float64) float64 {
-	p := 10.0
+	p := 1.0
 	for p*10 <= v {
 		p *= 10
 	}
-	for _, m := range []float64{1, 2, 5, 10} {
+	for _, m := range []float64{1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10} {
 		if m*p >= v {
-			return m * p
+			return max(10, m*p)
 		}
 	}
 	return 10 * p
