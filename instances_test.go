@@ -493,7 +493,7 @@ func orderAcrossInstances(t *testing.T, v instanceVariant) {
 		// the longest gap of any one partition, must stay under
 		// maxInstanceStall.
 		bounded, gaps bool
-		victim  string // a killed instance
+		victim        string // a killed instance
 	}
 	var faults []fault
 
