@@ -554,6 +554,28 @@ func orderAcrossInstances(t *testing.T, v instanceVariant) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// What else the node leads goes down with it: other partitions'
+		// streams, and consumers.
+		var streams, consumers []string
+		name := func(n *natsserver.Server, err error) string {
+			if err != nil {
+				return "?"
+			}
+			if n == leader {
+				return "killed"
+			}
+			return n.Name()
+		}
+		for q := range v.partitions {
+			qs, durable := stream, natsjs.ConsumerName("shipping", "ship")
+			if v.partitions > 1 {
+				qs, durable = fmt.Sprintf("HERALD_INT_%d", q), fmt.Sprintf("%s_p%d", durable, q)
+			}
+			streams = append(streams, fmt.Sprintf("p%d %s", q, name(cluster.StreamLeader(ctx, qs))))
+			consumers = append(consumers, fmt.Sprintf("p%d %s", q, name(cluster.ConsumerLeader(ctx, qs, durable))))
+		}
+		t.Logf("%s: killing %s; stream leaders %s; consumer leaders %s", v.name, leader.Name(),
+			strings.Join(streams, ", "), strings.Join(consumers, ", "))
 		leader.Kill()
 		killed := time.Now()
 		faults = append(faults, fault{what: fmt.Sprintf("SIGKILL %s, leader of %s", leader.Name(), stream), at: killed,
