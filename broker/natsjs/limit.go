@@ -29,7 +29,10 @@ func (b *Broker) MaxEventSize() int {
 
 // maxStoredMessage bounds what a JetStream file store keeps as one message:
 // it refuses records over 32 MiB ("message too large"), record framing and
-// the subject included; the margin covers a subject of the longest type.
+// the subject included; the margin covers a subject of the longest type
+// (with WithPartitions, event and replay subjects carry the partition too:
+// at most 4 bytes more). max_payload itself counts headers and data only,
+// not the subject, so partitions change no EventSize.
 // A server whose max_payload is above it (up to 64 MiB) would accept a
 // larger publish and then refuse to store it.
 const maxStoredMessage = 32<<20 - 64<<10
