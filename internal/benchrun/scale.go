@@ -329,7 +329,7 @@ func (r *runner) scaleCluster(ctx context.Context, cfg ScaleConfig, add func(Sca
 type scaleCell struct {
 	server                                 string
 	nodes, replicas, partitions, instances int
-	dir                                    string
+	dir                                    string         // the cell's files (stores, embedded server), removed after it
 	producer                               *natsjs.Broker // the producer's connection (in-process on the embedded server)
 	urls                                   []string       // for the consumer instances' connections
 	prefix                                 string         // stream prefix ("" for the default)
@@ -394,8 +394,9 @@ func (r *runner) scaleCell(ctx context.Context, cfg ScaleConfig, c scaleCell) (S
 			closers[i]()
 		}
 	}()
+	inCell := &runner{cfg: r.cfg, dir: c.dir} // the stores go with the cell's directory
 	open := func(name string) (*store.Store, error) {
-		st, closeStore, err := r.openStore(ctx, dialect, name)
+		st, closeStore, err := inCell.openStore(ctx, dialect, name)
 		if err == nil {
 			closers = append(closers, closeStore)
 		}
