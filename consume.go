@@ -17,10 +17,17 @@ import (
 // subscription to it: its config, herald's transaction scope for the
 // handler, and herald's observers.
 
-// newConsumer builds the engine that runs sub.
-func (s *Service) newConsumer(sub *subscription) (*consumer.Consumer, error) {
+// newConsumer builds the engine that runs partition p of sub (see
+// partitionsOf). With more than one partition its logs carry the partition.
+func (s *Service) newConsumer(sub *subscription, p, partitions int) (*consumer.Consumer, error) {
+	bs := s.brokerSubscription(sub)
+	bs.Partition = p
+	log := s.log
+	if partitions > 1 {
+		log = log.With("partition", p)
+	}
 	return consumer.New(consumer.Config{
-		Subscription: s.brokerSubscription(sub),
+		Subscription: bs,
 		Inbox:        sub.inbox,
 		BatchSize:    sub.cfg.batch,
 		Retry:        consumer.Retry(sub.cfg.retry),
@@ -36,10 +43,25 @@ func (s *Service) newConsumer(sub *subscription) (*consumer.Consumer, error) {
 		Broker:      s.cfg.broker,
 		Store:       consumerStore{s},
 		Observer:    consumerObserver{s, sub.name},
-		Logger:      s.log,
+		Logger:      log,
 	})
 }
 
+// partitionsOf is how many partitions sub is consumed in, one engine each:
+// the broker's partitions (broker.Partitioner) for a subscription of
+// integration events, else 1. Notifications stay on one stream, whatever
+// the integration tier's partitions: a notification subscription runs one
+// engine, on partition 0.
+func (s *Service) partitionsOf(sub *subscription) int {
+	p, ok := s.cfg.broker.(broker.Partitioner)
+	if !ok || sub.contract.Kind() != KindIntegration {
+		return 1
+	}
+	return max(p.Partitions(), 1)
+}
+
+// brokerSubscription is sub at the broker, for partition 0; set Partition
+// for another.
 func (s *Service) brokerSubscription(sub *subscription) broker.Subscription {
 	return broker.Subscription{
 		Service:       s.name,

@@ -44,6 +44,17 @@
 // (Service.DeadLetters, ReplayDeadLetters, PurgeDeadLetters). Upcast turns
 // older versions of a contract into the one a handler takes.
 //
+// On a broker that partitions integration events by key (broker.Partitioner,
+// natsjs.WithPartitions) each subscription runs one consumer per partition,
+// each with its own per-key queues; Lags and metrics sum the partitions and
+// the consumers' logs name theirs. Notification subscriptions run one. A
+// broker that hands each partition to one instance at a time and restarts it
+// at its first unacknowledged event on a takeover (broker.Claimer) keeps
+// order per key across instances without holding events back. A handler's
+// attempts are counted by the instance that runs it: after a takeover by
+// another instance (a crash, a rebalance) an event's retries start again at
+// attempt 1, so it can run up to RetryPolicy.MaxAttempts more times.
+//
 // # Notifications
 //
 // Receive is Subscribe for notification events: the notifier's side. The

@@ -7,7 +7,8 @@ import (
 	"github.com/heraldhq/herald/broker"
 )
 
-// SubscriptionLag is one subscription's lag at the broker.
+// SubscriptionLag is one subscription's lag at the broker, summed over its
+// partitions.
 type SubscriptionLag struct {
 	Subscription string
 	broker.Lag
@@ -16,7 +17,8 @@ type SubscriptionLag struct {
 // Lags returns the broker's lag of each of the service's subscriptions: the
 // events not yet delivered and those delivered but not acknowledged. It
 // returns nil when the transport cannot tell (broker.LagReporter) or the
-// service subscribes to nothing.
+// service subscribes to nothing. A partitioned subscription's lag is the
+// sum of its partitions'.
 func (s *Service) Lags(ctx context.Context) ([]SubscriptionLag, error) {
 	lr, ok := s.cfg.broker.(broker.LagReporter)
 	if !ok {
@@ -27,11 +29,18 @@ func (s *Service) Lags(ctx context.Context) ([]SubscriptionLag, error) {
 	s.mu.RUnlock()
 	out := make([]SubscriptionLag, 0, len(subs))
 	for _, sub := range subs {
-		l, err := lr.Lag(ctx, s.brokerSubscription(sub))
-		if err != nil {
-			return out, fmt.Errorf("service %s: lag of %s: %w", s.name, sub.name, err)
+		bs := s.brokerSubscription(sub)
+		var sum broker.Lag
+		for p := range s.partitionsOf(sub) {
+			bs.Partition = p
+			l, err := lr.Lag(ctx, bs)
+			if err != nil {
+				return out, fmt.Errorf("service %s: lag of %s, partition %d: %w", s.name, sub.name, p, err)
+			}
+			sum.Pending += l.Pending
+			sum.AckPending += l.AckPending
 		}
-		out = append(out, SubscriptionLag{Subscription: sub.name, Lag: l})
+		out = append(out, SubscriptionLag{Subscription: sub.name, Lag: sum})
 	}
 	return out, nil
 }

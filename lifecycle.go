@@ -22,7 +22,7 @@ type runState struct {
 	// stopped.
 	relay     *relay.Relay // nil without a broker
 	janitor   *janitor.Janitor
-	consumers []*consumer.Consumer
+	consumers []*consumer.Consumer // one per partition of each subscription
 }
 
 // Start provisions the service's streams and consumers on the broker (once,
@@ -59,13 +59,18 @@ func (s *Service) Start(ctx context.Context) error {
 		return fmt.Errorf("%w: service %s translates, notifies or subscribes but has no broker: pass herald.WithBroker",
 			ErrInvalidOption, s.name)
 	}
+	// One engine per partition of each subscription (partitionsOf), each
+	// with its own queues: a partition's order is its own.
 	consumers := make([]*consumer.Consumer, 0, len(subs))
 	for _, sub := range subs {
-		c, err := s.newConsumer(sub)
-		if err != nil {
-			return fmt.Errorf("service %s: subscription %s: %w", s.name, sub.name, err)
+		n := s.partitionsOf(sub)
+		for p := range n {
+			c, err := s.newConsumer(sub, p, n)
+			if err != nil {
+				return fmt.Errorf("service %s: subscription %s: partition %d: %w", s.name, sub.name, p, err)
+			}
+			consumers = append(consumers, c)
 		}
-		consumers = append(consumers, c)
 	}
 	holder := envelope.NewID(time.Now()) // this instance, for the relay lease
 	var rl *relay.Relay

@@ -61,6 +61,10 @@ peak RSS, with a progress bar on stderr:
            second, services refill it from their outbox) beside off, and beside
            an fsync per write.
 
+herald bench scale, a command of its own, measures the integration tier as
+partitions and instances grow, on the embedded server and on a 3-node
+cluster (herald bench scale --help).
+
 The Watermill peers live in the separate Go module bench/ so that herald does
 not depend on them: bench builds it with the go command when run inside a
 herald source checkout (or --peers-src), and says so when it cannot. The same
@@ -68,12 +72,14 @@ program draws the --chart.`,
 		Example: `  herald bench all
   herald bench bus --events 100000
   herald bench latency --rate 10000 --duration 30s
-  herald bench all --markdown docs/benchmarks.md --chart docs/benchmarks.png`,
+  herald bench all --markdown docs/benchmarks.md --chart docs/benchmarks.png
+  herald bench scale`,
 		ValidArgs: append([]string{"all"}, benchrun.Names()...),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runBench(cmd, args, f)
 		},
 	}
+	cmd.AddCommand(newBenchScale())
 	fl := cmd.Flags()
 	fl.IntVar(&f.events, "events", d.Events, "events each system moves in bus and durable (a fifth with an fsync per write)")
 	fl.IntVar(&f.notes, "notifications", d.Notifications, "notifications each system sends in notify")
@@ -181,14 +187,8 @@ func runBench(cmd *cobra.Command, args []string, f benchFlags) error {
 	if runErr != nil {
 		return runErr
 	}
-	if f.jsonOut != "" {
-		b, err := json.MarshalIndent(results, "", "  ")
-		if err != nil {
-			return err
-		}
-		if err := os.WriteFile(f.jsonOut, append(b, '\n'), 0o644); err != nil {
-			return fmt.Errorf("--json: %w", err)
-		}
+	if err := writeJSONFile(f.jsonOut, results); err != nil {
+		return err
 	}
 	chart := ""
 	if f.chart != "" && peers != nil {
@@ -232,6 +232,21 @@ func commandLine(cmd *cobra.Command, args []string) string {
 		parts = append(parts, "--"+f.Name+" "+f.Value.String())
 	})
 	return strings.Join(parts, " ")
+}
+
+// writeJSONFile writes v as indented JSON into the --json file path, if any.
+func writeJSONFile(path string, v any) error {
+	if path == "" {
+		return nil
+	}
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("--json: %w", err)
+	}
+	return nil
 }
 
 func contains(ss []string, s string) bool { return slices.Contains(ss, s) }

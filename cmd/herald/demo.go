@@ -40,6 +40,7 @@ type demoFlags struct {
 	trace     bool
 	verbose   bool
 	otel      tracing.Config
+	scale     scaleFlags
 }
 
 func newDemo() *cobra.Command {
@@ -62,10 +63,14 @@ loopback, then places orders over HTTP at --rate for --duration:
 
 It prints progress every second and, at the end, checks from each service's
 own tables that every order was shipped and every buyer verified, exiting
-non-zero if anything is missing. Ctrl-C stops the load early and still checks.`,
+non-zero if anything is missing. Ctrl-C stops the load early and still checks.
+
+--partitions N spreads the integration events over N streams by their key.
+The demo's server is one embedded node, so --replicas must stay 1.`,
 		Example: `  herald demo
   herald demo --rate 200 --duration 30s --customers 500
-  herald demo --data-dir ./demo-data --keep`,
+  herald demo --data-dir ./demo-data --keep
+  herald demo --partitions 4`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			switch {
@@ -75,6 +80,9 @@ non-zero if anything is missing. Ctrl-C stops the load early and still checks.`,
 				return usageErrorf("--duration %v: want a positive duration", f.duration)
 			case f.customers < 1:
 				return usageErrorf("--customers %d: want at least 1", f.customers)
+			}
+			if err := f.scale.check(true); err != nil {
+				return err
 			}
 			return runDemo(cmd.Context(), cmd.OutOrStdout(), f)
 		},
@@ -90,6 +98,7 @@ non-zero if anything is missing. Ctrl-C stops the load early and still checks.`,
 	f.otel = tracing.ConfigFromEnv("herald-demo")
 	cmd.Flags().StringVar(&f.otel.Exporter, "otel", f.otel.Exporter, "OpenTelemetry span `EXPORTER`: none, stdout or otlp (env OTEL_TRACES_EXPORTER)")
 	cmd.Flags().StringVar(&f.otel.Endpoint, "otel-endpoint", "", "OTLP/HTTP endpoint `URL` (default: OTEL_EXPORTER_OTLP_ENDPOINT)")
+	registerScale(cmd.Flags(), &f.scale)
 	return cmd
 }
 
@@ -112,8 +121,8 @@ func runDemo(ctx context.Context, out io.Writer, f demoFlags) error {
 		level = slog.LevelInfo
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	b, err := natsjs.Embedded(ctx, natsjs.WithDataDir(filepath.Join(dir, "nats")), natsjs.WithLogger(log),
-		natsjs.WithServerLogLevel(serverLogLevel(f.verbose)))
+	b, err := natsjs.Embedded(ctx, append(f.scale.options(), natsjs.WithDataDir(filepath.Join(dir, "nats")), natsjs.WithLogger(log),
+		natsjs.WithServerLogLevel(serverLogLevel(f.verbose)))...)
 	if err != nil {
 		return fmt.Errorf("start the embedded NATS JetStream: %w", err)
 	}

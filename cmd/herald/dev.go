@@ -14,6 +14,7 @@ import (
 func newDev() *cobra.Command {
 	var listen, dataDir string
 	var syncAlways, verbose bool
+	var scale scaleFlags
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Run an embedded NATS JetStream on a loopback port for services in other processes",
@@ -28,17 +29,26 @@ the export NATS_URL=... line that makes them use it.
 Services in other processes cannot re-publish what an unsynced server lost
 if the machine dies, so dev fsyncs every write (--sync-always, default on).
 It keeps the services' causal trace stream on file too, so that herald trace
-and herald tail see what was recorded before dev restarted.`,
+and herald tail see what was recorded before dev restarted.
+
+--partitions N is for the services, which create the streams: dev checks it
+and prints the export HERALD_PARTITIONS=N line that gives every service the
+same count. dev is one node, so --replicas must stay 1: replicas need a NATS
+cluster, whose node URLs the services take with --server.`,
 		Example: `  herald dev --data-dir ./nats-data
   go run ./examples/shop/orders   --db orders.db   --listen 127.0.0.1:8081
   go run ./examples/shop/shipping --db shipping.db --listen 127.0.0.1:8082
-  herald dev --listen 127.0.0.1:4334 &   # another port: then export the NATS_URL it prints`,
+  herald dev --listen 127.0.0.1:4334 &   # another port: then export the NATS_URL it prints
+  herald dev --partitions 4 &            # then export the HERALD_PARTITIONS it prints`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := scale.check(true); err != nil {
+				return err
+			}
 			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelInfo}))
 			b, err := natsjs.Embedded(cmd.Context(), natsjs.WithDataDir(dataDir), natsjs.WithListen(listen),
 				natsjs.WithSyncAlways(syncAlways), natsjs.WithLogger(log), natsjs.WithServerLogLevel(serverLogLevel(verbose)),
-				natsjs.WithTraceStorage(natsjs.TraceOnFile))
+				natsjs.WithTraceStorage(natsjs.TraceOnFile), natsjs.WithPartitions(scale.partitions))
 			if err != nil {
 				if errors.Is(err, natsjs.ErrInvalidOption) {
 					return usageErrorf("--listen %s: %w", listen, err)
@@ -58,6 +68,9 @@ and herald tail see what was recorded before dev restarted.`,
 			}
 			out := cmd.OutOrStdout()
 			fmt.Fprintf(out, "NATS JetStream ready: %s (data in %s)\nexport NATS_URL=%s\n", b.URL(), dataDir, b.URL())
+			if scale.partitions != natsjs.DefaultPartitions {
+				fmt.Fprintf(out, "export HERALD_PARTITIONS=%d\n", scale.partitions)
+			}
 			if h := os.Getenv("HERALD_NATS_URL"); h != "" && h != b.URL() {
 				fmt.Fprintf(out, "note: HERALD_NATS_URL=%s is set and wins over NATS_URL: unset HERALD_NATS_URL\n", h)
 			}
@@ -70,6 +83,7 @@ and herald tail see what was recorded before dev restarted.`,
 	cmd.Flags().StringVar(&dataDir, "data-dir", "herald-dev-data", "JetStream storage `DIR`")
 	cmd.Flags().BoolVar(&syncAlways, "sync-always", true, "fsync every write before acknowledging it")
 	cmd.Flags().BoolVar(&verbose, "verbose", false, verboseUsage)
+	registerScale(cmd.Flags(), &scale)
 	return cmd
 }
 

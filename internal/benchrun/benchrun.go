@@ -204,15 +204,11 @@ func Run(ctx context.Context, cfg Config, names []string, each func(Result)) ([]
 		}
 		todo = append(todo, Scenarios[i])
 	}
-	dir := cfg.Dir
-	if dir == "" {
-		d, err := os.MkdirTemp("", "herald-bench-")
-		if err != nil {
-			return nil, fmt.Errorf("bench: temp dir: %w", err)
-		}
-		defer os.RemoveAll(d)
-		dir = d
+	dir, cleanup, err := runDir(cfg.Dir)
+	if err != nil {
+		return nil, err
 	}
+	defer cleanup()
 	r := &runner{cfg: cfg, dir: dir, each: each}
 	for _, s := range todo {
 		if err := r.runProfiled(ctx, s); err != nil {
@@ -220,6 +216,18 @@ func Run(ctx context.Context, cfg Config, names []string, each func(Result)) ([]
 		}
 	}
 	return r.results, nil
+}
+
+// runDir is dir, or a new temporary directory that cleanup removes.
+func runDir(dir string) (_ string, cleanup func(), _ error) {
+	if dir != "" {
+		return dir, func() {}, nil
+	}
+	d, err := os.MkdirTemp("", "herald-bench-")
+	if err != nil {
+		return "", nil, fmt.Errorf("bench: temp dir: %w", err)
+	}
+	return d, func() { os.RemoveAll(d) }, nil
 }
 
 // runProfiled runs s, under the CPU profiler when a profile directory is set.

@@ -2,7 +2,8 @@
 // deliveries, keeps them in per-key FIFO queues so that a retrying event
 // holds back only later events of its own key (queue.go), holds new events
 // back after a crash or a reconnect until the events that were out are
-// back (hold.go), handles ready events in batched transactions — a fast
+// back (hold.go) unless the broker restarts delivery in order itself
+// (broker.Claimer), handles ready events in batched transactions — a fast
 // pass without savepoints, an isolated pass with a savepoint per event
 // after a handler failed, over one shared path that runs one event
 // (pass.go) — and acknowledges only after commit.
@@ -196,6 +197,43 @@ type run struct {
 	// are held so that no event overtakes an older one of its key.
 	hold  hold
 	epoch uint64 // the transport's reconnects seen (broker.Resumer)
+	// claims: the broker hands the subscription's partition to one
+	// consumer at a time and restarts its delivery at the ack floor, in
+	// stream order, on every takeover and reconnect (broker.Claimer): no
+	// hold is needed. See claimsInOrder.
+	claims bool
+}
+
+// claimsInOrder reports whether b hands sub's partition to one consumer at
+// a time and restarts its delivery at the first unacknowledged event, in
+// stream order, whenever a consumer gains it or its connection comes back
+// (broker.Claimer). Then the consumer never holds: what a crashed holder,
+// or a lost connection, left unacknowledged comes again before any newer
+// event, at once rather than after its ack wait.
+//
+// Deliveries from before such a restart that still sit in the queue are
+// harmless. The restart delivers them again with their stream sequence, and
+// the queue swaps the live delivery in (queue.redeliver: the item keeps its
+// place, its attempts and its retry time); one the restart does not bring
+// back was acknowledged meanwhile — by this consumer, whose ack had not
+// landed, or by another holder — and runs into its inbox row and is acked
+// again, a no-op.
+//
+// Order per key holds across holders, a zombie included (an old holder
+// that lost the partition but still finishes what it had queued): every
+// holder handles a key's events in stream order, a new holder starts at
+// the ack floor, and an event is acknowledged only after its effect
+// committed, so the new holder handles every event the old one has not
+// committed — before any newer event of the key. The inbox's unique row
+// lets only one of the two commit each event: if the zombie commits event
+// e first, the new holder finds e's row (its claim waits for the zombie's
+// transaction, or fails it) before it handles anything newer of the key;
+// if the new holder commits e first, the zombie's claim finds the row and
+// it only acknowledges. Either way e's effect precedes every newer one of
+// its key, and happens once.
+func claimsInOrder(b Broker, sub broker.Subscription) bool {
+	c, ok := b.(broker.Claimer)
+	return ok && c.ClaimsInOrder(sub)
 }
 
 // PanicError is an engine panic a run ended in.
@@ -213,7 +251,7 @@ func (e *PanicError) Error() string {
 func (c *Consumer) runOnce(ctx context.Context) (err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	cfg := &c.cfg
-	r := &run{cfg: cfg, q: newQueue()}
+	r := &run{cfg: cfg, q: newQueue(), claims: claimsInOrder(cfg.Broker, cfg.Subscription)}
 	ackWait := cfg.Subscription.AckWait
 	r.hold = hold{ackWait: ackWait, tick: tickOf(ackWait)}
 	in := make(chan []broker.Delivery, 8)
@@ -373,7 +411,13 @@ func (r *run) resumed(ctx context.Context) {
 // count fewer events than are out. Only a broker that also tells its
 // delivered sequence (broker.PendingStater) can end such a hold before the
 // ack wait is over.
+//
+// A broker that claims in order (r.claims) needs no hold: it restarts
+// delivery at the ack floor itself.
 func (r *run) recover(ctx context.Context, reconnected bool) {
+	if r.claims {
+		return
+	}
 	_, stater := r.cfg.Broker.(broker.PendingStater)
 	if _, ok := r.cfg.Broker.(broker.PendingCounter); !ok && !stater {
 		return

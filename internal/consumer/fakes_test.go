@@ -108,6 +108,19 @@ func (b *staterBroker) set(pending int, floor, delivered uint64) {
 	b.state.Store(&broker.PendingState{Pending: pending, AckFloor: floor, Delivered: delivered})
 }
 
+// claimerBroker is a staterBroker that claims in order (broker.Claimer)
+// when claims is set: it would have a hold begin, were it not for that.
+type claimerBroker struct {
+	*staterBroker
+	claims bool
+	asked  atomic.Int64 // ClaimsInOrder calls
+}
+
+func (b *claimerBroker) ClaimsInOrder(broker.Subscription) bool {
+	b.asked.Add(1)
+	return b.claims
+}
+
 // counterBroker tells only a bare count (broker.PendingCounter) and its
 // reconnects.
 type counterBroker struct {

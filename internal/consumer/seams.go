@@ -13,7 +13,11 @@ import (
 // Broker is what a consumer needs from the broker. A broker that also
 // implements broker.PendingStater or broker.PendingCounter lets the consumer
 // hold new events back after a crash or a reconnect (broker.Resumer) until
-// the events that were out are back; see hold.
+// the events that were out are back; see hold. A broker that implements
+// broker.Claimer and claims the subscription in order needs no hold; see
+// claimsInOrder. The subscription's Partition says which partition of a
+// partitioned broker (broker.Partitioner) the consumer runs: one consumer
+// per partition, each with its own queues.
 type Broker interface {
 	Consume(ctx context.Context, sub broker.Subscription, batch int, h broker.Handler) error
 	PublishDeadLetter(ctx context.Context, d broker.DeadLetter) error

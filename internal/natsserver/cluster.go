@@ -69,6 +69,18 @@ type ClusterConfig struct {
 	// LeafDeny lists subjects the remotes neither import nor export
 	// (deny_imports and deny_exports).
 	LeafDeny []string
+	// SyncInterval is JetStream's sync_interval: empty or "always" (an
+	// fsync per write, what the tests run), or a duration such as "1s" or
+	// "2m" (the server's own default).
+	SyncInterval string
+}
+
+// jetStreamConf is the JetStream block of the nodes' configuration.
+func (cfg ClusterConfig) jetStreamConf() string {
+	if cfg.SyncInterval == "" || cfg.SyncInterval == "always" {
+		return jetstreamConf
+	}
+	return strings.Replace(jetstreamConf, "sync_interval: always", "sync_interval: "+cfg.SyncInterval, 1)
 }
 
 // StartClusterConfig starts the cluster of cfg with its store directories
@@ -81,23 +93,35 @@ func StartClusterConfig(t testing.TB, dir string, cfg ClusterConfig) *Cluster {
 		t.Fatalf("natsserver: cluster of %d nodes", cfg.Nodes)
 	}
 	bin := Build(t)
+	c, err := launchCluster(t, bin, dir, cfg, t.Logf)
+	if err != nil {
+		t.Fatalf("natsserver: cluster: %v", err)
+	}
+	t.Cleanup(c.close)
+	return c
+}
+
+// launchCluster starts the cluster, trying new ports up to three times.
+// t is nil outside tests.
+func launchCluster(t testing.TB, bin, dir string, cfg ClusterConfig, logf func(string, ...any)) (*Cluster, error) {
 	var err error
 	for attempt := 0; attempt < 3; attempt++ {
 		var c *Cluster
 		if c, err = startCluster(t, bin, dir, cfg, attempt); err == nil {
-			t.Cleanup(c.close)
-			return c
+			return c, nil
 		}
 		// Most likely a port taken meanwhile: pick new ones.
-		t.Logf("natsserver: cluster start attempt %d: %v", attempt+1, err)
+		logf("natsserver: cluster start attempt %d: %v", attempt+1, err)
 	}
-	t.Fatalf("natsserver: cluster: %v", err)
-	return nil
+	return nil, err
 }
 
 func startCluster(t testing.TB, bin, dir string, cfg ClusterConfig, attempt int) (*Cluster, error) {
 	n := cfg.Nodes
-	ports := freePorts(t, 3*n)
+	ports, err := freePorts(3 * n)
+	if err != nil {
+		return nil, err
+	}
 	client, routes, leafs := ports[:n], ports[n:2*n], ports[2*n:]
 	c := &Cluster{t: t, name: fmt.Sprintf("herald-test-%d-%d", os.Getpid(), routes[0]), domain: cfg.Domain}
 	var urls []string
@@ -113,6 +137,7 @@ func startCluster(t testing.TB, bin, dir string, cfg ClusterConfig, attempt int)
 			return nil, err
 		}
 		s := newServer(t, bin, ndir)
+		s.js = cfg.jetStreamConf()
 		s.port = client[i]
 		s.name = fmt.Sprintf("herald-test-%d-%d", os.Getpid(), s.port)
 		s.domain = cfg.Domain
@@ -179,17 +204,20 @@ func quoteAll(ss []string) string {
 
 // freePorts returns k distinct ports on 127.0.0.1 that were free a moment
 // ago.
-func freePorts(t testing.TB, k int) []int {
+func freePorts(k int) ([]int, error) {
 	seen := map[int]bool{}
 	var ports []int
 	for len(ports) < k {
-		p := FreePort(t)
+		p, err := freePort()
+		if err != nil {
+			return nil, err
+		}
 		if !seen[p] {
 			seen[p] = true
 			ports = append(ports, p)
 		}
 	}
-	return ports
+	return ports, nil
 }
 
 func (c *Cluster) close() {

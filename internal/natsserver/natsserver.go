@@ -1,6 +1,8 @@
 // Package natsserver builds and runs an external nats-server process for
 // tests: the version go.mod pins, with JetStream on a spare loopback port,
 // fsyncing every write, so that tests can SIGKILL and restart a real broker.
+// Binary and LaunchCluster do the same outside tests, for herald bench
+// scale.
 //
 // Build compiles the server once per test binary (and reuses a binary cached
 // under os.UserCacheDir()/herald-test across runs). Start runs it; the test's
@@ -47,11 +49,21 @@ func Build(t testing.TB) string {
 	if testing.Short() {
 		t.Skip("-short: no external nats-server")
 	}
-	buildOnce.Do(func() { buildBin, buildErr = build() })
-	if buildErr != nil {
-		t.Fatalf("natsserver: %v", buildErr)
+	bin, err := Binary()
+	if err != nil {
+		t.Fatalf("natsserver: %v", err)
 	}
-	return buildBin
+	return bin
+}
+
+// Binary is Build outside tests (herald bench scale): the path of the
+// nats-server binary of the version go.mod pins, cached or built with the
+// go command the first time in this process. It needs the go command and
+// herald's source (the directory of this package, or the working
+// directory inside the module).
+func Binary() (string, error) {
+	buildOnce.Do(func() { buildBin, buildErr = build() })
+	return buildBin, buildErr
 }
 
 // version returns the version of the server module this module requires,
@@ -156,18 +168,27 @@ func ok(bin, v string) bool {
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
 func FreePort(t testing.TB) int {
 	t.Helper()
+	p, err := freePort()
+	if err != nil {
+		t.Fatalf("natsserver: %v", err)
+	}
+	return p
+}
+
+func freePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatalf("natsserver: free port: %v", err)
+		return 0, fmt.Errorf("free port: %w", err)
 	}
 	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // Server is one nats-server process (restartable) on a fixed port and store
 // directory.
 type Server struct {
-	t    testing.TB
+	t    testing.TB // nil outside tests
+	js   string     // the configuration's JetStream block
 	bin  string
 	dir  string
 	port int
@@ -225,7 +246,7 @@ func Start(t testing.TB, dir string, port int) *Server {
 const jetstreamConf = "jetstream {\n  sync_interval: always\n  max_memory_store: 256MB\n  max_file_store: 4GB\n}\n"
 
 func newServer(t testing.TB, bin, dir string) *Server {
-	return &Server{t: t, bin: bin, dir: dir,
+	return &Server{t: t, js: jetstreamConf, bin: bin, dir: dir,
 		conf: filepath.Join(dir, "nats-server.conf"),
 		logf: filepath.Join(dir, "nats-server.log"),
 	}
@@ -234,7 +255,7 @@ func newServer(t testing.TB, bin, dir string) *Server {
 // writeConf writes the configuration file: JetStream (in s.domain, if
 // set), then extra.
 func (s *Server) writeConf(extra string) error {
-	js := jetstreamConf
+	js := s.js
 	if s.domain != "" {
 		js = strings.Replace(js, "{\n", "{\n  domain: "+strconv.Quote(s.domain)+"\n", 1)
 	}

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -52,6 +53,8 @@ const (
 //	--trace      record the causal trace on the broker (default true; read it with herald trace / herald tail)
 //	--otel       OpenTelemetry exporter: none, stdout, otlp (OTEL_TRACES_EXPORTER; otlp when OTEL_EXPORTER_OTLP_ENDPOINT is set)
 //	--otel-endpoint  OTLP/HTTP endpoint URL (OTEL_EXPORTER_OTLP_ENDPOINT)
+//	--partitions N partitions of the integration events (HERALD_PARTITIONS, default 1; the same for every service)
+//	--replicas   N replicas of every stream       (HERALD_REPLICAS, default 1; more needs a NATS cluster)
 //
 // and, for shipping, --dispatch-delay; for notifications, --smtp and
 // --smtp-from. Every service serves Prometheus metrics at /metrics.
@@ -113,6 +116,30 @@ type options struct {
 	otel                 tracing.Config
 	delay                time.Duration // shipping
 	smtpAddr, smtpFrom   string        // notifications
+	partitions, replicas int
+	envErr               error // a HERALD_PARTITIONS or HERALD_REPLICAS that is no number
+}
+
+// ScaleFromEnv is the partition and replica counts HERALD_PARTITIONS and
+// HERALD_REPLICAS set, each 1 when unset or empty; the error names a
+// variable that is no whole number. The services' --partitions and
+// --replicas default to them, and so do herald demo's and herald dev's.
+func ScaleFromEnv() (partitions, replicas int, err error) {
+	partitions, perr := envInt("HERALD_PARTITIONS", natsjs.DefaultPartitions)
+	replicas, rerr := envInt("HERALD_REPLICAS", natsjs.DefaultReplicas)
+	return partitions, replicas, errors.Join(perr, rerr)
+}
+
+func envInt(key string, def int) (int, error) {
+	v := os.Getenv(key)
+	if v == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		return def, fmt.Errorf("%s=%q: want a whole number", key, v)
+	}
+	return n, nil
 }
 
 // newFlags defines the flags of service name: the common ones and its own.
@@ -129,6 +156,10 @@ func newFlags(name string) (*flag.FlagSet, *options) {
 	fs.BoolVar(&o.trace, "trace", true, "record the causal trace of every hop on the broker (read it with herald trace and herald tail)")
 	fs.StringVar(&o.otel.Exporter, "otel", o.otel.Exporter, "OpenTelemetry span `EXPORTER`: none, stdout or otlp (env OTEL_TRACES_EXPORTER)")
 	fs.StringVar(&o.otel.Endpoint, "otel-endpoint", "", "OTLP/HTTP endpoint `URL` (default: OTEL_EXPORTER_OTLP_ENDPOINT)")
+	p, r, err := ScaleFromEnv()
+	o.envErr = err
+	fs.IntVar(&o.partitions, "partitions", p, fmt.Sprintf("`N` partitions of the integration events, 1 to %d, the same for every service of the shop (env HERALD_PARTITIONS)", natsjs.MaxPartitions))
+	fs.IntVar(&o.replicas, "replicas", r, "`N` replicas of every stream, 1 to 5; more than 1 needs a NATS cluster (env HERALD_REPLICAS)")
 	switch name {
 	case "shipping":
 		fs.DurationVar(&o.delay, "dispatch-delay", 200*time.Millisecond, "time from scheduling a shipment to dispatching it")
@@ -148,6 +179,12 @@ func (o *options) check() error {
 		return errors.New("no database: pass --db FILE or --postgres URL")
 	case o.delay < 0:
 		return fmt.Errorf("--dispatch-delay %v: want 0 or more", o.delay)
+	case o.envErr != nil:
+		return o.envErr
+	case o.partitions < 1 || o.partitions > natsjs.MaxPartitions:
+		return fmt.Errorf("--partitions %d: want 1 to %d", o.partitions, natsjs.MaxPartitions)
+	case o.replicas < 1 || o.replicas > 5:
+		return fmt.Errorf("--replicas %d: want 1 to 5", o.replicas)
 	}
 	return nil
 }
@@ -227,7 +264,8 @@ func run(ctx context.Context, name string, o *options, stdout, stderr io.Writer)
 		cfg.Options = append(cfg.Options, tracing.New(tp).Options()...)
 	}
 
-	b, err := natsjs.Connect(ctx, strings.Split(o.nats, ","), natsjs.WithLogger(log), natsjs.WithName(name))
+	b, err := natsjs.Connect(ctx, strings.Split(o.nats, ","), natsjs.WithLogger(log), natsjs.WithName(name),
+		natsjs.WithPartitions(o.partitions), natsjs.WithReplicas(o.replicas))
 	if err != nil {
 		if ctx.Err() != nil { // stopped while waiting for the server: a clean stop
 			log.Info("stopped before connecting to NATS", "err", err)

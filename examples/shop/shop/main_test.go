@@ -80,6 +80,11 @@ func TestServiceUsageErrors(t *testing.T) {
 		{"shipping", []string{"--dispatch-delay", "soon"}, "invalid value"},
 		{"orders", []string{"extra"}, `unexpected argument "extra"`},
 		{"orders", []string{"--server", ""}, "no NATS server"},
+		{"orders", []string{"--partitions", "0"}, "--partitions 0: want 1 to 256"},
+		{"shipping", []string{"--partitions", "257"}, "--partitions 257: want 1 to 256"},
+		{"reviews", []string{"--partitions", "many"}, `invalid value "many" for flag -partitions`},
+		{"notifications", []string{"--replicas", "0"}, "--replicas 0: want 1 to 5"},
+		{"orders", []string{"--replicas", "7"}, "--replicas 7: want 1 to 5"},
 	} {
 		var out, errb bytes.Buffer
 		code := Run(context.Background(), c.name, c.args, &out, &errb)
@@ -119,6 +124,47 @@ func TestServiceNATSURLSources(t *testing.T) {
 	for _, f := range []string{"--server", "-s", "--nats"} {
 		if got := url(f, "nats://127.0.0.1:3"); got != "nats://127.0.0.1:3" {
 			t.Errorf("%s: %q", f, got)
+		}
+	}
+}
+
+// TestServiceScaleFlagsFromEnv: --partitions and --replicas default to
+// HERALD_PARTITIONS and HERALD_REPLICAS (else 1), a flag wins over its
+// variable, and a variable that is no number is a usage error naming it.
+func TestServiceScaleFlagsFromEnv(t *testing.T) {
+	for _, c := range []struct {
+		env            [2]string // HERALD_PARTITIONS, HERALD_REPLICAS
+		args           []string
+		partitions, rf int
+		err            string
+	}{
+		{env: [2]string{"", ""}, partitions: 1, rf: 1},
+		{env: [2]string{"4", "3"}, partitions: 4, rf: 3},
+		{env: [2]string{"4", "3"}, args: []string{"--partitions", "8", "--replicas", "1"}, partitions: 8, rf: 1},
+		{env: [2]string{"four", ""}, err: `HERALD_PARTITIONS="four": want a whole number`},
+		{env: [2]string{"", "3x"}, err: `HERALD_REPLICAS="3x": want a whole number`},
+		{env: [2]string{"0", ""}, err: "--partitions 0"},
+	} {
+		t.Setenv("HERALD_PARTITIONS", c.env[0])
+		t.Setenv("HERALD_REPLICAS", c.env[1])
+		fs, o := newFlags("orders")
+		if err := fs.Parse(c.args); err != nil {
+			t.Fatal(err)
+		}
+		err := o.check()
+		switch {
+		case c.err != "":
+			if err == nil || !strings.Contains(err.Error(), c.err) {
+				t.Errorf("env %v, args %v: err %v, want %q", c.env, c.args, err, c.err)
+			}
+			var out, errb bytes.Buffer
+			if code := Run(context.Background(), "orders", c.args, &out, &errb); code != ExitUsage || !strings.Contains(errb.String(), c.err) {
+				t.Errorf("env %v: Run exit %d, stderr %q; want %d naming %q", c.env, code, errb.String(), ExitUsage, c.err)
+			}
+		case err != nil:
+			t.Errorf("env %v, args %v: %v", c.env, c.args, err)
+		case o.partitions != c.partitions || o.replicas != c.rf:
+			t.Errorf("env %v, args %v: partitions %d, replicas %d; want %d, %d", c.env, c.args, o.partitions, o.replicas, c.partitions, c.rf)
 		}
 	}
 }
