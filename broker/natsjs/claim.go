@@ -79,7 +79,7 @@ func (c *consumption) fits(m jetstream.Msg) bool {
 	if c.b.cfg.hasFlaw(flawNoReset) {
 		return true
 	}
-	seq, ok := consumerSeq(m)
+	seq, _, ok := deliverySeqs(m)
 	if ok && seq != c.dseq+1 {
 		return false
 	}
@@ -120,6 +120,10 @@ func (c *consumption) admit(ctx context.Context, m jetstream.Msg) (bool, error) 
 	return c.inOrder(ctx, m)
 }
 
+// maxResetFails is how many restarts of a claim in a row may fail (each
+// followed by a 250ms pause) before Consume gives up with an error.
+const maxResetFails = 20
+
 // strayAfter is how long after a restart a Consume waits for the restart's
 // first delivery before it restarts again: longer than any pull request of
 // before the restart can live (the server may serve one for up to 2 s after
@@ -138,11 +142,11 @@ func (c *consumption) strayAfter() time.Duration { return 2*c.expiry + 2*time.Se
 // wire — and would come back only after its ack wait, behind newer events of
 // its key: the claim restarts again, in place.
 func (c *consumption) inOrder(ctx context.Context, m jetstream.Msg) (bool, error) {
-	seq, ok := consumerSeq(m)
+	seq, sseq, ok := deliverySeqs(m)
 	switch {
 	case !ok:
 		return true, nil
-	case c.first && seq == 1:
+	case c.first && seq == 1 && sseq >= c.resetSeq:
 		c.first, c.dseq = false, 1
 		return true, nil
 	case c.first:
@@ -157,13 +161,24 @@ func (c *consumption) inOrder(ctx context.Context, m jetstream.Msg) (bool, error
 	return true, nil
 }
 
-// consumerSeq returns m's consumer (delivery) sequence.
-func consumerSeq(m jetstream.Msg) (uint64, bool) {
+// deliverySeqs returns m's consumer (delivery) and stream sequences.
+func deliverySeqs(m jetstream.Msg) (consumer, stream uint64, ok bool) {
 	md, err := m.Metadata()
 	if err != nil {
-		return 0, false
+		return 0, 0, false
 	}
-	return md.Sequence.Consumer, true
+	return md.Sequence.Consumer, md.Sequence.Stream, true
+}
+
+// strayCheck restarts a claim whose restart's first delivery has not come
+// within strayAfter while nothing else arrives to notice (the watchdog's
+// tick): delivery 1 went astray, and would come back only after its ack
+// wait.
+func (c *consumption) strayCheck(ctx context.Context) error {
+	if !c.pinned || c.pin == "" || !c.first || c.g == nil || time.Since(c.restarted) <= c.strayAfter() {
+		return nil
+	}
+	return c.restart(ctx, c.pin, "the restart's first delivery went astray", false)
 }
 
 // restart resets the consumer to its ack floor and holds the claim, if the
@@ -198,13 +213,27 @@ func (c *consumption) restart(ctx context.Context, pid, why string, fresh bool) 
 		if r, err = c.b.js.ResetConsumer(rctx, c.stream, c.durable); err == nil {
 			c.setPin(pid)
 			c.seen = seen
-			c.first, c.dseq, c.restarted = true, 0, time.Now()
+			c.first, c.dseq, c.restarted, c.resetSeq = true, 0, time.Now(), r.ResetSeq
+			// What was handed out before is redelivered; its settling no
+			// longer counts (queued deliveries may be replaced unsettled).
+			c.gen.Add(1)
+			c.out.Store(0)
+			c.resetFails = 0
 			c.b.log.Info("herald/natsjs: claim gained", "consumer", c.durable, "partition", c.sub.Partition,
 				"reason", why, "restart_at", r.ResetSeq)
 		}
 	}
 	cancel()
 	if err != nil {
+		c.resetFails++
+		if c.resetFails >= maxResetFails {
+			// Without a reset the claim cannot be held in order; a pull that
+			// goes on would renew the pin and keep the partition from every
+			// other instance. The engine runs Consume again after a pause.
+			return fmt.Errorf("herald/natsjs: consume %s/%s: partition %d: cannot restart the claim on consumer %s "+
+				"(it needs nats-server 2.15 or later and permission to publish $JS.API.CONSUMER.RESET.%s.%s and $JS.API.CONSUMER.INFO.%s.%s): %w",
+				c.sub.Service, c.sub.Name, c.sub.Partition, c.durable, c.stream, c.durable, c.stream, c.durable, err)
+		}
 		// The next message of the pin comes here again.
 		c.b.log.Warn("herald/natsjs: claim: restarting the partition failed; trying again", "consumer", c.durable,
 			"partition", c.sub.Partition, "reason", why, "err", err)
@@ -270,7 +299,11 @@ func (c *consumption) release(why string) {
 	c.stale = pin
 	c.setPin("")
 	deadline := time.Now().Add(releaseSettle)
-	for c.out.Load() > 0 && time.Now().Before(deadline) {
+	// When the Consume's context ended (the engine stops), the engine
+	// settles what it holds only after Consume returned: no use waiting.
+	// What its handlers still finish comes again at the next holder, from
+	// the ack floor, and its inbox absorbs it.
+	for c.out.Load() > 0 && c.hctx.Err() == nil && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	if c.b.cfg.hasFlaw(flawNoUnpin) {

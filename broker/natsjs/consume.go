@@ -209,6 +209,9 @@ func (b *Broker) Consume(ctx context.Context, sub broker.Subscription, batch int
 			}
 			return fmt.Errorf("herald/natsjs: consume %s/%s: pull subscription stopped", sub.Service, sub.Name)
 		case <-watch.C:
+			if err := c.strayCheck(ctx); err != nil {
+				return err
+			}
 			if c.g == nil || time.Since(c.last) < watchEvery || !pullLost(ctx, cons, c.pinned, c.pin) {
 				continue
 			}
@@ -273,13 +276,19 @@ type consumption struct {
 	// first: the claim was restarted and its delivery 1 has not arrived
 	// yet; dseq is the consumer sequence of the claim's last delivery
 	// admitted; restarted is when the claim was restarted (see inOrder).
-	first     bool
-	dseq      uint64
-	restarted time.Time
-	out       atomic.Int64 // deliveries handed to h and not yet settled
-	holding   atomic.Bool  // pin != "", for the balancer
-	offUntil  atomic.Int64 // unix nanoseconds: released, stays off the partition until then
-	releasing atomic.Bool  // a release by the balancer is under way
+	// resetSeq is the stream sequence the claim's reset restarted at;
+	// gen counts the resets, so that deliveries handed out before one no
+	// longer count in out; resetFails counts failed restarts in a row.
+	first      bool
+	dseq       uint64
+	restarted  time.Time
+	resetSeq   uint64
+	gen        atomic.Uint64
+	resetFails int
+	out        atomic.Int64 // deliveries handed to h and not yet settled
+	holding    atomic.Bool  // pin != "", for the balancer
+	offUntil   atomic.Int64 // unix nanoseconds: released, stays off the partition until then
+	releasing  atomic.Bool  // a release by the balancer is under way
 }
 
 // setPin records the claim held ("" for none).
@@ -472,7 +481,7 @@ func (c *consumption) deliver(m jetstream.Msg) {
 func (c *consumption) newDelivery(m jetstream.Msg) *delivery {
 	d := c.b.newDelivery(m, c.acks)
 	if c.pinned {
-		d.claim = c
+		d.claim, d.gen = c, c.gen.Load()
 		c.out.Add(1)
 	}
 	return d
@@ -497,6 +506,7 @@ type delivery struct {
 	seq   uint64
 	acks  *ackLog      // where its ack is kept, to be sent again after a reconnect
 	claim *consumption // the claimed partition's Consume it counts as out in, or nil
+	gen   uint64       // claim.gen when it was handed out
 	done  atomic.Bool  // settled (for claim)
 
 	hdrOnce sync.Once
@@ -653,7 +663,7 @@ func (d *delivery) Term() error {
 // settled records the first settlement of a delivery of a claimed
 // partition: it no longer counts as out (see consumption.release).
 func (d *delivery) settled() {
-	if d.claim != nil && d.done.CompareAndSwap(false, true) {
+	if d.claim != nil && d.done.CompareAndSwap(false, true) && d.gen == d.claim.gen.Load() {
 		d.claim.out.Add(-1)
 	}
 }
