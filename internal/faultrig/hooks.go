@@ -104,7 +104,11 @@ func (p *Probe) Consume(ctx context.Context, sub broker.Subscription, batch int,
 					p.received(e)
 				}
 			}
-			if p.report && d.NumDelivered() > 1 {
+			if p.report {
+				// Every delivery, not only NumDelivered > 1: a broker that
+				// restarts a claimed partition at its ack floor
+				// (broker.Claimer) delivers the dead run's unacknowledged
+				// events again with NumDelivered 1.
 				p.inspect(ctx, d)
 			}
 			out[i] = d
@@ -132,6 +136,8 @@ func (p *Probe) inspect(ctx context.Context, d broker.Delivery) {
 	}
 	what := "uncommitted" // its earlier delivery never took effect
 	switch {
+	case err == nil && len(gens) == 0 && d.NumDelivered() == 1:
+		return // a first delivery, as far as anyone can tell
 	case err != nil && ctx.Err() != nil:
 		return // shutting down
 	case err != nil:
