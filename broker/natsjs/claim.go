@@ -146,6 +146,19 @@ func (c *consumption) restart(ctx context.Context, pid, why string) error {
 	return c.startPull()
 }
 
+// checkClaim drops the claim this Consume holds if the consumer's pin is no
+// longer its own (after the server refused a pull's pin).
+func (c *consumption) checkClaim(ctx context.Context) {
+	if c.pin == "" {
+		return
+	}
+	ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if ci, err := c.cons.Info(ictx); err == nil && pinnedClient(ci) != c.pin {
+		c.loseClaim("the server refused this instance's pin (423) and holds another")
+	}
+}
+
 // loseClaim records that the server refused this Consume's pin: what it
 // buffered is dropped (the next holder restarts from the ack floor), and
 // later messages of the pin too.

@@ -225,7 +225,9 @@ func (b *Broker) Consume(ctx context.Context, sub broker.Subscription, batch int
 				return err
 			}
 		case <-c.lost:
-			c.loseClaim("the server refused this instance's pin (423)")
+			// A 423 names no pin: it may be for an older pull's, the
+			// claim just gained being fine. Ask the server.
+			c.checkClaim(ctx)
 		case m := <-msgs:
 			if err := c.receive(ctx, m); err != nil {
 				return err

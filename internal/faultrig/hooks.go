@@ -92,6 +92,17 @@ func (a *Arrivals) LostBetween(from, to time.Time) (n int, last time.Time) {
 }
 
 func (p *Probe) Consume(ctx context.Context, sub broker.Subscription, batch int, h broker.Handler) error {
+	// A claimed subscription (broker.Claimer) restarts at its ack floor when
+	// this run gains it, and a reset restarts the delivery count: what the
+	// killed run had delivered comes again with NumDelivered 1. So every
+	// event up to what the broker had delivered before this run is a
+	// redelivery.
+	var before uint64
+	if p.report && p.Broker.ClaimsInOrder(sub) {
+		if st, err := p.Broker.PendingState(ctx, sub); err == nil {
+			before = st.Delivered
+		}
+	}
 	return p.Broker.Consume(ctx, sub, batch, func(ctx context.Context, ds []broker.Delivery) {
 		out := make([]broker.Delivery, len(ds))
 		for i, d := range ds {
@@ -104,11 +115,7 @@ func (p *Probe) Consume(ctx context.Context, sub broker.Subscription, batch int,
 					p.received(e)
 				}
 			}
-			if p.report {
-				// Every delivery, not only NumDelivered > 1: a broker that
-				// restarts a claimed partition at its ack floor
-				// (broker.Claimer) delivers the dead run's unacknowledged
-				// events again with NumDelivered 1.
+			if p.report && (d.NumDelivered() > 1 || d.Sequence() <= before) {
 				p.inspect(ctx, d)
 			}
 			out[i] = d
@@ -136,8 +143,6 @@ func (p *Probe) inspect(ctx context.Context, d broker.Delivery) {
 	}
 	what := "uncommitted" // its earlier delivery never took effect
 	switch {
-	case err == nil && len(gens) == 0 && d.NumDelivered() == 1:
-		return // a first delivery, as far as anyone can tell
 	case err != nil && ctx.Err() != nil:
 		return // shutting down
 	case err != nil:
