@@ -30,6 +30,10 @@ func (c *slowCounter) Pending(ctx context.Context, _ broker.Subscription) (int, 
 	return 0, fmt.Errorf("pending: %w", ctx.Err())
 }
 
+// ClaimsInOrder is false: a subscription the broker claims in order
+// (natsjs does) never holds, so it would never ask.
+func (c *slowCounter) ClaimsInOrder(broker.Subscription) bool { return false }
+
 func (c *slowCounter) PendingState(ctx context.Context, sub broker.Subscription) (broker.PendingState, error) {
 	_, err := c.Pending(ctx, sub)
 	return broker.PendingState{}, err

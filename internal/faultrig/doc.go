@@ -18,7 +18,8 @@
 //   - Probe lets each ack reach the broker late (AckNoWait is allowed to
 //     lose acks: that is its contract), so that a kill finds committed but
 //     unacknowledged events (commit → ack); it also reports every
-//     redelivered event whose effect a previous process already committed,
+//     redelivered event whose effect a previous process already committed
+//     (NumDelivered > 1, or a delivery after a claim's reset at the ack floor),
 //     which proves the inbox absorbed it.
 //
 // The same wrappers tell the broker-restart test when to kill the server:
