@@ -322,12 +322,15 @@ type instanceVariant struct {
 	leaderKill bool // SIGKILL the leader node of one partition's stream, restart it
 }
 
-// relayPartitionIndependent says whether the relay publishes each
-// partition on its own (issue 12, branch h12-relay): then a stream leader's
-// death stalls only its partition (for the election, 4-9 s) and the
-// effects table's stall is bounded like an instance kill's. Until it is
-// merged, that stall is only logged.
-const relayPartitionIndependent = false
+// leaderKillBounded says whether the stall after a stream leader's SIGKILL
+// is held to maxInstanceStall. The relay publishes each partition on its
+// own (internal/relay, parts.go), so the stream's election (4-9 s) stalls
+// only its partitions' publishes; but when the killed node also led a
+// partition's consumer, that partition sometimes resumed only ~10 s after
+// the consumer's election (the new leader pinned a pull late; issue 12's
+// notes), so the effects table stalled 0.5-11.2 s over 5 runs. Until that
+// is fixed the stall is logged, not asserted.
+const leaderKillBounded = false
 
 // maxInstanceStall bounds the time without progress in the effects table
 // after an instance is SIGKILLed or added: the pinned TTL (2s) plus a pull
@@ -583,7 +586,7 @@ func orderAcrossInstances(t *testing.T, v instanceVariant) {
 		leader.Kill()
 		killed := time.Now()
 		faults = append(faults, fault{what: fmt.Sprintf("SIGKILL %s, leader of %s", leader.Name(), stream), at: killed,
-			bounded: relayPartitionIndependent})
+			bounded: leaderKillBounded})
 		next, err := cluster.WaitStreamLeader(ctx, stream, leader)
 		if err != nil {
 			t.Fatal(err)
