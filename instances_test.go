@@ -561,6 +561,15 @@ func orderAcrossInstances(t *testing.T, v instanceVariant) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// The node leads p's consumer too: its new leader's first pin
+		// must reach the instance that pulls p, not wait out an ack wait.
+		durable := natsjs.ConsumerName("shipping", "ship")
+		if v.partitions > 1 {
+			durable = fmt.Sprintf("%s_p%d", durable, p)
+		}
+		if err := cluster.MoveConsumerLeader(ctx, stream, durable, leader); err != nil {
+			t.Fatal(err)
+		}
 		// What else the node leads goes down with it: other partitions'
 		// streams, and consumers.
 		var streams, consumers []string
