@@ -190,16 +190,24 @@ func (c *consumption) strayCheck(ctx context.Context) error {
 // would leave its request behind, which the server may go on serving for a
 // while: the deliveries it takes would be lost to this Consume.
 func (c *consumption) restart(ctx context.Context, pid, why string, fresh bool) error {
+	g := c.g
 	if fresh {
-		c.stopGen(c.g, false)
+		c.stopGen(g, false)
 		c.g = nil
 	}
+	own := g.seenPin() // after the stop: what reached the pull till then counts
 	c.next = nil
 	held := c.pin
 	c.setPin("")
 	seen := c.b.nc.Stats().Reconnects
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	ci, err := c.cons.Info(rctx)
+	if err == nil && pid != own && own != "" && own != c.stale && pinnedClient(ci) == own {
+		// The pin moved on, to this Consume's own pull (a new consumer
+		// leader pinned it before this Consume noticed the election): the
+		// claim is this Consume's under the new pin.
+		pid, why = own, why+"; the consumer pinned this instance's pull"
+	}
 	switch {
 	case err != nil:
 	case pinnedClient(ci) != pid:
@@ -252,16 +260,24 @@ func (c *consumption) restart(ctx context.Context, pid, why string, fresh bool) 
 }
 
 // checkClaim drops the claim this Consume holds if the consumer's pin is no
-// longer its own (after the server refused a pull's pin).
-func (c *consumption) checkClaim(ctx context.Context) {
+// longer its own (after the server refused a pull's pin) — or, when the
+// consumer pinned this Consume's pull anew (a new leader, which refuses the
+// old pin), restarts the claim under the new pin: what the pull buffered
+// under it was delivered before the reset, and comes again.
+func (c *consumption) checkClaim(ctx context.Context) error {
 	if c.pin == "" {
-		return
+		return nil
 	}
 	ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	if ci, err := c.cons.Info(ictx); err == nil && pinnedClient(ci) != c.pin {
+	ci, err := c.cons.Info(ictx)
+	if own := c.g.seenPin(); err == nil && own != "" && own != c.pin && pinnedClient(ci) == own {
+		return c.restart(ctx, own, "the consumer pinned this instance's pull anew", false)
+	}
+	if err == nil && pinnedClient(ci) != c.pin {
 		c.loseClaim("the server refused this instance's pin (423) and holds another")
 	}
+	return nil
 }
 
 // loseClaim records that the server refused this Consume's pin: what it

@@ -230,7 +230,9 @@ func (b *Broker) Consume(ctx context.Context, sub broker.Subscription, batch int
 		case <-c.lost:
 			// A 423 names no pin: it may be for an older pull's, the
 			// claim just gained being fine. Ask the server.
-			c.checkClaim(ctx)
+			if err := c.checkClaim(ctx); err != nil {
+				return err
+			}
 		case m := <-msgs:
 			if err := c.receive(ctx, m); err != nil {
 				return err
@@ -304,6 +306,20 @@ type pullGen struct {
 	msgs    chan jetstream.Msg
 	quit    chan struct{}
 	stopped <-chan struct{}
+	pin     atomic.Pointer[string] // the pin id of the last message that reached it
+}
+
+// seenPin returns the pin id the server stamped on the last message that
+// reached g's pull ("" for none, or g nil): the pin of this pull, unless
+// the pin moved on since.
+func (g *pullGen) seenPin() string {
+	if g == nil {
+		return ""
+	}
+	if p := g.pin.Load(); p != nil {
+		return *p
+	}
+	return ""
 }
 
 // pull starts a pull subscription.
@@ -340,6 +356,9 @@ func (c *consumption) pull() (*pullGen, error) {
 		opts = append(opts, jetstream.PullPriorityGroup(priorityGroup))
 	}
 	cc, err := c.cons.Consume(func(m jetstream.Msg) {
+		if pid := m.Headers().Get(hdrPinID); pid != "" && g.seenPin() != pid {
+			g.pin.Store(&pid)
+		}
 		select {
 		case g.msgs <- m:
 		case <-g.quit:
@@ -403,8 +422,17 @@ func (c *consumption) repull(ctx context.Context, why string) error {
 		if c.pin != "" {
 			return c.restart(ctx, c.pin, why, true)
 		}
-		c.stopGen(c.g, false)
+		g := c.g
+		c.stopGen(g, false)
 		c.g, c.next = nil, nil
+		own := g.seenPin() // after the stop: what reached the pull till then counts
+		if own != "" && own != c.stale {
+			// The new leader may have pinned this very pull already and
+			// delivered to it (what the stop just dropped would come back
+			// only after the ack wait): take the claim if the pin is the
+			// pull's, restarting the partition.
+			return c.restart(ctx, own, why+"; the consumer pinned this instance's pull", false)
+		}
 		return c.startPull()
 	}
 	g := c.g
