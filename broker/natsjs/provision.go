@@ -77,6 +77,7 @@ func (b *Broker) Provision(ctx context.Context, t broker.Topology) error {
 			return fmt.Errorf("herald/natsjs: provision consumer %s on %s: %w", c.cfg.Durable, c.stream, err)
 		}
 	}
+	b.spreadLeaders(ctx, cfgs)
 	return nil
 }
 
