@@ -121,19 +121,25 @@ func (b *clusterAcks) Publish(ctx context.Context, events []*envelope.Envelope) 
 	return errs
 }
 
-// clusterProducer is "orders" on st and b: each clusterOrderPlaced it
-// records becomes a clusterOrderConfirmed of its key.
-func clusterProducer(st *store.Store, b broker.Broker, log *slog.Logger) (*herald.Service, error) {
-	producer, err := herald.New("orders", herald.WithStore(st), herald.WithBroker(b), herald.WithLogger(log),
+// clusterProducer is "orders" on st and b, its acknowledged publishes
+// counted (the clusterAcks it returns): each clusterOrderPlaced it records
+// becomes a clusterOrderConfirmed of its key. It is not started.
+func clusterProducer(t *testing.T, st *store.Store, b *natsjs.Broker, log *slog.Logger) (*herald.Service, *clusterAcks) {
+	t.Helper()
+	counted := &clusterAcks{Broker: b}
+	producer, err := herald.New("orders", herald.WithStore(st), herald.WithBroker(counted), herald.WithLogger(log),
 		herald.WithRelay(herald.RelayConfig{PollInterval: 50 * time.Millisecond}))
 	if err != nil {
-		return nil, err
+		t.Fatal(err)
 	}
 	err = herald.Translate(producer, clusterOrderPlaced, clusterOrderConfirmed, func(_ context.Context, p clusterPlaced) (clusterEvent, error) {
 		k, s := clusterKey(p.Index)
 		return clusterEvent{Key: k, Seq: s, Index: p.Index}, nil
 	})
-	return producer, err
+	if err != nil {
+		t.Fatal(err)
+	}
+	return producer, counted
 }
 
 // clusterShippingStore is the store of "shipping", with its tables of
@@ -339,11 +345,7 @@ func clusterLeaderKill(t *testing.T, publisherOnLeader bool) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { pb.Close() })
-	counted := &clusterAcks{Broker: pb}
-	producer, err := clusterProducer(pst, counted, plog)
-	if err != nil {
-		t.Fatal(err)
-	}
+	producer, counted := clusterProducer(t, pst, pb, plog)
 
 	clog := logs.logger(t, "shipping")
 	cb, err := clusterConnect(ctx, c, "shipping", clog)

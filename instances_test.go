@@ -420,11 +420,7 @@ func orderAcrossInstances(t *testing.T, v instanceVariant) {
 			t.Fatalf("%s: %v", q, err)
 		}
 	}
-	effects := func() int64 {
-		var n int64
-		_ = cst.DB().QueryRow(`SELECT COUNT(*) FROM effects`).Scan(&n)
-		return n
-	}
+	effects := func() int64 { return clusterEffects(cst) }
 
 	// The producer, in this process.
 	pst := clusterStore(t, "orders", `CREATE TABLE placed (idx INTEGER PRIMARY KEY)`)
@@ -434,15 +430,8 @@ func orderAcrossInstances(t *testing.T, v instanceVariant) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { pb.Close() })
-	counted := &clusterAcks{Broker: pb}
-	producer, err := clusterProducer(pst, counted, plog)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := producer.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { producer.Close() })
+	producer, counted := clusterProducer(t, pst, pb, plog)
+	clusterStart(t, ctx, producer)
 
 	role := func(i int) instanceRole {
 		return instanceRole{Name: fmt.Sprintf("i%d", i), URLs: urls, DB: cdsn, Partitions: v.partitions, Replicas: replicas,

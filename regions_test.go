@@ -68,11 +68,7 @@ func regionsLinkCut(t *testing.T, aNodes, bNodes int) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { pb.Close() })
-	counted := &clusterAcks{Broker: pb}
-	producer, err := clusterProducer(pst, counted, plog)
-	if err != nil {
-		t.Fatal(err)
-	}
+	producer, counted := clusterProducer(t, pst, pb, plog)
 	clusterStart(t, ctx, producer)
 
 	// Region b: shipping, sourcing region a.
