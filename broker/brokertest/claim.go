@@ -105,20 +105,23 @@ func (s *suite) claimMovesOnDeath(t *testing.T) {
 	provision(t, b, sub)
 	es := newEvents(typ, envelope.KindIntegration, 10)
 	idx := indexOf(es)
-	var acked sync.WaitGroup
-	acked.Add(3)
+	var mu sync.Mutex
+	acked := map[string]bool{}
 	ca, _ := takeClaim(t, a, b, sub, func(ctx context.Context, d broker.Delivery, r received) {
-		if i, ok := idx[r.id]; ok && i < 3 && r.num == 1 {
+		if i, ok := idx[r.id]; ok && i < 3 {
 			if err := d.Ack(ctx); err != nil {
 				t.Errorf("Ack: %v", err)
+				return
 			}
-			acked.Done()
+			mu.Lock()
+			acked[r.id] = true
+			mu.Unlock()
 		} // the others stay unacknowledged
 	})
 	cb := startConsume(t, b, sub, 10, nil)
 	publish(t, b, es...)
 	waitFor(t, "the holder to receive every event", func() bool { return len(ca.snapshot()) >= 1+len(es) })
-	acked.Wait()
+	waitFor(t, "the holder to acknowledge the first 3 events", func() bool { mu.Lock(); defer mu.Unlock(); return len(acked) == 3 })
 	time.Sleep(200 * time.Millisecond) // room for a wrong delivery to the standby
 	if n := len(cb.snapshot()); n != 0 {
 		t.Fatalf("the standby received %d events while the holder lived: two consumers hold one partition", n)

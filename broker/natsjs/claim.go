@@ -181,6 +181,52 @@ func (c *consumption) strayCheck(ctx context.Context) error {
 	return c.restart(ctx, c.pin, "the restart's first delivery went astray", false)
 }
 
+// astrayAfter is how long a claim's deliveries may be pending at the
+// server with none arriving, none buffered and none with h, before
+// astrayCheck takes them for lost.
+func (c *consumption) astrayAfter() time.Duration { return max(2*c.expiry, 2*time.Second) }
+
+// ownPin returns the pin id nats.go's consumer sends with this Consume's
+// pull requests, as far as this Consume saw it (clientPin).
+func (c *consumption) ownPin() string {
+	if p := c.clientPin.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+// astrayCheck restarts a claim whose deliveries went astray: the consumer
+// is pinned to this Consume's pull (the claim it holds, or the pin its pull
+// carries though this Consume had given it up), deliveries are pending at
+// the server, and for astrayAfter none arrived while nothing was buffered
+// or with h. They went to a pull this Consume replaced, or were lost on the
+// wire (a reconnect, a new consumer leader), and would come back only after
+// their ack wait; when they fill MaxAckPending nothing else comes either,
+// while the pin, renewed by this Consume's pulls, keeps every standby off.
+// A Nak with a delay leaves its delivery pending on purpose: not before it
+// is due. ci is the consumer's info of the watchdog's tick.
+func (c *consumption) astrayCheck(ctx context.Context, ci *jetstream.ConsumerInfo) error {
+	if !c.pinned || c.g == nil || c.next != nil || len(c.g.msgs) > 0 || c.out.Load() > 0 {
+		return nil
+	}
+	quiet := min(time.Since(c.last), time.Since(c.restarted))
+	if quiet < c.astrayAfter() || time.Now().UnixNano() < c.delayedUntil.Load() {
+		return nil
+	}
+	own := c.ownPin()
+	if c.pin == "" && own == "" {
+		return nil
+	}
+	if ci.NumAckPending == 0 {
+		return nil
+	}
+	pin := pinnedClient(ci)
+	if pin == "" || (pin != c.pin && pin != own) {
+		return nil // another instance's claim, or none yet
+	}
+	return c.restart(ctx, pin, fmt.Sprintf("%d deliveries pending at the server and none arrived for %v", ci.NumAckPending, quiet.Round(time.Millisecond)), false)
+}
+
 // restart resets the consumer to its ack floor and holds the claim, if the
 // consumer's pin is pid. With fresh it first replaces the pull (dropping
 // what it buffered) by a new pull subscription — nats.go's consumer keeps
@@ -220,6 +266,10 @@ func (c *consumption) restart(ctx context.Context, pid, why string, fresh bool) 
 		var r *jetstream.ConsumerResetResponse
 		if r, err = c.b.js.ResetConsumer(rctx, c.stream, c.durable); err == nil {
 			c.setPin(pid)
+			if c.stale == pid {
+				c.stale = "" // given up too early: the pin was this Consume's pull's
+			}
+			c.delayedUntil.Store(0) // the reset redelivers those at once
 			c.seen = seen
 			c.first, c.dseq, c.restarted, c.resetSeq = true, 0, time.Now(), r.ResetSeq
 			// What was handed out before is redelivered; its settling no

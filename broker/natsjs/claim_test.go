@@ -3,6 +3,7 @@ package natsjs
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -192,5 +193,114 @@ func TestCloseReleasesClaims(t *testing.T) {
 	}
 	if g := ib.snapshot(); g[0].id != es[1].ID {
 		t.Fatalf("B received %s first, want %s", g[0].id, es[1].ID)
+	}
+}
+
+// withLoss makes the broker's pulls drop the messages lose returns true
+// for, as if lost on the wire.
+func withLoss(lose func(jetstream.Msg) bool) Option {
+	return func(c *config) error { c.lose = lose; return nil }
+}
+
+// TestClaimRecoversDeliveriesLostOnTheWire: the holder's last deliveries
+// never reach it (lost on the wire, or sent to a pull it replaced) and
+// nothing newer comes to reveal a gap: the holder restarts the partition
+// within seconds rather than waiting out the ack wait (a minute here). A
+// delivery its handler holds unsettled, or one nak'ed with a delay, is no
+// loss: the partition is not restarted for it.
+func TestClaimRecoversDeliveriesLostOnTheWire(t *testing.T) {
+	const typ = "claim.astray"
+	sub := broker.Subscription{Service: "svc", Name: "astray", Types: []string{typ}, Kind: envelope.KindIntegration, AckWait: time.Minute}
+	setup := func(t *testing.T, lose func(jetstream.Msg) bool) *Broker {
+		b := embedded(t, WithEphemeral(), withLoss(lose))
+		if err := b.Provision(testCtx(t, 30*time.Second), broker.Topology{Service: "svc", Subscriptions: []broker.Subscription{sub}}); err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+
+	t.Run("lost", func(t *testing.T) {
+		var drop atomic.Int64 // how many of the next stamped deliveries to lose
+		b := setup(t, func(m jetstream.Msg) bool {
+			if m.Headers().Get(hdrPinID) == "" {
+				return false
+			}
+			for {
+				n := drop.Load()
+				if n <= 0 {
+					return false
+				}
+				if drop.CompareAndSwap(n, n-1) {
+					return true
+				}
+			}
+		})
+		in := consumeAs(t, b, sub, nil)
+		es := bulk(typ, 6)
+		mustPublish(t, b, es[:1])
+		waitUntil(t, 10*time.Second, "the claim", func() bool { return len(in.snapshot()) >= 1 })
+		drop.Store(5)
+		lostAt := time.Now()
+		mustPublish(t, b, es[1:])
+		waitUntil(t, 15*time.Second, "the lost deliveries to come again", func() bool { return len(in.snapshot()) >= len(es) })
+		got := in.snapshot()
+		took := got[len(got)-1].at.Sub(lostAt)
+		t.Logf("the lost deliveries came again %v after they were published (ack wait %v)", took.Round(time.Millisecond), sub.AckWait)
+		for i, e := range es {
+			if got[i].id != e.ID {
+				t.Fatalf("delivery %d is %s, want %s: not in stream order", i, got[i].id, e.ID)
+			}
+		}
+	})
+
+	// Longer than astrayAfter plus a watchdog tick, shorter than the
+	// Nak's delay.
+	const quiet = 3 * time.Second
+	for _, tc := range []struct {
+		name   string
+		settle func(d broker.Delivery) // the second delivery's
+	}{
+		{"held by the handler", func(broker.Delivery) {}},
+		{"nak'ed with a delay", func(d broker.Delivery) { _ = d.Nak(2 * quiet) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := setup(t, nil)
+			var mu sync.Mutex
+			var seen []string
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() {
+				done <- b.Consume(ctx, sub, 16, func(ctx context.Context, ds []broker.Delivery) {
+					mu.Lock()
+					defer mu.Unlock()
+					for _, d := range ds {
+						seen = append(seen, d.Header()[envelope.HeaderID])
+						if len(seen) == 1 {
+							_ = d.AckNoWait()
+						} else {
+							tc.settle(d)
+						}
+					}
+				})
+			}()
+			t.Cleanup(func() {
+				cancel()
+				select {
+				case <-done:
+				case <-time.After(20 * time.Second):
+					t.Error("Consume did not return")
+				}
+			})
+			count := func() int { mu.Lock(); defer mu.Unlock(); return len(seen) }
+			es := bulk(typ, 2)
+			mustPublish(t, b, es[:1])
+			waitUntil(t, 10*time.Second, "the claim", func() bool { return count() >= 1 })
+			mustPublish(t, b, es[1:])
+			waitUntil(t, 10*time.Second, "the second delivery", func() bool { return count() >= 2 })
+			time.Sleep(quiet) // what must not happen meanwhile: a restart
+			if n := count(); n != 2 {
+				t.Fatalf("%d deliveries, want 2: the partition was restarted for a delivery %s", n, tc.name)
+			}
+		})
 	}
 }

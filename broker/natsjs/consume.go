@@ -36,12 +36,24 @@ const watchEvery = 500 * time.Millisecond
 // when pin, this Consume's pin, is the consumer's, or when no client is
 // pinned and no pull waits.
 func pullLost(ctx context.Context, cons jetstream.Consumer, pinned bool, pin string) bool {
+	ci := consumerInfo(ctx, cons)
+	return ci != nil && pullLostIn(ci, pinned, pin)
+}
+
+// consumerInfo asks the server for cons's info, waiting at most a second;
+// nil when it does not answer.
+func consumerInfo(ctx context.Context, cons jetstream.Consumer) *jetstream.ConsumerInfo {
 	ictx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	ci, err := cons.Info(ictx)
 	if err != nil {
-		return false
+		return nil
 	}
+	return ci
+}
+
+// pullLostIn is pullLost on info the server gave.
+func pullLostIn(ci *jetstream.ConsumerInfo, pinned bool, pin string) bool {
 	if ci.NumPending == 0 || ci.NumAckPending > 0 {
 		return false
 	}
@@ -212,7 +224,17 @@ func (b *Broker) Consume(ctx context.Context, sub broker.Subscription, batch int
 			if err := c.strayCheck(ctx); err != nil {
 				return err
 			}
-			if c.g == nil || time.Since(c.last) < watchEvery || !pullLost(ctx, cons, c.pinned, c.pin) {
+			if c.g == nil || time.Since(c.last) < watchEvery {
+				continue
+			}
+			ci := consumerInfo(ctx, cons)
+			if ci == nil {
+				continue
+			}
+			if !pullLostIn(ci, c.pinned, c.pin) {
+				if err := c.astrayCheck(ctx, ci); err != nil {
+					return err
+				}
 				continue
 			}
 			b.log.Info("herald/natsjs: consume: the server has events and no pull of this consumer; pulling again", "consumer", durable)
@@ -288,9 +310,17 @@ type consumption struct {
 	gen        atomic.Uint64
 	resetFails int
 	out        atomic.Int64 // deliveries handed to h and not yet settled
-	holding    atomic.Bool  // pin != "", for the balancer
-	offUntil   atomic.Int64 // unix nanoseconds: released, stays off the partition until then
-	releasing  atomic.Bool  // a release by the balancer is under way
+	// delayedUntil (unix nanoseconds) is when the latest redelivery asked
+	// for by a Nak with a delay is due: until then, deliveries pending at
+	// the server with none arriving is no sign of loss (astrayCheck).
+	delayedUntil atomic.Int64
+	// clientPin is the pin id stamped on the last message that reached any
+	// of this Consume's pulls, "" after the server refused a pin (423):
+	// the pin nats.go's consumer sends with its pull requests.
+	clientPin atomic.Pointer[string]
+	holding   atomic.Bool  // pin != "", for the balancer
+	offUntil  atomic.Int64 // unix nanoseconds: released, stays off the partition until then
+	releasing atomic.Bool  // a release by the balancer is under way
 }
 
 // setPin records the claim held ("" for none).
@@ -341,6 +371,7 @@ func (c *consumption) pull() (*pullGen, error) {
 				}
 			case errors.Is(err, jetstream.ErrPinIDMismatch):
 				// nats.go forgets the pin and pulls on as a standby.
+				c.clientPin.Store(nil)
 				select {
 				case c.lost <- struct{}{}:
 				default:
@@ -355,9 +386,14 @@ func (c *consumption) pull() (*pullGen, error) {
 	if c.pinned {
 		opts = append(opts, jetstream.PullPriorityGroup(priorityGroup))
 	}
+	lose := c.b.cfg.lose
 	cc, err := c.cons.Consume(func(m jetstream.Msg) {
+		if lose != nil && lose(m) {
+			return
+		}
 		if pid := m.Headers().Get(hdrPinID); pid != "" && g.seenPin() != pid {
 			g.pin.Store(&pid)
+			c.clientPin.Store(&pid)
 		}
 		select {
 		case g.msgs <- m:
@@ -475,11 +511,13 @@ func (c *consumption) startPull() error {
 // receive hands m, and what else is already waiting, to h as one batch —
 // once m passes the claim's checks (admit).
 func (c *consumption) receive(ctx context.Context, m jetstream.Msg) error {
-	c.last = time.Now()
 	ok, err := c.admit(ctx, m)
 	if err != nil || !ok {
 		return err
 	}
+	// Only what is admitted counts as arrived: deliveries dropped as
+	// stale, or as sent before a restart, are no progress (astrayCheck).
+	c.last = time.Now()
 	c.deliver(m)
 	return nil
 }
@@ -667,6 +705,15 @@ func (d *delivery) Nak(delay time.Duration) error {
 	d.settled()
 	if delay <= 0 {
 		return d.settleErr("nak", d.m.Nak())
+	}
+	if c := d.claim; c != nil {
+		due := time.Now().Add(delay).UnixNano()
+		for {
+			was := c.delayedUntil.Load()
+			if was >= due || c.delayedUntil.CompareAndSwap(was, due) {
+				break
+			}
+		}
 	}
 	return d.settleErr("nak", d.m.NakWithDelay(delay))
 }

@@ -9,6 +9,8 @@ import (
 	"os"
 	"strconv"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // ErrInvalidOption is wrapped by every error that reports a bad option or a
@@ -62,11 +64,14 @@ type config struct {
 	mode mode
 
 	// shared
-	prefix          string
-	replicas        int
-	partitions      int
-	pinnedTTL       time.Duration
-	flaw            string // a deliberate defect, for the tests that must catch it (claim.go)
+	prefix     string
+	replicas   int
+	partitions int
+	pinnedTTL  time.Duration
+	flaw       string // a deliberate defect, for the tests that must catch it (claim.go)
+	// lose, set by tests, drops the messages it returns true for as they
+	// reach a pull, as if lost on the wire.
+	lose            func(jetstream.Msg) bool
 	maxInFlight     int
 	dupWindow       time.Duration
 	maxAge          time.Duration
