@@ -82,7 +82,14 @@ func TestExternalRestartSendsLostAcksAgain(t *testing.T) {
 			mu.Unlock()
 		})
 	}()
-	t.Cleanup(func() { cancel(); <-done })
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			t.Error("Consume did not return after its context ended")
+		}
+	})
 	count := func() int { mu.Lock(); defer mu.Unlock(); return len(held) }
 	deadline := time.Now().Add(30 * time.Second)
 	testwait.UntilReport(t, time.Until(deadline), func() bool { return count() >= n },

@@ -777,8 +777,13 @@ func TestCloseLeavesNoGoroutines(t *testing.T) {
 		if err := b.Close(); err != nil {
 			t.Fatal(err)
 		}
-		if err := <-done; !errors.Is(err, broker.ErrClosed) {
-			t.Fatalf("Consume after Close: %v", err)
+		select {
+		case err := <-done:
+			if !errors.Is(err, broker.ErrClosed) {
+				t.Fatalf("Consume after Close: %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("Consume did not return after Close")
 		}
 	}
 	run() // warm up lazily started package-level goroutines
