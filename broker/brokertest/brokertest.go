@@ -658,7 +658,9 @@ func (s *suite) ackWaitRedelivers(t *testing.T) {
 func (s *suite) inProgressPostpones(t *testing.T) {
 	b := s.newBroker(t)
 	svc, name, typ := names(t)
-	const ackWait = time.Second
+	// Long enough that a test process starved of CPU for a while (the
+	// race detector on a loaded machine) still reports progress in time.
+	const ackWait = 2 * time.Second
 	sub := subscription(svc, name, typ, envelope.KindIntegration, ackWait)
 	provision(t, b, sub)
 	e := newEvent(typ, envelope.KindIntegration, 1)
@@ -666,11 +668,11 @@ func (s *suite) inProgressPostpones(t *testing.T) {
 	var settled atomic.Bool
 	c := startConsume(t, b, sub, 10, func(ctx context.Context, d broker.Delivery, r received) {
 		// Work for 2 AckWaits, reporting progress, then ack.
-		for range 8 {
+		for range 16 {
 			if err := d.InProgress(); err != nil {
 				t.Errorf("InProgress: %v", err)
 			}
-			time.Sleep(ackWait / 4)
+			time.Sleep(ackWait / 8)
 		}
 		if err := d.Ack(ctx); err != nil {
 			t.Errorf("Ack after InProgress: %v", err)

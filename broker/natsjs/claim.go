@@ -181,11 +181,6 @@ func (c *consumption) strayCheck(ctx context.Context) error {
 	return c.restart(ctx, c.pin, "the restart's first delivery went astray", false)
 }
 
-// astrayAfter is how long a claim's deliveries may be pending at the
-// server with none arriving, none buffered and none with h, before
-// astrayCheck takes them for lost.
-func (c *consumption) astrayAfter() time.Duration { return max(2*c.expiry, 2*time.Second) }
-
 // ownPin returns the pin id nats.go's consumer sends with this Consume's
 // pull requests, as far as this Consume saw it (clientPin).
 func (c *consumption) ownPin() string {
@@ -198,7 +193,7 @@ func (c *consumption) ownPin() string {
 // astrayCheck restarts a claim whose deliveries went astray: the consumer
 // is pinned to this Consume's pull (the claim it holds, or the pin its pull
 // carries though this Consume had given it up), deliveries are pending at
-// the server, and for astrayAfter none arrived while nothing was buffered
+// the server, and for strayAfter none arrived while nothing was buffered
 // or with h. They went to a pull this Consume replaced, or were lost on the
 // wire (a reconnect, a new consumer leader), and would come back only after
 // their ack wait; when they fill MaxAckPending nothing else comes either,
@@ -206,11 +201,13 @@ func (c *consumption) ownPin() string {
 // A Nak with a delay leaves its delivery pending on purpose: not before it
 // is due. ci is the consumer's info of the watchdog's tick.
 func (c *consumption) astrayCheck(ctx context.Context, ci *jetstream.ConsumerInfo) error {
-	if !c.pinned || c.g == nil || c.next != nil || len(c.g.msgs) > 0 || c.out.Load() > 0 {
-		return nil
+	if !c.pinned || c.g == nil || (c.first && c.pin != "") || c.next != nil || len(c.g.msgs) > 0 || c.out.Load() > 0 {
+		return nil // a restart's first delivery is strayCheck's
 	}
+	// As long as strayCheck waits: under load, a reset's redeliveries can
+	// take seconds, and a shorter wait would reset again and again.
 	quiet := min(time.Since(c.last), time.Since(c.restarted))
-	if quiet < c.astrayAfter() || time.Now().UnixNano() < c.delayedUntil.Load() {
+	if quiet < c.strayAfter() || time.Now().UnixNano() < c.delayedUntil.Load() {
 		return nil
 	}
 	own := c.ownPin()

@@ -253,9 +253,9 @@ func TestClaimRecoversDeliveriesLostOnTheWire(t *testing.T) {
 		}
 	})
 
-	// Longer than astrayAfter plus a watchdog tick, shorter than the
+	// Longer than strayAfter plus a watchdog tick, shorter than the
 	// Nak's delay.
-	const quiet = 3 * time.Second
+	const quiet = 5 * time.Second
 	for _, tc := range []struct {
 		name   string
 		settle func(d broker.Delivery) // the second delivery's
@@ -264,6 +264,7 @@ func TestClaimRecoversDeliveriesLostOnTheWire(t *testing.T) {
 		{"nak'ed with a delay", func(d broker.Delivery) { _ = d.Nak(2 * quiet) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			b := setup(t, nil)
 			var mu sync.Mutex
 			var seen []string
