@@ -93,3 +93,19 @@ func Install(ctx context.Context, dir, probe string) error {
 	}
 	return nil
 }
+
+// Check is Require for a test that runs without node, only with less:
+// it reports whether node and npm are there, logs what is skipped when
+// they are not, and fails t when HERALD_TEST_REQUIRE_NODE=1.
+func Check(t testing.TB, what string) bool {
+	t.Helper()
+	err := Available()
+	if err == nil {
+		return true
+	}
+	if os.Getenv(EnvRequireNode) == "1" {
+		t.Fatalf("%s: node and npm are required (%s=1): %v", what, EnvRequireNode, err)
+	}
+	t.Logf("%s: skipped: %v (set %s=1 to make this a failure)", what, err, EnvRequireNode)
+	return false
+}
