@@ -263,6 +263,7 @@ type State struct {
 	Format     int               `json:"format"`
 	Counts     map[string]int    `json:"counts"`     // product → confirmed orders that contain it
 	Duplicates int               `json:"duplicates"` // events delivered again and not applied
+	Rejected   int               `json:"rejected"`   // messages terminated: malformed, or a version it does not read
 	Outbox     []json.RawMessage `json:"outbox"`     // trending events not yet acknowledged by JetStream
 	Published  []string          `json:"published"`  // ce-id of every trending event published
 	Seen       []string          `json:"seen"`       // ce-id of every order event applied

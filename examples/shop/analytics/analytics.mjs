@@ -153,6 +153,12 @@ async function handle(m) {
     // redelivery; the reason is logged (a herald service would dead-letter it).
     log(`term ${m.subject} seq ${m.seq}: ${err.message}`);
     m.term(String(err.message).slice(0, 200));
+    state.rejected++;
+    try {
+      state.save(); // only a statistic: the term stands either way
+    } catch (saveErr) {
+      log(`save: ${saveErr.message}`);
+    }
     return;
   }
   try {
@@ -215,10 +221,19 @@ async function kvPut(bucket, key, value, h) {
   try {
     await js.publish(subject, value, h ? { headers: h } : undefined);
   } catch (err) {
-    if (err?.code !== "503" && !/no responders/i.test(String(err?.message))) throw err;
+    if (!noResponders(err)) throw err;
     await createBucket(bucket); // no herald service has created it yet
     await js.publish(subject, value, h ? { headers: h } : undefined);
   }
+}
+
+// noResponders reports whether a publish failed because no stream holds
+// the subject (here: the bucket does not exist).
+function noResponders(err) {
+  for (let e = err; e; e = e.cause) {
+    if (e.name === "NoResponders" || e.code === "503" || /no responders/i.test(String(e.message))) return true;
+  }
+  return false;
 }
 
 // createBucket creates a KV bucket as herald (and every NATS client) would:

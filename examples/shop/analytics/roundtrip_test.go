@@ -125,6 +125,18 @@ func roundTrip(t *testing.T, dir string, parts int) {
 		t.Errorf("after a duplicate: counts %v, want %v", st.Counts, want)
 	}
 
+	// Garbage and an unknown version are terminated, not retried: the
+	// consumer ends with nothing pending and nothing redelivered.
+	publishBad(t, b.URL(), parts)
+	testwait.UntilReport(t, 30*time.Second, func() bool {
+		st, _ = analytics.ReadState(state)
+		return st.Rejected == 2
+	}, report)
+	if !maps.Equal(st.Counts, want) {
+		t.Errorf("after rejected messages: counts %v, want %v", st.Counts, want)
+	}
+	checkConsumers(t, b.URL(), parts)
+
 	// The catalog lists it like any herald service.
 	ms, err := catalog.Load(ctx, b)
 	if err != nil {
@@ -219,6 +231,67 @@ func republish(t *testing.T, url string, parts int) {
 		return
 	}
 	t.Fatal("no shop.order.confirmed in any partition")
+}
+
+// publishBad publishes, to partition 0's order subject, a message that is
+// no CloudEvent and a shop.order.confirmed of version 9.
+func publishBad(t *testing.T, url string, parts int) {
+	t.Helper()
+	subject := "herald.int.shop.order.confirmed"
+	if parts > 1 {
+		subject = "herald.int.0.shop.order.confirmed"
+	}
+	ctx := context.Background()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	garbage := nats.NewMsg(subject)
+	garbage.Data = []byte("not an event")
+	v9 := nats.NewMsg(subject)
+	for k, v := range map[string]string{"ce-specversion": "1.0", "ce-id": "v9-event", "ce-source": "test", "ce-type": "shop.order.confirmed",
+		"ce-time": "2026-01-02T03:04:05Z", "ce-heraldversion": "9", "ce-heraldkind": "integration", "content-type": "application/json"} {
+		v9.Header.Set(k, v)
+	}
+	v9.Data = []byte(`{"order_id": "o-9", "items": [{"product_id": "p-book"}]}`)
+	for _, m := range []*nats.Msg{garbage, v9} {
+		if _, err := js.PublishMsg(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// checkConsumers waits until the Node.js service's consumers have nothing
+// pending or unacknowledged, and checks that no message was redelivered:
+// everything was acknowledged or terminated once.
+func checkConsumers(t *testing.T, url string, parts int) {
+	t.Helper()
+	ctx := context.Background()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	for p := range parts {
+		stream, durable := "HERALD_INT", "analytics"
+		if parts > 1 {
+			stream, durable = fmt.Sprintf("HERALD_INT_%d", p), fmt.Sprintf("analytics_p%d", p)
+		}
+		var info *jetstream.ConsumerInfo
+		testwait.UntilReport(t, 30*time.Second, func() bool {
+			c, err := js.Consumer(ctx, stream, durable)
+			if err == nil {
+				info, err = c.Info(ctx)
+			}
+			return err == nil && info.NumPending == 0 && info.NumAckPending == 0
+		}, func() string { return fmt.Sprintf("consumer %s on %s: %+v", durable, stream, info) })
+		if info.NumRedelivered != 0 {
+			t.Errorf("consumer %s: %d messages redelivered, want 0", durable, info.NumRedelivered)
+		}
+	}
 }
 
 // testLog writes the service's output to the test log.

@@ -17,6 +17,7 @@ export class State {
     this.outbox = []; // trending events to publish: {id, product_id, orders, threshold, causation, correlation}
     this.published = []; // ids of trending events JetStream acknowledged
     this.duplicates = 0; // events received again and not applied (redelivered or republished)
+    this.rejected = 0; // messages terminated as malformed or of a version it does not read
   }
 
   /** load reads the state file, if there is one. */
@@ -36,6 +37,7 @@ export class State {
     st.outbox = j.outbox;
     st.published = j.published;
     st.duplicates = j.duplicates;
+    st.rejected = j.rejected ?? 0;
     return st;
   }
 
@@ -47,6 +49,7 @@ export class State {
       duplicates: this.duplicates,
       outbox: this.outbox,
       published: this.published,
+      rejected: this.rejected,
       seen: [...this.seen],
     });
     const tmp = `${this.path}.tmp`;
