@@ -69,6 +69,7 @@ if (!Number.isInteger(threshold) || threshold < 1) {
 }
 
 const log = (msg) => console.error(`analytics: ${msg}`);
+let closing = false; // set by a clean stop (shutdown)
 
 const nc = await connect({ servers: opt.server.split(","), name: `herald-shop-${SERVICE}` });
 const jsm = await jetstreamManager(nc);
@@ -131,7 +132,13 @@ const loops = consumers.map(async (c) => {
   const messages = await c.consume({ max_messages: 64 });
   stopping.push(() => messages.stop());
   for await (const m of messages) {
-    await serial(() => handle(m));
+    // handle acks, naks or terms every message itself; an error here is a
+    // bug or a lost connection: the message is left to its ack wait.
+    await serial(() => handle(m)).catch((err) => log(`handle ${m.subject} seq ${m.seq}: ${err.message}`));
+  }
+  if (!closing) {
+    log("a consumer stopped delivering");
+    process.exit(1);
   }
 });
 
@@ -265,7 +272,6 @@ async function bucketTTL(bucket) {
 // A clean stop (SIGTERM, SIGINT): stop consuming, finish the event at hand,
 // withdraw this instance from the catalog (the manifest stays, as herald's
 // does), and drain the connection.
-let closing = false;
 async function shutdown(signal) {
   if (closing) return;
   closing = true;
