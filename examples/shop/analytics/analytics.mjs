@@ -77,6 +77,14 @@ const js = jetstream(nc);
 const names = new Names(opt.prefix, await discoverPartitions(jsm, opt.prefix));
 const state = State.load(opt.state);
 
+// Events are applied one at a time (serial): they share one state file.
+let queue = Promise.resolve();
+function serial(fn) {
+  const run = queue.then(fn);
+  queue = run.catch(() => {});
+  return run;
+}
+
 // One durable pull consumer per integration partition, of this service's
 // own (herald's consumers are herald's): explicit ack, everything from the
 // start of the stream, filtered to the one event type it reads.
@@ -118,14 +126,6 @@ await publishOutbox(); // trending events a previous run recorded but did not ge
 const retry = setInterval(() => serial(publishOutbox).catch((err) => log(`publish: ${err.message}`)), 1000);
 
 console.log(`analytics: ready (${names.partitions} partition(s), threshold ${threshold}, ${state.seen.size} events applied)`);
-
-// Events are applied one at a time (serial): they share one state file.
-let queue = Promise.resolve();
-function serial(fn) {
-  const run = queue.then(fn);
-  queue = run.catch(() => {});
-  return run;
-}
 
 const stopping = []; // what stops each consume loop
 const loops = consumers.map(async (c) => {

@@ -32,7 +32,8 @@ import (
 // subscription; a republished order event (same ce-id, new Nats-Msg-Id, so
 // JetStream does not drop it) is counted as a duplicate and not applied;
 // `herald catalog` lists the service with its subscription and what it
-// publishes, with no warnings; and a clean stop withdraws its instance.
+// publishes, with no warnings; a clean stop withdraws its instance; and
+// restarts, after a clean stop and after a SIGKILL, resume where it was.
 func TestRoundTrip(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: runs node and the shop")
@@ -191,6 +192,43 @@ func roundTrip(t *testing.T, dir string, parts int) {
 		if m.Service == analytics.Service && !m.Stale {
 			t.Errorf("after a clean stop analytics has %d instances, want none (stale)", len(m.Instances))
 		}
+	}
+
+	// Restarts resume from the durable consumer and the state file: after
+	// the clean stop and after a SIGKILL, orders placed meanwhile are
+	// counted once, and p-pen crosses the threshold in the second round.
+	for round, stop := range []func(*analytics.Process){nil, (*analytics.Process).Kill} {
+		for i := range 5 {
+			req := orders.PlaceRequest{CustomerID: fmt.Sprintf("r%d-%d", round, i), Email: "r@example.test"}
+			req.Items = append(req.Items, struct {
+				ProductID string `json:"product_id"`
+				Quantity  int    `json:"quantity"`
+			}{"p-pen", 1})
+			want["p-pen"]++
+			if _, err := sys.Orders.Place(ctx, req); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if p, err = analytics.Start(ctx, analytics.Config{Dir: dir, NATS: b.URL(), State: state, Threshold: 5, Log: testLog{t}}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(p.Kill)
+		testwait.UntilReport(t, 30*time.Second, func() bool {
+			st, _ = analytics.ReadState(state)
+			trending, _ = sys.Reviews.Trending(ctx)
+			return maps.Equal(st.Counts, want) && len(trending) == 3
+		}, report)
+		if len(st.Seen) != 35+5*round || st.Duplicates != 1 {
+			t.Errorf("round %d: %d events applied, %d duplicates; want %d, 1", round, len(st.Seen), st.Duplicates, 35+5*round)
+		}
+		if stop != nil {
+			stop(p)
+		} else if err := p.Stop(10 * time.Second); err != nil {
+			t.Fatalf("stop: %v\n%s", err, p.Output())
+		}
+	}
+	if trending[2].ProductID != "p-pen" || trending[2].Orders != 5 {
+		t.Errorf("trending = %+v, want p-pen at 5 orders third", trending)
 	}
 }
 
