@@ -13,13 +13,20 @@
 // the contract and the field. Run the tests once with HERALD_UPDATE_LOCK=1 to
 // write the lock file (after bumping a version, or to record compatible
 // changes), and commit it.
+//
+// ValidateManifest checks a manifest against the documented manifest format
+// (catalog.ManifestSchema), for services that write their manifest by hand.
 package schematest
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"testing"
+
+	"github.com/santhosh-tekuri/jsonschema/v6"
 
 	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/catalog"
@@ -85,4 +92,44 @@ func check(t testing.TB, path string, cs []catalog.Contract) {
 	if err := r.Err(); err != nil {
 		t.Errorf("schematest: %s: %v", path, err)
 	}
+}
+
+// ValidateManifest checks a manifest, as JSON, against the documented
+// manifest format (catalog.ManifestSchema) with a JSON Schema validator, and
+// against catalog's own checks (Manifest.Validate): how a service in
+// another language tests the manifest it publishes.
+func ValidateManifest(t testing.TB, data []byte) {
+	t.Helper()
+	if err := CheckManifest(data); err != nil {
+		t.Error(err)
+	}
+}
+
+// CheckManifest is ValidateManifest returning the error: nil, or what is
+// wrong, naming the property.
+func CheckManifest(data []byte) error {
+	c := jsonschema.NewCompiler()
+	c.AssertFormat()
+	doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(catalog.ManifestSchema))
+	if err != nil {
+		return fmt.Errorf("schematest: the manifest schema: %w", err)
+	}
+	if err := c.AddResource(catalog.ManifestSchemaID, doc); err != nil {
+		return fmt.Errorf("schematest: the manifest schema: %w", err)
+	}
+	sch, err := c.Compile(catalog.ManifestSchemaID)
+	if err != nil {
+		return fmt.Errorf("schematest: the manifest schema: %w", err)
+	}
+	inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(data))
+	if err != nil {
+		return fmt.Errorf("schematest: manifest: %w", err)
+	}
+	if err := sch.Validate(inst); err != nil {
+		return fmt.Errorf("schematest: manifest does not match %s: %w", catalog.ManifestSchemaID, err)
+	}
+	if _, err := catalog.ReadManifests(bytes.NewReader(data)); err != nil {
+		return fmt.Errorf("schematest: %w", err)
+	}
+	return nil
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/broker/natsjs"
+	"github.com/heraldhq/herald/examples/shop/analytics"
 	"github.com/heraldhq/herald/examples/shop/service/orders"
 	"github.com/heraldhq/herald/examples/shop/shop"
 	"github.com/heraldhq/herald/metrics"
@@ -39,6 +40,7 @@ type demoFlags struct {
 	drain     time.Duration
 	trace     bool
 	verbose   bool
+	node      bool
 	otel      tracing.Config
 	scale     scaleFlags
 }
@@ -47,7 +49,7 @@ func newDemo() *cobra.Command {
 	var f demoFlags
 	cmd := &cobra.Command{
 		Use:   "demo",
-		Short: "Run the shop — orders, shipping, notifications, reviews — on the embedded defaults",
+		Short: "Run the shop — orders, shipping, notifications, reviews, and analytics in Node.js — on the embedded defaults",
 		Long: `demo needs no set-up. It starts an in-process NATS JetStream and the shop's
 services in this process, each with its own SQLite database and HTTP API on
 loopback, then places orders over HTTP at --rate for --duration:
@@ -59,7 +61,11 @@ loopback, then places orders over HTTP at --rate for --duration:
   notifications  e-mails the customer on confirmation and dispatch, pushes on
              dispatch, and sends digests of shipment updates (into a
              development mailbox you can open in a browser);
-  reviews    marks the customer a verified buyer of each product.
+  reviews    marks the customer a verified buyer of each product, and
+             marks the products analytics finds trending;
+  analytics  a service in JavaScript (examples/shop/analytics), started
+             when node and npm are on PATH: it counts confirmed orders per
+             product and publishes shop.product.trending.
 
 It prints progress every second and, at the end, checks from each service's
 own tables that every order was shipped and every buyer verified, exiting
@@ -94,6 +100,7 @@ The demo's server is one embedded node, so --replicas must stay 1.`,
 	cmd.Flags().BoolVar(&f.keep, "keep", false, "keep the temporary data directory")
 	cmd.Flags().DurationVar(&f.drain, "drain-timeout", time.Minute, "how long to wait, after the load, for every order to be shipped")
 	cmd.Flags().BoolVar(&f.trace, "trace", true, "record the causal trace and print the first order's at the end")
+	cmd.Flags().BoolVar(&f.node, "node", true, "start the Node.js analytics service when node and npm are on PATH (the embedded server then listens on a loopback port)")
 	cmd.Flags().BoolVar(&f.verbose, "verbose", false, "log at Info on stderr: the services' notices and the embedded NATS server's (default: warnings and errors only)")
 	f.otel = tracing.ConfigFromEnv("herald-demo")
 	cmd.Flags().StringVar(&f.otel.Exporter, "otel", f.otel.Exporter, "OpenTelemetry span `EXPORTER`: none, stdout or otlp (env OTEL_TRACES_EXPORTER)")
@@ -121,8 +128,13 @@ func runDemo(ctx context.Context, out io.Writer, f demoFlags) error {
 		level = slog.LevelInfo
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	b, err := natsjs.Embedded(ctx, append(f.scale.options(), natsjs.WithDataDir(filepath.Join(dir, "nats")), natsjs.WithLogger(log),
-		natsjs.WithServerLogLevel(serverLogLevel(f.verbose)))...)
+	opts := append(f.scale.options(), natsjs.WithDataDir(filepath.Join(dir, "nats")), natsjs.WithLogger(log),
+		natsjs.WithServerLogLevel(serverLogLevel(f.verbose)))
+	node := f.node && analytics.Available() == nil
+	if node {
+		opts = append(opts, natsjs.WithListen("127.0.0.1:0")) // for the Node.js service
+	}
+	b, err := natsjs.Embedded(ctx, opts...)
 	if err != nil {
 		return fmt.Errorf("start the embedded NATS JetStream: %w", err)
 	}
@@ -167,6 +179,14 @@ func runDemo(ctx context.Context, out io.Writer, f demoFlags) error {
 	}
 	fmt.Fprintf(out, "  %-13s http://%s/mailbox/ (the development mailbox)\n", "mailbox", sys.Addr["notifications"])
 	fmt.Fprintf(out, "  %-13s http://%s/metrics (Prometheus; on every service's address)\n", "metrics", sys.Addr["orders"])
+	var nodeSvc *demoNode
+	switch {
+	case node:
+		nodeSvc = startAnalytics(ctx, out, b.URL(), dir, int(float64(f.rate)*f.duration.Seconds()), f.verbose)
+		defer nodeSvc.stop()
+	case f.node:
+		fmt.Fprintf(out, "  %-13s not started: %v\n", "analytics", analytics.Available())
+	}
 	fmt.Fprintf(out, "placing %d orders/s for %v from %d customers (Ctrl-C stops early)\n\n", f.rate, f.duration, f.customers)
 
 	load := &loadGen{url: "http://" + sys.Addr["orders"] + "/orders", customers: f.customers}
@@ -217,7 +237,9 @@ func runDemo(ctx context.Context, out io.Writer, f demoFlags) error {
 	if rec != nil {
 		printFirstTrace(bg, out, b, rec, load)
 	}
-	return verifyDemo(bg, out, sys, load, elapsed)
+	err = verifyDemo(bg, out, sys, load, elapsed)
+	nodeSvc.report(bg, out, sys, int(load.placed.Load()))
+	return err
 }
 
 // printFirstTrace prints the causal trace of the first order placed, as

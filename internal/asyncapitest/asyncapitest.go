@@ -3,7 +3,7 @@
 // export is checked by the reference implementation, not by herald's own
 // code. The validator (testdata/validator: package.json, package-lock.json,
 // validate.mjs) is installed with `npm ci` on first use into its
-// node_modules, which git ignores and later runs reuse.
+// node_modules, which git ignores and later runs reuse (internal/npmci).
 //
 // Without node or npm the tests skip, unless HERALD_TEST_REQUIRE_NODE=1 (CI
 // sets it), which makes that a failure.
@@ -18,86 +18,32 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/heraldhq/herald/internal/npmci"
 )
 
 // EnvRequireNode, set to 1, makes a missing node or npm a test failure
 // instead of a skip.
-const EnvRequireNode = "HERALD_TEST_REQUIRE_NODE"
-
-var install struct {
-	sync.Mutex
-	done bool
-}
+const EnvRequireNode = npmci.EnvRequireNode
 
 // validatorDir returns the validator's directory with its node_modules
 // installed. It skips t when node or npm is missing (see EnvRequireNode).
 func validatorDir(t testing.TB) string {
 	t.Helper()
-	for _, tool := range []string{"node", "npm"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			if os.Getenv(EnvRequireNode) == "1" {
-				t.Fatalf("asyncapitest: %s is required (%s=1): %v", tool, EnvRequireNode, err)
-			}
-			t.Skipf("asyncapitest: %s not found: AsyncAPI documents are validated with node and @asyncapi/parser (set %s=1 to make this a failure)",
-				tool, EnvRequireNode)
-		}
-	}
+	npmci.Require(t, "asyncapitest: AsyncAPI documents are validated with node and @asyncapi/parser")
 	_, file, _, ok := runtime.Caller(0)
 	if !ok {
 		t.Fatal("asyncapitest: cannot locate the validator")
 	}
 	dir := filepath.Join(filepath.Dir(file), "testdata", "validator")
-	install.Lock()
-	defer install.Unlock()
-	if install.done {
-		return dir
-	}
-	if _, err := os.Stat(filepath.Join(dir, "node_modules", "@asyncapi", "parser", "package.json")); err != nil {
-		if err := npmCI(dir); err != nil {
-			t.Fatalf("asyncapitest: install @asyncapi/parser: %v", err)
-		}
-	}
-	install.done = true
-	return dir
-}
-
-// npmCI installs the validator's dependencies in a staging directory and
-// moves its node_modules into place with one rename, so that test binaries
-// of several packages running at once never see a half-installed tree (npm
-// ci starts by deleting node_modules).
-func npmCI(dir string) error {
-	staging, err := os.MkdirTemp(dir, ".staging-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(staging)
-	for _, f := range []string{"package.json", "package-lock.json"} {
-		data, err := os.ReadFile(filepath.Join(dir, f))
-		if err != nil {
-			return err
-		}
-		if err := os.WriteFile(filepath.Join(staging, f), data, 0o644); err != nil {
-			return err
-		}
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "npm", "ci", "--no-audit", "--no-fund", "--ignore-scripts")
-	cmd.Dir = staging
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("npm ci in %s: %w\n%s", staging, err, out)
+	if err := npmci.Install(ctx, dir, "@asyncapi/parser/package.json"); err != nil {
+		t.Fatalf("asyncapitest: install @asyncapi/parser: %v", err)
 	}
-	if err := os.Rename(filepath.Join(staging, "node_modules"), filepath.Join(dir, "node_modules")); err != nil {
-		// Another test binary got there first.
-		if _, statErr := os.Stat(filepath.Join(dir, "node_modules", "@asyncapi", "parser", "package.json")); statErr == nil {
-			return nil
-		}
-		return err
-	}
-	return nil
+	return dir
 }
 
 // Validate runs the official parser on the documents, in one node process

@@ -38,6 +38,15 @@ type ShipmentDispatched struct {
 	Tracking   string `json:"tracking"`
 }
 
+// ProductTrending: a product reached a number of confirmed orders. The
+// analytics service, written in JavaScript (examples/shop/analytics),
+// publishes it; nothing in Go does.
+type ProductTrending struct {
+	ProductID string `json:"product_id"`
+	Orders    int    `json:"orders"`    // confirmed orders that contain the product
+	Threshold int    `json:"threshold"` // the count that makes a product trending
+}
+
 // The contracts, keyed by order so each order's events arrive in order.
 var (
 	OrderConfirmedV1 = herald.Integration[OrderConfirmed]("shop.order.confirmed", herald.Version(1),
@@ -46,4 +55,7 @@ var (
 		herald.KeyBy(func(e ShipmentScheduled) string { return e.OrderID }))
 	ShipmentDispatchedV1 = herald.Integration[ShipmentDispatched]("shop.shipment.dispatched", herald.Version(1),
 		herald.KeyBy(func(e ShipmentDispatched) string { return e.OrderID }))
+	// ProductTrendingV1 is keyed by product: a product's events stay in order.
+	ProductTrendingV1 = herald.Integration[ProductTrending]("shop.product.trending", herald.Version(1),
+		herald.KeyBy(func(e ProductTrending) string { return e.ProductID }))
 )

@@ -47,7 +47,9 @@ var services = []string{"orders", "shipping", "notifications", "reviews"}
 // 1,000 orders over HTTP, SIGKILLs shipping halfway and restarts it, and
 // checks that every order ends up shipped, every customer got exactly one
 // confirmation and one shipped mail per order, and reviews knows every
-// verified buyer.
+// verified buyer. With node on PATH it also runs the Node.js analytics
+// service and checks its round trip: it counted every order, the trending
+// events it published reached reviews, and herald catalog lists it.
 func TestShopEndToEnd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: end-to-end test with processes, a broker and 1,000 orders")
@@ -111,6 +113,15 @@ func TestShopEndToEnd(t *testing.T) {
 		procs[name].waitHTTP(30 * time.Second)
 	}
 	t.Logf("%s: nats-server %s and the four services up after %v", store, nats.URL(), time.Since(start).Round(time.Millisecond))
+	node := startAnalytics(t, tmp, nats.URL())
+	if node != nil {
+		t.Cleanup(func() {
+			if t.Failed() {
+				t.Logf("--- analytics (Node.js) output (tail) ---\n%s", tail(node.logPath, 6000))
+			}
+		})
+		t.Logf("analytics (Node.js, pid %d) up after %v", node.p.PID(), time.Since(start).Round(time.Millisecond))
+	}
 
 	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 2 * concurrency}}
 	ordersURL := "http://" + procs["orders"].addr
@@ -359,6 +370,13 @@ func TestShopEndToEnd(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	if _, problems := check(true); len(problems) > 0 {
 		t.Fatalf("after settling, mail problems:\n%s", strings.Join(problems, "\n"))
+	}
+	if node != nil {
+		productsOf := make([][]string, 0, len(all))
+		for _, o := range all {
+			productsOf = append(productsOf, o.products)
+		}
+		node.check(t, client, reviewsURL, nats.URL(), productsOf)
 	}
 	t.Logf("total %v", time.Since(start).Round(time.Millisecond))
 }

@@ -2,6 +2,7 @@ package shop_test
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"slices"
 	"strings"
@@ -10,6 +11,8 @@ import (
 
 	"github.com/heraldhq/herald/broker/natsjs"
 	"github.com/heraldhq/herald/catalog"
+	"github.com/heraldhq/herald/catalog/schematest"
+	"github.com/heraldhq/herald/examples/shop/analytics"
 	"github.com/heraldhq/herald/examples/shop/shop"
 	"github.com/heraldhq/herald/internal/asyncapitest"
 )
@@ -47,12 +50,19 @@ var shopEdges = []string{
 	// reviews marks verified buyers, added without touching orders.
 	"int:shop.order.confirmed -delivers-> sub:reviews/verify-buyers",
 	"sub:reviews/verify-buyers -records-> dom:reviews/reviews.buyer-verified",
+	// analytics, in JavaScript, counts orders and publishes trending
+	// products, which reviews marks.
+	"int:shop.order.confirmed -delivers-> sub:analytics/count-orders",
+	"dom:analytics/analytics.threshold-reached -translates-> int:shop.product.trending",
+	"int:shop.product.trending -delivers-> sub:reviews/mark-trending",
 }
 
-// TestShopCatalog starts the four services on one embedded broker, reads
-// their manifests back from the broker's key-value bucket, and checks the
-// catalog against the expected graph, its warnings, and the chain of
-// `why order.confirmed`.
+// TestShopCatalog starts the four herald services on one embedded broker,
+// puts the manifest of the Node.js analytics service beside theirs (what it
+// publishes at start, with a heartbeat; analytics' TestRoundTrip runs it), reads the
+// manifests back from the broker's key-value bucket, validates each against
+// the documented manifest format, and checks the catalog against the
+// expected graph, its warnings, and the chain of `why order.confirmed`.
 func TestShopCatalog(t *testing.T) {
 	ctx := context.Background()
 	b, err := natsjs.Embedded(ctx, natsjs.WithEphemeral())
@@ -65,6 +75,26 @@ func TestShopCatalog(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { sys.Close() })
+	nodeManifest, err := analytics.Files.ReadFile("manifest.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.PutManifest(ctx, analytics.Service, nodeManifest); err != nil {
+		t.Fatal(err)
+	}
+	beat, _ := json.Marshal(catalog.Instance{ID: "node-1", Started: time.Now().UTC()})
+	if err := b.Heartbeat(ctx, analytics.Service, "node-1", beat); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := b.Manifests(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for service, data := range raw {
+		if err := schematest.CheckManifest(data); err != nil {
+			t.Errorf("the manifest of %s: %v", service, err)
+		}
+	}
 	ms, err := catalog.Load(ctx, b)
 	if err != nil {
 		t.Fatal(err)
@@ -76,7 +106,7 @@ func TestShopCatalog(t *testing.T) {
 			t.Errorf("service %s: stale=%v with %d instances, want 1 live instance", m.Service, m.Stale, len(m.Instances))
 		}
 	}
-	if want := []string{"notifications", "orders", "reviews", "shipping"}; !slices.Equal(names, want) {
+	if want := []string{"analytics", "notifications", "orders", "reviews", "shipping"}; !slices.Equal(names, want) {
 		t.Fatalf("manifests of %v, want %v", names, want)
 	}
 	g, err := catalog.Build(ms)

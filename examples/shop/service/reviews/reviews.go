@@ -1,7 +1,9 @@
 // Package reviews is the shop's review service, added after the others
 // without any change to them: it listens to shop.order.confirmed to mark
 // customers verified buyers of what they ordered, and shows a "verified"
-// badge on their reviews.
+// badge on their reviews. It also listens to shop.product.trending, which the
+// analytics service (in JavaScript, examples/shop/analytics) publishes, to
+// show a "trending" badge on products.
 package reviews
 
 import (
@@ -47,6 +49,7 @@ func New(ctx context.Context, st *store.Store, opts ...herald.Option) (*Service,
 		`CREATE TABLE IF NOT EXISTS verified_buyers (customer_id TEXT NOT NULL, product_id TEXT NOT NULL, PRIMARY KEY (customer_id, product_id))`,
 		`CREATE TABLE IF NOT EXISTS reviews (id TEXT PRIMARY KEY, customer_id TEXT NOT NULL, product_id TEXT NOT NULL,
 			rating INTEGER NOT NULL, body TEXT NOT NULL, verified INTEGER NOT NULL)`,
+		`CREATE TABLE IF NOT EXISTS trending_products (product_id TEXT PRIMARY KEY, orders INTEGER NOT NULL, event_id TEXT NOT NULL)`,
 	} {
 		if _, err := st.DB().ExecContext(ctx, q); err != nil {
 			return nil, fmt.Errorf("reviews: migrate: %w", err)
@@ -58,7 +61,8 @@ func New(ctx context.Context, st *store.Store, opts ...herald.Option) (*Service,
 	}
 	s := &Service{Service: svc, st: st}
 	if err := errors.Join(svc.Register(verifiedBuyer, posted),
-		herald.Subscribe(svc, contract.OrderConfirmedV1, "verify-buyers", s.verify, herald.Emits(verifiedBuyer))); err != nil {
+		herald.Subscribe(svc, contract.OrderConfirmedV1, "verify-buyers", s.verify, herald.Emits(verifiedBuyer)),
+		herald.Subscribe(svc, contract.ProductTrendingV1, "mark-trending", s.markTrending)); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -78,6 +82,44 @@ func (s *Service) verify(ctx context.Context, tx herald.Tx, e contract.OrderConf
 		}
 	}
 	return nil
+}
+
+// markTrending records a product as trending. The event comes from a
+// service that is not herald's (analytics, in JavaScript); herald's inbox
+// makes its effect exactly-once all the same.
+func (s *Service) markTrending(ctx context.Context, tx herald.Tx, e contract.ProductTrending) error {
+	if strings.TrimSpace(e.ProductID) == "" {
+		return herald.Permanent(errors.New("shop.product.trending without a product_id"))
+	}
+	ev, _ := herald.EventFrom(ctx)
+	_, err := tx.SQL().ExecContext(ctx, s.st.Rebind(`INSERT INTO trending_products (product_id, orders, event_id) VALUES (?, ?, ?) ON CONFLICT DO NOTHING`),
+		e.ProductID, e.Orders, ev.ID)
+	return err
+}
+
+// Trending is a product the analytics service found trending.
+type Trending struct {
+	ProductID string `json:"product_id"`
+	Orders    int    `json:"orders"`   // the confirmed orders it had then
+	EventID   string `json:"event_id"` // the ce-id of the shop.product.trending event
+}
+
+// Trending returns the trending products, by product id.
+func (s *Service) Trending(ctx context.Context) ([]Trending, error) {
+	rows, err := s.st.DB().QueryContext(ctx, `SELECT product_id, orders, event_id FROM trending_products ORDER BY product_id`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := []Trending{}
+	for rows.Next() {
+		var t Trending
+		if err := rows.Scan(&t.ProductID, &t.Orders, &t.EventID); err != nil {
+			return nil, err
+		}
+		out = append(out, t)
+	}
+	return out, rows.Err()
 }
 
 // IsVerified reports whether customer bought product.
@@ -133,8 +175,8 @@ func boolInt(b bool) int {
 	return 0
 }
 
-// Handler serves POST /reviews, GET /products/{id}/reviews and
-// GET /verified/{customer}/{product}, every answer in JSON (httpjson.Serve).
+// Handler serves POST /reviews, GET /products/{id}/reviews,
+// GET /verified/{customer}/{product} and GET /trending, every answer in JSON (httpjson.Serve).
 func (s *Service) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /reviews", func(w http.ResponseWriter, r *http.Request) {
@@ -173,6 +215,14 @@ func (s *Service) Handler() http.Handler {
 			return
 		}
 		httpjson.Write(w, http.StatusOK, map[string]bool{"verified": ok})
+	})
+	mux.HandleFunc("GET /trending", func(w http.ResponseWriter, r *http.Request) {
+		ts, err := s.Trending(r.Context())
+		if err != nil {
+			httpjson.Fail(w, http.StatusInternalServerError, err.Error())
+			return
+		}
+		httpjson.Write(w, http.StatusOK, ts)
 	})
 	return httpjson.Serve(mux, nil)
 }
