@@ -140,7 +140,7 @@ func TestToBinaryHeaders(t *testing.T) {
 		"ce-time":          "2024-05-17T09:30:15.12Z",
 		"ce-heraldversion": "2",
 		"ce-heraldkind":    "integration",
-		"content-type":     "application/json",
+		"ce-datacontenttype": "application/json",
 		"ce-partitionkey":  "customer-42",
 		"ce-correlationid": e.CorrelationID,
 		"ce-causationid":   e.CausationID,
@@ -157,7 +157,7 @@ func TestToBinaryHeaders(t *testing.T) {
 	// Empty optional attributes are omitted.
 	e.DataContentType, e.Key, e.CorrelationID, e.CausationID, e.TraceParent, e.TraceState = "", "", "", "", "", ""
 	h, _ = ToBinary(e)
-	for _, k := range []string{HeaderContentType, HeaderPartitionKey, HeaderCorrelationID, HeaderCausationID, HeaderTraceParent, HeaderTraceState} {
+	for _, k := range []string{HeaderDataContentType, HeaderContentType, HeaderPartitionKey, HeaderCorrelationID, HeaderCausationID, HeaderTraceParent, HeaderTraceState} {
 		if v, ok := h[k]; ok {
 			t.Errorf("header %s = %q present for an empty attribute", k, v)
 		}
@@ -216,7 +216,8 @@ func fromBinaryErrorCases() []fromBinaryErrorCase {
 		}(), HeaderID},
 	}
 	for _, k := range []string{HeaderSpecVersion, HeaderID, HeaderSource, HeaderType, HeaderTime, HeaderVersion, HeaderKind,
-		HeaderContentType, HeaderPartitionKey, HeaderCorrelationID, HeaderCausationID, HeaderTraceParent, HeaderTraceState} {
+		HeaderContentType, HeaderPartitionKey, HeaderCorrelationID, HeaderCausationID, HeaderTraceParent, HeaderTraceState,
+		HeaderDataContentType, HeaderDataSchema} {
 		cases = append(cases, fromBinaryErrorCase{"oversized " + k, with(k, strings.Repeat("x", maxHeaderValue+1)), k})
 	}
 	// An oversized header in another case is caught too.

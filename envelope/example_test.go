@@ -56,6 +56,7 @@ func Example() {
 
 	// Output:
 	// ce-correlationid: 01HXZ3MZZZ0000000000000000
+	// ce-datacontenttype: application/json
 	// ce-heraldkind: integration
 	// ce-heraldversion: 1
 	// ce-id: 01HXZ3N0P0ABCDEFGHJKMNPQRS
@@ -64,7 +65,6 @@ func Example() {
 	// ce-specversion: 1.0
 	// ce-time: 2024-05-17T09:30:15.123456789Z
 	// ce-type: shop.order.confirmed
-	// content-type: application/json
 	// body: {"order_id":"A-1"}
 	// shop.order.confirmed 1 integration 2024-05-17T09:30:15.123456789Z A-1
 }
