@@ -14,11 +14,11 @@ const SpecVersion = "1.0"
 // Header names of the CloudEvents binary content mode. Keys are lower case;
 // transports whose headers are case-insensitive match them as such.
 const (
-	HeaderSpecVersion   = "ce-specversion"
-	HeaderID            = "ce-id"
-	HeaderSource        = "ce-source"
-	HeaderType          = "ce-type"
-	HeaderTime          = "ce-time"
+	HeaderSpecVersion = "ce-specversion"
+	HeaderID          = "ce-id"
+	HeaderSource      = "ce-source"
+	HeaderType        = "ce-type"
+	HeaderTime        = "ce-time"
 	// HeaderDataContentType carries datacontenttype, as the NATS protocol
 	// binding maps it; herald writes it.
 	HeaderDataContentType = "ce-datacontenttype"

@@ -133,19 +133,19 @@ func TestToBinaryHeaders(t *testing.T) {
 	e.Time = time.Date(2024, 5, 17, 11, 30, 15, 120000000, time.FixedZone("CEST", 2*3600))
 	h, body := ToBinary(e)
 	want := map[string]string{
-		"ce-specversion":   "1.0",
-		"ce-id":            e.ID,
-		"ce-source":        "orders",
-		"ce-type":          "shop.order.confirmed",
-		"ce-time":          "2024-05-17T09:30:15.12Z",
-		"ce-heraldversion": "2",
-		"ce-heraldkind":    "integration",
+		"ce-specversion":     "1.0",
+		"ce-id":              e.ID,
+		"ce-source":          "orders",
+		"ce-type":            "shop.order.confirmed",
+		"ce-time":            "2024-05-17T09:30:15.12Z",
+		"ce-heraldversion":   "2",
+		"ce-heraldkind":      "integration",
 		"ce-datacontenttype": "application/json",
-		"ce-partitionkey":  "customer-42",
-		"ce-correlationid": e.CorrelationID,
-		"ce-causationid":   e.CausationID,
-		"ce-traceparent":   e.TraceParent,
-		"ce-tracestate":    "vendor=opaque",
+		"ce-partitionkey":    "customer-42",
+		"ce-correlationid":   e.CorrelationID,
+		"ce-causationid":     e.CausationID,
+		"ce-traceparent":     e.TraceParent,
+		"ce-tracestate":      "vendor=opaque",
 	}
 	if !maps.Equal(h, want) {
 		t.Errorf("ToBinary header =\n%q\nwant\n%q", h, want)
