@@ -111,6 +111,9 @@ const (
 	numAttributes
 )
 
+// attrSet must hold every attribute.
+var _ [16 - numAttributes]struct{}
+
 // attributeIndex returns the index in attributeHeaders of header key k,
 // matched case-insensitively (ASCII), and whether k is that name exactly
 // (lower case); -1 if k names no attribute.
@@ -193,10 +196,12 @@ func FromBinaryHeaders(headers iter.Seq2[string, string], body []byte) (*Envelop
 // so that a missing attribute costs no search.
 type attributes struct {
 	vals     [numAttributes]string
-	exact    [numAttributes]bool // vals[i] is from the lower-case key
-	folded   [numAttributes]bool // vals[i] is from a key in another case
-	conflict [numAttributes]bool // keys in other cases disagree
-	long     [numAttributes]bool // vals[i] was too long to decode
+	// Bit sets by attribute index (kept small: the struct is allocated
+	// for every message):
+	exact    attrSet // vals[i] is from the lower-case key
+	folded   attrSet // vals[i] is from a key in another case
+	conflict attrSet // keys in other cases disagree
+	long     attrSet // vals[i] was too long to decode
 	// decoded: vals are the attributes themselves, not header values to
 	// percent-decode (structured mode, or decoded already).
 	decoded bool
@@ -217,23 +222,34 @@ func (a *attributes) name(i int) string {
 func (a *attributes) add(hk, v string) {
 	i, ex := attributeIndex(hk)
 	switch {
-	case i < 0 || a.exact[i]:
+	case i < 0 || a.exact.has(i):
 	case ex:
-		a.vals[i], a.exact[i] = v, true
-	case a.folded[i]:
-		a.conflict[i] = a.conflict[i] || v != a.vals[i]
+		a.vals[i] = v
+		a.exact.add(i)
+	case a.folded.has(i):
+		if v != a.vals[i] {
+			a.conflict.add(i)
+		}
 	default:
-		a.vals[i], a.folded[i] = v, true
+		a.vals[i] = v
+		a.folded.add(i)
 	}
 }
 
 // set takes attribute i from a structured-mode event.
 func (a *attributes) set(i int, v string) {
-	a.vals[i], a.exact[i] = v, true
+	a.vals[i] = v
+	a.exact.add(i)
 }
 
 // has reports whether attribute i was given.
-func (a *attributes) has(i int) bool { return a.exact[i] || a.folded[i] }
+func (a *attributes) has(i int) bool { return a.exact.has(i) || a.folded.has(i) }
+
+// attrSet is a set of attribute indexes.
+type attrSet uint16
+
+func (s attrSet) has(i int) bool { return s&(1<<i) != 0 }
+func (s *attrSet) add(i int)     { *s |= 1 << i }
 
 // readMode says how lenient attributes.envelope is.
 type readMode struct {
@@ -259,7 +275,7 @@ func (a *attributes) envelope(body []byte, m readMode) (*Envelope, error) {
 	if !a.decoded {
 		for i, v := range vals {
 			if len(v) > maxEncodedValue {
-				a.long[i] = true
+				a.long.add(i)
 				continue
 			}
 			vals[i] = decodeHeaderValue(v)
@@ -267,10 +283,10 @@ func (a *attributes) envelope(body []byte, m readMode) (*Envelope, error) {
 		a.decoded = true
 	}
 	for i := range attributeHeaders {
-		if a.conflict[i] && !a.exact[i] {
+		if a.conflict.has(i) && !a.exact.has(i) {
 			return nil, a.fail(m, fmt.Errorf("%w: %s given more than once, in different cases, with different values", ErrInvalid, a.name(i)))
 		}
-		if a.long[i] || len(vals[i]) > maxHeaderValue {
+		if a.long.has(i) || len(vals[i]) > maxHeaderValue {
 			return nil, a.fail(m, fmt.Errorf("%w: %s longer than %d bytes", ErrInvalid, a.name(i), maxHeaderValue))
 		}
 		if !utf8.ValidString(vals[i]) {
@@ -351,7 +367,7 @@ func (a *attributes) fail(m readMode, err error) error {
 	}
 	usable := func(i int) bool {
 		v := a.vals[i]
-		return !a.long[i] && len(v) <= maxHeaderValue && utf8.ValidString(v)
+		return !a.long.has(i) && len(v) <= maxHeaderValue && utf8.ValidString(v)
 	}
 	if usable(aID) {
 		de.ID = a.vals[aID]

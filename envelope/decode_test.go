@@ -328,7 +328,16 @@ func FuzzHeaderValue(f *testing.F) {
 	for _, s := range []string{"", "a b", `"q"`, "50%", "Euro € 😀", "\x00\xff", "%41"} {
 		f.Add(s)
 	}
+	f.Add("0123456789abcdef\x7f0123456")
+	f.Add("01234567\x2001234567\x80\xff\x21\x7e%\"")
 	f.Fuzz(func(t *testing.T, s string) {
+		naive := false
+		for i := 0; i < len(s); i++ {
+			naive = naive || !headerSafe(s[i])
+		}
+		if needsEncoding(s) != naive {
+			t.Fatalf("needsEncoding(%q) = %v, want %v", s, !naive, naive)
+		}
 		enc := encodeHeaderValue(s)
 		for i := 0; i < len(enc); i++ {
 			if c := enc[i]; c <= 0x20 || c >= 0x7f || c == '"' {
@@ -339,4 +348,18 @@ func FuzzHeaderValue(f *testing.F) {
 			t.Fatalf("decodeHeaderValue(encodeHeaderValue(%q)) = %q", s, got)
 		}
 	})
+}
+
+// TestNeedsEncodingEveryByte puts every byte value at every position of a
+// 16-byte value of safe bytes.
+func TestNeedsEncodingEveryByte(t *testing.T) {
+	for c := 0; c < 256; c++ {
+		for pos := 0; pos < 16; pos++ {
+			b := []byte("abcdefghijklmnop")
+			b[pos] = byte(c)
+			if got, want := needsEncoding(string(b)), !headerSafe(byte(c)); got != want {
+				t.Fatalf("needsEncoding(%q) = %v, want %v", b, got, want)
+			}
+		}
+	}
 }

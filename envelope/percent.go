@@ -19,17 +19,48 @@ func headerSafe(b byte) bool {
 	return b > 0x20 && b < 0x7f && b != '"' && b != '%'
 }
 
+// needsEncoding reports whether some byte of v needs an escape. It looks
+// at 8 bytes at a time (herald's attributes are mostly long ASCII ids):
+// for each test the high bit of a byte of bad is set when some byte fails
+// it — below 0x21, 0x7F or above, '"', '%' — exactly when one does (the
+// borrows and carries that can mark a wrong byte only follow a true one).
+func needsEncoding(v string) bool {
+	const (
+		ones  = 0x0101010101010101
+		highs = 0x8080808080808080
+	)
+	i := 0
+	for ; i+8 <= len(v); i += 8 {
+		b := v[i : i+8]
+		w := uint64(b[0]) | uint64(b[1])<<8 | uint64(b[2])<<16 | uint64(b[3])<<24 |
+			uint64(b[4])<<32 | uint64(b[5])<<40 | uint64(b[6])<<48 | uint64(b[7])<<56
+		q, p := w^(ones*'"'), w^(ones*'%')
+		bad := (w-ones*0x21)&^w | // below 0x21
+			(w + ones) | w | // 0x7F and above
+			(q-ones)&^q | (p-ones)&^p // '"', '%'
+		if bad&highs != 0 {
+			return true
+		}
+	}
+	for ; i < len(v); i++ {
+		if !headerSafe(v[i]) {
+			return true
+		}
+	}
+	return false
+}
+
 // encodeHeaderValue percent-encodes v for a binary-mode header. A value that
 // needs no escape is returned as it is, without allocating.
 func encodeHeaderValue(v string) string {
+	if !needsEncoding(v) {
+		return v
+	}
 	n := 0
 	for i := 0; i < len(v); i++ {
 		if !headerSafe(v[i]) {
 			n++
 		}
-	}
-	if n == 0 {
-		return v
 	}
 	const hex = "0123456789ABCDEF"
 	var b strings.Builder
