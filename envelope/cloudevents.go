@@ -195,7 +195,7 @@ func FromBinaryHeaders(headers iter.Seq2[string, string], body []byte) (*Envelop
 // attributes collects the attribute headers in one pass over the headers,
 // so that a missing attribute costs no search.
 type attributes struct {
-	vals     [numAttributes]string
+	vals [numAttributes]string
 	// Bit sets by attribute index (kept small: the struct is allocated
 	// for every message):
 	exact    attrSet // vals[i] is from the lower-case key
