@@ -54,7 +54,7 @@ func Decode(headers iter.Seq2[string, string], body []byte, kind Kind) (*Envelop
 	}
 	m := readMode{kind: kind, versionRule: true}
 	ct := a.vals[aContentType]
-	if ct != "" || a.has(aContentType) {
+	if a.has(aContentType) {
 		mt := mediaType(decodeHeaderValue(ct))
 		switch {
 		case mt == MediaTypeBatch:
@@ -69,9 +69,8 @@ func Decode(headers iter.Seq2[string, string], body []byte, kind Kind) (*Envelop
 		e, foreign, err := fromStructured(body, m)
 		return e, Read{Structured: true, Foreign: foreign}, err
 	}
-	foreignEvent := a.vals[aKind] == ""
 	e, err := a.envelope(body, m)
-	return e, Read{Foreign: foreignEvent}, err
+	return e, Read{Foreign: a.vals[aKind] == ""}, err // decoded by envelope
 }
 
 // mediaType is the media type of a content-type value, in lower case,

@@ -154,6 +154,8 @@ func TestDecode(t *testing.T) {
 			Read{Foreign: true}, func(e *Envelope) string { return want("Key", e.Key, "order 42 ✓") }},
 		{"binary with herald's extensions is herald's", with(plainHeader(), HeaderKind, "integration", HeaderVersion, "1"), "{}",
 			Read{}, func(e *Envelope) string { return "" }},
+		{"an empty ce-heraldkind is foreign", with(plainHeader(), HeaderKind, `""`), "{}",
+			Read{Foreign: true}, func(e *Envelope) string { return want("Kind", string(e.Kind), "integration") }},
 		{"structured", map[string]string{"content-type": "application/cloudevents+json; charset=UTF-8"}, structuredBody,
 			Read{Structured: true, Foreign: true}, func(e *Envelope) string {
 				return want("ID", e.ID, "evt-2") + want("Key", e.Key, "p-7") + wantInt("Version", e.Version, 1) +
