@@ -32,6 +32,7 @@ func (s *Service) newConsumer(sub *subscription, p, partitions int) (*consumer.C
 		BatchSize:    sub.cfg.batch,
 		Retry:        consumer.Retry(sub.cfg.retry),
 		Decode:       sub.decode,
+		CheckForeign: s.checkForeign,
 		IsVersion: func(err error) bool {
 			var ve versionError
 			return errors.As(err, &ve)

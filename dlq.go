@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 
 	"github.com/heraldhq/herald/envelope"
 	"github.com/heraldhq/herald/store"
@@ -109,10 +110,28 @@ func (s *Service) ReplayDeadLetters(ctx context.Context, f DeadLetterFilter, opt
 	return done, errors.Join(errs...)
 }
 
+// replay re-delivers d. The message is read as its subscription's
+// consumer reads it (envelope.Decode); the event is published again in
+// herald's binary mode, so an event of a producer that is not a herald
+// service must match its contract's JSON Schema here, as it would have had
+// to before its handler ran.
 func (s *Service) replay(ctx context.Context, d DeadLetter) error {
-	e, err := envelope.FromBinary(d.Header, d.Data)
+	var kind Kind
+	s.mu.RLock()
+	for _, sub := range s.subs {
+		if sub.name == d.Subscription {
+			kind = sub.contract.Kind()
+		}
+	}
+	s.mu.RUnlock()
+	e, read, err := envelope.Decode(maps.All(d.Header), d.Data, kind)
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrNotReplayable, err)
+	}
+	if read.Foreign {
+		if err := s.checkForeign(e); err != nil {
+			return fmt.Errorf("%w: %v", ErrNotReplayable, err)
+		}
 	}
 	if err := s.engine.InboxRelease(ctx, s.name+"/"+d.Subscription, e.ID); err != nil {
 		return err

@@ -43,6 +43,8 @@ type Service struct {
 
 	limiter  broker.Limiter // the broker's, if it limits event sizes
 	maxEvent atomic.Int64   // the largest event it accepts (0: no limit known)
+
+	schemas schemaCache // contracts' JSON Schemas, for events of producers that are not herald services
 }
 
 // config is what the options set; the service keeps it, and its store and

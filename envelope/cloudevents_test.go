@@ -133,19 +133,19 @@ func TestToBinaryHeaders(t *testing.T) {
 	e.Time = time.Date(2024, 5, 17, 11, 30, 15, 120000000, time.FixedZone("CEST", 2*3600))
 	h, body := ToBinary(e)
 	want := map[string]string{
-		"ce-specversion":   "1.0",
-		"ce-id":            e.ID,
-		"ce-source":        "orders",
-		"ce-type":          "shop.order.confirmed",
-		"ce-time":          "2024-05-17T09:30:15.12Z",
-		"ce-heraldversion": "2",
-		"ce-heraldkind":    "integration",
-		"content-type":     "application/json",
-		"ce-partitionkey":  "customer-42",
-		"ce-correlationid": e.CorrelationID,
-		"ce-causationid":   e.CausationID,
-		"ce-traceparent":   e.TraceParent,
-		"ce-tracestate":    "vendor=opaque",
+		"ce-specversion":     "1.0",
+		"ce-id":              e.ID,
+		"ce-source":          "orders",
+		"ce-type":            "shop.order.confirmed",
+		"ce-time":            "2024-05-17T09:30:15.12Z",
+		"ce-heraldversion":   "2",
+		"ce-heraldkind":      "integration",
+		"ce-datacontenttype": "application/json",
+		"ce-partitionkey":    "customer-42",
+		"ce-correlationid":   e.CorrelationID,
+		"ce-causationid":     e.CausationID,
+		"ce-traceparent":     e.TraceParent,
+		"ce-tracestate":      "vendor=opaque",
 	}
 	if !maps.Equal(h, want) {
 		t.Errorf("ToBinary header =\n%q\nwant\n%q", h, want)
@@ -157,7 +157,7 @@ func TestToBinaryHeaders(t *testing.T) {
 	// Empty optional attributes are omitted.
 	e.DataContentType, e.Key, e.CorrelationID, e.CausationID, e.TraceParent, e.TraceState = "", "", "", "", "", ""
 	h, _ = ToBinary(e)
-	for _, k := range []string{HeaderContentType, HeaderPartitionKey, HeaderCorrelationID, HeaderCausationID, HeaderTraceParent, HeaderTraceState} {
+	for _, k := range []string{HeaderDataContentType, HeaderContentType, HeaderPartitionKey, HeaderCorrelationID, HeaderCausationID, HeaderTraceParent, HeaderTraceState} {
 		if v, ok := h[k]; ok {
 			t.Errorf("header %s = %q present for an empty attribute", k, v)
 		}
@@ -216,7 +216,8 @@ func fromBinaryErrorCases() []fromBinaryErrorCase {
 		}(), HeaderID},
 	}
 	for _, k := range []string{HeaderSpecVersion, HeaderID, HeaderSource, HeaderType, HeaderTime, HeaderVersion, HeaderKind,
-		HeaderContentType, HeaderPartitionKey, HeaderCorrelationID, HeaderCausationID, HeaderTraceParent, HeaderTraceState} {
+		HeaderContentType, HeaderPartitionKey, HeaderCorrelationID, HeaderCausationID, HeaderTraceParent, HeaderTraceState,
+		HeaderDataContentType, HeaderDataSchema} {
 		cases = append(cases, fromBinaryErrorCase{"oversized " + k, with(k, strings.Repeat("x", maxHeaderValue+1)), k})
 	}
 	// An oversized header in another case is caught too.

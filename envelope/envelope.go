@@ -1,7 +1,9 @@
 // Package envelope defines herald's wire envelope: the attributes every event
 // carries (CloudEvents 1.0 plus correlation and causation), the codecs that turn
-// a Go value into its data, and the lossless mapping onto CloudEvents binary
-// mode (headers + body) that every transport uses.
+// a Go value into its data, the lossless mapping onto CloudEvents binary
+// mode (headers + body) that every transport uses, and Decode, which also
+// reads what other CloudEvents producers send (binary mode without herald's
+// extensions, structured mode).
 package envelope
 
 import (

@@ -2,6 +2,7 @@ package envelope_test
 
 import (
 	"fmt"
+	"maps"
 	"sort"
 	"time"
 
@@ -56,6 +57,7 @@ func Example() {
 
 	// Output:
 	// ce-correlationid: 01HXZ3MZZZ0000000000000000
+	// ce-datacontenttype: application/json
 	// ce-heraldkind: integration
 	// ce-heraldversion: 1
 	// ce-id: 01HXZ3N0P0ABCDEFGHJKMNPQRS
@@ -64,7 +66,6 @@ func Example() {
 	// ce-specversion: 1.0
 	// ce-time: 2024-05-17T09:30:15.123456789Z
 	// ce-type: shop.order.confirmed
-	// content-type: application/json
 	// body: {"order_id":"A-1"}
 	// shop.order.confirmed 1 integration 2024-05-17T09:30:15.123456789Z A-1
 }
@@ -74,4 +75,27 @@ func ExampleNewID() {
 	a, b := envelope.NewID(t), envelope.NewID(t)
 	fmt.Println(len(a), a < b)
 	// Output: 26 true
+}
+
+// Decode reads an event as a CloudEvents SDK in another language sends it:
+// no herald extensions, so the kind is the subscription's and the version
+// the one dataschema names; the foreign producer's data is then checked
+// against the contract's schema by the consumer.
+func ExampleDecode() {
+	header := map[string]string{
+		"ce-specversion":     "1.0",
+		"ce-id":              "a7c1e2",
+		"ce-source":          "/analytics",
+		"ce-type":            "shop.product.trending",
+		"ce-time":            "2024-05-17T09:30:15Z",
+		"ce-dataschema":      "https://example.com/schemas/shop.product.trending/v2",
+		"ce-partitionkey":    "lamp%20%E2%9C%93", // percent-encoded, as the NATS binding says
+		"ce-datacontenttype": "application/json",
+	}
+	e, read, err := envelope.Decode(maps.All(header), []byte(`{"product":"lamp","count":3}`), envelope.KindIntegration)
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println(e.Type, e.Version, e.Kind, e.Key, "foreign:", read.Foreign)
+	// Output: shop.product.trending 2 integration lamp ✓ foreign: true
 }

@@ -77,6 +77,10 @@ func referenceFromBinary(header map[string]string, body []byte) (*Envelope, erro
 		if err != nil {
 			return nil, err
 		}
+		if len(v) > maxEncodedValue {
+			return nil, fmt.Errorf("%w: header %s longer than %d bytes", ErrInvalid, k, maxHeaderValue)
+		}
+		v = referenceDecodeHeaderValue(v)
 		if len(v) > maxHeaderValue {
 			return nil, fmt.Errorf("%w: header %s longer than %d bytes", ErrInvalid, k, maxHeaderValue)
 		}
@@ -102,6 +106,11 @@ func referenceFromBinary(header map[string]string, body []byte) (*Envelope, erro
 		TraceState:      get(HeaderTraceState),
 		Data:            body,
 	}
+	for k := range header {
+		if asciiEqualFold(k, HeaderDataContentType) {
+			e.DataContentType = get(HeaderDataContentType)
+		}
+	}
 	v := get(HeaderVersion)
 	n, err := strconv.Atoi(v)
 	if err != nil {
@@ -118,6 +127,28 @@ func referenceFromBinary(header map[string]string, body []byte) (*Envelope, erro
 		return nil, err
 	}
 	return e, nil
+}
+
+// referenceDecodeHeaderValue is decodeHeaderValue written another way:
+// quoted strings undone, then the value split at every '%', each piece
+// after one starting with an escape if it has two hex digits.
+func referenceDecodeHeaderValue(v string) string {
+	v = unquoteHeaderValue(v)
+	parts := strings.Split(v, "%")
+	var b strings.Builder
+	b.WriteString(parts[0])
+	for _, p := range parts[1:] {
+		if len(p) >= 2 {
+			if n, err := strconv.ParseUint(p[:2], 16, 8); err == nil {
+				b.WriteByte(byte(n))
+				b.WriteString(p[2:])
+				continue
+			}
+		}
+		b.WriteByte('%')
+		b.WriteString(p)
+	}
+	return b.String()
 }
 
 // lookupHeader returns the value of header k (lower case): the exact key if

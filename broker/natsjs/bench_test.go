@@ -162,7 +162,7 @@ func BenchmarkRawNATS(b *testing.B) {
 				m.Header.Set("ce-heraldversion", "1")
 				m.Header.Set("ce-heraldkind", "integration")
 				m.Header.Set("ce-correlationid", e.CorrelationID)
-				m.Header.Set("content-type", e.DataContentType)
+				m.Header.Set("ce-datacontenttype", e.DataContentType)
 				m.Header.Set(jetstream.MsgIDHeader, e.ID)
 				m.Data = e.Data
 				msgs[i] = m

@@ -551,7 +551,13 @@ func TestEventTypesAndKinds(t *testing.T) {
 	if err := b.Provision(ctx, broker.Topology{Service: "types", Publishes: []broker.TypeRef{{Type: "a.b", Kind: envelope.KindDomain}}}); err == nil {
 		t.Error("Provision of a published domain type succeeded")
 	}
-	// Header values NATS would alter are refused rather than corrupted.
+	// Values NATS headers cannot carry as they are (CR, LF, surrounding
+	// white space) travel percent-encoded, as the CloudEvents NATS binding
+	// says, and come back intact.
+	stream, err := b.js.Stream(ctx, b.names.intStreamOf(0))
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, mutate := range []func(*envelope.Envelope){
 		func(e *envelope.Envelope) { e.CorrelationID = "a\r\nb" },
 		func(e *envelope.Envelope) { e.Source = " padded" },
@@ -559,8 +565,23 @@ func TestEventTypesAndKinds(t *testing.T) {
 	} {
 		e := bulk("shop.order.confirmed", 1)[0]
 		mutate(e)
-		if errs := b.Publish(ctx, []*envelope.Envelope{e}); errs[0] == nil {
-			t.Errorf("Publish of %+v succeeded", e)
+		if errs := b.Publish(ctx, []*envelope.Envelope{e}); errs[0] != nil {
+			t.Fatalf("Publish of %+v: %v", e, errs[0])
+		}
+		m, err := stream.GetLastMsgForSubject(ctx, "herald.int.shop.order.confirmed")
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := map[string]string{}
+		for k, v := range m.Header {
+			h[k] = v[0]
+		}
+		got, err := envelope.FromBinary(h, m.Data)
+		if err != nil {
+			t.Fatalf("FromBinary of %q: %v", h, err)
+		}
+		if got.CorrelationID != e.CorrelationID || got.Source != e.Source || got.Key != e.Key {
+			t.Errorf("published %q %q %q, stored %q %q %q", e.CorrelationID, e.Source, e.Key, got.CorrelationID, got.Source, got.Key)
 		}
 	}
 }

@@ -567,7 +567,9 @@ func (b *Broker) eventMsg(e *envelope.Envelope, subject, msgID string) (*nats.Ms
 const maxHeaders = 14
 
 // wireSafe rejects header values NATS would alter: it trims surrounding
-// spaces and turns CR and LF into spaces.
+// spaces and turns CR and LF into spaces. envelope.BinaryHeaders
+// percent-encodes such characters, so this is a guard, not a rule users
+// meet.
 func wireSafe(v string) error {
 	if v == "" {
 		return nil

@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"iter"
 	"log/slog"
+	"maps"
 	"runtime/debug"
 	"time"
 
@@ -49,6 +50,12 @@ type Config struct {
 	// Decode turns an envelope of the subscription's type into what the
 	// handler takes.
 	Decode func(e *envelope.Envelope) (any, error)
+	// CheckForeign, if set, checks the data of an event from a producer
+	// that is not a herald service (envelope.Read.Foreign) before Decode:
+	// its error dead-letters the event as store.ReasonMalformed (or
+	// store.ReasonVersion when IsVersion says so). herald's own events
+	// skip it.
+	CheckForeign func(e *envelope.Envelope) error
 	// IsVersion reports whether a Decode error says the event's version
 	// cannot be taken (dead-lettered as store.ReasonVersion).
 	IsVersion func(err error) bool
@@ -501,23 +508,29 @@ type headerSeq interface {
 	Headers() iter.Seq2[string, string]
 }
 
-// classify decodes it, or marks why it must be dead-lettered.
+// classify decodes it, or marks why it must be dead-lettered. An event of
+// a producer that is not a herald service (envelope.Read.Foreign) is
+// checked with CheckForeign first.
 func (r *run) classify(it *item) {
 	cfg := r.cfg
-	var e *envelope.Envelope
-	var err error
+	sub := &cfg.Subscription
+	var headers iter.Seq2[string, string]
 	if hs, ok := it.d.(headerSeq); ok {
-		e, err = envelope.FromBinaryHeaders(hs.Headers(), it.d.Data())
+		headers = hs.Headers()
 	} else {
-		e, err = envelope.FromBinary(it.d.Header(), it.d.Data())
+		headers = maps.All(it.d.Header())
 	}
+	e, read, err := envelope.Decode(headers, it.d.Data(), sub.Kind)
 	if err != nil {
 		it.reason, it.lastErr = store.ReasonMalformed, err.Error()
+		var de *envelope.DecodeError
+		if errors.As(err, &de) {
+			it.named = de
+		}
 		return
 	}
 	it.env = e
 	it.key = e.Key
-	sub := &cfg.Subscription
 	switch {
 	case e.Kind != sub.Kind:
 		it.reason, it.lastErr = store.ReasonMalformed, fmt.Sprintf("kind %q on a %s subscription", e.Kind, sub.Kind)
@@ -525,6 +538,15 @@ func (r *run) classify(it *item) {
 	case e.Type != sub.Types[0]:
 		it.reason, it.lastErr = store.ReasonUnknownType, fmt.Sprintf("type %q: subscription %s takes %q", e.Type, sub.Name, sub.Types[0])
 		return
+	}
+	if read.Foreign && cfg.CheckForeign != nil {
+		if err := cfg.CheckForeign(e); err != nil {
+			it.reason, it.lastErr = store.ReasonMalformed, err.Error()
+			if cfg.IsVersion(err) {
+				it.reason = store.ReasonVersion
+			}
+			return
+		}
 	}
 	v, err := cfg.Decode(e)
 	switch {

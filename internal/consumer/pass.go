@@ -410,6 +410,9 @@ func (r *run) deadLetter(ctx context.Context, tx Tx, it *item) (bool, error) {
 		dl.EventID, dl.Type, dl.Version = it.env.ID, it.env.Type, it.env.Version
 		key = it.env.ID
 	} else {
+		if n := it.named; n != nil {
+			dl.EventID, dl.Type, dl.Version = n.ID, n.Type, n.Version
+		}
 		key = undecodableKey(it.seq, dl.Header, dl.Data)
 	}
 	fresh, err := tx.InboxClaim(ctx, cfg.Inbox, key)

@@ -15,7 +15,8 @@ type item struct {
 	seq      uint64 // stream sequence: publish order
 	held     bool   // a first delivery held back while a crashed instance's events return
 	d        broker.Delivery
-	env      *envelope.Envelope // nil when undecodable
+	env      *envelope.Envelope    // nil when undecodable
+	named    *envelope.DecodeError // when undecodable: the id, type and version it names
 	val      any
 	key      string // ordering key
 	reason   string // set when the event must be dead-lettered at once
