@@ -34,19 +34,17 @@ const PRODUCT_TRENDING = "shop.product.trending"; // v1, contract.ProductTrendin
 const SUBSCRIPTION = "count-orders"; // the subscription's name in the manifest
 const pkg = JSON.parse(readFileSync(new URL("./package.json", import.meta.url), "utf8"));
 
-// ---- herald's extension attributes -----------------------------------------
-// The one place this service adds what is herald's rather than CloudEvents'.
-// herald (today) requires heraldversion (the contract's version) and
-// heraldkind ("integration" or "notification") on every event it reads;
-// partitionkey keeps a key's events in order (and picks the partition);
-// correlationid and causationid link the event into herald's causal trace
-// (`herald trace`). All are ordinary CloudEvents extension attributes, sent
-// as ce-<name> headers. Once herald reads plain CloudEvents (issue 17, items
-// 1-2) heraldversion and heraldkind become optional: the version then
-// defaults as docs/other-languages.md says, the kind follows from the
-// subject.
-function heraldExtensions({ version, key, correlation, causation }) {
-  const ext = { heraldversion: String(version), heraldkind: "integration" };
+// ---- the attributes herald reads beyond the core ones ----------------------
+// The one place this service adds anything for herald. The events are plain
+// CloudEvents: herald takes the kind from the subject and the version from
+// dataschema (its last segment, v1), and, as they carry no heraldkind,
+// checks their data against the contract's JSON Schema before a handler
+// sees it (docs/other-languages.md). partitionkey (the CloudEvents
+// partitioning extension) keeps a key's events in order and picks the
+// partition; correlationid and causationid link the event into herald's
+// causal trace (`herald trace`).
+function heraldAttributes({ type, version, key, correlation, causation }) {
+  const ext = { dataschema: `urn:herald:${type}:v${version}` };
   if (key) ext.partitionkey = key;
   if (correlation) ext.correlationid = correlation;
   if (causation) ext.causationid = causation;
@@ -210,7 +208,7 @@ async function publishOutbox() {
       time: t.time,
       datacontenttype: "application/json",
       data: { product_id: t.product_id, orders: t.orders, threshold: t.threshold },
-      ...heraldExtensions({ version: 1, key: t.product_id, correlation: t.correlation, causation: t.causation }),
+      ...heraldAttributes({ type: PRODUCT_TRENDING, version: 1, key: t.product_id, correlation: t.correlation, causation: t.causation }),
     });
     const msg = HTTP.binary(ev);
     const h = headers();
