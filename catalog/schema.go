@@ -1,12 +1,14 @@
 package catalog
 
 import (
+	"encoding"
 	"encoding/json"
 	"fmt"
 	"reflect"
 	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/invopop/jsonschema"
 )
@@ -30,6 +32,7 @@ func SchemaOf(t reflect.Type) (_ json.RawMessage, err error) {
 		Anonymous:                 true, // no $id made of the Go package path
 		AllowAdditionalProperties: true,
 		ExpandedStruct:            true,
+		Mapper:                    marshalerSchema,
 	}
 	s := r.ReflectFromType(t)
 	data, err := json.Marshal(s)
@@ -37,6 +40,33 @@ func SchemaOf(t reflect.Type) (_ json.RawMessage, err error) {
 		return nil, fmt.Errorf("catalog: JSON Schema of %v: %w", t, err)
 	}
 	return data, nil
+}
+
+var (
+	jsonMarshaler  = reflect.TypeFor[json.Marshaler]()
+	textMarshaler  = reflect.TypeFor[encoding.TextMarshaler]()
+	timeType       = reflect.TypeFor[time.Time]()
+	schemaProvider = reflect.TypeFor[interface{ JSONSchema() *jsonschema.Schema }]()
+)
+
+// marshalerSchema gives the schema of a type that encodes itself, as
+// encoding/json writes it: any JSON value for a json.Marshaler (it writes
+// what it likes), a string for an encoding.TextMarshaler (a ULID, a UUID,
+// a decimal) — rather than the schema of its Go fields, which JSON never
+// sees. time.Time (a date-time string) and types with their own
+// JSONSchema method are left to the reflector. nil: not such a type.
+func marshalerSchema(t reflect.Type) *jsonschema.Schema {
+	if t == timeType || t.Implements(schemaProvider) || reflect.PointerTo(t).Implements(schemaProvider) {
+		return nil
+	}
+	switch {
+	case t.Implements(jsonMarshaler) || reflect.PointerTo(t).Implements(jsonMarshaler):
+		// Not the empty schema, which the library writes as true.
+		return &jsonschema.Schema{Comments: "any JSON value: " + t.String() + " encodes itself (MarshalJSON)"}
+	case t.Implements(textMarshaler) || reflect.PointerTo(t).Implements(textMarshaler):
+		return &jsonschema.Schema{Type: "string"}
+	}
+	return nil
 }
 
 // ChangeKind classifies one difference between two schemas of a contract.
