@@ -268,17 +268,30 @@ var strict = readMode{}
 // attribute Validate accepts encodes into it.
 const maxEncodedValue = 3 * maxHeaderValue
 
+// olderHerald reports whether the headers are those of a herald from
+// before the binding's percent-encoding: herald's own (ce-heraldkind) with
+// content-type and without ce-datacontenttype, which herald writes since.
+// That herald wrote values as they were; decoding them would change a key
+// such as "a%41b" or an id, and with it the event's partition, inbox row
+// or trace.
+func (a *attributes) olderHerald() bool {
+	return a.has(aKind) && a.has(aContentType) && !a.has(aDataContentType)
+}
+
 // envelope checks the collected attributes and builds the envelope. Its
 // error is a *DecodeError naming what it could read.
 func (a *attributes) envelope(body []byte, m readMode) (*Envelope, error) {
 	vals := &a.vals
 	if !a.decoded {
+		verbatim := a.olderHerald()
 		for i, v := range vals {
 			if len(v) > maxEncodedValue {
 				a.long.add(i)
 				continue
 			}
-			vals[i] = decodeHeaderValue(v)
+			if !verbatim {
+				vals[i] = decodeHeaderValue(v)
+			}
 		}
 		a.decoded = true
 	}

@@ -450,3 +450,34 @@ func TestBinaryHeadersIsToBinary(t *testing.T) {
 		}
 	}
 }
+
+// TestFromBinaryOlderHeraldVerbatim: a message of a herald from before the
+// binding's percent-encoding (ce-heraldkind, content-type, no
+// ce-datacontenttype) is read verbatim — a key "a%41b" stays "a%41b", not
+// "aAb": decoding it would move the event to another partition, or change
+// its inbox row. The same values from a sender that writes
+// ce-datacontenttype are decoded.
+func TestFromBinaryOlderHeraldVerbatim(t *testing.T) {
+	want := validEnvelope()
+	want.Key, want.CorrelationID, want.TraceState = "a%41b", `say "hi"`, "vendor=a%20b"
+	h, body := ToBinary(validEnvelope())
+	h[HeaderPartitionKey], h[HeaderCorrelationID], h[HeaderTraceState] = want.Key, want.CorrelationID, want.TraceState
+	older := maps.Clone(h)
+	older["content-type"] = older[HeaderDataContentType]
+	delete(older, HeaderDataContentType)
+	got, err := FromBinary(older, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Key != want.Key || got.CorrelationID != want.CorrelationID || got.TraceState != want.TraceState {
+		t.Errorf("older herald's message read as key %q, correlation %q, tracestate %q; want them verbatim: %q, %q, %q",
+			got.Key, got.CorrelationID, got.TraceState, want.Key, want.CorrelationID, want.TraceState)
+	}
+	got, err = FromBinary(h, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Key != "aAb" || got.CorrelationID != "say hi" || got.TraceState != "vendor=a b" {
+		t.Errorf("current message read as key %q, correlation %q, tracestate %q; want them decoded", got.Key, got.CorrelationID, got.TraceState)
+	}
+}

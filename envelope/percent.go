@@ -10,9 +10,11 @@ import "strings"
 // round of percent-decoding, accepting lower-case hex and needless escapes
 // and rejecting what is not UTF-8 afterwards.
 //
-// herald before this binding rule wrote values unencoded. So that its
-// messages still decode, a '%' not followed by two hex digits is kept as it
-// is, and so is a double quote that no second one closes.
+// herald before this binding rule wrote values unencoded, and content-type
+// rather than ce-datacontenttype: its messages are recognised by that and
+// read verbatim (attributes.olderHerald). For values of other senders that
+// were not encoded, a '%' not followed by two hex digits is kept as it is,
+// and so is a double quote that no second one closes.
 
 // headerSafe reports whether b stands for itself in a header value.
 func headerSafe(b byte) bool {
