@@ -56,13 +56,15 @@ func startAnalytics(ctx context.Context, out io.Writer, natsURL, dataDir string,
 }
 
 // prepareAnalytics installs the service's npm packages beside its sources
-// in a checkout, or else (an installed herald, a read-only module cache) in
-// the user's cache directory.
+// in a checkout that holds the sources this binary embeds, or else (an
+// installed herald, a read-only module cache, a checkout edited since the
+// build) in the user's cache directory: the demo never writes over a
+// checkout's sources.
 func prepareAnalytics(ctx context.Context) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
 	var errs []error
-	if dir := analytics.SourceDir(); dir != "" {
+	if dir := analytics.SourceDir(); dir != "" && analytics.Holds(dir) {
 		err := analytics.Prepare(ctx, dir)
 		if err == nil {
 			return dir, nil

@@ -62,6 +62,26 @@ func SourceDir() string {
 	return dir
 }
 
+// Holds reports whether dir holds the embedded sources as they are. A
+// checkout whose sources were edited since the binary was built does not:
+// Prepare would write the older ones over them.
+func Holds(dir string) bool {
+	err := fs.WalkDir(Files, ".", func(name string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		want, err := Files.ReadFile(name)
+		if err != nil {
+			return err
+		}
+		if have, err := os.ReadFile(filepath.Join(dir, name)); err != nil || !bytes.Equal(have, want) {
+			return fs.ErrNotExist
+		}
+		return nil
+	})
+	return err == nil
+}
+
 // Prepare makes dir a runnable copy of the service: it writes the embedded
 // files that differ from dir's (none in a checkout's own SourceDir), then
 // installs the npm dependencies unless they are installed already. It
@@ -253,8 +273,10 @@ func (t *tailWriter) Write(b []byte) (int, error) {
 	if n := len(t.p.tail); n > 8<<10 {
 		t.p.tail = t.p.tail[n-8<<10:]
 	}
-	t.p.mu.Unlock()
+	// Under the lock: stdout and stderr are copied by two goroutines, and
+	// Config.Log need not be safe for concurrent use.
 	_, _ = t.w.Write(b)
+	t.p.mu.Unlock()
 	return len(b), nil
 }
 

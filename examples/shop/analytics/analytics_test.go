@@ -145,3 +145,32 @@ func TestPrepareWritesARunnableCopy(t *testing.T) {
 		t.Errorf("node in the prepared directory: %v\n%s", err, out)
 	}
 }
+
+// TestHolds: Holds is true for the checkout's own sources (the binary was
+// built from them) and false once one of them differs, so that the demo
+// never writes over an edited checkout.
+func TestHolds(t *testing.T) {
+	src := analytics.SourceDir()
+	if src == "" {
+		t.Skip("no checkout")
+	}
+	if !analytics.Holds(src) {
+		t.Fatalf("Holds(%s) = false for the sources this test binary embeds", src)
+	}
+	dir := t.TempDir()
+	if analytics.Holds(dir) {
+		t.Fatal("Holds of an empty directory = true")
+	}
+	if err := os.CopyFS(dir, analytics.Files); err != nil {
+		t.Fatal(err)
+	}
+	if !analytics.Holds(dir) {
+		t.Fatal("Holds of a copy of the embedded files = false")
+	}
+	if err := os.WriteFile(filepath.Join(dir, "analytics.mjs"), []byte("// edited\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if analytics.Holds(dir) {
+		t.Fatal("Holds after analytics.mjs was edited = true: the demo would write over the edit")
+	}
+}
