@@ -54,7 +54,11 @@ func Decode(headers iter.Seq2[string, string], body []byte, kind Kind) (*Envelop
 	}
 	m := readMode{kind: kind, versionRule: true}
 	ct := a.vals[aContentType]
-	if a.has(aContentType) {
+	if a.conflict.has(aContentType) && !a.exact.has(aContentType) {
+		// Which of them would pick the content mode depends on the order
+		// the headers came in: envelope refuses the conflict, naming the
+		// id and type.
+	} else if a.has(aContentType) {
 		mt := mediaType(decodeHeaderValue(ct))
 		switch {
 		case mt == MediaTypeBatch:

@@ -240,6 +240,12 @@ func TestDecodeRejects(t *testing.T) {
 		{"binary with a bad version", func() map[string]string { h := plainHeader(); h[HeaderVersion] = "two"; return h }(), "{}",
 			HeaderVersion, "", "evt-1", "shop.product.trending", 0},
 		{"neither mode", map[string]string{"x-other": "1"}, "plain text", "no header ce-specversion", `is ""`, "", "", 1},
+		{"content-type twice, in different cases", func() map[string]string {
+			h := plainHeader()
+			h["Content-Type"], h["CONTENT-TYPE"] = "application/cloudevents+json", "application/json"
+			return h
+		}(), `{"specversion":"1.0","id":"e","type":"t","source":"s","time":"2024-05-17T09:30:15Z"}`,
+			"in different cases", "", "evt-1", "shop.product.trending", 1},
 		{"percent-encoded id", func() map[string]string {
 			h := plainHeader()
 			h[HeaderID] = "evt%201"
