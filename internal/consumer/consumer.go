@@ -539,6 +539,7 @@ func (r *run) classify(it *item) {
 		it.reason, it.lastErr = store.ReasonUnknownType, fmt.Sprintf("type %q: subscription %s takes %q", e.Type, sub.Name, sub.Types[0])
 		return
 	}
+	it.foreign = read.Foreign
 	if read.Foreign && cfg.CheckForeign != nil {
 		if err := cfg.CheckForeign(e); err != nil {
 			it.reason, it.lastErr = store.ReasonMalformed, err.Error()

@@ -64,3 +64,36 @@ func TestForeignEventsAreChecked(t *testing.T) {
 		}
 	})
 }
+
+// A foreign producer may correct an event it sent and send it again under
+// the same ce-id: the dead letter of the first holds only a redelivery of
+// the same data, and the corrected event reaches the handler.
+func TestForeignEventCorrectedUnderItsID(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c, tb := setup(t, nil)
+		bad := []byte(`{"n":"two"}`)
+		tb.cfg.CheckForeign = func(e *envelope.Envelope) error {
+			if string(e.Data) == string(bad) {
+				return errors.New("at '/n': got string, want integer")
+			}
+			return nil
+		}
+		start(t, c)
+		foreign := func(d *fakeDelivery) *fakeDelivery {
+			d.header = maps.Clone(d.header)
+			delete(d.header, envelope.HeaderKind)
+			delete(d.header, envelope.HeaderVersion)
+			d.header[envelope.HeaderID] = "ev-2"
+			return d
+		}
+		first := foreign(tb.ev(2, "b"))
+		first.data = bad
+		tb.send(first)
+		tb.send(again(first))
+		tb.send(foreign(tb.ev(5, "b"))) // corrected, the same ce-id
+		wantCommitted(t, tb, 5)
+		if dls := tb.store.deadLetters(); len(dls) != 1 || dls[0].EventID != "ev-2" {
+			t.Errorf("dead letters %+v, want one, of ev-2", dls)
+		}
+	})
+}

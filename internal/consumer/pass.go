@@ -3,6 +3,7 @@ package consumer
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"maps"
 	"slices"
@@ -406,10 +407,17 @@ func (r *run) deadLetter(ctx context.Context, tx Tx, it *item) (bool, error) {
 		Time:         time.Now(),
 	}
 	var key string
-	if it.env != nil {
+	switch {
+	case it.env != nil && it.foreign:
+		// A foreign producer may correct what it sent and send it again
+		// under the same ce-id: only a redelivery of the same data is this
+		// dead letter's, and the corrected event reaches the handler.
+		dl.EventID, dl.Type, dl.Version = it.env.ID, it.env.Type, it.env.Version
+		key = it.env.ID + "/" + dataDigest(dl.Data)
+	case it.env != nil:
 		dl.EventID, dl.Type, dl.Version = it.env.ID, it.env.Type, it.env.Version
 		key = it.env.ID
-	} else {
+	default:
 		if n := it.named; n != nil {
 			dl.EventID, dl.Type, dl.Version = n.ID, n.Type, n.Version
 		}
@@ -420,8 +428,8 @@ func (r *run) deadLetter(ctx context.Context, tx Tx, it *item) (bool, error) {
 		return false, err
 	}
 	if !fresh {
-		cfg.Logger.Debug("dead letter already recorded; acknowledging the redelivery", "subscription", cfg.Subscription.Name,
-			"event", dl.EventID, "seq", it.seq)
+		cfg.Logger.Info("dead letter already recorded; acknowledging the redelivery", "subscription", cfg.Subscription.Name,
+			"event", dl.EventID, "seq", it.seq, "reason", dl.Reason)
 		return false, nil
 	}
 	if dl.Data == nil {
@@ -433,6 +441,13 @@ func (r *run) deadLetter(ctx context.Context, tx Tx, it *item) (bool, error) {
 	cfg.Logger.Warn("dead-lettered", "subscription", cfg.Subscription.Name, "event", dl.EventID, "type", dl.Type,
 		"reason", dl.Reason, "err", dl.LastError, "attempts", dl.Attempts)
 	return true, nil
+}
+
+// dataDigest is a short digest of a foreign event's data, for the inbox
+// key of its dead letter.
+func dataDigest(data []byte) string {
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:12])
 }
 
 // undecodableKey is the inbox key of a message without a usable event id:

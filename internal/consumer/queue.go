@@ -17,6 +17,7 @@ type item struct {
 	d        broker.Delivery
 	env      *envelope.Envelope    // nil when undecodable
 	named    *envelope.DecodeError // when undecodable: the id, type and version it names
+	foreign  bool                  // from a producer that is not a herald service (envelope.Read.Foreign)
 	val      any
 	key      string // ordering key
 	reason   string // set when the event must be dead-lettered at once
