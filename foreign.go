@@ -35,8 +35,9 @@ type compiledSchema struct {
 	err    error
 }
 
-// get returns c's compiled schema.
-func (sc *schemaCache) get(c Contract) (*jsonschema.Schema, error) {
+// get returns c's compiled schema; failed, called once, is told why it
+// does not compile.
+func (sc *schemaCache) get(c Contract, failed func(error)) (*jsonschema.Schema, error) {
 	k := upcastKey{c.Name(), c.Version()}
 	sc.mu.Lock()
 	if sc.schemas == nil {
@@ -48,7 +49,11 @@ func (sc *schemaCache) get(c Contract) (*jsonschema.Schema, error) {
 		sc.schemas[k] = cs
 	}
 	sc.mu.Unlock()
-	cs.once.Do(func() { cs.schema, cs.err = compileSchema(c) })
+	cs.once.Do(func() {
+		if cs.schema, cs.err = compileSchema(c); cs.err != nil {
+			failed(cs.err)
+		}
+	})
 	return cs.schema, cs.err
 }
 
@@ -79,9 +84,15 @@ func (s *Service) checkForeign(e *envelope.Envelope) error {
 	if !ok || c.base().codec.ContentType() != envelope.JSON.ContentType() {
 		return nil
 	}
-	schema, err := s.schemas.get(c)
+	schema, err := s.schemas.get(c, func(err error) {
+		// herald's fault, not the producer's: the event goes on unchecked
+		// (decoding still judges it), rather than every foreign event of
+		// the contract becoming a dead letter that cannot be replayed.
+		s.log.Error("herald: the contract's JSON Schema does not compile; its foreign events are not checked",
+			"type", c.Name(), "version", c.Version(), "err", err)
+	})
 	if err != nil {
-		return fmt.Errorf("cannot check %s v%d from %s: its JSON Schema: %w", e.Type, e.Version, e.Source, err)
+		return nil
 	}
 	v, err := jsonschema.UnmarshalJSON(bytes.NewReader(e.Data))
 	if err != nil {

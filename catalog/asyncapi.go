@@ -203,7 +203,8 @@ func ceHeaders() map[string]any {
 	str := map[string]any{"type": "string"}
 	props := map[string]any{}
 	for _, h := range []string{envelope.HeaderSpecVersion, envelope.HeaderID, envelope.HeaderSource, envelope.HeaderType,
-		envelope.HeaderTime, envelope.HeaderVersion, envelope.HeaderKind, envelope.HeaderPartitionKey,
+		envelope.HeaderTime, envelope.HeaderVersion, envelope.HeaderKind, envelope.HeaderDataContentType,
+		envelope.HeaderDataSchema, envelope.HeaderPartitionKey,
 		envelope.HeaderCorrelationID, envelope.HeaderCausationID, envelope.HeaderTraceParent, envelope.HeaderTraceState} {
 		props[h] = str
 	}
