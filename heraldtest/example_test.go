@@ -23,6 +23,7 @@ type exampleT struct {
 func (t *exampleT) Helper()             {}
 func (t *exampleT) Cleanup(f func())    { t.cleanups = append(t.cleanups, f) }
 func (t *exampleT) Logf(string, ...any) {}
+func (t *exampleT) Log(...any)          {}
 func (t *exampleT) Fatalf(format string, args ...any) {
 	panic(fmt.Sprintf(format, args...))
 }

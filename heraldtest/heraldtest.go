@@ -3,6 +3,7 @@ package heraldtest
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"slices"
 	"sync"
@@ -52,6 +53,7 @@ type System struct {
 	cfg     config
 	broker  *natsjs.Broker
 	tracker *tracker
+	log     *slog.Logger // the test's log
 
 	mu       sync.Mutex
 	services []*entry // in the order Service added them
@@ -66,7 +68,8 @@ type entry struct {
 
 // New returns a system for the test t: an ephemeral embedded NATS
 // JetStream server (its files in a temporary directory), closed, with every
-// service of the system, when t ends.
+// service of the system, when t ends. The broker and the services log to
+// t's log (t.Log), which go test shows for a failed test or with -v.
 func New(t testing.TB, opts ...Option) *System {
 	t.Helper()
 	cfg := config{settle: DefaultSettleTimeout}
@@ -78,7 +81,8 @@ func New(t testing.TB, opts ...Option) *System {
 			t.Fatalf("heraldtest.New: %v", err)
 		}
 	}
-	b, err := natsjs.Embedded(context.Background(), natsjs.WithEphemeral())
+	log := newTestLogger(t)
+	b, err := natsjs.Embedded(context.Background(), natsjs.WithEphemeral(), natsjs.WithLogger(log))
 	if err != nil {
 		t.Fatalf("heraldtest.New: embedded NATS: %v", err)
 	}
@@ -87,7 +91,7 @@ func New(t testing.TB, opts ...Option) *System {
 			t.Logf("heraldtest: close broker: %v", err)
 		}
 	})
-	return &System{t: t, cfg: cfg, broker: b, tracker: newTracker()}
+	return &System{t: t, cfg: cfg, broker: b, tracker: newTracker(), log: log}
 }
 
 // Broker is the system's embedded NATS JetStream broker.
@@ -103,8 +107,9 @@ func (s *System) Postgres() bool { return os.Getenv(EnvPostgres) != "" }
 // on a store of its own — a new SQLite file in a temporary directory, or a
 // new schema on the PostgreSQL server of EnvPostgres, dropped when the test
 // ends — and on the system's broker, observed by the system. opts are
-// passed to herald.New after those (WithStore, WithBroker, WithObserver),
-// so they may add observers, a logger, a retry policy.
+// passed to herald.New after those (WithStore, WithBroker, WithObserver,
+// and WithLogger of the test's log), so they may add observers, replace the
+// logger, set a retry policy.
 func (s *System) Service(name string, opts ...herald.Option) *herald.Service {
 	s.t.Helper()
 	s.mu.Lock()
@@ -120,7 +125,8 @@ func (s *System) Service(name string, opts ...herald.Option) *herald.Service {
 	} else {
 		st = testdb.SQLite(s.t)
 	}
-	all := append([]herald.Option{herald.WithStore(st), herald.WithBroker(s.broker), herald.WithObserver(s.tracker)}, opts...)
+	all := append([]herald.Option{herald.WithStore(st), herald.WithBroker(s.broker),
+		herald.WithObserver(s.tracker), herald.WithLogger(s.log)}, opts...)
 	svc, err := herald.New(name, all...)
 	if err != nil {
 		s.t.Fatalf("heraldtest: service %s: %v", name, err)
