@@ -63,7 +63,7 @@ type System struct {
 type entry struct {
 	svc     *herald.Service
 	store   *store.Store
-	started bool
+	started bool // by Start, or by its caller (Add)
 }
 
 // New returns a system for the test t: an ephemeral embedded NATS
@@ -114,10 +114,8 @@ func (s *System) Service(name string, opts ...herald.Option) *herald.Service {
 	s.t.Helper()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, e := range s.services {
-		if e.svc.Name() == name {
-			s.t.Fatalf("heraldtest: service %q added twice", name)
-		}
+	if slices.ContainsFunc(s.services, func(e *entry) bool { return e.svc.Name() == name }) {
+		s.t.Fatalf("heraldtest: service %q added twice", name)
 	}
 	var st *store.Store
 	if s.Postgres() {
@@ -138,6 +136,27 @@ func (s *System) Service(name string, opts ...herald.Option) *herald.Service {
 		}
 	})
 	return svc
+}
+
+// Observe returns the option that lets the system follow a service built
+// elsewhere — by a constructor of your own that calls herald.New, on a
+// broker and store it chose. Pass it to herald.New, then Add the service.
+func (s *System) Observe() herald.Option { return herald.WithObserver(s.tracker) }
+
+// Add makes the system know services built elsewhere with Observe among
+// their options, so that Run waits for their subscriptions too. Their
+// caller keeps them: it starts and closes them, and Start skips them.
+func (s *System) Add(svcs ...*herald.Service) {
+	s.t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, svc := range svcs {
+		if slices.ContainsFunc(s.services, func(e *entry) bool { return e.svc.Name() == svc.Name() }) {
+			s.t.Fatalf("heraldtest: service %q added twice", svc.Name())
+			return
+		}
+		s.services = append(s.services, &entry{svc: svc, store: svc.Store(), started: true})
+	}
 }
 
 // Start starts the named services of the system, or, with no names, every

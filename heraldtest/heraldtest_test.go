@@ -11,6 +11,7 @@ import (
 
 	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/heraldtest"
+	"github.com/heraldhq/herald/internal/testdb"
 	"github.com/heraldhq/herald/trace"
 )
 
@@ -248,5 +249,28 @@ func TestActionErrorFailsTheTest(t *testing.T) {
 	sys.Run(ft, func(context.Context) error { return errors.New("out of stock") })
 	if len(ft.fatals) != 1 || !strings.Contains(ft.fatals[0], "out of stock") {
 		t.Fatalf("reports %q", ft.fatals)
+	}
+}
+
+// TestServicesBuiltElsewhereAreFollowed: a service a constructor of the
+// user's builds (herald.New on a store of its own) is followed once it has
+// Observe among its options and the system knows it (Add).
+func TestServicesBuiltElsewhereAreFollowed(t *testing.T) {
+	sys := heraldtest.New(t)
+	orders := sys.Service("orders")
+	must(t, herald.Translate(orders, orderPlaced, orderConfirmed, func(_ context.Context, e placed) (confirmed, error) {
+		return confirmed(e), nil
+	}))
+	st := testdb.SQLite(t)
+	shipping, err := herald.New("shipping", herald.WithStore(st), herald.WithBroker(sys.Broker()), sys.Observe())
+	must(t, err)
+	must(t, herald.Subscribe(shipping, orderConfirmed, "schedule", func(context.Context, herald.Tx, confirmed) error { return nil }))
+	sys.Add(shipping)
+	sys.Start() // orders; shipping is its caller's to start
+	must(t, shipping.Start(context.Background()))
+	t.Cleanup(func() { shipping.Close() })
+	flow := sys.Run(t, (&shop{orders: orders}).place("o-1"))
+	if len(flow.Handled("shipping", "schedule")) != 1 {
+		t.Fatalf("shipping did not handle the order\n%s", flow)
 	}
 }
