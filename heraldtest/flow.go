@@ -95,6 +95,7 @@ func (s *System) Run(t testing.TB, action func(ctx context.Context) error) *Flow
 		hops:     map[hopKey]*hopState{},
 		wake:     make(chan struct{}, 1),
 		adopting: true,
+		early:    map[string][]herald.Observation{},
 	}
 	id := herald.NewID()
 	f.corr[id] = true
@@ -104,7 +105,7 @@ func (s *System) Run(t testing.TB, action func(ctx context.Context) error) *Flow
 	defer cancel()
 	err := action(herald.WithCorrelationID(ctx, id))
 	s.tracker.mu.Lock()
-	f.adopting = false
+	f.adopting, f.early = false, nil
 	s.tracker.mu.Unlock()
 	if err != nil {
 		t.Fatalf("heraldtest: the flow's action failed: %v", err)
@@ -267,10 +268,14 @@ type flowState struct {
 	subs     map[string][]subscriber // event type → the subscriptions receiving it
 	corr     map[string]bool         // the flow's correlation ids
 	adopting bool                    // the action runs: new flows it starts join this one
-	records  []trace.Record
-	hops     map[hopKey]*hopState
-	order    []hopKey      // the hops in the order first seen, for the report
-	wake     chan struct{} // a token after each observation of the flow
+	// early holds, while the action runs, the observations of flows not
+	// (yet) the flow's: those of a flow the action starts can come before
+	// the report of its first event, which makes it the flow's.
+	early   map[string][]herald.Observation
+	records []trace.Record
+	hops    map[hopKey]*hopState
+	order   []hopKey      // the hops in the order first seen, for the report
+	wake    chan struct{} // a token after each observation of the flow
 }
 
 // observe updates the flow with o, if o belongs to it.
@@ -280,12 +285,29 @@ func (f *flowState) observe(o herald.Observation) {
 		return // an undecodable message's dead letter: no flow to put it in
 	}
 	if !f.corr[e.CorrelationID] {
+		if !f.adopting {
+			return
+		}
 		root := e.CausationID == "" && (o.Hop == herald.HopRecord || o.Hop == herald.HopTranslate || o.Hop == herald.HopNotify)
-		if !f.adopting || !root {
+		if !root {
+			// Perhaps of a flow the action is starting: a relay may
+			// publish a transaction's events, and a consumer handle them,
+			// before the committing goroutine reports them.
+			f.early[e.CorrelationID] = append(f.early[e.CorrelationID], o)
 			return
 		}
 		f.corr[e.CorrelationID] = true
+		for _, eo := range f.early[e.CorrelationID] {
+			f.apply(eo)
+		}
+		delete(f.early, e.CorrelationID)
 	}
+	f.apply(o)
+}
+
+// apply updates the flow with o, which belongs to it.
+func (f *flowState) apply(o herald.Observation) {
+	e := o.Event
 	f.records = append(f.records, trace.FromObservation(o))
 	switch o.Hop {
 	case herald.HopTranslate, herald.HopNotify:
