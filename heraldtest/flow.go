@@ -374,3 +374,12 @@ func errText(err error) string {
 	}
 	return err.Error()
 }
+
+// String names the hop in tests: "publish <event> <service>" or "handle
+// <event> <service>/<subscription>".
+func (k hopKey) String() string {
+	if k.stage == stagePublish {
+		return "publish " + k.event + " " + k.service
+	}
+	return "handle " + k.event + " " + k.service + "/" + k.sub
+}
