@@ -27,7 +27,8 @@ type Flow struct {
 	// DeadLetters are the dead-letter hops: events a subscription gave up
 	// on (Subscription set), or a relay could not publish.
 	DeadLetters []trace.Record
-	// Settled reports whether nothing was left unfinished.
+	// Settled reports whether Run saw the flow settle: false when it gave
+	// up waiting, or the action failed.
 	Settled bool
 	// Unfinished describes the hops still outstanding when Run gave up, one
 	// line each; empty when Settled.
@@ -89,14 +90,7 @@ func (f *Flow) String() string {
 // after its subscription handled the event.
 func (s *System) Run(t testing.TB, action func(ctx context.Context) error) *Flow {
 	t.Helper()
-	f := &flowState{
-		subs:     s.subscribers(t),
-		corr:     map[string]bool{},
-		hops:     map[hopKey]*hopState{},
-		wake:     make(chan struct{}, 1),
-		adopting: true,
-		early:    map[string][]herald.Observation{},
-	}
+	f := newFlowState(s.subscribers(t))
 	id := herald.NewID()
 	f.corr[id] = true
 	s.tracker.add(f)
@@ -109,7 +103,9 @@ func (s *System) Run(t testing.TB, action func(ctx context.Context) error) *Flow
 	s.tracker.mu.Unlock()
 	if err != nil {
 		t.Fatalf("heraldtest: the flow's action failed: %v", err)
-		return s.tracker.result(f, nil)
+		fl := s.tracker.result(f, nil)
+		fl.Settled = false
+		return fl
 	}
 	for {
 		s.tracker.mu.Lock()
@@ -276,6 +272,19 @@ type flowState struct {
 	hops    map[hopKey]*hopState
 	order   []hopKey      // the hops in the order first seen, for the report
 	wake    chan struct{} // a token after each observation of the flow
+}
+
+// newFlowState returns the state of a flow whose action is about to run;
+// subs maps event types to the subscriptions receiving them.
+func newFlowState(subs map[string][]subscriber) *flowState {
+	return &flowState{
+		subs:     subs,
+		corr:     map[string]bool{},
+		hops:     map[hopKey]*hopState{},
+		wake:     make(chan struct{}, 1),
+		adopting: true,
+		early:    map[string][]herald.Observation{},
+	}
 }
 
 // observe updates the flow with o, if o belongs to it.

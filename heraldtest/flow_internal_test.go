@@ -65,14 +65,7 @@ func TestTracking(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			f := &flowState{
-				subs:     map[string][]subscriber{"t-i": {{service: "shipping", name: "schedule"}}},
-				corr:     map[string]bool{},
-				hops:     map[hopKey]*hopState{},
-				wake:     make(chan struct{}, 1),
-				adopting: true,
-				early:    map[string][]herald.Observation{},
-			}
+			f := newFlowState(map[string][]subscriber{"t-i": {{service: "shipping", name: "schedule"}}})
 			if c.known {
 				f.corr["c"] = true
 			}

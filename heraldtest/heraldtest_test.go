@@ -246,9 +246,9 @@ func TestUnsettledFlowFailsListingTheOpenHops(t *testing.T) {
 func TestActionErrorFailsTheTest(t *testing.T) {
 	sys := heraldtest.New(t)
 	ft := &fakeT{TB: t}
-	sys.Run(ft, func(context.Context) error { return errors.New("out of stock") })
-	if len(ft.fatals) != 1 || !strings.Contains(ft.fatals[0], "out of stock") {
-		t.Fatalf("reports %q", ft.fatals)
+	flow := sys.Run(ft, func(context.Context) error { return errors.New("out of stock") })
+	if len(ft.fatals) != 1 || !strings.Contains(ft.fatals[0], "out of stock") || flow.Settled {
+		t.Fatalf("reports %q, settled %v", ft.fatals, flow.Settled)
 	}
 }
 
