@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"os"
 	"slices"
 	"sync"
 	"testing"
@@ -55,14 +54,13 @@ type System struct {
 	tracker *tracker
 	log     *slog.Logger // the test's log
 
-	mu       sync.Mutex
-	services []*entry // in the order Service added them
+	mu       sync.Mutex // guards services and their started
+	services []*entry   // in the order Service added them
 }
 
 // entry is one service of the system.
 type entry struct {
 	svc     *herald.Service
-	store   *store.Store
 	started bool // by Start, or by its caller (Add)
 }
 
@@ -99,7 +97,7 @@ func (s *System) Broker() *natsjs.Broker { return s.broker }
 
 // Postgres reports whether the system's services run on PostgreSQL
 // (EnvPostgres is set) rather than SQLite.
-func (s *System) Postgres() bool { return os.Getenv(EnvPostgres) != "" }
+func (s *System) Postgres() bool { return testdb.PostgresEnabled() }
 
 // Service adds the service name to the system and returns it, not yet
 // started: register its contracts, handlers, translations and
@@ -113,8 +111,9 @@ func (s *System) Postgres() bool { return os.Getenv(EnvPostgres) != "" }
 func (s *System) Service(name string, opts ...herald.Option) *herald.Service {
 	s.t.Helper()
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if slices.ContainsFunc(s.services, func(e *entry) bool { return e.svc.Name() == name }) {
+	twice := slices.ContainsFunc(s.services, func(e *entry) bool { return e.svc.Name() == name })
+	s.mu.Unlock()
+	if twice {
 		s.t.Fatalf("heraldtest: service %q added twice", name)
 	}
 	var st *store.Store
@@ -129,7 +128,9 @@ func (s *System) Service(name string, opts ...herald.Option) *herald.Service {
 	if err != nil {
 		s.t.Fatalf("heraldtest: service %s: %v", name, err)
 	}
-	s.services = append(s.services, &entry{svc: svc, store: st})
+	s.mu.Lock()
+	s.services = append(s.services, &entry{svc: svc})
+	s.mu.Unlock()
 	s.t.Cleanup(func() { // registered after the store's cleanup, so it runs before it
 		if err := svc.Close(); err != nil {
 			s.t.Logf("heraldtest: close %s: %v", svc.Name(), err)
@@ -155,7 +156,7 @@ func (s *System) Add(svcs ...*herald.Service) {
 			s.t.Fatalf("heraldtest: service %q added twice", svc.Name())
 			return
 		}
-		s.services = append(s.services, &entry{svc: svc, store: svc.Store(), started: true})
+		s.services = append(s.services, &entry{svc: svc, started: true})
 	}
 }
 
@@ -181,14 +182,19 @@ func (s *System) Start(names ...string) {
 	}
 	s.mu.Unlock()
 	for _, e := range todo {
-		if e.started {
+		s.mu.Lock()
+		started := e.started
+		s.mu.Unlock()
+		if started {
 			continue
 		}
 		if err := e.svc.Start(context.Background()); err != nil {
 			s.t.Fatalf("heraldtest: start %s: %v", e.svc.Name(), err)
 			return
 		}
+		s.mu.Lock()
 		e.started = true
+		s.mu.Unlock()
 	}
 }
 
