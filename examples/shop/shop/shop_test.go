@@ -9,23 +9,27 @@ import (
 	"testing"
 	"time"
 
-	"github.com/heraldhq/herald/broker/natsjs"
+	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/examples/shop/service/orders"
 	"github.com/heraldhq/herald/examples/shop/shop"
+	"github.com/heraldhq/herald/heraldtest"
 	"github.com/heraldhq/herald/internal/testdb"
-	"github.com/heraldhq/herald/internal/testwait"
 	"github.com/heraldhq/herald/store"
 )
 
 func startShop(t *testing.T) *shop.System {
 	t.Helper()
+	sys, _ := startSettledShop(t, 20*time.Millisecond)
+	return sys
+}
+
+// startSettledShop starts the shop on the broker of a heraldtest system
+// that follows every service, so that the test can run settled flows.
+func startSettledShop(t *testing.T, dispatchDelay time.Duration) (*shop.System, *heraldtest.System) {
+	t.Helper()
 	ctx := context.Background()
-	b, err := natsjs.Embedded(ctx, natsjs.WithEphemeral())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
-	cfg := shop.Config{Broker: b, DataDir: t.TempDir(), DispatchDelay: 20 * time.Millisecond}
+	hs := heraldtest.New(t)
+	cfg := shop.Config{Broker: hs.Broker(), DataDir: t.TempDir(), DispatchDelay: dispatchDelay, Options: []herald.Option{hs.Observe()}}
 	if testdb.PostgresEnabled() {
 		cfg.Postgres = map[string]string{}
 		for _, s := range shop.Services {
@@ -37,7 +41,8 @@ func startShop(t *testing.T) *shop.System {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { sys.Close() })
-	return sys
+	hs.Add(sys.Orders.Service, sys.Shipping.Service, sys.Notifications.Service, sys.Reviews.Service)
+	return sys, hs
 }
 
 func post(t *testing.T, url, body string) (int, map[string]any) {
@@ -110,28 +115,50 @@ func count(t *testing.T, sys *shop.System, table string) int {
 	return n
 }
 
+// TestOrderFlowsToShippedAndVerifiedReview places orders through the HTTP
+// API and follows them with settled flows (heraldtest), not a wait loop:
+// once the flow of the placing settles every order is scheduled and its
+// buyer verified; once the flow of the dispatch settles every order is
+// shipped. Time, which causes the dispatch, is the test's to move: the
+// shipments' ETAs are an hour away until the test brings them due.
 func TestOrderFlowsToShippedAndVerifiedReview(t *testing.T) {
-	sys := startShop(t)
+	sys, hs := startSettledShop(t, time.Hour)
 	ctx := context.Background()
 	const n = 20
 	var ids []string
-	for i := range n {
-		code, body := post(t, "http://"+sys.Addr["orders"]+"/orders",
-			fmt.Sprintf(`{"customer_id":"c%d","email":"c%d@example.com","items":[{"product_id":"p-lamp","quantity":1},{"product_id":"p-tea","quantity":2}]}`, i, i))
-		if code != http.StatusCreated {
-			t.Fatalf("place: %d %v", code, body)
+	placing := hs.Run(t, func(context.Context) error {
+		for i := range n {
+			code, body := post(t, "http://"+sys.Addr["orders"]+"/orders",
+				fmt.Sprintf(`{"customer_id":"c%d","email":"c%d@example.com","items":[{"product_id":"p-lamp","quantity":1},{"product_id":"p-tea","quantity":2}]}`, i, i))
+			if code != http.StatusCreated {
+				return fmt.Errorf("place: %d %v", code, body)
+			}
+			ids = append(ids, body["id"].(string))
 		}
-		ids = append(ids, body["id"].(string))
+		return nil
+	})
+	if len(placing.Correlations) != n || len(placing.Handled("reviews", "verify-buyers")) != n {
+		t.Fatalf("%d flows, %d verified, want %d", len(placing.Correlations), len(placing.Handled("reviews", "verify-buyers")), n)
 	}
-	var counts map[string]int
-	testwait.UntilReport(t, 30*time.Second, func() bool {
-		var err error
-		counts, err = sys.Orders.CountByStatus(ctx)
-		if err != nil {
-			t.Fatal(err)
+	counts, err := sys.Orders.CountByStatus(ctx)
+	if err != nil || counts[orders.StatusScheduled] != n {
+		t.Fatalf("statuses %v, %v; want %d scheduled", counts, err, n)
+	}
+
+	st := sys.Shipping.Store()
+	if _, err := st.DB().ExecContext(ctx, st.Rebind(`UPDATE shipments SET eta = ?`), time.Now().UnixNano()); err != nil {
+		t.Fatal(err)
+	}
+	hs.Run(t, func(ctx context.Context) error {
+		k, err := sys.Shipping.DispatchDue(ctx)
+		if err == nil && k != n {
+			err = fmt.Errorf("dispatched %d, want %d", k, n)
 		}
-		return counts[orders.StatusShipped] == n
-	}, func() string { return fmt.Sprintf("statuses %v, want %d shipped", counts, n) })
+		return err
+	})
+	if counts, err = sys.Orders.CountByStatus(ctx); err != nil || counts[orders.StatusShipped] != n {
+		t.Fatalf("statuses %v, %v; want %d shipped", counts, err, n)
+	}
 	o, err := sys.Orders.Get(ctx, ids[0])
 	if err != nil || o.Status != orders.StatusShipped || len(o.Items) != 2 {
 		t.Fatalf("order = %+v, %v", o, err)

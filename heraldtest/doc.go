@@ -1,0 +1,64 @@
+// Package heraldtest is what a herald user imports in tests: a throw-away
+// system of services in one test, and settled flows — run an action, wait
+// until everything it caused has finished, assert on what happened. No
+// sleeps, no polling loops.
+//
+// # A system in a test
+//
+// New starts an ephemeral embedded NATS JetStream server for the test.
+// System.Service adds a herald service to it on a store of its own: a new
+// SQLite file, or, when HERALD_TEST_POSTGRES_URL (EnvPostgres) is set, a
+// new schema on that PostgreSQL server. Register contracts, handlers,
+// translations and subscriptions on it as in production, create its tables,
+// then System.Start. Everything is closed, and every schema dropped, when
+// the test ends.
+//
+//	sys := heraldtest.New(t)
+//	orders, shipping := sys.Service("orders"), sys.Service("shipping")
+//	herald.Translate(orders, orderPlaced, orderConfirmed, confirm)
+//	herald.Subscribe(shipping, orderConfirmed, "schedule", schedule)
+//	sys.Start()
+//
+// # Settled flows
+//
+// System.Run runs an action (a Do, an HTTP request into a service) and
+// returns once the flow it started has settled: every integration and
+// notification event written to an outbox is published, and handled or
+// dead-lettered by every subscription of the system's services that
+// receives it, and so on for what those handlers record. The Flow it
+// returns holds every hop (trace.Record), the causal tree (trace.Tree),
+// the dead letters, and helpers to find events and handled hops.
+//
+//	flow := sys.Run(t, func(ctx context.Context) error {
+//		return orders.Do(ctx, func(tx herald.Tx) error { return herald.Record(tx, orderPlaced, e) })
+//	})
+//	if len(flow.Handled("shipping", "schedule")) != 1 { … }
+//
+// A flow that has not settled within the settle timeout (SettleTimeout,
+// default DefaultSettleTimeout) fails the test, one line per unfinished
+// hop — "shop.order.confirmed 01K…: not handled by shipping/schedule
+// (service shipping is not started)" — followed by the tree so far.
+//
+// # How Run knows a flow settled
+//
+// The system adds one observer (herald.WithObserver, an InlineObserver) to
+// each of its services and keeps, per flow, the hops still owed. A
+// translated or notified event owes a publish by its service's relay; a
+// published event owes one hop to each subscription of the system's
+// services to its type (from their manifests, read when Run begins); a
+// handled (ok or duplicate) or dead-lettered event pays its hop, and a
+// retry does not. herald reports the events a transaction recorded before
+// Do returns and before the consumer reports the event that caused them
+// handled, so the count of owed hops never drops to zero while work that
+// is already caused is unreported. Hops may be reported paid before owed
+// (a consumer in another service can report before the producer's relay
+// does), and count once either way. The flow settles when nothing is owed.
+//
+// # What is not waited for
+//
+// Notification deliveries: a notifier decides them after its subscription
+// handled the notification event, and how many there will be (recipients,
+// channels, preferences) is not known from the event; the deliveries that
+// happen before the flow settles are in its records. Subscriptions of
+// services outside the system are not known and not waited for.
+package heraldtest
