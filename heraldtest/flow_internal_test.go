@@ -183,3 +183,23 @@ func names(all []herald.Observation, seq []int) string {
 	}
 	return strings.Join(b, ", ")
 }
+
+// TestUnsentDeliveryDescribed: a flow that gives up waiting on a delivery
+// names it — its event, recipient, channel, notifier — and its last error.
+func TestUnsentDeliveryDescribed(t *testing.T) {
+	f := newFlowState(trackingSubs)
+	f.corr["c"] = true
+	retry := sendRetry
+	retry.Attempt, retry.Err = 2, errors.New("421 try later")
+	for _, o := range []herald.Observation{record, notified, notePub, decideQueued, noteHandled, retry} {
+		f.observe(o)
+	}
+	got := (&System{}).describe(f.outstanding())
+	want := "delivery m of t-m n to alice on email: not delivered by the notifier of notes; attempt 2, last error: 421 try later"
+	if len(got) != 1 || got[0] != want {
+		t.Fatalf("described %q, want [%q]", got, want)
+	}
+	if d := f.deliveries; len(d) != 1 || d[0].Outcome != herald.OutcomeRetry || d[0].Err != "421 try later" {
+		t.Fatalf("deliveries %+v, want m retrying", d)
+	}
+}
