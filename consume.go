@@ -107,6 +107,7 @@ type consumerTx struct {
 	t          *txn // &txn
 	txn        txn  // in the same allocation
 	nlog, nout int  // what was recorded at the last savepoint
+	nobs       int  // the observations to report at commit, at the last savepoint
 }
 
 func (c *consumerTx) InboxClaim(ctx context.Context, inbox, eventID string) (bool, error) {
@@ -118,7 +119,7 @@ func (c *consumerTx) InboxClaimMany(ctx context.Context, inbox string, eventIDs 
 }
 
 func (c *consumerTx) TxSavepoint(ctx context.Context) error {
-	c.nlog, c.nout = len(c.t.log), len(c.t.outbox)
+	c.nlog, c.nout, c.nobs = len(c.t.log), len(c.t.outbox), len(c.t.onCommit)
 	return c.st.TxSavepoint(ctx, c.t.sql)
 }
 
@@ -133,7 +134,7 @@ func (c *consumerTx) TxSavepointRollback(ctx context.Context) error {
 		return err
 	}
 	t := c.t
-	t.log, t.outbox, t.failed = t.log[:c.nlog], t.outbox[:c.nout], nil
+	t.log, t.outbox, t.onCommit, t.failed = t.log[:c.nlog], t.outbox[:c.nout], t.onCommit[:c.nobs], nil
 	return nil
 }
 

@@ -26,6 +26,19 @@ const (
 	HopHandle     Hop = "handle"      // a subscription's handler committed its effect
 	HopDeadLetter Hop = "dead-letter" // a subscription gave up on an event
 	HopDeliver    Hop = "deliver"     // the notifier delivered (or failed) a notification
+	// HopDecide is the notifier's decision of one delivery of a
+	// notification event (a recipient on a channel), reported once the
+	// decision's transaction committed and before the subscription's handle
+	// hop of the event. Event is the delivery, as for HopDeliver (its id the
+	// delivery id, caused by the notification event); Reason is the
+	// channel; Recipient the recipient; Outcome the state it was decided
+	// in: "queued" (a deliver hop follows when it is sent, failed or
+	// retried), "deferred" (quiet hours, a fallback waiting on its primary),
+	// "digested" (folded into a digest sent later), or one that ends the
+	// delivery there: "suppressed", "throttled", "failed" (the notifier
+	// also reports those as deliver hops, later, once it sees them
+	// committed).
+	HopDecide Hop = "decide"
 )
 
 // Outcome is how one hop of an event ended.
@@ -53,8 +66,11 @@ type Observation struct {
 	Duration     time.Duration
 	Outcome      Outcome
 	Reason       string // dead-letter reason, delivery channel, …
-	Attempt      int
-	Err          error
+	// Recipient is the recipient id of a notification delivery (decide,
+	// deliver); empty for every other hop.
+	Recipient string
+	Attempt   int
+	Err       error
 	// Known reports whether Event.Type is a contract the service registered.
 	// Types that came off the wire unchecked (garbage, a type no contract
 	// here names) are not known: observers that make labels of types use
@@ -138,6 +154,14 @@ func (s *Service) observeBatch(ctx context.Context, b BatchObservation) {
 func init() {
 	observehook.Observe = func(ctx context.Context, svc, o any) {
 		svc.(*Service).observe(ctx, o.(Observation))
+	}
+	observehook.Observing = func(svc any) bool { return svc.(*Service).observing() }
+	observehook.OnCommit = func(tx, o any) {
+		t := tx.(Tx).scope().t
+		if !t.svc.observing() {
+			return
+		}
+		t.onCommit = append(t.onCommit, o.(Observation))
 	}
 }
 

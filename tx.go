@@ -61,6 +61,7 @@ type txn struct {
 	failed      error                // first error of a handler or translation
 	log         []*envelope.Envelope // domain events → event log at commit
 	outbox      []*envelope.Envelope // integration/notification events → outbox at commit
+	onCommit    []Observation        // reported after the events once committed (observehook.OnCommit)
 	correlation string
 }
 
@@ -155,6 +156,9 @@ func (s *Service) observeCommit(ctx context.Context, t *txn) {
 			hop = HopNotify
 		}
 		s.observe(ctx, Observation{Hop: hop, Event: *e, Start: e.Time, Duration: now.Sub(e.Time), Outcome: OutcomeOK})
+	}
+	for _, o := range t.onCommit {
+		s.observe(ctx, o)
 	}
 }
 

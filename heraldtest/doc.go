@@ -47,18 +47,31 @@
 // published event owes one hop to each subscription of the system's
 // services to its type (from their manifests, read when Run begins); a
 // handled (ok or duplicate) or dead-lettered event pays its hop, and a
-// retry does not. herald reports the events a transaction recorded before
-// Do returns and before the consumer reports the event that caused them
-// handled, so the count of owed hops never drops to zero while work that
-// is already caused is unreported. Hops may be reported paid before owed
-// (a consumer in another service can report before the producer's relay
-// does), and count once either way. The flow settles when nothing is owed.
+// retry does not. A notifier (package notify) reports each delivery it
+// decided for a notification event (herald.HopDecide); one decided queued
+// owes its send, which its deliver hop (sent, delivered, failed — not a
+// retry) pays; one decided in any other state is finished: ended by the
+// decision (suppressed, throttled, failed) or put off (deferred for quiet
+// hours or a fallback, digested). herald reports the events a transaction
+// recorded, and the deliveries a decision made, before Do returns and
+// before the consumer reports the event that caused them handled, so the
+// count of owed hops never drops to zero while work that is already
+// caused is unreported. Hops may be reported paid before owed (a consumer
+// in another service can report before the producer's relay does, a
+// notifier's worker can send a delivery before its decision is reported),
+// and count once either way. The flow settles when nothing is owed.
+//
+// Flow.Deliveries lists the notification deliveries — recipient, channel,
+// outcome — and Flow.Sent those sent on a channel:
+//
+//	flow := sys.Run(t, placeOrder)
+//	if got := flow.Sent("email"); len(got) != 1 || got[0].Recipient != "alice" { … }
 //
 // # What is not waited for
 //
-// Notification deliveries: a notifier decides them after its subscription
-// handled the notification event, and how many there will be (recipients,
-// channels, preferences) is not known from the event; the deliveries that
-// happen before the flow settles are in its records. Subscriptions of
-// services outside the system are not known and not waited for.
+// Deliveries put off — deferred to the end of quiet hours, a fallback
+// waiting on its primary, an item of a digest — are in Flow.Deliveries
+// with that outcome, and their later send is not waited for; nor is the
+// digest message a digest sends when it fills. Subscriptions of services
+// outside the system are not known and not waited for.
 package heraldtest

@@ -33,6 +33,47 @@ type Flow struct {
 	// Unfinished describes the hops still outstanding when Run gave up, one
 	// line each; empty when Settled.
 	Unfinished []string
+
+	deliveries []Delivery
+}
+
+// Delivery is one notification delivery of a flow: a recipient on a
+// channel, as a notifier (package notify) decided it for a notification
+// event of the flow, and how it ended.
+type Delivery struct {
+	ID        string // the delivery's id in the notifier's log
+	Service   string // the notifier's service
+	EventID   string // the notification event it delivers
+	Type      string // the event's type
+	Recipient string
+	Channel   string
+	// Outcome is the delivery's last known state: "sent" or "delivered";
+	// "failed", "suppressed" or "throttled" (by the decision or the
+	// sender); "deferred" (quiet hours, a fallback waiting on its primary)
+	// or "digested", which a settled flow does not wait for. "queued" or
+	// "retry" only in a flow that did not settle.
+	Outcome herald.Outcome
+	// Err says why a delivery did not end sent or delivered (a
+	// *notify.DeliveryError's text); empty when it did.
+	Err string
+}
+
+// Deliveries returns the flow's notification deliveries, in the order the
+// notifiers decided them. A settled flow has every delivery its
+// notification events decided, each finished: sent, delivered, failed,
+// suppressed or throttled, or deferred or digested for later.
+func (f *Flow) Deliveries() []Delivery { return slices.Clone(f.deliveries) }
+
+// Sent returns the deliveries of the flow on channel (every channel with
+// "") that ended sent or delivered.
+func (f *Flow) Sent(channel string) []Delivery {
+	var out []Delivery
+	for _, d := range f.deliveries {
+		if (channel == "" || d.Channel == channel) && (d.Outcome == "sent" || d.Outcome == "delivered") {
+			out = append(out, d)
+		}
+	}
+	return out
 }
 
 // Events returns the flow's events of type typ (every event with typ ""),
@@ -85,9 +126,9 @@ func (f *Flow) String() string {
 // has not settled within the settle timeout fails it too, listing each
 // unfinished hop — the event, and the relay or subscription it waits on —
 // and the tree so far. Run waits on the system's observer, never by
-// polling. Notification deliveries appear in the tree when they happen
-// before the flow settles but are not waited for: a notifier decides them
-// after its subscription handled the event.
+// polling. The notification deliveries a notifier decides for the flow's
+// events are waited for too, until sent, failed or suppressed, or put off
+// (deferred, digested): see Flow.Deliveries.
 func (s *System) Run(t testing.TB, action func(ctx context.Context) error) *Flow {
 	t.Helper()
 	f := newFlowState(s.subscribers(t))
@@ -147,6 +188,9 @@ func (s *System) describe(open []openHop) []string {
 			fmt.Fprintf(&b, "%s: not published by the relay of %s", o.describeEvent(), o.key.service)
 		case stageHandle:
 			fmt.Fprintf(&b, "%s: not handled by %s/%s", o.describeEvent(), o.key.service, o.key.sub)
+		case stageDeliver:
+			fmt.Fprintf(&b, "delivery %s of %s to %s on %s: not delivered by the notifier of %s",
+				o.key.event, o.describeEvent(), o.recipient, o.channel, o.key.service)
 		}
 		if stopped[o.key.service] {
 			fmt.Fprintf(&b, " (service %s is not started)", o.key.service)
@@ -171,10 +215,12 @@ type stage int
 const (
 	stagePublish stage = iota // the producer's relay publishes the event
 	stageHandle               // a subscription handles or dead-letters it
+	stageDeliver              // a notifier sends a delivery it decided (event: the delivery id)
 )
 
-// hopKey names one hop of one event: its publish by a service's relay, or
-// its handling by one subscription.
+// hopKey names one hop of one event: its publish by a service's relay, its
+// handling by one subscription, or the sending of one of its notification
+// deliveries by a notifier (event is then the delivery's id).
 type hopKey struct {
 	event   string
 	stage   stage
@@ -186,11 +232,14 @@ type hopKey struct {
 // before it is seen expected: the consumer of another service may report a
 // handled event before the producer's relay reports its publish.
 type hopState struct {
-	typ      string
-	expected bool // something the flow did makes it owed
-	done     bool // handled, published, or dead-lettered
-	attempt  int
-	lastErr  string
+	typ   string // the event's type (a delivery's: its notification event's)
+	cause string // stageDeliver: the notification event's id
+	// recipient and channel of a stageDeliver hop
+	recipient, channel string
+	expected           bool // something the flow did makes it owed
+	done               bool // handled, published, or dead-lettered
+	attempt            int
+	lastErr            string
 }
 
 // openHop is an unfinished hop, for the report.
@@ -199,7 +248,12 @@ type openHop struct {
 	hopState
 }
 
-func (o openHop) describeEvent() string { return o.typ + " " + o.key.event }
+func (o openHop) describeEvent() string {
+	if o.key.stage == stageDeliver {
+		return o.typ + " " + o.cause
+	}
+	return o.typ + " " + o.key.event
+}
 
 // tracker is the observer the system gives every service: it hands each
 // observation to the flows Run is waiting on. It is an InlineObserver so
@@ -244,8 +298,12 @@ func (tr *tracker) remove(f *flowState) {
 func (tr *tracker) result(f *flowState, unfinished []string) *Flow {
 	tr.mu.Lock()
 	recs := slices.Clone(f.records)
+	dels := make([]Delivery, len(f.deliveries))
+	for i, d := range f.deliveries {
+		dels[i] = *d
+	}
 	tr.mu.Unlock()
-	out := &Flow{Records: recs, Tree: trace.Build(recs), Settled: len(unfinished) == 0, Unfinished: unfinished}
+	out := &Flow{Records: recs, Tree: trace.Build(recs), Settled: len(unfinished) == 0, Unfinished: unfinished, deliveries: dels}
 	seen := map[string]bool{}
 	for _, r := range recs {
 		if !seen[r.CorrelationID] {
@@ -272,6 +330,10 @@ type flowState struct {
 	hops    map[hopKey]*hopState
 	order   []hopKey      // the hops in the order first seen, for the report
 	wake    chan struct{} // a token after each observation of the flow
+	// deliveries are the notification deliveries, by id and in the order
+	// first seen.
+	deliveries []*Delivery
+	delivery   map[string]*Delivery
 }
 
 // newFlowState returns the state of a flow whose action is about to run;
@@ -281,6 +343,7 @@ func newFlowState(subs map[string][]subscriber) *flowState {
 		subs:     subs,
 		corr:     map[string]bool{},
 		hops:     map[hopKey]*hopState{},
+		delivery: map[string]*Delivery{},
 		wake:     make(chan struct{}, 1),
 		adopting: true,
 		early:    map[string][]herald.Observation{},
@@ -348,11 +411,55 @@ func (f *flowState) apply(o herald.Observation) {
 		}
 		h := f.hop(k, e.Type)
 		h.done, h.attempt, h.lastErr = true, o.Attempt, errText(o.Err)
+	case herald.HopDecide:
+		// Decided queued, it is owed until the notifier reports it sent,
+		// failed or suppressed; decided in any other state — ended
+		// (failed, suppressed, throttled) or put off (deferred, digested)
+		// — it is finished for the flow.
+		h := f.deliveryHop(o)
+		h.expected = true
+		if o.Outcome != outcomeQueued {
+			h.done = true
+		}
+		f.noteDelivery(o, false)
+	case herald.HopDeliver:
+		h := f.deliveryHop(o)
+		if o.Outcome == herald.OutcomeRetry {
+			h.attempt, h.lastErr = o.Attempt, errText(o.Err)
+		} else {
+			h.done = true
+		}
+		f.noteDelivery(o, true)
 	}
 	select {
 	case f.wake <- struct{}{}:
 	default:
 	}
+}
+
+// outcomeQueued is the outcome of a decide hop whose delivery is to be sent.
+const outcomeQueued herald.Outcome = "queued"
+
+// deliveryHop returns the state of the sending of o's delivery.
+func (f *flowState) deliveryHop(o herald.Observation) *hopState {
+	h := f.hop(hopKey{event: o.Event.ID, stage: stageDeliver, service: o.Service}, o.Event.Type)
+	h.cause, h.recipient, h.channel = o.Event.CausationID, o.Recipient, o.Reason
+	return h
+}
+
+// noteDelivery updates the record of o's delivery; a deliver hop (sent)
+// overrides the decided state, a decide hop seen after it does not.
+func (f *flowState) noteDelivery(o herald.Observation, sent bool) {
+	d := f.delivery[o.Event.ID]
+	if d == nil {
+		d = &Delivery{ID: o.Event.ID, Service: o.Service, EventID: o.Event.CausationID, Type: o.Event.Type,
+			Recipient: o.Recipient, Channel: o.Reason}
+		f.delivery[o.Event.ID] = d
+		f.deliveries = append(f.deliveries, d)
+	} else if !sent && d.Outcome != "" {
+		return // the notifier reported it before the decision's report
+	}
+	d.Outcome, d.Err = o.Outcome, errText(o.Err)
 }
 
 // hop returns the state of k, creating it.
@@ -384,11 +491,14 @@ func errText(err error) string {
 	return err.Error()
 }
 
-// String names the hop in tests: "publish <event> <service>" or "handle
-// <event> <service>/<subscription>".
+// String names the hop in tests: "publish <event> <service>", "handle
+// <event> <service>/<subscription>" or "deliver <delivery> <service>".
 func (k hopKey) String() string {
-	if k.stage == stagePublish {
+	switch k.stage {
+	case stagePublish:
 		return "publish " + k.event + " " + k.service
+	case stageDeliver:
+		return "deliver " + k.event + " " + k.service
 	}
 	return "handle " + k.event + " " + k.service + "/" + k.sub
 }

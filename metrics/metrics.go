@@ -46,7 +46,7 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 	m := &Metrics{
 		hops: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "herald", Name: "events_total",
-			Help: "Events through each hop (record, translate, notify, publish, consume, handle, dead-letter, deliver) by outcome.",
+			Help: "Events through each hop (record, translate, notify, publish, consume, handle, dead-letter, decide, deliver) by outcome.",
 		}, []string{"service", "hop", "type", "outcome"}),
 		handle: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: "herald", Name: "handler_duration_seconds",

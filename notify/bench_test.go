@@ -111,7 +111,7 @@ func BenchmarkDecide(b *testing.B) {
 			must(b, e.svc.Do(e.ctx, func(tx herald.Tx) error {
 				for j := i; j < min(i+100, b.N); j++ {
 					ev := event{ID: fmt.Sprintf("bench-%d", j), Type: orderShipped.Name(), CorrelationID: "bench"}
-					if err := e.n.decide(e.ctx, tx.SQL(), r, ev, intake{recipients: []string{benchUser(j)}, data: data}); err != nil {
+					if err := e.n.decide(e.ctx, tx, r, ev, intake{recipients: []string{benchUser(j)}, data: data}); err != nil {
 						return err
 					}
 				}

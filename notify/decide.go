@@ -11,7 +11,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/envelope"
+	"github.com/heraldhq/herald/internal/observehook"
 )
 
 // event is what the pipeline needs of an event's envelope.
@@ -47,19 +49,28 @@ func idemKey(eventID, recipient, channel string) string {
 }
 
 // decide runs the pipeline for every recipient and channel of one event,
-// inside tx (the subscription's transaction, with the inbox row). It writes
-// one delivery row per (event, recipient, channel) and sends nothing. An
-// error (the Directory or the database failing) rolls the event back, and
-// the subscription retries it.
-func (n *Notifier) decide(ctx context.Context, tx *sql.Tx, r *route, ev event, in intake) error {
+// inside htx (the subscription's transaction, with the inbox row). It writes
+// one delivery row per (event, recipient, channel) and sends nothing; each
+// is reported to the service's observers (herald.HopDecide) once htx
+// commits. An error (the Directory or the database failing) rolls the
+// event back, and the subscription retries it.
+func (n *Notifier) decide(ctx context.Context, htx herald.Tx, r *route, ev event, in intake) error {
 	now := n.now()
+	observing := observehook.Observing(n.svc)
+	note := func(d *row) {
+		n.decided(d)
+		if observing {
+			observehook.OnCommit(htx, n.decideObservation(d))
+		}
+	}
+	tx := htx.SQL()
 	seen := map[string]bool{}
 	for _, rid := range in.recipients {
 		if rid == "" || seen[rid] {
 			continue
 		}
 		seen[rid] = true
-		if err := n.decideRecipient(ctx, tx, r, ev, in, rid, now); err != nil {
+		if err := n.decideRecipient(ctx, tx, r, ev, in, rid, now, note); err != nil {
 			return err
 		}
 	}
@@ -76,7 +87,9 @@ type subject struct {
 	profile []byte
 }
 
-func (n *Notifier) decideRecipient(ctx context.Context, tx *sql.Tx, r *route, ev event, in intake, rid string, now time.Time) error {
+// decideRecipient decides the deliveries of one recipient, calling note
+// with each row it inserted.
+func (n *Notifier) decideRecipient(ctx context.Context, tx *sql.Tx, r *route, ev event, in intake, rid string, now time.Time, note func(*row)) error {
 	// Idempotency first: it needs nothing else, and a replayed event must
 	// not consult the directory again.
 	pending := map[string]bool{}
@@ -109,7 +122,7 @@ func (n *Notifier) decideRecipient(ctx context.Context, tx *sql.Tx, r *route, ev
 		if err := n.insert(ctx, tx, d); err != nil {
 			return err
 		}
-		n.decided(d)
+		note(d)
 		decided[ch] = d
 	}
 	for _, fb := range r.fallbacks {
@@ -135,7 +148,7 @@ func (n *Notifier) decideRecipient(ctx context.Context, tx *sql.Tx, r *route, ev
 		if err := n.insert(ctx, tx, d); err != nil {
 			return err
 		}
-		n.decided(d)
+		note(d)
 	}
 	return nil
 }

@@ -88,6 +88,10 @@ var (
 //
 // # What it reports
 //
+// Every delivery a decision inserted is a herald.HopDecide observation of
+// the service — recipient, channel, the state it was decided in — reported
+// once the decision's transaction commits, before the subscription's
+// handle hop of the event (heraldtest waits on them).
 // Every delivery's end is a herald.HopDeliver observation of the service
 // (the metrics package counts them in herald_notifications_total by
 // channel, outcome and reason code; see DeliveryError): what the worker

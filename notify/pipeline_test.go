@@ -191,7 +191,7 @@ func TestIdempotency(t *testing.T) {
 		r := e.n.route(sub)
 		for range 2 {
 			must(t, e.svc.Do(e.ctx, func(tx herald.Tx) error {
-				return e.n.decide(e.ctx, tx.SQL(), r, event{ID: "direct-1", Type: orderShipped.Name(), CorrelationID: "i2"},
+				return e.n.decide(e.ctx, tx, r, event{ID: "direct-1", Type: orderShipped.Name(), CorrelationID: "i2"},
 					intake{recipients: []string{"alice", "alice"}, data: []byte(`{"id":"o2"}`)})
 			}))
 		}

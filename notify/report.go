@@ -75,15 +75,30 @@ func deliveryError(state State, retry bool, reason, lastErr string) error {
 
 // deliverObservation is the deliver hop of delivery d of the notifier's
 // service: the event is the delivery (its id, caused by the notification
-// event, in the event's flow); Reason is the channel.
+// event, in the event's flow); Reason is the channel, Recipient the
+// recipient.
 func (n *Notifier) deliverObservation(d *Delivery) herald.Observation {
 	return herald.Observation{
 		Hop: herald.HopDeliver,
 		// The delivery log keeps the event's type, not its version.
 		Event: envelope.Envelope{ID: d.ID, Type: d.EventType, Version: 1, Kind: envelope.KindNotification,
 			Source: n.svc.Name(), Time: d.CreatedAt, CorrelationID: d.CorrelationID, CausationID: d.EventID},
-		Reason: d.Channel,
+		Reason:    d.Channel,
+		Recipient: d.Recipient,
 	}
+}
+
+// decideObservation is the decide hop of the row d a decision inserted
+// (herald.HopDecide): as deliverObservation, with the state d was decided
+// in as the Outcome and, for a delivery the decision ended, its
+// *DeliveryError.
+func (n *Notifier) decideObservation(d *row) herald.Observation {
+	ob := n.deliverObservation(&d.Delivery)
+	ob.Hop, ob.Start, ob.Outcome = herald.HopDecide, d.CreatedAt, herald.Outcome(d.State)
+	if ends(d.State) {
+		ob.Err = deliveryError(d.State, false, d.Reason, "")
+	}
+	return ob
 }
 
 // A decision that ends a delivery (failed: unknown recipient, no or an

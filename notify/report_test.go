@@ -153,14 +153,7 @@ func TestEndedDecisionReportedOnceCommitted(t *testing.T) {
 	spec.Channels = []string{SMS}
 	e := newEnv(t, "sqlite", setup{spec: spec, noStart: true, opts: []Option{WithLogger(slog.New(logs))},
 		svcOpts: []herald.Option{herald.WithObserver(obs)}})
-	var calls atomic.Int64
-	dir := testDirectory()
-	e.n.dir = DirectoryFunc(func(ctx context.Context, id string) (Recipient, error) {
-		if id == "alice" && calls.Add(1) == 1 {
-			return Recipient{}, errors.New("directory down") // after bob's row: the transaction rolls back
-		}
-		return dir.Lookup(ctx, id)
-	})
+	calls := failAliceOnce(e)
 	must(t, e.n.Start(e.ctx))
 	e.emit("rb", order{ID: "o1", To: []string{"bob", "alice"}})
 	m := byKey(e.waitDeliveries(DeliveryFilter{CorrelationID: "rb"}, 2))
@@ -184,6 +177,21 @@ func TestEndedDecisionReportedOnceCommitted(t *testing.T) {
 	if lines := logs.noAddress(); !slices.Equal(lines, []string{"bob/sms"}) {
 		t.Errorf("no-address log lines %q, want one for bob/sms", lines)
 	}
+}
+
+// failAliceOnce makes e's directory fail the first look-up of alice, so
+// that a decision for bob then alice rolls back and is retried; it returns
+// the count of alice's look-ups.
+func failAliceOnce(e *env) *atomic.Int64 {
+	var calls atomic.Int64
+	dir := testDirectory()
+	e.n.dir = DirectoryFunc(func(ctx context.Context, id string) (Recipient, error) {
+		if id == "alice" && calls.Add(1) == 1 {
+			return Recipient{}, errors.New("directory down") // after bob's row: the transaction rolls back
+		}
+		return dir.Lookup(ctx, id)
+	})
+	return &calls
 }
 
 // TestLRU: the memory of logged pairs is bounded and forgets the least
@@ -223,5 +231,68 @@ func TestReasonCode(t *testing.T) {
 		if got := ReasonCode(in); got != want {
 			t.Errorf("ReasonCode(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// hopObs keeps every observation of the service, in the order seen.
+type hopObs struct {
+	mu  sync.Mutex
+	obs []herald.Observation
+}
+
+func (o *hopObs) Observe(_ context.Context, ob herald.Observation) {
+	o.mu.Lock()
+	o.obs = append(o.obs, ob)
+	o.mu.Unlock()
+}
+
+func (o *hopObs) all() []herald.Observation {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return slices.Clone(o.obs)
+}
+
+// TestDecisionsObservedOnCommit: every delivery a committed decision
+// inserted is reported once as a decide hop — its recipient, channel and
+// the state it was decided in — before the subscription's handle hop of
+// the event; the deliveries of a decision that rolled back are not.
+func TestDecisionsObservedOnCommit(t *testing.T) {
+	t.Parallel()
+	obs := &hopObs{}
+	spec := defaultSpec()
+	spec.Channels = []string{SMS}
+	e := newEnv(t, "sqlite", setup{spec: spec, noStart: true, svcOpts: []herald.Option{herald.WithObserver(obs)}})
+	calls := failAliceOnce(e)
+	must(t, e.n.Start(e.ctx))
+	e.emit("dec", order{ID: "o1", To: []string{"bob", "alice"}})
+	m := byKey(e.waitDeliveries(DeliveryFilter{CorrelationID: "dec"}, 2))
+	if calls.Load() < 2 {
+		t.Fatalf("directory asked for alice %d times: the event did not roll back", calls.Load())
+	}
+	testwait.UntilReport(t, 10*time.Second, func() bool {
+		return slices.ContainsFunc(obs.all(), func(ob herald.Observation) bool {
+			return ob.Hop == herald.HopHandle && ob.Outcome == herald.OutcomeOK && ob.Event.CorrelationID == "dec"
+		})
+	}, func() string { return "the event was not handled" })
+	var decided []string
+	handled := false
+	for _, ob := range obs.all() {
+		switch {
+		case ob.Event.CorrelationID != "dec":
+		case ob.Hop == herald.HopHandle && ob.Outcome == herald.OutcomeOK:
+			handled = true
+		case ob.Hop == herald.HopDecide:
+			if handled {
+				t.Errorf("decide hop of %s after the handle hop", ob.Event.ID)
+			}
+			d := m[ob.Recipient+"/"+ob.Reason]
+			if ob.Event.ID != d.ID || ob.Event.CausationID != d.EventID || ob.Service != "shop" {
+				t.Errorf("decide observation %+v does not match delivery %+v", ob, d)
+			}
+			decided = append(decided, fmt.Sprintf("%s/%s %s", ob.Recipient, ob.Reason, ob.Outcome))
+		}
+	}
+	if want := []string{"bob/sms failed", "alice/sms queued"}; !slices.Equal(decided, want) {
+		t.Errorf("decide hops %q, want %q (once each, the rolled-back decision not)", decided, want)
 	}
 }

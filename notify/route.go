@@ -194,7 +194,7 @@ func Route[T any](n *Notifier, c *herald.NotificationEvent[T], spec Spec[T], opt
 		if spec.GroupBy != nil {
 			in.group = spec.GroupBy(v)
 		}
-		return n.decide(ctx, tx.SQL(), r, event{ID: ev.ID, Type: ev.Type, CorrelationID: ev.CorrelationID}, in)
+		return n.decide(ctx, tx, r, event{ID: ev.ID, Type: ev.Type, CorrelationID: ev.CorrelationID}, in)
 	}, append(slices.Clone(opts), herald.Delivers(r.allChannels()...))...)
 	if err != nil {
 		n.mu.Lock()

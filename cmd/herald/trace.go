@@ -143,7 +143,7 @@ func traceReadError(err error, server string) error {
 }
 
 var hops = []string{string(herald.HopRecord), string(herald.HopTranslate), string(herald.HopNotify), string(herald.HopPublish),
-	string(herald.HopConsume), string(herald.HopHandle), string(herald.HopDeadLetter), string(herald.HopDeliver)}
+	string(herald.HopConsume), string(herald.HopHandle), string(herald.HopDeadLetter), string(herald.HopDecide), string(herald.HopDeliver)}
 
 func validHop(h string) bool {
 	for _, x := range hops {

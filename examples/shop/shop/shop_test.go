@@ -24,12 +24,16 @@ func startShop(t *testing.T) *shop.System {
 }
 
 // startSettledShop starts the shop on the broker of a heraldtest system
-// that follows every service, so that the test can run settled flows.
-func startSettledShop(t *testing.T, dispatchDelay time.Duration) (*shop.System, *heraldtest.System) {
+// that follows every service, so that the test can run settled flows;
+// tune, if any, change its configuration first.
+func startSettledShop(t *testing.T, dispatchDelay time.Duration, tune ...func(*shop.Config)) (*shop.System, *heraldtest.System) {
 	t.Helper()
 	ctx := context.Background()
 	hs := heraldtest.New(t)
 	cfg := shop.Config{Broker: hs.Broker(), DataDir: t.TempDir(), DispatchDelay: dispatchDelay, Options: []herald.Option{hs.Observe()}}
+	for _, f := range tune {
+		f(&cfg)
+	}
 	if testdb.PostgresEnabled() {
 		cfg.Postgres = map[string]string{}
 		for _, s := range shop.Services {

@@ -1,0 +1,120 @@
+package heraldtest_test
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"testing"
+
+	"github.com/heraldhq/herald"
+	"github.com/heraldhq/herald/heraldtest"
+	"github.com/heraldhq/herald/notify"
+	"github.com/heraldhq/herald/notify/template"
+)
+
+// A notification flow: orders notifies that an order was placed; the
+// notifier of the notes service e-mails its buyer.
+type placedMail struct {
+	OrderID string `json:"order_id"`
+	Buyer   string `json:"buyer"`
+}
+
+var placedNote = herald.Notification[placedMail]("shop.notify.placed", herald.Version(1))
+
+// mailbox is an e-mail sender that keeps what it sent.
+type mailbox struct {
+	mu   sync.Mutex
+	sent []notify.Message
+}
+
+func (m *mailbox) Send(_ context.Context, msg notify.Message) (notify.Receipt, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.sent = append(m.sent, msg)
+	return notify.Receipt{}, nil
+}
+
+func (m *mailbox) to() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []string
+	for _, msg := range m.sent {
+		out = append(out, msg.To)
+	}
+	return out
+}
+
+// newNotifying builds orders and notes, and the notifier of notes with its
+// route and mailbox, and starts them.
+func newNotifying(t *testing.T) (sys *heraldtest.System, orders *herald.Service, n *notify.Notifier, box *mailbox) {
+	t.Helper()
+	sys = heraldtest.New(t)
+	orders, notes := sys.Service("orders"), sys.Service("notes")
+	set, err := template.NewSet()
+	must(t, err)
+	must(t, set.Add(template.Spec{Name: "placed", Channel: notify.Email, Subject: "Order {{.Data.OrderID}}", Text: "Thank you."}))
+	n, err = notify.NewNotifier(notes, notify.DirectoryFunc(func(_ context.Context, id string) (notify.Recipient, error) {
+		return notify.Recipient{Addresses: map[string]string{notify.Email: id + "@example.com"}}, nil
+	}), notify.WithRenderer(set))
+	must(t, err)
+	t.Cleanup(func() { n.Close() }) // before notes closes
+	box = &mailbox{}
+	must(t, n.Senders(notify.Email, notify.FuncSender(notify.Email, "mailbox", box.Send)))
+	must(t, notify.Route(n, placedNote, notify.Spec[placedMail]{Category: "orders", Template: "placed", Channels: []string{notify.Email},
+		Recipients: func(m placedMail) []string { return []string{m.Buyer} }}))
+	must(t, orders.Register(placedNote))
+	sys.Start()
+	must(t, n.Start(context.Background()))
+	return sys, orders, n, box
+}
+
+// notifyPlaced is the action: orders notifies in one transaction.
+func notifyPlaced(orders *herald.Service, order, buyer string) func(ctx context.Context) error {
+	return func(ctx context.Context) error {
+		return orders.Do(ctx, func(tx herald.Tx) error {
+			return herald.Notify(tx, placedNote, placedMail{OrderID: order, Buyer: buyer})
+		})
+	}
+}
+
+// TestFlowSettlesAfterTheDelivery: a flow whose notification route sends
+// one e-mail settles only once the notifier sent it — the mailbox has it
+// when Run returns — and Deliveries reports it sent.
+func TestFlowSettlesAfterTheDelivery(t *testing.T) {
+	sys, orders, _, box := newNotifying(t)
+	flow := sys.Run(t, notifyPlaced(orders, "o-1", "alice"))
+	if got := box.to(); !slices.Equal(got, []string{"alice@example.com"}) {
+		t.Fatalf("mailbox has %q when the flow settled, want alice's e-mail\n%s", got, flow)
+	}
+	ds := flow.Deliveries()
+	if len(ds) != 1 || ds[0].Recipient != "alice" || ds[0].Channel != notify.Email || ds[0].Outcome != "sent" ||
+		ds[0].Service != "notes" || ds[0].Type != placedNote.Name() || ds[0].Err != "" {
+		t.Fatalf("deliveries %+v, want one e-mail to alice, sent\n%s", ds, flow)
+	}
+	if got := flow.Sent(notify.Email); len(got) != 1 || got[0] != ds[0] {
+		t.Errorf("Sent(email) = %+v, want %+v", got, ds[0])
+	}
+	// The delivery hangs in the tree under its notification event.
+	events := flow.Events(placedNote.Name())
+	if len(events) != 2 || events[1].EventID != ds[0].ID || events[1].CausationID != events[0].EventID {
+		t.Errorf("tree: the delivery is not under its event\n%s", flow)
+	}
+}
+
+// TestFlowSettlesWithSuppressedDelivery: a notification its recipient
+// turned off settles with the delivery suppressed, and nothing sent.
+func TestFlowSettlesWithSuppressedDelivery(t *testing.T) {
+	sys, orders, n, box := newNotifying(t)
+	must(t, n.SetPreference(context.Background(), notify.Preference{Recipient: "bob", Category: "orders", Channel: notify.Email}))
+	flow := sys.Run(t, notifyPlaced(orders, "o-2", "bob"))
+	ds := flow.Deliveries()
+	if len(ds) != 1 || ds[0].Recipient != "bob" || ds[0].Outcome != "suppressed" || ds[0].Err == "" {
+		t.Fatalf("deliveries %+v, want bob's e-mail suppressed, with its reason\n%s", ds, flow)
+	}
+	if got := flow.Sent(""); len(got) != 0 {
+		t.Errorf("Sent = %+v, want none", got)
+	}
+	if got := box.to(); len(got) != 0 {
+		t.Errorf("mailbox has %q, want nothing", got)
+	}
+}
