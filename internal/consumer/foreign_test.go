@@ -32,12 +32,6 @@ func TestForeignEventsAreChecked(t *testing.T) {
 			return nil
 		}
 		start(t, c)
-		foreign := func(d *fakeDelivery) *fakeDelivery {
-			d.header = maps.Clone(d.header)
-			delete(d.header, envelope.HeaderKind)
-			delete(d.header, envelope.HeaderVersion)
-			return d
-		}
 		broken := tb.ev(4, "d")
 		broken.header = maps.Clone(broken.header)
 		broken.header[envelope.HeaderTime] = "yesterday"
@@ -79,21 +73,24 @@ func TestForeignEventCorrectedUnderItsID(t *testing.T) {
 			return nil
 		}
 		start(t, c)
-		foreign := func(d *fakeDelivery) *fakeDelivery {
-			d.header = maps.Clone(d.header)
-			delete(d.header, envelope.HeaderKind)
-			delete(d.header, envelope.HeaderVersion)
-			d.header[envelope.HeaderID] = "ev-2"
-			return d
-		}
-		first := foreign(tb.ev(2, "b"))
+		as2 := func(d *fakeDelivery) *fakeDelivery { d.header[envelope.HeaderID] = "ev-2"; return foreign(d) }
+		first := as2(tb.ev(2, "b"))
 		first.data = bad
 		tb.send(first)
 		tb.send(again(first))
-		tb.send(foreign(tb.ev(5, "b"))) // corrected, the same ce-id
+		tb.send(as2(tb.ev(5, "b"))) // corrected, the same ce-id
 		wantCommitted(t, tb, 5)
 		if dls := tb.store.deadLetters(); len(dls) != 1 || dls[0].EventID != "ev-2" {
 			t.Errorf("dead letters %+v, want one, of ev-2", dls)
 		}
 	})
+}
+
+// foreign makes d an event of a producer that is not a herald service: no
+// ce-heraldkind, no ce-heraldversion.
+func foreign(d *fakeDelivery) *fakeDelivery {
+	d.header = maps.Clone(d.header)
+	delete(d.header, envelope.HeaderKind)
+	delete(d.header, envelope.HeaderVersion)
+	return d
 }

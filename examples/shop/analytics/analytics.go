@@ -66,6 +66,13 @@ func SourceDir() string {
 // checkout whose sources were edited since the binary was built does not:
 // Prepare would write the older ones over them.
 func Holds(dir string) bool {
+	differ, err := differing(dir)
+	return err == nil && len(differ) == 0
+}
+
+// differing returns the embedded files that dir lacks or holds otherwise.
+func differing(dir string) ([]string, error) {
+	var names []string
 	err := fs.WalkDir(Files, ".", func(name string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return err
@@ -75,11 +82,11 @@ func Holds(dir string) bool {
 			return err
 		}
 		if have, err := os.ReadFile(filepath.Join(dir, name)); err != nil || !bytes.Equal(have, want) {
-			return fs.ErrNotExist
+			names = append(names, name)
 		}
 		return nil
 	})
-	return err == nil
+	return names, err
 }
 
 // Prepare makes dir a runnable copy of the service: it writes the embedded
@@ -90,29 +97,39 @@ func Prepare(ctx context.Context, dir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("analytics: %w", err)
 	}
-	err := fs.WalkDir(Files, ".", func(name string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		want, err := Files.ReadFile(name)
-		if err != nil {
-			return err
-		}
-		if have, err := os.ReadFile(filepath.Join(dir, name)); err == nil && bytes.Equal(have, want) {
-			return nil
-		}
-		if name == "package-lock.json" { // new dependencies: install them again
-			if err := os.RemoveAll(filepath.Join(dir, "node_modules")); err != nil {
-				return err
-			}
-		}
-		return os.WriteFile(filepath.Join(dir, name), want, 0o644)
-	})
-	if err != nil {
+	if err := writeSources(dir); err != nil {
 		return fmt.Errorf("analytics: write the sources into %s: %w", dir, err)
 	}
 	if err := npmci.Install(ctx, dir, "cloudevents/package.json"); err != nil {
 		return fmt.Errorf("analytics: %w", err)
+	}
+	return nil
+}
+
+// writeSources writes the embedded files that differ from dir's; new
+// dependencies (package-lock.json) remove node_modules, to be installed
+// again.
+func writeSources(dir string) error {
+	differ, err := differing(dir)
+	if err != nil {
+		return err
+	}
+	for _, name := range differ {
+		if name == "package-lock.json" {
+			if err := os.RemoveAll(filepath.Join(dir, "node_modules")); err != nil {
+				return err
+			}
+		}
+		data, err := Files.ReadFile(name)
+		if err != nil {
+			return err
+		}
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(dir, name)), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
+			return err
+		}
 	}
 	return nil
 }
