@@ -82,14 +82,7 @@ func TestExternalRestartSendsLostAcksAgain(t *testing.T) {
 			mu.Unlock()
 		})
 	}()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			t.Error("Consume did not return after its context ended")
-		}
-	})
+	stopOnCleanup(t, cancel, done)
 	count := func() int { mu.Lock(); defer mu.Unlock(); return len(held) }
 	deadline := time.Now().Add(30 * time.Second)
 	testwait.UntilReport(t, time.Until(deadline), func() bool { return count() >= n },

@@ -88,15 +88,21 @@ func consumeAs(t *testing.T, b *Broker, sub broker.Subscription, hold func(id st
 			}
 		})
 	}()
+	stopOnCleanup(t, cancel, in.done)
+	return in
+}
+
+// stopOnCleanup ends a Consume when the test ends (cancel) and waits for
+// it to return (done), failing the test if it does not within 20 s.
+func stopOnCleanup(t *testing.T, cancel context.CancelFunc, done <-chan error) {
 	t.Cleanup(func() {
 		cancel()
 		select {
-		case <-in.done:
+		case <-done:
 		case <-time.After(20 * time.Second):
-			t.Error("Consume did not return")
+			t.Error("Consume did not return after its context ended")
 		}
 	})
-	return in
 }
 
 func (in *instance) snapshot() []got {
@@ -284,14 +290,7 @@ func TestClaimRecoversDeliveriesLostOnTheWire(t *testing.T) {
 					}
 				})
 			}()
-			t.Cleanup(func() {
-				cancel()
-				select {
-				case <-done:
-				case <-time.After(20 * time.Second):
-					t.Error("Consume did not return")
-				}
-			})
+			stopOnCleanup(t, cancel, done)
 			count := func() int { mu.Lock(); defer mu.Unlock(); return len(seen) }
 			es := bulk(typ, 2)
 			mustPublish(t, b, es[:1])
