@@ -78,7 +78,10 @@ func (r *runner) heraldBus(ctx context.Context, scenario, system, dialect string
 	m := StartMeter()
 	p, err := r.newPipeline(ctx, pipelineSpec{
 		name: scenario + "-" + dialect, dialect: dialect, broker: br,
-		prodOpts: []herald.Option{herald.WithObserver(herald.ObserverFunc(func(_ context.Context, o herald.Observation) {
+		// Inline: a queued observer may not have seen every publish yet
+		// when the last event is handled, and the latencies would miss
+		// them (a run under load had none at all).
+		prodOpts: []herald.Option{herald.WithObserver(inlineObserver(func(_ context.Context, o herald.Observation) {
 			if o.Hop == herald.HopPublish && o.Outcome == herald.OutcomeOK {
 				mu.Lock()
 				published[o.Event.ID] = o.Start
@@ -218,3 +221,13 @@ func (r *runner) rawNATS(ctx context.Context, scenario, system, url string, n in
 	res.Note = "loopback TCP to the same server"
 	return res, nil
 }
+
+// inlineObserver is an ObserverFunc called on the observed goroutine
+// (herald.InlineObserver): it sees every observation before the hop goes
+// on.
+type inlineObserver herald.ObserverFunc
+
+func (f inlineObserver) Observe(ctx context.Context, o herald.Observation) { f(ctx, o) }
+
+// Inline marks f as a herald.InlineObserver.
+func (inlineObserver) Inline() {}
