@@ -10,6 +10,7 @@ import (
 	"github.com/heraldhq/herald/broker"
 	"github.com/heraldhq/herald/envelope"
 	"github.com/heraldhq/herald/internal/consumer"
+	"github.com/heraldhq/herald/internal/faulthook"
 	"github.com/heraldhq/herald/store"
 )
 
@@ -40,9 +41,9 @@ func (s *Service) newConsumer(sub *subscription, p, partitions int) (*consumer.C
 		// An event too large for the broker that the handler records is as
 		// large on every attempt.
 		IsPermanent: func(err error) bool { return IsPermanent(err) || errors.Is(err, ErrEventTooLarge) },
-		Handle:      sub.runHandler,
+		Handle:      s.handlerOf(sub),
 		Broker:      s.cfg.broker,
-		Store:       consumerStore{s},
+		Store:       consumerStore{s, sub.name},
 		Observer:    consumerObserver{s, sub.name},
 		Logger:      log,
 	})
@@ -87,15 +88,41 @@ func (sub *subscription) runHandler(ctx context.Context, tx consumer.Tx, e *enve
 	return err
 }
 
-// consumerStore begins consumer transactions.
-type consumerStore struct{ s *Service }
+// heraldtest's checker gives a service its faults by the internal hook, not
+// by an exported option.
+func init() {
+	faulthook.With = func(f faulthook.Faults) any {
+		return serviceOption(func(c *config) error {
+			c.faults = f
+			return nil
+		})
+	}
+}
+
+// handlerOf is what sub's consumer runs for each event: its handler, in
+// the faults of heraldtest's checker when it has some.
+func (s *Service) handlerOf(sub *subscription) consumer.Handler {
+	f := s.cfg.faults
+	if f == nil {
+		return sub.runHandler
+	}
+	return func(ctx context.Context, tx consumer.Tx, e *envelope.Envelope, v any) error {
+		return f.Handle(ctx, sub.name, e, func() error { return sub.runHandler(ctx, tx, e, v) })
+	}
+}
+
+// consumerStore begins the transactions of subscription sub's consumer.
+type consumerStore struct {
+	s   *Service
+	sub string
+}
 
 func (cs consumerStore) Begin(ctx context.Context) (consumer.Tx, error) {
 	sqlTx, err := cs.s.engine.Begin(ctx)
 	if err != nil {
 		return nil, err
 	}
-	c := &consumerTx{st: cs.s.engine, txn: txn{svc: cs.s, sql: sqlTx}}
+	c := &consumerTx{st: cs.s.engine, sub: cs.sub, txn: txn{svc: cs.s, sql: sqlTx}}
 	c.t = &c.txn
 	return c, nil
 }
@@ -104,10 +131,11 @@ func (cs consumerStore) Begin(ctx context.Context) (consumer.Tx, error) {
 // collects what the handlers record.
 type consumerTx struct {
 	st         consumer.SQLStore
-	t          *txn // &txn
-	txn        txn  // in the same allocation
-	nlog, nout int  // what was recorded at the last savepoint
-	nobs       int  // the observations to report at commit, at the last savepoint
+	sub        string // the subscription's name
+	t          *txn   // &txn
+	txn        txn    // in the same allocation
+	nlog, nout int    // what was recorded at the last savepoint
+	nobs       int    // the observations to report at commit, at the last savepoint
 }
 
 func (c *consumerTx) InboxClaim(ctx context.Context, inbox, eventID string) (bool, error) {
@@ -148,6 +176,12 @@ func (c *consumerTx) DeadLetterInsert(ctx context.Context, dl store.DeadLetter) 
 // when the outbox got rows.
 func (c *consumerTx) Commit(ctx context.Context) error {
 	t := c.t
+	if f := t.svc.cfg.faults; f != nil {
+		if err := f.Commit(ctx, c.sub); err != nil {
+			_ = c.Rollback()
+			return err
+		}
+	}
 	if err := t.svc.flush(ctx, t); err != nil {
 		_ = c.Rollback()
 		return err

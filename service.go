@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/heraldhq/herald/broker"
+	"github.com/heraldhq/herald/internal/faulthook"
 	"github.com/heraldhq/herald/internal/janitor"
 	"github.com/heraldhq/herald/internal/relay"
 	"github.com/heraldhq/herald/store"
@@ -61,7 +62,8 @@ type config struct {
 	outboxRetention time.Duration
 	observers       []Observer
 	traceContext    TraceContextFunc
-	version         string // the service's version, for its manifest
+	version         string           // the service's version, for its manifest
+	faults          faulthook.Faults // heraldtest's checker (faulthook.With); nil in production
 }
 
 // WithStore sets the service's store (required). The caller keeps ownership:
