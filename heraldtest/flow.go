@@ -180,6 +180,12 @@ func (s *System) describe(open []openHop) []string {
 		stopped[e.svc.Name()] = !e.started
 	}
 	s.mu.Unlock()
+	return describeOpen(open, stopped)
+}
+
+// describeOpen says, one line each, what the open hops wait for; stopped
+// names the services not started.
+func describeOpen(open []openHop, stopped map[string]bool) []string {
 	out := make([]string, 0, len(open))
 	for _, o := range open {
 		var b strings.Builder
