@@ -46,6 +46,10 @@ type Check[T any] struct {
 	// tables that exist (CREATE TABLE IF NOT EXISTS). The check starts and
 	// closes the instance.
 	Service func(ctx context.Context, st *store.Store, opts ...herald.Option) (Instance, error)
+	// Seed, if set, writes what the handler expects to find — the rows its
+	// events refer to — into st, once per run, after the first instance was
+	// built and before any event is delivered.
+	Seed func(ctx context.Context, st *store.Store) error
 	// Events are the events the check delivers: in this order in the clean
 	// run, and in every order that keeps the order of the events of each
 	// key (Event's KeyBy) in the others.
@@ -494,6 +498,11 @@ func (ck *checker[T]) runOnce(r run) (any, runInfo) {
 	}) {
 		t.Fatalf("heraldtest: check: service %s has no subscription %q to %s (Check.Service must register it)",
 			m.Service, ck.c.Subscription, ck.c.Event.Name())
+	}
+	if ck.c.Seed != nil {
+		if err := ck.c.Seed(ctx, st); err != nil {
+			t.Fatalf("heraldtest: check: Check.Seed: %v", err)
+		}
 	}
 	if err := producer.Start(ctx); err != nil {
 		t.Fatalf("heraldtest: check: start the producer: %v", err)

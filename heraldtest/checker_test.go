@@ -279,6 +279,7 @@ func TestCheckCatchesBrokenHandlers(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
 			events, effect := c.events, c.effect
 			if events == nil {
 				events = credits

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -229,6 +230,12 @@ func (g *instance) Commit(context.Context, string) error {
 	return nil
 }
 
+// crashAckWait bounds the ack wait of the subscriptions in a run with a
+// crash. What was out to the dead instance — a delivery on its way as it
+// closed — comes back only after the ack wait, as in production; a short
+// one keeps the run short.
+const crashAckWait = time.Second
+
 // broker returns b as the instance sees it: its deliveries carry the fault.
 func (g *instance) broker(b *natsjs.Broker) broker.Broker { return &faultyBroker{Broker: b, g: g} }
 
@@ -238,6 +245,17 @@ func (g *instance) broker(b *natsjs.Broker) broker.Broker { return &faultyBroker
 type faultyBroker struct {
 	*natsjs.Broker
 	g *instance
+}
+
+// Provision shortens the ack waits of a run with a crash (crashAckWait).
+func (b *faultyBroker) Provision(ctx context.Context, t broker.Topology) error {
+	if f := b.g.in.fault; f == FaultCrashAfterCommit || f == FaultCrashInHandler {
+		t.Subscriptions = slices.Clone(t.Subscriptions)
+		for i := range t.Subscriptions {
+			t.Subscriptions[i].AckWait = min(t.Subscriptions[i].AckWait, crashAckWait)
+		}
+	}
+	return b.Broker.Provision(ctx, t)
 }
 
 func (b *faultyBroker) Consume(ctx context.Context, sub broker.Subscription, batch int, h broker.Handler) error {
