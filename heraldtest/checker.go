@@ -460,7 +460,7 @@ func (ck *checker[T]) runOnce(r run) (any, runInfo) {
 		t.Fatalf("heraldtest: check: embedded NATS: %v", err)
 	}
 	defer b.Close()
-	st := ck.store()
+	st := newStore(ck.t)
 	defer st.Close()
 	inj := newInjector(r.fault, ck.c.Subscription)
 	tr := newTracker()
@@ -583,18 +583,19 @@ func (ck *checker[T]) runOnce(r run) (any, runInfo) {
 	return got, info
 }
 
-// store opens a new store for a run.
-func (ck *checker[T]) store() *store.Store {
+// newStore opens a new store for a run: a new SQLite file, or a new schema
+// on the PostgreSQL server of EnvPostgres; closed when the test ends.
+func newStore(t testing.TB) *store.Store {
 	if testdb.PostgresEnabled() {
-		return testdb.Postgres(ck.t)
+		return testdb.Postgres(t)
 	}
-	return testdb.SQLite(ck.t)
+	return testdb.SQLite(t)
 }
 
 // producer builds the service that records the check's events, and the
 // function that records one, in a transaction of its own.
 func (ck *checker[T]) producer(b *natsjs.Broker, tr *tracker, inj *injector) (*herald.Service, func(context.Context, T) error, error) {
-	svc, err := herald.New("heraldtest-producer", herald.WithStore(ck.store()), herald.WithBroker(b),
+	svc, err := herald.New("heraldtest-producer", herald.WithStore(newStore(ck.t)), herald.WithBroker(b),
 		herald.WithObserver(tr), herald.WithObserver(inj), herald.WithLogger(ck.log))
 	if err != nil {
 		return nil, nil, err
@@ -609,6 +610,9 @@ func (ck *checker[T]) producer(b *natsjs.Broker, tr *tracker, inj *injector) (*h
 			return svc.Do(ctx, func(tx herald.Tx) error { return herald.Record(tx, dom, e) })
 		}, nil
 	case *herald.NotificationEvent[T]:
+		if err := svc.Register(ev); err != nil {
+			return nil, nil, err
+		}
 		return svc, func(ctx context.Context, e T) error {
 			return svc.Do(ctx, func(tx herald.Tx) error { return herald.Notify(tx, ev, e) })
 		}, nil

@@ -307,3 +307,60 @@ func TestCheckCatchesBrokenHandlers(t *testing.T) {
 		})
 	}
 }
+
+// deposited is the domain event of the domain checks.
+type deposited struct {
+	Account string
+	Amount  int
+}
+
+var depositMade = herald.Domain[deposited]("test.deposit-made")
+
+// bankService builds a service whose domain handler "book" runs the
+// handler handle makes.
+func bankService(handle func(st *store.Store) func(ctx context.Context, tx herald.Tx, e deposited) error) func(ctx context.Context, st *store.Store, o ...herald.Option) (heraldtest.DomainInstance, error) {
+	return func(ctx context.Context, st *store.Store, o ...herald.Option) (heraldtest.DomainInstance, error) {
+		if _, err := st.DB().ExecContext(ctx, `CREATE TABLE IF NOT EXISTS credits (account TEXT NOT NULL, amount INTEGER NOT NULL, seq INTEGER NOT NULL)`); err != nil {
+			return nil, err
+		}
+		svc, err := herald.New("bank", append([]herald.Option{herald.WithStore(st)}, o...)...)
+		if err != nil {
+			return nil, err
+		}
+		return svc, herald.Handle(svc, depositMade, "book", handle(st))
+	}
+}
+
+func TestCheckDomainHandlers(t *testing.T) {
+	events := []deposited{{"alice", 10}, {"bob", 5}}
+	t.Run("in tx", func(t *testing.T) {
+		t.Parallel()
+		r := heraldtest.CheckDomain(t, heraldtest.DomainCheck[deposited]{
+			Event: depositMade, Handler: "book", Events: events, Effect: creditRows,
+			Service: bankService(func(st *store.Store) func(ctx context.Context, tx herald.Tx, e deposited) error {
+				return func(ctx context.Context, tx herald.Tx, e deposited) error {
+					return insertCredit(ctx, tx, st, credited(e))
+				}
+			}),
+		})
+		if r.Runs != 1+len(events) {
+			t.Errorf("%d runs, want %d", r.Runs, 1+len(events))
+		}
+	})
+	t.Run("outside tx", func(t *testing.T) {
+		t.Parallel()
+		calls := perStore(func() *receiver { return newReceiver(t) })
+		r := heraldtest.ExamineDomain(t, heraldtest.DomainCheck[deposited]{
+			Event: depositMade, Handler: "book", Events: events,
+			Effect: func(_ context.Context, st *store.Store) (any, error) { return calls(st).received(), nil },
+			Service: bankService(func(st *store.Store) func(ctx context.Context, tx herald.Tx, e deposited) error {
+				return func(ctx context.Context, _ herald.Tx, e deposited) error { return calls(st).post(ctx, credited(e), "") }
+			}),
+		})
+		if len(r.Violations) != 1 || r.Violations[0].Fault != heraldtest.FaultRolledBack || r.Violations[0].Target != 1 ||
+			!strings.Contains(r.Violations[0].Reason, "wrote outside tx") {
+			t.Fatalf("violations %+v, want one: event 1 rolled back, its handler wrote outside tx", r.Violations)
+		}
+		t.Log(r.Violations[0])
+	})
+}

@@ -12,7 +12,6 @@ import (
 	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/broker/natsjs"
 	"github.com/heraldhq/herald/internal/testdb"
-	"github.com/heraldhq/herald/store"
 )
 
 // EnvPostgres names the variable that, when set to a PostgreSQL URL, makes
@@ -116,12 +115,7 @@ func (s *System) Service(name string, opts ...herald.Option) *herald.Service {
 	if twice {
 		s.t.Fatalf("heraldtest: service %q added twice", name)
 	}
-	var st *store.Store
-	if s.Postgres() {
-		st = testdb.Postgres(s.t)
-	} else {
-		st = testdb.SQLite(s.t)
-	}
+	st := newStore(s.t)
 	all := append([]herald.Option{herald.WithStore(st), herald.WithBroker(s.broker),
 		herald.WithObserver(s.tracker), herald.WithLogger(s.log)}, opts...)
 	svc, err := herald.New(name, all...)

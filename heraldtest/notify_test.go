@@ -2,6 +2,7 @@ package heraldtest_test
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"sync"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	"github.com/heraldhq/herald/heraldtest"
 	"github.com/heraldhq/herald/notify"
 	"github.com/heraldhq/herald/notify/template"
+	"github.com/heraldhq/herald/store"
 )
 
 // A notification flow: orders notifies that an order was placed; the
@@ -118,3 +120,59 @@ func TestFlowSettlesWithSuppressedDelivery(t *testing.T) {
 		t.Errorf("mailbox has %q, want nothing", got)
 	}
 }
+
+// A notification route keeps the guarantees: one e-mail per (event,
+// recipient, channel) whatever is redelivered or retried.
+func TestCheckNotificationRoute(t *testing.T) {
+	var mu sync.Mutex
+	boxes := map[*store.Store]*mailbox{}
+	heraldtest.CheckHandler(t, heraldtest.Check[placedMail]{
+		Event: placedNote, Subscription: "mail-buyer",
+		Events: []placedMail{{OrderID: "o1", Buyer: "alice"}, {OrderID: "o2", Buyer: "bob"}},
+		Service: func(ctx context.Context, st *store.Store, opts ...herald.Option) (heraldtest.Instance, error) {
+			mu.Lock()
+			box := boxes[st]
+			if box == nil {
+				box = &mailbox{}
+				boxes[st] = box
+			}
+			mu.Unlock()
+			notes, err := herald.New("notes", append([]herald.Option{herald.WithStore(st)}, opts...)...)
+			if err != nil {
+				return nil, err
+			}
+			set, err := template.NewSet()
+			if err != nil {
+				return nil, err
+			}
+			n, err := notify.NewNotifier(notes, notify.DirectoryFunc(func(_ context.Context, id string) (notify.Recipient, error) {
+				return notify.Recipient{Addresses: map[string]string{notify.Email: id + "@example.com"}}, nil
+			}), notify.WithRenderer(set))
+			if err != nil {
+				return nil, err
+			}
+			return &notifying{Service: notes, n: n}, errors.Join(
+				set.Add(template.Spec{Name: "placed", Channel: notify.Email, Subject: "Order {{.Data.OrderID}}", Text: "Thank you."}),
+				n.Senders(notify.Email, notify.FuncSender(notify.Email, "mailbox", box.Send)),
+				notify.Route(n, placedNote, notify.Spec[placedMail]{Name: "mail-buyer", Category: "orders", Template: "placed",
+					Channels: []string{notify.Email}, Recipients: func(m placedMail) []string { return []string{m.Buyer} }}))
+		},
+		Effect: func(_ context.Context, st *store.Store) (any, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			return slices.Sorted(slices.Values(boxes[st].to())), nil
+		},
+	})
+}
+
+// notifying is a service and its notifier, started and closed together.
+type notifying struct {
+	*herald.Service
+	n *notify.Notifier
+}
+
+func (s *notifying) Start(ctx context.Context) error {
+	return errors.Join(s.Service.Start(ctx), s.n.Start(ctx))
+}
+
+func (s *notifying) Close() error { return errors.Join(s.n.Close(), s.Service.Close()) }
