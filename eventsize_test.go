@@ -11,8 +11,8 @@ import (
 	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/broker/natsjs"
 	"github.com/heraldhq/herald/envelope"
+	"github.com/heraldhq/herald/heraldtest"
 	"github.com/heraldhq/herald/internal/testdb"
-	"github.com/heraldhq/herald/internal/testwait"
 )
 
 // An order as the shop takes it: the customer id is the user's input.
@@ -113,14 +113,13 @@ func TestRecordRefusesEventOverBrokerLimit(t *testing.T) {
 func TestHandlerEventTooLargeIsPermanent(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	b, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithLogger(quiet))
-	must(t, err)
-	defer b.Close()
-	prod, err := herald.New("orders", herald.WithStore(testdb.SQLite(t)), herald.WithBroker(b), herald.WithLogger(quiet))
+	sys := heraldtest.New(t)
+	b := sys.Broker()
+	prod, err := herald.New("orders", herald.WithStore(testdb.SQLite(t)), herald.WithBroker(b), herald.WithLogger(quiet), sys.Observe())
 	must(t, err)
 	must(t, herald.Translate(prod, bigOrderPlaced, bigOrderConfirmed, func(_ context.Context, o bigOrder) (bigOrder, error) { return o, nil }))
 	cons, err := herald.New("shipping", herald.WithStore(testdb.SQLite(t)), herald.WithBroker(b), herald.WithLogger(quiet),
-		herald.Retry(herald.RetryPolicy{MaxAttempts: 5, BaseDelay: time.Second, MaxDelay: time.Second}))
+		herald.Retry(herald.RetryPolicy{MaxAttempts: 5, BaseDelay: time.Second, MaxDelay: time.Second}), sys.Observe())
 	must(t, err)
 	must(t, cons.Register(bigNotice))
 	limit := b.MaxEventSize()
@@ -131,16 +130,16 @@ func TestHandlerEventTooLargeIsPermanent(t *testing.T) {
 	defer prod.Close()
 	must(t, cons.Start(ctx))
 	defer cons.Close()
-	must(t, prod.Do(ctx, func(tx herald.Tx) error {
-		return herald.Record(tx, bigOrderPlaced, bigOrder{OrderID: "o-1", CustomerID: "c-1"})
-	}))
-	var dls []herald.DeadLetter
-	_ = testwait.For(20*time.Second, "a dead letter", func() bool {
-		dls, err = cons.DeadLetters(ctx, herald.DeadLetterFilter{})
-		must(t, err)
-		return len(dls) != 0
+	sys.Add(prod, cons)
+	// The flow settles once shipping handled or dead-lettered the event.
+	flow := sys.Run(t, func(ctx context.Context) error {
+		return prod.Do(ctx, func(tx herald.Tx) error {
+			return herald.Record(tx, bigOrderPlaced, bigOrder{OrderID: "o-1", CustomerID: "c-1"})
+		})
 	})
-	if len(dls) != 1 || dls[0].Reason != "permanent" || dls[0].Attempts != 1 || !strings.Contains(dls[0].LastError, "over the broker's limit") {
+	dls, err := cons.DeadLetters(ctx, herald.DeadLetterFilter{})
+	must(t, err)
+	if len(flow.DeadLetters) != 1 || len(dls) != 1 || dls[0].Reason != "permanent" || dls[0].Attempts != 1 || !strings.Contains(dls[0].LastError, "over the broker's limit") {
 		t.Fatalf("dead letters %+v, want one, permanent after 1 attempt, naming the size", dls)
 	}
 }

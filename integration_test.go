@@ -14,6 +14,7 @@ import (
 	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/broker/natsjs"
 	"github.com/heraldhq/herald/envelope"
+	"github.com/heraldhq/herald/heraldtest"
 	"github.com/heraldhq/herald/internal/testdb"
 	"github.com/heraldhq/herald/internal/testwait"
 	"github.com/heraldhq/herald/store"
@@ -46,9 +47,12 @@ type steppedV1 struct {
 	Step  int    `json:"step"`
 }
 
-// world is a producer and a consumer service on one embedded JetStream.
+// world is a producer and a consumer service on one embedded JetStream,
+// followed by a heraldtest system (sys) so that a test can wait for what
+// it produced to settle (run).
 type world struct {
 	b        *natsjs.Broker
+	sys      *heraldtest.System
 	orders   *herald.Service
 	shipping *herald.Service
 	ost, sst *store.Store
@@ -70,7 +74,7 @@ func newWorld(t *testing.T, dialect string, opts ...herald.SubscribeOption) *wor
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b.Close() })
-	w := &world{b: b, prefix: prefix, attempts: map[string]int{}}
+	w := &world{b: b, sys: heraldtest.New(t), prefix: prefix, attempts: map[string]int{}}
 	w.ost, w.sst = testdb.For(t, dialect), testdb.For(t, dialect)
 	if _, err := w.sst.DB().Exec(`CREATE TABLE effects (order_id TEXT NOT NULL, n INTEGER NOT NULL, event_id TEXT NOT NULL)`); err != nil {
 		t.Fatal(err)
@@ -80,9 +84,9 @@ func newWorld(t *testing.T, dialect string, opts ...herald.SubscribeOption) *wor
 	}
 	fast := herald.Retry(herald.RetryPolicy{MaxAttempts: 4, BaseDelay: 5 * time.Millisecond, MaxDelay: 50 * time.Millisecond})
 	w.orders, err = herald.New("orders", herald.WithStore(w.ost), herald.WithBroker(b),
-		herald.WithRelay(herald.RelayConfig{PollInterval: 50 * time.Millisecond}))
+		herald.WithRelay(herald.RelayConfig{PollInterval: 50 * time.Millisecond}), w.sys.Observe())
 	must(t, err)
-	w.shipping, err = herald.New("shipping", herald.WithStore(w.sst), herald.WithBroker(b), fast)
+	w.shipping, err = herald.New("shipping", herald.WithStore(w.sst), herald.WithBroker(b), fast, w.sys.Observe())
 	must(t, err)
 	must(t, herald.Translate(w.orders, stepRecorded, orderStepped, func(ctx context.Context, s step) (stepped, error) {
 		return stepped(s), nil
@@ -94,6 +98,7 @@ func newWorld(t *testing.T, dialect string, opts ...herald.SubscribeOption) *wor
 	must(t, w.orders.Start(ctx))
 	must(t, w.shipping.Start(ctx))
 	t.Cleanup(func() { w.orders.Close(); w.shipping.Close() })
+	w.sys.Add(w.orders, w.shipping)
 	return w
 }
 
@@ -134,18 +139,32 @@ func (w *world) handle(ctx context.Context, tx herald.Tx, s stepped) error {
 }
 
 // produce records steps 1..perOrder of each order, one transaction per step.
-func (w *world) produce(t *testing.T, orders, perOrder int) {
-	t.Helper()
+func (w *world) produce(ctx context.Context, orders, perOrder int) error {
 	for n := 1; n <= perOrder; n++ {
 		for o := range orders {
-			must(t, w.orders.Do(context.Background(), func(tx herald.Tx) error {
+			err := w.orders.Do(ctx, func(tx herald.Tx) error {
 				return herald.Record(tx, stepRecorded, step{OrderID: fmt.Sprintf("o%03d", o), N: n})
-			}))
+			})
+			if err != nil {
+				return err
+			}
 		}
 	}
+	return nil
 }
 
-// waitEffects waits until the consumer's own table has want rows.
+// run produces as produce does and returns once everything settled: every
+// event handled, or dead-lettered, by the consumer.
+func (w *world) run(t *testing.T, orders, perOrder int) *heraldtest.Flow {
+	t.Helper()
+	return w.sys.Run(t, func(ctx context.Context) error { return w.produce(ctx, orders, perOrder) })
+}
+
+// effects counts the consumer's effect rows.
+func (w *world) effects(t *testing.T) int { return testdb.Count(t, w.sst, "effects", "") }
+
+// waitEffects waits until the consumer's own table has want rows, for what
+// a settled flow cannot follow: a replayed dead letter.
 func (w *world) waitEffects(t *testing.T, want int) {
 	t.Helper()
 	var n int
@@ -186,8 +205,7 @@ func TestIntegrationFlow(t *testing.T) {
 	t.Parallel()
 	forEachDialect(t, func(t *testing.T, dialect string) {
 		w := newWorld(t, dialect)
-		w.produce(t, 20, 10)
-		w.waitEffects(t, 200)
+		w.run(t, 20, 10)
 		w.checkExactlyOnce(t, 200)
 		backlog, _, err := w.orders.OutboxStats(context.Background())
 		must(t, err)
@@ -210,8 +228,7 @@ func TestRetryHoldsBackOnlyItsKey(t *testing.T) {
 			}
 			return nil
 		}
-		w.produce(t, 10, 9)
-		w.waitEffects(t, 90)
+		w.run(t, 10, 9)
 		w.checkExactlyOnce(t, 90)
 		if failures.Load() < 30*2 {
 			t.Fatalf("only %d injected failures: the retry path did not run", failures.Load())
@@ -236,14 +253,13 @@ func TestExhaustedAndPermanentGoToDeadLetters(t *testing.T) {
 		}
 		return nil
 	}
-	w.produce(t, 4, 1)
-	w.waitEffects(t, 2)
+	flow := w.run(t, 4, 1)
+	if n := w.effects(t); n != 2 || len(flow.DeadLetters) != 2 {
+		t.Fatalf("the flow settled with %d effects and %d dead letters, want 2 and 2:\n%s", n, len(flow.DeadLetters), flow)
+	}
 	ctx := context.Background()
-	var dls []herald.DeadLetter
-	_ = testwait.For(30*time.Second, "2 dead letters", func() bool {
-		dls, _ = w.shipping.DeadLetters(ctx, herald.DeadLetterFilter{})
-		return len(dls) >= 2
-	})
+	dls, err := w.shipping.DeadLetters(ctx, herald.DeadLetterFilter{})
+	must(t, err)
 	if len(dls) != 2 {
 		t.Fatalf("dead letters = %d, want 2", len(dls))
 	}
@@ -321,7 +337,7 @@ func TestGarbageIsDeadLetteredAndValidEventsKeepFlowing(t *testing.T) {
 			t.Fatalf("publish garbage %d: %v", i, err)
 		}
 		if i == len(sent)/2 {
-			w.produce(t, 5, 2) // valid events in the middle of the garbage
+			must(t, w.produce(context.Background(), 5, 2)) // valid events in the middle of the garbage
 		}
 	}
 	// v1 events from an old producer are upcast, not dead-lettered.
@@ -371,13 +387,14 @@ func (w *world) subject(t *testing.T) string {
 // TestNotifyWakesAnotherInstancesRelay: a commit in one instance of a
 // service wakes the relay running in another instance through PostgreSQL
 // NOTIFY — the relay's poll interval is an hour, so nothing else could.
+// The three services are followed by a heraldtest system: its flow settles
+// once the running relay published the event and audit handled it.
 func TestNotifyWakesAnotherInstancesRelay(t *testing.T) {
 	t.Parallel()
 	url := testdb.PostgresURL(t)
 	ctx := context.Background()
-	b, err := natsjs.Embedded(ctx, natsjs.WithEphemeral())
-	must(t, err)
-	defer b.Close()
+	sys := heraldtest.New(t)
+	b := sys.Broker()
 	open := func() *store.Store {
 		st, err := postgres.Open(ctx, url)
 		must(t, err)
@@ -386,7 +403,7 @@ func TestNotifyWakesAnotherInstancesRelay(t *testing.T) {
 	}
 	newOrders := func(st *store.Store) *herald.Service {
 		svc, err := herald.New("orders", herald.WithStore(st), herald.WithBroker(b),
-			herald.WithRelay(herald.RelayConfig{PollInterval: time.Hour}))
+			herald.WithRelay(herald.RelayConfig{PollInterval: time.Hour}), sys.Observe())
 		must(t, err)
 		must(t, herald.Translate(svc, stepRecorded, orderStepped, func(ctx context.Context, s step) (stepped, error) { return stepped(s), nil }))
 		t.Cleanup(func() { svc.Close() })
@@ -397,7 +414,7 @@ func TestNotifyWakesAnotherInstancesRelay(t *testing.T) {
 	time.Sleep(200 * time.Millisecond) // the relay takes its lease and goes idle
 	other := newOrders(open())         // never started: no relay of its own
 	cst := testdb.SQLite(t)
-	consumer, err := herald.New("audit", herald.WithStore(cst), herald.WithBroker(b))
+	consumer, err := herald.New("audit", herald.WithStore(cst), herald.WithBroker(b), sys.Observe())
 	must(t, err)
 	var got atomic.Int64
 	must(t, herald.Subscribe(consumer, orderStepped, "count", func(ctx context.Context, tx herald.Tx, s stepped) error {
@@ -406,8 +423,10 @@ func TestNotifyWakesAnotherInstancesRelay(t *testing.T) {
 	}))
 	must(t, consumer.Start(ctx))
 	defer consumer.Close()
-	must(t, other.Do(ctx, func(tx herald.Tx) error { return herald.Record(tx, stepRecorded, step{OrderID: "x", N: 1}) }))
-	_ = testwait.For(20*time.Second, "the other instance's event", func() bool { return got.Load() != 0 })
+	sys.Add(consumer) // the orders instances subscribe to nothing
+	sys.Run(t, func(ctx context.Context) error {
+		return other.Do(ctx, func(tx herald.Tx) error { return herald.Record(tx, stepRecorded, step{OrderID: "x", N: 1}) })
+	})
 	if got.Load() != 1 {
 		t.Fatal("the running relay was not woken by the other instance's commit")
 	}
@@ -422,13 +441,12 @@ func TestSwallowedStatementErrorDoesNotStallTheSubscription(t *testing.T) {
 	testdb.PostgresURL(t) // PostgreSQL only: SQLite keeps a transaction usable after an error
 	w := newWorld(t, "postgres")
 	w.swallow = func(s stepped) bool { return s.OrderID == "o003" }
-	w.produce(t, 10, 3)
-	w.waitEffects(t, 27)
-	var dls []herald.DeadLetter
-	_ = testwait.For(30*time.Second, "the 3 dead letters of o003", func() bool {
-		dls, _ = w.shipping.DeadLetters(context.Background(), herald.DeadLetterFilter{})
-		return len(dls) >= 3
-	})
+	flow := w.run(t, 10, 3)
+	if n := w.effects(t); n != 27 {
+		t.Fatalf("the flow settled with %d effects, want 27:\n%s", n, flow)
+	}
+	dls, err := w.shipping.DeadLetters(context.Background(), herald.DeadLetterFilter{})
+	must(t, err)
 	if len(dls) != 3 {
 		t.Fatalf("dead letters = %d, want the 3 events of o003", len(dls))
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/heraldhq/herald"
 	"github.com/heraldhq/herald/broker/natsjs"
+	"github.com/heraldhq/herald/heraldtest"
 	"github.com/heraldhq/herald/internal/testdb"
 	"github.com/heraldhq/herald/internal/testwait"
 )
@@ -99,12 +100,12 @@ func TestObserversSeeEveryHop(t *testing.T) {
 // TestObserversCannotStopTheFlow: an observer that blocks forever and
 // one that panics on every call slow down neither the producer nor the
 // consumer; what they lose is counted, each kind of failure is logged once,
-// and Close does not wait for the stuck observer.
+// and Close does not wait for the stuck observer. A heraldtest system
+// follows the flow, its observer beside the broken ones.
 func TestObserversCannotStopTheFlow(t *testing.T) {
 	ctx := context.Background()
-	b, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithLogger(quiet))
-	must(t, err)
-	defer b.Close()
+	sys := heraldtest.New(t, heraldtest.SettleTimeout(60*time.Second))
+	b := sys.Broker()
 	release := make(chan struct{})
 	defer close(release)
 	stuck := herald.ObserverFunc(func(context.Context, herald.Observation) { <-release })
@@ -113,7 +114,7 @@ func TestObserversCannotStopTheFlow(t *testing.T) {
 	logger := slog.New(slog.NewTextHandler(&logs, nil))
 	// boom twice: two observers of one type are two observers, logged apart.
 	opts := []herald.Option{herald.WithBroker(b), herald.WithObserver(stuck), herald.WithObserver(boom), herald.WithObserver(boom),
-		herald.WithLogger(logger)}
+		herald.WithLogger(logger), sys.Observe()}
 	prod, err := herald.New("orders", append(opts, herald.WithStore(testdb.SQLite(t)))...)
 	must(t, err)
 	must(t, herald.Translate(prod, stepRecorded, orderStepped, func(ctx context.Context, s step) (stepped, error) { return stepped(s), nil }))
@@ -129,21 +130,27 @@ func TestObserversCannotStopTheFlow(t *testing.T) {
 	}))
 	must(t, prod.Start(ctx))
 	must(t, cons.Start(ctx))
+	sys.Add(prod, cons)
 	const n = 2500 // 3 hops each on the producer, 2 on the consumer: more than a queue holds
-	for i := range n / 100 {
-		must(t, prod.Do(ctx, func(tx herald.Tx) error {
-			for j := range 100 {
-				if err := herald.Record(tx, stepRecorded, step{OrderID: fmt.Sprintf("o%d", (i*100+j)%50), N: i*100 + j}); err != nil {
-					return err
+	sys.Run(t, func(ctx context.Context) error {
+		for i := range n / 100 {
+			err := prod.Do(ctx, func(tx herald.Tx) error {
+				for j := range 100 {
+					if err := herald.Record(tx, stepRecorded, step{OrderID: fmt.Sprintf("o%d", (i*100+j)%50), N: i*100 + j}); err != nil {
+						return err
+					}
 				}
+				return nil
+			})
+			if err != nil {
+				return err
 			}
-			return nil
-		}))
+		}
+		return nil
+	})
+	if got := testdb.Count(t, cst, "effects", ""); got != n {
+		t.Fatalf("%d of %d events took effect", got, n)
 	}
-	testwait.UntilReport(t, 60*time.Second, func() bool { return testdb.Count(t, cst, "effects", "") >= n },
-		func() string {
-			return fmt.Sprintf("%d of %d events took effect", testdb.Count(t, cst, "effects", ""), n)
-		})
 	for _, s := range []*herald.Service{prod, cons} {
 		st := s.ObserverStats()
 		if st.Panics == 0 || st.Dropped == 0 {

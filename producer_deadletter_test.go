@@ -16,6 +16,7 @@ import (
 	"github.com/heraldhq/herald/broker"
 	"github.com/heraldhq/herald/broker/natsjs"
 	"github.com/heraldhq/herald/envelope"
+	"github.com/heraldhq/herald/heraldtest"
 	"github.com/heraldhq/herald/internal/testdb"
 	"github.com/heraldhq/herald/internal/testwait"
 	"github.com/heraldhq/herald/store"
@@ -50,9 +51,11 @@ func (r *refuser) Publish(ctx context.Context, events []*envelope.Envelope) []er
 
 // poisonWorld is a producer, "orders", whose relay meets a poisoned event,
 // and a consumer, "shipping", that records what it receives, by key, in
-// order.
+// order. A heraldtest system follows both, so that a test can wait for
+// what it records to settle: consumed, or parked by the relay (settle).
 type poisonWorld struct {
 	t     *testing.T
+	sys   *heraldtest.System
 	b     broker.Broker
 	st    *store.Store
 	prod  *herald.Service
@@ -78,9 +81,13 @@ func (d *dropLog) Observe(_ context.Context, o herald.Observation) {
 	}
 }
 
-func newPoisonWorld(t *testing.T, b broker.Broker, st *store.Store) *poisonWorld {
-	w := &poisonWorld{t: t, b: b, st: st, pubs: &publishCounter{n: map[string]int{}}, drops: &dropLog{}, got: map[string][]int{}}
-	cons, err := herald.New("shipping", herald.WithStore(testdb.SQLite(t)), herald.WithBroker(b), herald.WithLogger(quiet))
+// newPoisonWorld starts the consumer and the producer on b (sys's broker,
+// or one wrapping it) and st; sys follows them.
+func newPoisonWorld(t *testing.T, sys *heraldtest.System, b broker.Broker, st *store.Store) *poisonWorld {
+	w := &poisonWorld{t: t, sys: sys, b: b, st: st, pubs: &publishCounter{n: map[string]int{}}, drops: &dropLog{},
+		got: map[string][]int{}}
+	cons, err := herald.New("shipping", herald.WithStore(testdb.SQLite(t)), herald.WithBroker(b), herald.WithLogger(quiet),
+		w.sys.Observe())
 	must(t, err)
 	must(t, herald.Subscribe(cons, orderStepped, "track", func(_ context.Context, _ herald.Tx, s stepped) error {
 		w.mu.Lock()
@@ -91,6 +98,7 @@ func newPoisonWorld(t *testing.T, b broker.Broker, st *store.Store) *poisonWorld
 	must(t, cons.Start(context.Background()))
 	t.Cleanup(func() { cons.Close() })
 	w.cons = cons
+	w.sys.Add(cons) // the producer subscribes to nothing, and is started anew
 	w.startProducer()
 	return w
 }
@@ -99,7 +107,8 @@ func newPoisonWorld(t *testing.T, b broker.Broker, st *store.Store) *poisonWorld
 func (w *poisonWorld) startProducer() {
 	t := w.t
 	prod, err := herald.New("orders", herald.WithStore(w.st), herald.WithBroker(w.b), herald.WithLogger(quiet),
-		herald.WithObserver(w.pubs), herald.WithObserver(w.drops), herald.WithRelay(herald.RelayConfig{PollInterval: 20 * time.Millisecond}))
+		herald.WithObserver(w.pubs), herald.WithObserver(w.drops), herald.WithRelay(herald.RelayConfig{PollInterval: 20 * time.Millisecond}),
+		w.sys.Observe())
 	must(t, err)
 	must(t, herald.Translate(prod, stepRecorded, orderStepped, func(_ context.Context, s step) (stepped, error) { return stepped(s), nil }))
 	must(t, prod.Start(context.Background()))
@@ -114,6 +123,13 @@ func (w *poisonWorld) record(order string, n int) {
 	}))
 }
 
+// settle runs record (calls of record and others) and returns once what it
+// recorded settled: every event consumed, or parked by the relay.
+func (w *poisonWorld) settle(record func()) {
+	w.t.Helper()
+	w.sys.Run(w.t, func(context.Context) error { record(); return nil })
+}
+
 // steps returns what the consumer received of order.
 func (w *poisonWorld) steps(order string) []int {
 	w.mu.Lock()
@@ -121,47 +137,61 @@ func (w *poisonWorld) steps(order string) []int {
 	return slices.Clone(w.got[order])
 }
 
-// waitSteps waits until the consumer received want of order, exactly.
+// waitSteps waits until the consumer received want of order, exactly: for
+// what a settled flow cannot follow, the events a replay puts back.
 func (w *poisonWorld) waitSteps(order string, want ...int) {
 	w.t.Helper()
 	testwait.Until(w.t, 20*time.Second, fmt.Sprintf("steps %v of %s (got %v)", want, order, w.steps(order)), func() bool { return len(w.steps(order)) >= len(want) })
+	w.checkSteps(order, want...)
+}
+
+// checkSteps checks that the consumer received want of order, exactly.
+func (w *poisonWorld) checkSteps(order string, want ...int) {
+	w.t.Helper()
 	if got := w.steps(order); !slices.Equal(got, want) {
 		w.t.Fatalf("%s: received steps %v, want %v in this order", order, got, want)
 	}
 }
 
-// parked waits until the producer has n producer-side dead letters and
+// parked checks that the producer has n producer-side dead letters and
 // returns them.
 func (w *poisonWorld) parked(n int) []herald.DeadLetter {
 	w.t.Helper()
-	var dls []herald.DeadLetter
-	testwait.Until(w.t, 20*time.Second, fmt.Sprintf("%d producer-side dead letters", n), func() bool {
-		var err error
-		dls, err = w.prod.DeadLetters(context.Background(), herald.DeadLetterFilter{ProducerSide: true})
-		must(w.t, err)
-		return len(dls) >= n
-	})
+	dls, err := w.prod.DeadLetters(context.Background(), herald.DeadLetterFilter{ProducerSide: true})
+	must(w.t, err)
 	if len(dls) != n {
 		w.t.Fatalf("%d producer-side dead letters, want %d", len(dls), n)
 	}
 	return dls
 }
 
-// others records one step of each of n other orders and waits until the
-// consumer has them all.
+// waitParked is parked once the producer has n producer-side dead letters:
+// for what a settled flow cannot follow, a replay that parks them again.
+func (w *poisonWorld) waitParked(n int) []herald.DeadLetter {
+	w.t.Helper()
+	testwait.Until(w.t, 20*time.Second, fmt.Sprintf("%d producer-side dead letters", n), func() bool {
+		dls, err := w.prod.DeadLetters(context.Background(), herald.DeadLetterFilter{ProducerSide: true})
+		must(w.t, err)
+		return len(dls) >= n
+	})
+	return w.parked(n)
+}
+
+// others records one step of each of n other orders.
 func (w *poisonWorld) others(prefix string, n int) {
 	w.t.Helper()
 	for i := range n {
 		w.record(fmt.Sprintf("%s-%d", prefix, i), 1)
 	}
-	testwait.Until(w.t, 20*time.Second, fmt.Sprintf("%d orders %s-* consumed", n, prefix), func() bool {
-		for i := range n {
-			if len(w.steps(fmt.Sprintf("%s-%d", prefix, i))) == 0 {
-				return false
-			}
-		}
-		return true
-	})
+}
+
+// checkOthers checks that the consumer received the step of each of the n
+// orders others recorded.
+func (w *poisonWorld) checkOthers(prefix string, n int) {
+	w.t.Helper()
+	for i := range n {
+		w.checkSteps(fmt.Sprintf("%s-%d", prefix, i), 1)
+	}
 }
 
 // checkHeld checks that the dead letters are the refused event of key
@@ -193,11 +223,9 @@ func TestRelayParksEventTheBrokerRefuses(t *testing.T) {
 	t.Parallel()
 	forEachDialect(t, func(t *testing.T, dialect string) {
 		ctx := context.Background()
-		b, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithLogger(quiet))
-		must(t, err)
-		defer b.Close()
+		sys := heraldtest.New(t)
 		st := testdb.For(t, dialect)
-		w := newPoisonWorld(t, b, st)
+		w := newPoisonWorld(t, sys, sys.Broker(), st)
 
 		// The poisoned row: a 1.1 MB event for the broker's 1 MiB.
 		now := time.Now().UTC()
@@ -209,9 +237,12 @@ func TestRelayParksEventTheBrokerRefuses(t *testing.T) {
 		must(t, err)
 		must(t, store.EngineOf(st).OutboxAppend(ctx, tx, []*envelope.Envelope{poison}))
 		must(t, tx.Commit())
-		w.record("poison", 1)
-		w.others("o", 50)
-		w.record("poison", 2)
+		w.settle(func() {
+			w.record("poison", 1)
+			w.others("o", 50)
+			w.record("poison", 2)
+		})
+		w.checkOthers("o", 50)
 
 		dls := w.parked(3)
 		checkHeld(t, dls, "maximum payload exceeded", 1, 1, 2)
@@ -235,8 +266,11 @@ func TestRelayParksEventTheBrokerRefuses(t *testing.T) {
 		// database.
 		must(t, w.prod.Close())
 		w.startProducer()
-		w.record("poison", 3)
-		w.others("after-restart", 1)
+		w.settle(func() {
+			w.record("poison", 3)
+			w.others("after-restart", 1)
+		})
+		w.checkOthers("after-restart", 1)
 		dls = w.parked(4)
 		checkHeld(t, dls, "maximum payload exceeded", 1, 1, 2, 3)
 		if got := w.steps("poison"); len(got) != 0 {
@@ -260,8 +294,8 @@ func TestRelayParksEventTheBrokerRefuses(t *testing.T) {
 			t.Fatalf("ReplayDeadLetters = %d, %v; want the 3 held events", len(done), err)
 		}
 		w.waitSteps("poison", 1, 2, 3)
-		w.record("poison", 4)
-		w.waitSteps("poison", 1, 2, 3, 4)
+		w.settle(func() { w.record("poison", 4) })
+		w.checkSteps("poison", 1, 2, 3, 4)
 		if dls, err := w.prod.DeadLetters(ctx, herald.DeadLetterFilter{}); err != nil || len(dls) != 0 {
 			t.Errorf("dead letters after the replay: %v, %v; want none", dls, err)
 		}
@@ -286,16 +320,17 @@ func TestReplayPublishesParkedEventsInOrderOnceFixed(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			forEachDialect(t, func(t *testing.T, dialect string) {
 				ctx := context.Background()
-				nb, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithLogger(quiet))
-				must(t, err)
-				defer nb.Close()
-				b := &refuser{Broker: nb, keys: map[string]bool{"poison": true}, err: tc.err}
+				sys := heraldtest.New(t)
+				b := &refuser{Broker: sys.Broker(), keys: map[string]bool{"poison": true}, err: tc.err}
 				b.refusing.Store(true)
-				w := newPoisonWorld(t, b, testdb.For(t, dialect))
+				w := newPoisonWorld(t, sys, b, testdb.For(t, dialect))
 
-				w.record("poison", 1)
-				w.others("o", 50)
-				w.record("poison", 2)
+				w.settle(func() {
+					w.record("poison", 1)
+					w.others("o", 50)
+					w.record("poison", 2)
+				})
+				w.checkOthers("o", 50)
 				checkHeld(t, w.parked(2), "test broker", tc.attempts, 2)
 				if got := w.steps("poison"); len(got) != 0 {
 					t.Fatalf("poison events consumed while refused: %v", got)
@@ -308,8 +343,8 @@ func TestReplayPublishesParkedEventsInOrderOnceFixed(t *testing.T) {
 				if err != nil || len(done) != 2 {
 					t.Fatalf("ReplayDeadLetters = %d, %v; want 2", len(done), err)
 				}
-				w.record("poison", 3)
-				w.waitSteps("poison", 1, 2, 3)
+				w.settle(func() { w.record("poison", 3) })
+				w.checkSteps("poison", 1, 2, 3)
 			})
 		})
 	}
@@ -320,19 +355,19 @@ func TestReplayPublishesParkedEventsInOrderOnceFixed(t *testing.T) {
 func TestReplayThatFailsAgainParksAgain(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	nb, err := natsjs.Embedded(ctx, natsjs.WithEphemeral(), natsjs.WithLogger(quiet))
-	must(t, err)
-	defer nb.Close()
-	b := &refuser{Broker: nb, keys: map[string]bool{"poison": true}, err: fmt.Errorf("%w: still bad", broker.ErrRejected)}
+	sys := heraldtest.New(t)
+	b := &refuser{Broker: sys.Broker(), keys: map[string]bool{"poison": true}, err: fmt.Errorf("%w: still bad", broker.ErrRejected)}
 	b.refusing.Store(true)
-	w := newPoisonWorld(t, b, testdb.SQLite(t))
-	w.record("poison", 1)
-	w.record("poison", 2)
+	w := newPoisonWorld(t, sys, b, testdb.SQLite(t))
+	w.settle(func() {
+		w.record("poison", 1)
+		w.record("poison", 2)
+	})
 	first := w.parked(2)
 	if _, err := w.prod.ReplayDeadLetters(ctx, herald.DeadLetterFilter{ProducerSide: true}); err != nil {
 		t.Fatal(err)
 	}
-	again := w.parked(2)
+	again := w.waitParked(2)
 	checkHeld(t, again, "still bad", 1, 2)
 	if again[0].EventID != first[0].EventID || again[1].EventID != first[1].EventID || again[0].ID <= first[1].ID {
 		t.Fatalf("parked again: %v, want the same events, in order, as new dead letters after %v", dlSummary(again), dlSummary(first))

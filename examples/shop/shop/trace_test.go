@@ -5,16 +5,13 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/heraldhq/herald"
-	"github.com/heraldhq/herald/broker/natsjs"
-	"github.com/heraldhq/herald/examples/shop/service/notifications"
 	"github.com/heraldhq/herald/examples/shop/service/orders"
 	"github.com/heraldhq/herald/examples/shop/shop"
-	"github.com/heraldhq/herald/internal/testdb"
-	"github.com/heraldhq/herald/internal/testwait"
 	"github.com/heraldhq/herald/metrics"
 	"github.com/heraldhq/herald/notify"
 	"github.com/heraldhq/herald/trace"
@@ -26,91 +23,111 @@ import (
 
 // TestOneOrdersTraceIsCompleteAndCausal places one order in the shop (all
 // four services in this process, the causal trace recorded on the embedded
-// JetStream), lets it flow to shipped with its notifications delivered, and
-// reads the order's trace back from the broker: every record's cause is in
-// it, children never precede their cause, and it holds the domain event in
-// orders, the integration events, shipping's domain events, and the
-// delivered notifications.
+// JetStream), follows it to shipped with its notifications delivered —
+// settled flows (heraldtest), and the digest's send, which no flow waits
+// for, seen by an observer — and reads the order's trace back from the
+// broker: every record's cause is in it, children never precede their
+// cause, and it holds the domain event in orders, the integration events,
+// shipping's domain events, and the delivered notifications.
 func TestOneOrdersTraceIsCompleteAndCausal(t *testing.T) {
 	ctx := context.Background()
-	b, err := natsjs.Embedded(ctx, natsjs.WithEphemeral())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
-	rec, err := trace.NewRecorder(b, trace.Config{Source: "shop", FlushInterval: 20 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := rec.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rec.Close() })
 	reg := prometheus.NewRegistry()
 	m, err := metrics.New(reg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := shop.Config{Broker: b, DataDir: t.TempDir(), DispatchDelay: 20 * time.Millisecond, Metrics: m, Registry: reg,
-		Options:       []herald.Option{herald.WithObserver(rec)},
-		Notifications: notifications.Config{DigestWindow: 100 * time.Millisecond}}
-	if testdb.PostgresEnabled() {
-		cfg.Postgres = map[string]string{}
-		for _, s := range shop.Services {
-			cfg.Postgres[s] = testdb.PostgresURL(t)
+	var rec *trace.Recorder
+	digest := &digestWatch{sent: make(chan string, 1)}
+	sys, hs := startSettledShop(t, time.Hour, func(c *shop.Config) {
+		sink, ok := c.Broker.(trace.Sink)
+		if !ok {
+			t.Fatalf("the broker %T is no trace sink", c.Broker)
 		}
+		if rec, err = trace.NewRecorder(sink, trace.Config{Source: "shop", FlushInterval: 20 * time.Millisecond}); err != nil {
+			t.Fatal(err)
+		}
+		if err := rec.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { rec.Close() })
+		c.Metrics, c.Registry = m, reg
+		// The recorder sees every hop before the system's observer, so
+		// once a flow settled its records are in the recorder; the digest
+		// watch sees the digest's send after the recorder.
+		c.Options = append([]herald.Option{herald.WithObserver(rec)}, c.Options...)
+		c.Options = append(c.Options, herald.WithObserver(digest))
+		c.Notifications.DigestWindow = 100 * time.Millisecond
+	})
+
+	// The placing settles with the order scheduled and its confirmation
+	// sent; the shipment update waits in a digest.
+	var id string
+	hs.Run(t, func(context.Context) error {
+		code, body := post(t, "http://"+sys.Addr["orders"]+"/orders",
+			`{"customer_id":"c1","email":"c1@example.com","items":[{"product_id":"p-mug","quantity":2}]}`)
+		if code != http.StatusCreated {
+			return fmt.Errorf("place: %d %v", code, body)
+		}
+		id = body["id"].(string)
+		return nil
+	})
+	// Time causes the dispatch: the test brings the shipment due. Its flow
+	// settles with the order shipped and the shipped e-mail and push sent.
+	st := sys.Shipping.Store()
+	if _, err := st.DB().ExecContext(ctx, st.Rebind(`UPDATE shipments SET eta = ?`), time.Now().UnixNano()); err != nil {
+		t.Fatal(err)
 	}
-	sys, err := shop.Start(ctx, cfg)
+	hs.Run(t, func(ctx context.Context) error {
+		k, err := sys.Shipping.DispatchDue(ctx)
+		if err == nil && k != 1 {
+			err = fmt.Errorf("dispatched %d, want 1", k)
+		}
+		return err
+	})
+	// The digest is sent when its window ends, caused by no event.
+	select {
+	case got := <-digest.sent:
+		if got != id {
+			t.Fatalf("a digest of order %s sent, want of %s", got, id)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("no digest of the shipment update sent within 30s")
+	}
+
+	// The flow is done: the order is shipped and every notification of
+	// its flow is sent: confirmation, shipment update (a digest), shipped
+	// (e-mail and push).
+	o, err := sys.Orders.Get(ctx, id)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { sys.Close() })
-
-	code, body := post(t, "http://"+sys.Addr["orders"]+"/orders",
-		`{"customer_id":"c1","email":"c1@example.com","items":[{"product_id":"p-mug","quantity":2}]}`)
-	if code != http.StatusCreated {
-		t.Fatalf("place: %d %v", code, body)
+	ds, err := sys.Notifications.Notifier.Deliveries(ctx, notify.DeliveryFilter{CorrelationID: id})
+	if err != nil {
+		t.Fatal(err)
 	}
-	id := body["id"].(string)
+	nsent := 0
+	for _, d := range ds {
+		if d.State == notify.Sent || d.State == notify.Delivered {
+			nsent++
+		}
+	}
+	if o.Status != orders.StatusShipped || nsent < 4 {
+		t.Fatalf("order %s is %s with %d of 4 notifications sent: %+v", id, o.Status, nsent, ds)
+	}
 
-	// The flow is done when the order is shipped and every notification of
-	// its flow is sent: confirmation, shipment update (a digest), shipped
-	// (e-mail and push).
-	deadline := time.Now().Add(30 * time.Second) // for both waits
-	var status string
-	var nsent int
-	var ds []notify.Delivery
-	testwait.UntilReport(t, time.Until(deadline), func() bool {
-		o, err := sys.Orders.Get(ctx, id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		status = o.Status
-		ds, err = sys.Notifications.Notifier.Deliveries(ctx, notify.DeliveryFilter{CorrelationID: id})
-		if err != nil {
-			t.Fatal(err)
-		}
-		nsent = 0
-		for _, d := range ds {
-			if d.State == notify.Sent || d.State == notify.Delivered {
-				nsent++
-			}
-		}
-		return o.Status == orders.StatusShipped && nsent >= 4
-	}, func() string {
-		return fmt.Sprintf("order %s is %s with %d of 4 notifications sent: %+v", id, status, nsent, ds)
-	})
-
-	// The records arrive asynchronously: read until the deliveries are in.
-	var tree *trace.Tree
-	testwait.UntilReport(t, time.Until(deadline), func() bool {
-		var recs []trace.Record
-		if recs, err = trace.Collect(ctx, b, id); err != nil {
-			return false
-		}
-		tree = trace.Build(recs)
-		return countHops(tree, herald.HopDeliver, notify.Sent, notify.Delivered) >= 4
-	}, func() string { return fmt.Sprintf("trace of %s incomplete (err %v):\n%s", id, err, format(tree)) })
+	// Every hop was observed, so the recorder holds it: once it wrote what
+	// it was given, the trace is complete.
+	if err := rec.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := trace.Collect(ctx, hs.Broker(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tree := trace.Build(recs)
+	if n := countHops(tree, herald.HopDeliver, notify.Sent, notify.Delivered); n < 4 {
+		t.Fatalf("trace of %s has %d deliveries sent, want 4:\n%s", id, n, format(tree))
+	}
 	out := format(tree)
 	t.Logf("trace of order %s:\n%s", id, out)
 
@@ -218,6 +235,23 @@ func TestOneOrdersTraceIsCompleteAndCausal(t *testing.T) {
 	}
 	if fams["herald_consumer_pending"] == nil {
 		t.Errorf("no herald_consumer_pending")
+	}
+}
+
+// digestWatch is an observer that reports on sent the flow (order id) of
+// the first shop.notify.shipment-update it sees sent or delivered: the
+// digest's send.
+type digestWatch struct {
+	once sync.Once
+	sent chan string
+}
+
+func (w *digestWatch) Inline() {}
+
+func (w *digestWatch) Observe(_ context.Context, o herald.Observation) {
+	if o.Hop == herald.HopDeliver && o.Event.Type == "shop.notify.shipment-update" &&
+		(o.Outcome == herald.Outcome(notify.Sent) || o.Outcome == herald.Outcome(notify.Delivered)) {
+		w.once.Do(func() { w.sent <- o.Event.CorrelationID })
 	}
 }
 
