@@ -67,6 +67,44 @@
 //	flow := sys.Run(t, placeOrder)
 //	if got := flow.Sent("email"); len(got) != 1 || got[0].Recipient != "alice" { … }
 //
+// # Guarantee checks
+//
+// herald makes a handler's effect exactly-once only if the handler keeps
+// it inside the transaction herald hands it. CheckHandler checks that for
+// one subscription, under the faults production has: Check names the
+// event, the subscription, a constructor of the service (called with the
+// check's store and options — the way a test builds a service of its own
+// for System.Add), the events, and the effect to compare (a query of the
+// handler's tables, or what an external system it calls received).
+//
+//	heraldtest.CheckHandler(t, heraldtest.Check[OrderConfirmed]{
+//		Event: orderConfirmed, Subscription: "schedule", Events: orders,
+//		Service: func(ctx context.Context, st *store.Store, opts ...herald.Option) (heraldtest.Instance, error) {
+//			return shipping.New(ctx, st, opts...)
+//		},
+//		Effect: func(ctx context.Context, st *store.Store) (any, error) { return shipments(ctx, st) },
+//	})
+//
+// Each run has a new embedded broker and store, and delivers the events
+// through the real path: a producer records each event in a transaction of
+// its own, its relay publishes it, the subscription's consumer handles it
+// in a transaction with its inbox row. The first run delivers them once,
+// in order; the others inject one fault each (Fault): every event
+// delivered twice, a crash between one event's commit and its ack (a new
+// instance takes over on the same store, and gets the later events), a
+// crash inside the handler once it ran, two transient errors once it ran,
+// and the orders of the events that the per-key guarantee allows. A run
+// whose effect differs is shrunk to the smallest sequence of events that
+// still breaks, and reported in words (Violation). A handler that runs
+// longer than its ack wait is reported too. Examine returns the Report
+// instead of failing the test; CheckDomain does the same for domain
+// handlers, whose transaction may roll back after they ran.
+//
+// On SQLite, a handler that writes through the store's pool (st.DB())
+// instead of tx waits for the write lock its own transaction holds, and
+// fails with "database is locked": the clean run does not settle, and the
+// check fails with that error as the hop's last one.
+//
 // # What is not waited for
 //
 // Deliveries put off — deferred to the end of quiet hours, a fallback
