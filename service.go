@@ -33,6 +33,7 @@ type Service struct {
 	notifies     map[Contract]bool
 	subs         []*subscription
 	upcasters    map[upcastKey]upcaster
+	aggregates   map[string]*aggBase // by name
 
 	life    sync.Mutex // guards closed, started and the run state
 	closed  bool
@@ -167,6 +168,7 @@ func New(name string, opts ...Option) (*Service, error) {
 		handlers:     map[Contract][]domainHandler{},
 		translations: map[Contract][]translation{},
 		notifies:     map[Contract]bool{},
+		aggregates:   map[string]*aggBase{},
 	}
 	s.limiter, _ = c.broker.(broker.Limiter)
 	s.learnLimit() // so that Do applies it before Start too
