@@ -220,9 +220,7 @@ type Root[S any] struct {
 	t       *txn
 	id      string
 	version int64 // of the state
-	base    int64 // the version Load found
 	state   S
-	dirty   bool
 }
 
 // ID is the aggregate's stream id.
@@ -237,22 +235,35 @@ func (r *Root[S]) Version() int64 { return r.version }
 // not to be changed.
 func (r *Root[S]) State() S { return r.state }
 
-// rootKey names a loaded aggregate in a transaction.
+// rootKey names a stream in a transaction.
 type rootKey struct{ aggregate, id string }
 
-// dirtyRoot is a loaded aggregate with events appended in the transaction.
-type dirtyRoot interface {
-	// snapshot returns the snapshot to write at commit, if the events
-	// appended crossed a multiple of the aggregate's snapshot interval.
-	snapshot(service string, now time.Time) (*store.Snapshot, error)
+// streamAppend is one Append of a transaction: the stream, the version the
+// event took, and the aggregate it was applied to. A consumer's savepoint
+// rollback cuts them with the events.
+type streamAppend struct {
+	key     rootKey
+	version int64
+	root    appendedRoot
+}
+
+// appendedRoot is a loaded aggregate that events were appended to.
+type appendedRoot interface {
+	// snapshot returns the snapshot of the state as of now, if the
+	// aggregate takes them every n events and the stream went from base
+	// past a multiple of n.
+	snapshot(service string, base int64, now time.Time) (*store.Snapshot, error)
+	// current reports the aggregate's version.
+	current() int64
 	describe() string
 }
 
+func (r *Root[S]) current() int64   { return r.version }
 func (r *Root[S]) describe() string { return fmt.Sprintf("%s stream %q", &r.typ.aggBase, r.id) }
 
-func (r *Root[S]) snapshot(service string, now time.Time) (*store.Snapshot, error) {
+func (r *Root[S]) snapshot(service string, base int64, now time.Time) (*store.Snapshot, error) {
 	n := int64(r.typ.every)
-	if n == 0 || r.version/n == r.base/n {
+	if n == 0 || r.version/n == base/n {
 		return nil, nil
 	}
 	data, err := json.Marshal(r.state)
@@ -261,6 +272,50 @@ func (r *Root[S]) snapshot(service string, now time.Time) (*store.Snapshot, erro
 	}
 	return &store.Snapshot{Service: service, Pos: store.StreamPos{Aggregate: r.typ.name, Stream: r.id, Version: r.version},
 		Schema: r.typ.schema, State: data, Created: now}, nil
+}
+
+// lastAppend returns the version of the last event appended to the stream
+// of key in t, or 0.
+func (t *txn) lastAppend(key rootKey) int64 {
+	for i := len(t.appends) - 1; i >= 0; i-- {
+		if t.appends[i].key == key {
+			return t.appends[i].version
+		}
+	}
+	return 0
+}
+
+// snapshots returns the snapshots to write at commit: for each stream
+// appended to, of the aggregate that took its last event, unless a rolled
+// back savepoint left that aggregate's state ahead of the stream.
+func (t *txn) snapshots(now time.Time) ([]store.Snapshot, error) {
+	var out []store.Snapshot
+	seen := map[rootKey]bool{}
+	for i := len(t.appends) - 1; i >= 0; i-- {
+		a := t.appends[i]
+		if seen[a.key] {
+			continue
+		}
+		seen[a.key] = true
+		if a.root.current() != a.version {
+			continue
+		}
+		base := a.version - 1
+		for _, b := range t.appends[:i] {
+			if b.key == a.key {
+				base = b.version - 1
+				break
+			}
+		}
+		sn, err := a.root.snapshot(t.svc.name, base, now)
+		if err != nil {
+			return nil, err
+		}
+		if sn != nil {
+			out = append(out, *sn)
+		}
+	}
+	return out, nil
 }
 
 // maxStreamID bounds a stream id, which is part of an index key.
@@ -293,11 +348,10 @@ func checkAggregate(tx Tx, a *aggBase, id string) (*txScope, error) {
 
 // Load returns the aggregate of a with stream id id as of tx: its state
 // rebuilt from its newest snapshot (with Snapshot) and the events of its
-// stream after it, in order. A stream without events is version 0 with the
-// zero state. Loading it again in the same transaction returns the same
-// *Root, with what was appended since. An event of the stream that a has
-// no Apply for fails with ErrNoApply, a snapshot that does not decode with
-// ErrCorruptSnapshot; either fails the transaction.
+// stream after it, in order, including those appended in tx. A stream
+// without events is version 0 with the zero state. An event of the stream
+// that a has no Apply for fails with ErrNoApply, a snapshot that does not
+// decode with ErrCorruptSnapshot; either fails the transaction.
 func Load[S any](tx Tx, a *AggregateType[S], id string) (*Root[S], error) {
 	if a == nil {
 		return nil, failIfOpen(tx, fmt.Errorf("%w: Load of a nil aggregate", ErrInvalidAggregate))
@@ -307,19 +361,10 @@ func Load[S any](tx Tx, a *AggregateType[S], id string) (*Root[S], error) {
 		return nil, failIfOpen(tx, err)
 	}
 	t := sc.t
-	key := rootKey{a.name, id}
-	if r, ok := t.roots[key]; ok {
-		return r.(*Root[S]), nil
-	}
 	r := &Root[S]{typ: a, t: t, id: id}
 	if err := runGuarded(func() error { return r.rehydrate(sc) }); err != nil {
 		return nil, t.fail(fmt.Errorf("service %s: load %s: %w", t.svc.name, r.describe(), err))
 	}
-	r.base = r.version
-	if t.roots == nil {
-		t.roots = map[rootKey]any{}
-	}
-	t.roots[key] = r
 	return r, nil
 }
 
@@ -345,24 +390,45 @@ func (r *Root[S]) rehydrate(sc *txScope) error {
 			r.state, r.version = st, sn.Pos.Version
 		}
 	}
-	return eng.StreamRead(sc.ctx, t.sql, store.StreamReadParams{Service: t.svc.name, Aggregate: a.name, Stream: r.id, After: r.version},
+	err := eng.StreamRead(sc.ctx, t.sql, store.StreamReadParams{Service: t.svc.name, Aggregate: a.name, Stream: r.id, After: r.version},
 		func(se store.StreamEvent) error {
-			e := se.Event
 			if se.Pos.Version != r.version+1 {
 				return fmt.Errorf("%w: version %d follows version %d", ErrCorruptStream, se.Pos.Version, r.version)
 			}
-			ap, ok := a.applies[e.Type]
-			if !ok || ap.c.Version() != e.Version {
-				return noApply(&a.aggBase, e.Type, e.Version, se.Pos.Version)
-			}
-			v, err := ap.decode(e.Data)
-			if err != nil {
-				return fmt.Errorf("%w: event %s (%s v%d) at version %d: %v", ErrCorruptStream, e.ID, e.Type, e.Version, se.Pos.Version, err)
-			}
-			ap.apply(&r.state, v)
-			r.version++
-			return nil
+			return r.replay(se.Event, se.Pos.Version)
 		})
+	if err != nil || t.logPos == nil {
+		return err
+	}
+	// The events appended in this transaction, not written yet.
+	for i, pos := range t.logPos {
+		if pos.Aggregate != a.name || pos.Stream != r.id {
+			continue
+		}
+		if pos.Version != r.version+1 {
+			return fmt.Errorf("%w: another transaction appended version %d after this one loaded version %d",
+				ErrConcurrencyConflict, r.version, pos.Version-1)
+		}
+		if err := r.replay(t.log[i], pos.Version); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// replay applies e, the event at version v of r's stream.
+func (r *Root[S]) replay(e *envelope.Envelope, v int64) error {
+	ap, ok := r.typ.applies[e.Type]
+	if !ok || ap.c.Version() != e.Version {
+		return noApply(&r.typ.aggBase, e.Type, e.Version, v)
+	}
+	x, err := ap.decode(e.Data)
+	if err != nil {
+		return fmt.Errorf("%w: event %s (%s v%d) at version %d: %v", ErrCorruptStream, e.ID, e.Type, e.Version, v, err)
+	}
+	ap.apply(&r.state, x)
+	r.version++
+	return nil
 }
 
 func noApply(a *aggBase, typ string, version int, at int64) error {
@@ -397,15 +463,17 @@ func Append[S, T any](tx Tx, r *Root[S], c *DomainEvent[T], v T) error {
 	if !ok || ap.c != Contract(c) {
 		return t.fail(fmt.Errorf("service %s: %s: %w", t.svc.name, r.describe(), noApply(&r.typ.aggBase, c.name, c.version, r.version+1)))
 	}
+	key := rootKey{r.typ.name, r.id}
+	if last := t.lastAppend(key); last != 0 && last != r.version {
+		return t.fail(fmt.Errorf("%w: service %s: appending %s to %s at version %d: this transaction appended version %d through another Load",
+			ErrConcurrencyConflict, t.svc.name, describe(c), r.describe(), r.version+1, last))
+	}
 	return record(sc, c, v, func(*envelope.Envelope) (store.StreamPos, error) {
 		if err := runGuarded(func() error { ap.apply(&r.state, v); return nil }); err != nil {
 			return store.StreamPos{}, fmt.Errorf("service %s: %s: applying %s: %w", t.svc.name, r.describe(), describe(c), err)
 		}
 		r.version++
-		if !r.dirty {
-			r.dirty = true
-			t.dirty = append(t.dirty, r)
-		}
+		t.appends = append(t.appends, streamAppend{key: key, version: r.version, root: r})
 		return store.StreamPos{Aggregate: r.typ.name, Stream: r.id, Version: r.version}, nil
 	})
 }

@@ -170,7 +170,7 @@ func TestAggregateAppendAndLoad(t *testing.T) {
 			return nil
 		}))
 
-		must(t, inv.svc.Do(ctx, func(tx herald.Tx) error {
+		err := inv.svc.Do(ctx, func(tx herald.Tx) error {
 			r, err := herald.Load(tx, inv.agg, "p1")
 			if err != nil {
 				return err
@@ -181,9 +181,29 @@ func TestAggregateAppendAndLoad(t *testing.T) {
 			must(t, herald.Append(tx, r, inv.ev.received, stockReceived{Qty: 10}))
 			must(t, herald.Append(tx, r, inv.ev.reserved, stockReserved{Qty: 3, By: "a"}))
 			again, err := herald.Load(tx, inv.agg, "p1")
-			if err != nil || again != r {
-				t.Errorf("Load again in the same transaction = %p, %v; want %p", again, err, r)
+			if err != nil || again.Version() != 2 || again.State() != r.State() {
+				t.Errorf("Load again in the same transaction = %+v, %v; want %+v at version 2", again, err, r.State())
 			}
+			must(t, herald.Append(tx, again, inv.ev.renamed, stockRenamed{Name: "w"}))
+			// r is behind the stream now.
+			if err := herald.Append(tx, r, inv.ev.renamed, stockRenamed{Name: "x"}); !errors.Is(err, herald.ErrConcurrencyConflict) {
+				t.Errorf("Append through a stale Load of the same transaction: %v, want ErrConcurrencyConflict", err)
+			}
+			return nil // the conflict fails the transaction anyway
+		})
+		if !errors.Is(err, herald.ErrConcurrencyConflict) {
+			t.Fatalf("Do with a stale Append: %v", err)
+		}
+		if n := testdb.Count(t, inv.st, "herald_event_log", ""); n != 0 {
+			t.Fatalf("%d event-log rows after a failed Do", n)
+		}
+		must(t, inv.svc.Do(ctx, func(tx herald.Tx) error {
+			r, err := herald.Load(tx, inv.agg, "p1")
+			if err != nil {
+				return err
+			}
+			must(t, herald.Append(tx, r, inv.ev.received, stockReceived{Qty: 10}))
+			must(t, herald.Append(tx, r, inv.ev.reserved, stockReserved{Qty: 3, By: "a"}))
 			return herald.Record(tx, inv.ev.received, stockReceived{Qty: 99}) // not in a stream
 		}))
 		got, v := inv.load(t, "p1")
@@ -194,8 +214,8 @@ func TestAggregateAppendAndLoad(t *testing.T) {
 		if other, v := inv.load(t, "p2"); other != (Stock{}) || v != 0 {
 			t.Fatalf("another stream: %+v at %d", other, v)
 		}
-		if !reflect.DeepEqual(handled, []int{10, 99}) {
-			t.Errorf("domain handler saw %v, want [10 99]", handled)
+		if !reflect.DeepEqual(handled, []int{10, 10, 99}) {
+			t.Errorf("domain handler saw %v, want [10 10 99] (the first 10 rolled back)", handled)
 		}
 		if n := testdb.Count(t, inv.st, "herald_outbox", ""); n != 2 {
 			t.Errorf("outbox rows = %d, want 2 (translations of both received events)", n)

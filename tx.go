@@ -66,9 +66,8 @@ type txn struct {
 	// logPos places the events of log in aggregates' streams (a zero
 	// StreamPos for the others); nil while the transaction appended to
 	// no stream.
-	logPos []store.StreamPos
-	roots  map[rootKey]any // the aggregates loaded, a *Root[S] each
-	dirty  []dirtyRoot     // the aggregates appended to, in order
+	logPos  []store.StreamPos
+	appends []streamAppend // the Appends, in order
 }
 
 // txScope is a view of a txn with the event that caused what is recorded
@@ -202,16 +201,11 @@ func (s *Service) flush(ctx context.Context, t *txn) error {
 				p.Log = append(p.Log, e)
 			}
 		}
-		now := time.Now()
-		for _, r := range t.dirty {
-			sn, err := r.snapshot(s.name, now)
-			if err != nil {
-				return fmt.Errorf("service %s: %w", s.name, err)
-			}
-			if sn != nil {
-				p.Snapshots = append(p.Snapshots, *sn)
-			}
+		snaps, err := t.snapshots(time.Now())
+		if err != nil {
+			return fmt.Errorf("service %s: %w", s.name, err)
 		}
+		p.Snapshots = snaps
 	}
 	if err := s.engine.EventAppend(ctx, t.sql, p); err != nil {
 		if errors.Is(err, store.ErrStreamConflict) {
@@ -225,9 +219,13 @@ func (s *Service) flush(ctx context.Context, t *txn) error {
 
 // streams names the aggregates' streams t appended to.
 func (t *txn) streams() string {
-	names := make([]string, len(t.dirty))
-	for i, r := range t.dirty {
-		names[i] = r.describe()
+	var names []string
+	seen := map[rootKey]bool{}
+	for _, a := range t.appends {
+		if !seen[a.key] {
+			seen[a.key] = true
+			names = append(names, a.root.describe())
+		}
 	}
 	return strings.Join(names, ", ")
 }
