@@ -629,53 +629,6 @@ func TestAggregateBadInput(t *testing.T) {
 	})
 }
 
-// TestStreamVersionIsUnique checks the database, not herald, refuses a
-// second event at one stream version (what makes conflicts safe across
-// processes), and that retention keeps the events of streams.
-func TestStreamVersionIsUnique(t *testing.T) {
-	t.Parallel()
-	forEachDialect(t, func(t *testing.T, dialect string) {
-		ctx := context.Background()
-		st := testdb.For(t, dialect)
-		eng := store.EngineOf(st)
-		old := time.Now().Add(-48 * time.Hour)
-		ev := func(id string) *envelope.Envelope {
-			return &envelope.Envelope{ID: id, Type: "inventory.stock-received", Version: 1, Kind: envelope.KindDomain,
-				Source: "inventory", Time: old, CorrelationID: id, DataContentType: "application/json", Data: []byte(`{"qty":1}`)}
-		}
-		pos := store.StreamPos{Aggregate: "inventory.stock", Stream: "p", Version: 1}
-		write := func(p store.EventAppendParams) error {
-			tx, err := eng.Begin(ctx)
-			must(t, err)
-			if err := eng.EventAppend(ctx, tx, p); err != nil {
-				tx.Rollback()
-				return err
-			}
-			return tx.Commit()
-		}
-		must(t, write(store.EventAppendParams{Streams: []store.StreamEvent{{Pos: pos, Event: ev(envelope.NewID(old))}},
-			Log: []*envelope.Envelope{ev(envelope.NewID(old))}}))
-		err := write(store.EventAppendParams{Streams: []store.StreamEvent{{Pos: pos, Event: ev(envelope.NewID(old))}}})
-		if !errors.Is(err, store.ErrStreamConflict) {
-			t.Fatalf("second event at version 1: %v, want ErrStreamConflict", err)
-		}
-		// The same version in another stream, aggregate or service is fine.
-		for _, p := range []store.StreamPos{{Aggregate: "inventory.stock", Stream: "q", Version: 1}, {Aggregate: "inventory.other", Stream: "p", Version: 1}} {
-			must(t, write(store.EventAppendParams{Streams: []store.StreamEvent{{Pos: p, Event: ev(envelope.NewID(old))}}}))
-		}
-		e := ev(envelope.NewID(old))
-		e.Source = "elsewhere"
-		must(t, write(store.EventAppendParams{Streams: []store.StreamEvent{{Pos: pos, Event: e}}}))
-
-		n, err := eng.EventLogPrune(ctx, time.Now())
-		must(t, err)
-		if n != 1 || testdb.Count(t, st, "herald_event_log", "") != 4 {
-			t.Fatalf("retention pruned %d rows and left %d; want 1 (the plain event) and the 4 of streams",
-				n, testdb.Count(t, st, "herald_event_log", ""))
-		}
-	})
-}
-
 // TestAggregateRetention: a service's retention keeps its aggregates'
 // events, whatever their age.
 func TestAggregateRetention(t *testing.T) {
