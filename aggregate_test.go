@@ -665,3 +665,102 @@ func TestAggregateRetention(t *testing.T) {
 		return err
 	}))
 }
+
+// TestAggregateConflictInterleaved interleaves two transactions on
+// PostgreSQL deterministically: both load version 1, the first appends and
+// commits, the second's append then fails at commit with
+// ErrConcurrencyConflict; with RetryConflicts(1) its second run loads
+// version 2 and commits. (SQLite's writers are serialised from BEGIN: the
+// second would wait for the first before loading.)
+func TestAggregateConflictInterleaved(t *testing.T) {
+	t.Parallel()
+	for _, retry := range []int{0, 1} {
+		t.Run(fmt.Sprintf("retry=%d", retry), func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			inv := newInventory(t, testdb.Postgres(t))
+			must(t, inv.svc.Do(ctx, func(tx herald.Tx) error {
+				r, err := herald.Load(tx, inv.agg, "p")
+				if err != nil {
+					return err
+				}
+				return herald.Append(tx, r, inv.ev.received, stockReceived{Qty: 1})
+			}))
+			aLoaded, bLoaded, aDone := make(chan struct{}), make(chan struct{}), make(chan error, 1)
+			go func() {
+				aDone <- inv.svc.Do(ctx, func(tx herald.Tx) error {
+					r, err := herald.Load(tx, inv.agg, "p")
+					if err != nil {
+						return err
+					}
+					close(aLoaded)
+					<-bLoaded
+					return herald.Append(tx, r, inv.ev.renamed, stockRenamed{Name: "a"})
+				})
+			}()
+			var runs []int64
+			var aErr error
+			err := inv.svc.Do(ctx, func(tx herald.Tx) error {
+				if len(runs) == 0 {
+					select {
+					case <-aLoaded:
+					case err := <-aDone: // A failed before loading
+						t.Fatalf("first transaction: %v", err)
+					}
+				}
+				r, err := herald.Load(tx, inv.agg, "p")
+				if err != nil {
+					return err
+				}
+				runs = append(runs, r.Version())
+				if len(runs) == 1 {
+					close(bLoaded)
+					aErr = <-aDone
+				}
+				return herald.Append(tx, r, inv.ev.renamed, stockRenamed{Name: "b"})
+			}, herald.RetryConflicts(retry))
+			must(t, aErr)
+			got, v := inv.load(t, "p")
+			switch retry {
+			case 0:
+				if !errors.Is(err, herald.ErrConcurrencyConflict) || !reflect.DeepEqual(runs, []int64{1}) || v != 2 || got.Name != "a" {
+					t.Fatalf("without retry: %v after runs at %v; stream at %d named %q; want a conflict, runs [1], a at 2",
+						err, runs, v, got.Name)
+				}
+			default:
+				if err != nil || !reflect.DeepEqual(runs, []int64{1, 2}) || v != 3 || got.Name != "b" {
+					t.Fatalf("with retry: %v after runs at %v; stream at %d named %q; want nil, runs [1 2], b at 3",
+						err, runs, v, got.Name)
+				}
+			}
+		})
+	}
+}
+
+// TestRetryConflictsIsBounded: a decision that conflicts every time runs
+// 1+n times and Do returns the conflict.
+func TestRetryConflictsIsBounded(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	inv := newInventory(t, testdb.SQLite(t))
+	runs := 0
+	err := inv.svc.Do(ctx, func(tx herald.Tx) error {
+		runs++
+		stale, err := herald.Load(tx, inv.agg, "p")
+		if err != nil {
+			return err
+		}
+		fresh, err := herald.Load(tx, inv.agg, "p")
+		if err != nil {
+			return err
+		}
+		must(t, herald.Append(tx, fresh, inv.ev.received, stockReceived{Qty: 1}))
+		return herald.Append(tx, stale, inv.ev.received, stockReceived{Qty: 1}) // behind fresh: a conflict
+	}, herald.RetryConflicts(3))
+	if !errors.Is(err, herald.ErrConcurrencyConflict) || runs != 4 {
+		t.Fatalf("Do = %v after %d runs; want ErrConcurrencyConflict after 4", err, runs)
+	}
+	if n := testdb.Count(t, inv.st, "herald_event_log", ""); n != 0 {
+		t.Fatalf("%d event-log rows after the conflicts", n)
+	}
+}
