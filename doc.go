@@ -104,7 +104,8 @@
 //
 // Every call that takes options takes them of its own type: New an Option,
 // Domain, Integration and Notification a ContractOption, Subscribe and
-// Receive a SubscribeOption, Handle a HandleOption. An option that makes
+// Receive a SubscribeOption, Handle a HandleOption, Service.Do a DoOption,
+// Aggregate an AggregateOption. An option that makes
 // sense in several calls is one name that each of them takes: Retry sets the
 // service's default retry policy when passed to New and one subscription's
 // when passed to Subscribe; Emits declares a subscription's or a domain
