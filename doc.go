@@ -105,13 +105,14 @@
 // Every call that takes options takes them of its own type: New an Option,
 // Domain, Integration and Notification a ContractOption, Subscribe and
 // Receive a SubscribeOption, Handle a HandleOption, Service.Do a DoOption,
-// Aggregate an AggregateOption. An option that makes
-// sense in several calls is one name that each of them takes: Retry sets the
-// service's default retry policy when passed to New and one subscription's
-// when passed to Subscribe; Emits declares a subscription's or a domain
-// handler's effects. An option passed to a call it does not fit does not
-// compile, and an option's arguments are checked when the call applies it
-// (errors.Is(err, ErrInvalidOption), or ErrInvalidContract for a contract).
+// Aggregate an AggregateOption. An option that makes sense in several calls
+// is one name that each of them takes: Retry sets the service's default
+// retry policy when passed to New and one subscription's when passed to
+// Subscribe; Emits declares a subscription's or a domain handler's effects.
+// An option passed to a call it does not fit does not compile, and an
+// option's arguments are checked when the call applies it (errors.Is(err,
+// ErrInvalidOption), ErrInvalidContract for a contract, ErrInvalidAggregate
+// for an aggregate).
 //
 // # Lifecycle
 //
