@@ -25,7 +25,7 @@ func TestAggregateSavepointRollback(t *testing.T) {
 	must(t, Apply(agg, added, func(s *counter, n int) { s.N++; s.Sum += n }))
 	must(t, svc.RegisterAggregate(agg))
 
-	tx, err := consumerStore{svc}.Begin(ctx)
+	tx, err := consumerStore{s: svc}.Begin(ctx)
 	must(t, err)
 	c := tx.(*consumerTx)
 	htx := &txScope{t: c.t, ctx: ctx} // what the handlers get
@@ -75,7 +75,7 @@ func TestAggregateSavepointRollback(t *testing.T) {
 
 	// The aggregate that took the last event kept is ahead of it (its
 	// later append was rolled back): no snapshot of that state.
-	tx, err = consumerStore{svc}.Begin(ctx)
+	tx, err = consumerStore{s: svc}.Begin(ctx)
 	must(t, err)
 	c = tx.(*consumerTx)
 	htx = &txScope{t: c.t, ctx: ctx}
