@@ -136,6 +136,7 @@ type consumerTx struct {
 	txn        txn    // in the same allocation
 	nlog, nout int    // what was recorded at the last savepoint
 	nobs       int    // the observations to report at commit, at the last savepoint
+	napp       int    // the aggregates' appends at the last savepoint
 }
 
 func (c *consumerTx) InboxClaim(ctx context.Context, inbox, eventID string) (bool, error) {
@@ -147,7 +148,7 @@ func (c *consumerTx) InboxClaimMany(ctx context.Context, inbox string, eventIDs 
 }
 
 func (c *consumerTx) TxSavepoint(ctx context.Context) error {
-	c.nlog, c.nout, c.nobs = len(c.t.log), len(c.t.outbox), len(c.t.onCommit)
+	c.nlog, c.nout, c.nobs, c.napp = len(c.t.log), len(c.t.outbox), len(c.t.onCommit), len(c.t.appends)
 	return c.st.TxSavepoint(ctx, c.t.sql)
 }
 
@@ -163,6 +164,9 @@ func (c *consumerTx) TxSavepointRollback(ctx context.Context) error {
 	}
 	t := c.t
 	t.log, t.outbox, t.onCommit, t.failed = t.log[:c.nlog], t.outbox[:c.nout], t.onCommit[:c.nobs], nil
+	if t.logPos != nil {
+		t.logPos, t.appends = t.logPos[:c.nlog], t.appends[:c.napp]
+	}
 	return nil
 }
 

@@ -31,6 +31,33 @@
 // commits with the caller's own rows, or nothing does: a handler's error or
 // panic rolls the transaction back even if the caller swallowed it.
 //
+// # Event-sourced aggregates
+//
+// An aggregate declared with Aggregate keeps its state as its stream of
+// domain events: Apply names each event's function on the state, and
+// Service.RegisterAggregate registers it. Inside Do, Load rebuilds an
+// aggregate from its stream (from its newest snapshot on, with Snapshot),
+// and Append records the next event exactly as Record does, at the stream's
+// next version:
+//
+//	inv := herald.Aggregate[Stock]("inventory.stock", herald.Snapshot(100))
+//	herald.Apply(inv, stockReserved, func(s *Stock, e StockReserved) { s.Reserved += e.Qty })
+//	svc.RegisterAggregate(inv)
+//	err := svc.Do(ctx, func(tx herald.Tx) error {
+//		a, err := herald.Load(tx, inv, productID)
+//		...
+//		return herald.Append(tx, a, stockReserved, StockReserved{Qty: 1})
+//	}, herald.RetryConflicts(5))
+//
+// The database refuses a second event at one version of a stream, so of two
+// transactions that loaded the same version only the first commits; the
+// other fails with ErrConcurrencyConflict, and RetryConflicts runs the
+// decision again on the new state. Snapshots (JSON, written in the
+// appending transaction every n events) of another SnapshotSchema version
+// are ignored; one that does not decode is ErrCorruptSnapshot. An event of a
+// stream without an Apply is ErrNoApply. Event-log retention keeps the
+// events of streams.
+//
 // # Integration events
 //
 // After commit the outbox relay publishes the outbox in commit order to the
@@ -77,13 +104,15 @@
 //
 // Every call that takes options takes them of its own type: New an Option,
 // Domain, Integration and Notification a ContractOption, Subscribe and
-// Receive a SubscribeOption, Handle a HandleOption. An option that makes
-// sense in several calls is one name that each of them takes: Retry sets the
-// service's default retry policy when passed to New and one subscription's
-// when passed to Subscribe; Emits declares a subscription's or a domain
-// handler's effects. An option passed to a call it does not fit does not
-// compile, and an option's arguments are checked when the call applies it
-// (errors.Is(err, ErrInvalidOption), or ErrInvalidContract for a contract).
+// Receive a SubscribeOption, Handle a HandleOption, Service.Do a DoOption,
+// Aggregate an AggregateOption. An option that makes sense in several calls
+// is one name that each of them takes: Retry sets the service's default
+// retry policy when passed to New and one subscription's when passed to
+// Subscribe; Emits declares a subscription's or a domain handler's effects.
+// An option passed to a call it does not fit does not compile, and an
+// option's arguments are checked when the call applies it (errors.Is(err,
+// ErrInvalidOption), ErrInvalidContract for a contract, ErrInvalidAggregate
+// for an aggregate).
 //
 // # Lifecycle
 //

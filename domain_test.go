@@ -88,7 +88,7 @@ func newShop(t *testing.T, dialect string) *shop {
 	return s
 }
 
-func must(t *testing.T, err error) {
+func must(t testing.TB, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)

@@ -35,6 +35,22 @@ var (
 	ErrTooDeep = errors.New("herald: event recursion too deep")
 	// ErrStarted: the call is only allowed before Start.
 	ErrStarted = errors.New("herald: service already started")
+	// ErrInvalidAggregate: an aggregate's declaration, or a stream id, is
+	// malformed.
+	ErrInvalidAggregate = errors.New("herald: invalid aggregate")
+	// ErrConcurrencyConflict: another transaction appended to an
+	// aggregate's stream after this one loaded it (its expected version was
+	// taken). Do runs the transaction again with RetryConflicts.
+	ErrConcurrencyConflict = errors.New("herald: concurrency conflict")
+	// ErrNoApply: an event of an aggregate's stream, loaded or appended,
+	// has no apply function in the aggregate (herald.Apply).
+	ErrNoApply = errors.New("herald: no apply function for event")
+	// ErrCorruptSnapshot: an aggregate's snapshot does not decode into its
+	// state type (of the snapshot's schema version: bump SnapshotSchema).
+	ErrCorruptSnapshot = errors.New("herald: snapshot does not decode")
+	// ErrCorruptStream: an event of an aggregate's stream does not decode,
+	// or the stream has a gap.
+	ErrCorruptStream = errors.New("herald: corrupt aggregate stream")
 )
 
 // PanicError is the error a recovered panic becomes.

@@ -26,7 +26,7 @@ func TestOnCommitObservations(t *testing.T) {
 	t.Cleanup(func() { svc.Close() })
 	decide := func(id string) Observation { return Observation{Hop: HopDecide, Event: envelope.Envelope{ID: id}} }
 
-	tx, err := consumerStore{svc}.Begin(ctx)
+	tx, err := consumerStore{s: svc}.Begin(ctx)
 	must(t, err)
 	c := tx.(*consumerTx)
 	htx := &txScope{t: c.t, ctx: ctx} // what a handler gets
@@ -45,7 +45,7 @@ func TestOnCommitObservations(t *testing.T) {
 	quiet, err := New("quiet", WithStore(testdb.SQLite(t)))
 	must(t, err)
 	t.Cleanup(func() { quiet.Close() })
-	tx, err = consumerStore{quiet}.Begin(ctx)
+	tx, err = consumerStore{s: quiet}.Begin(ctx)
 	must(t, err)
 	observehook.OnCommit(&txScope{t: tx.(*consumerTx).t, ctx: ctx}, decide("unheard"))
 	if n := len(tx.(*consumerTx).t.onCommit); n != 0 {

@@ -1,5 +1,7 @@
 package herald
 
+import "fmt"
+
 // One option mechanism serves every call that takes options, in the style
 // of nats.go's jetstream: each call takes options of its own interface type,
 // and an option is a value whose type implements the interface of every
@@ -14,6 +16,8 @@ package herald
 //	Subscribe, Receive                SubscribeOption
 //	Handle                            HandleOption
 //	Service.ReplayDeadLetters         ReplayOption
+//	Service.Do                        DoOption
+//	Aggregate                         AggregateOption
 
 // Option configures a Service: New takes it.
 type Option interface {
@@ -39,6 +43,34 @@ type HandleOption interface {
 // ReplayOption tunes Service.ReplayDeadLetters.
 type ReplayOption interface {
 	applyReplay(*replayConfig) error
+}
+
+// DoOption tunes one Service.Do.
+type DoOption interface {
+	applyDo(*doConfig) error
+}
+
+type doConfig struct {
+	conflictRetries int
+}
+
+type doOption func(*doConfig) error
+
+func (f doOption) applyDo(c *doConfig) error { return f(c) }
+
+// RetryConflicts makes Do run its function again, in a new transaction, up
+// to n more times when the transaction fails with ErrConcurrencyConflict
+// (another transaction appended to an aggregate it loaded), so that the
+// decision is taken again on the new state. Do returns the last conflict
+// when they are all used up.
+func RetryConflicts(n int) DoOption {
+	return doOption(func(c *doConfig) error {
+		if n < 0 {
+			return fmt.Errorf("%w: RetryConflicts(%d) < 0", ErrInvalidOption, n)
+		}
+		c.conflictRetries = n
+		return nil
+	})
 }
 
 type replayConfig struct {

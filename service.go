@@ -33,6 +33,7 @@ type Service struct {
 	notifies     map[Contract]bool
 	subs         []*subscription
 	upcasters    map[upcastKey]upcaster
+	aggregates   map[string]*aggBase // by name
 
 	life    sync.Mutex // guards closed, started and the run state
 	closed  bool
@@ -106,7 +107,9 @@ func WithLogger(l *slog.Logger) Option {
 }
 
 // WithEventLogRetention keeps domain events in the event log for d (default
-// 30 days); a started service prunes older ones. 0 keeps them forever.
+// 30 days); a started service prunes older ones. 0 keeps them forever. The
+// events of event-sourced aggregates' streams are their state: retention
+// never deletes them.
 func WithEventLogRetention(d time.Duration) Option {
 	return serviceOption(func(c *config) error {
 		if d < 0 {
@@ -167,6 +170,7 @@ func New(name string, opts ...Option) (*Service, error) {
 		handlers:     map[Contract][]domainHandler{},
 		translations: map[Contract][]translation{},
 		notifies:     map[Contract]bool{},
+		aggregates:   map[string]*aggBase{},
 	}
 	s.limiter, _ = c.broker.(broker.Limiter)
 	s.learnLimit() // so that Do applies it before Start too
@@ -203,7 +207,7 @@ func (s *Service) enter() error {
 }
 
 // PruneEventLog deletes event-log entries older than the retention now and
-// returns how many it removed.
+// returns how many it removed. It keeps the events of aggregates' streams.
 func (s *Service) PruneEventLog(ctx context.Context) (int64, error) {
 	return janitor.PruneEventLog(ctx, s.engine, s.cfg.retention, time.Now())
 }

@@ -63,6 +63,11 @@ type txn struct {
 	outbox      []*envelope.Envelope // integration/notification events → outbox at commit
 	onCommit    []Observation        // reported after the events once committed (observehook.OnCommit)
 	correlation string
+	// logPos places the events of log in aggregates' streams (a zero
+	// StreamPos for the others); nil while the transaction appended to
+	// no stream.
+	logPos  []store.StreamPos
+	appends []streamAppend // the Appends, in order
 }
 
 // txScope is a view of a txn with the event that caused what is recorded
@@ -83,15 +88,36 @@ func (s *txScope) scope() *txScope          { return s }
 // handlers they trigger, and the outbox rows of their translations commit
 // with the user's changes, or not at all: an error or a panic in fn or in any
 // handler rolls everything back, and Do returns it (a panic as a
-// *PanicError carrying the stack).
-func (s *Service) Do(ctx context.Context, fn func(tx Tx) error) (err error) {
+// *PanicError carrying the stack). With RetryConflicts, a transaction that
+// fails with ErrConcurrencyConflict runs again, fn included.
+func (s *Service) Do(ctx context.Context, fn func(tx Tx) error, opts ...DoOption) (err error) {
 	if ctx == nil {
 		return fmt.Errorf("%w: service %s: Do", ErrNilContext, s.name)
+	}
+	var dc doConfig
+	for _, o := range opts {
+		if o == nil {
+			return fmt.Errorf("%w: service %s: Do: nil option", ErrInvalidOption, s.name)
+		}
+		if err := o.applyDo(&dc); err != nil {
+			return fmt.Errorf("service %s: Do: %w", s.name, err)
+		}
 	}
 	if err := s.enter(); err != nil {
 		return err
 	}
 	defer s.inDo.Done()
+	for attempt := 0; ; attempt++ {
+		err = s.doOnce(ctx, fn)
+		if attempt >= dc.conflictRetries || !errors.Is(err, ErrConcurrencyConflict) || ctx.Err() != nil {
+			return err
+		}
+		s.log.Debug("running Do again after a concurrency conflict", "attempt", attempt+2, "err", err)
+	}
+}
+
+// doOnce is one attempt of Do.
+func (s *Service) doOnce(ctx context.Context, fn func(tx Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("service %s: Do: %w", s.name, err)
 	}
@@ -162,12 +188,46 @@ func (s *Service) observeCommit(ctx context.Context, t *txn) {
 	}
 }
 
-// flush writes the transaction's events to the event log and the outbox.
+// flush writes the transaction's events to the event log and the outbox,
+// and the snapshots of the aggregates it appended to.
 func (s *Service) flush(ctx context.Context, t *txn) error {
-	if err := s.engine.EventAppend(ctx, t.sql, store.EventAppendParams{Log: t.log, Outbox: t.outbox}); err != nil {
+	p := store.EventAppendParams{Log: t.log, Outbox: t.outbox}
+	if t.logPos != nil {
+		p.Log = make([]*envelope.Envelope, 0, len(t.log))
+		for i, e := range t.log {
+			if pos := t.logPos[i]; pos.Aggregate != "" {
+				p.Streams = append(p.Streams, store.StreamEvent{Pos: pos, Event: e})
+			} else {
+				p.Log = append(p.Log, e)
+			}
+		}
+		snaps, err := t.snapshots(time.Now())
+		if err != nil {
+			return fmt.Errorf("service %s: %w", s.name, err)
+		}
+		p.Snapshots = snaps
+	}
+	if err := s.engine.EventAppend(ctx, t.sql, p); err != nil {
+		if errors.Is(err, store.ErrStreamConflict) {
+			return fmt.Errorf("%w: service %s: another transaction appended to %s first: %w",
+				ErrConcurrencyConflict, s.name, t.streams(), err)
+		}
 		return fmt.Errorf("service %s: %w", s.name, err)
 	}
 	return nil
+}
+
+// streams names the aggregates' streams t appended to.
+func (t *txn) streams() string {
+	var names []string
+	seen := map[rootKey]bool{}
+	for _, a := range t.appends {
+		if !seen[a.key] {
+			seen[a.key] = true
+			names = append(names, a.root.describe())
+		}
+	}
+	return strings.Join(names, ", ")
 }
 
 // failIfOpen makes err the transaction's failure when tx is still open, so
@@ -323,6 +383,12 @@ func Record[T any](tx Tx, c *DomainEvent[T], v T) error {
 	if err != nil {
 		return failIfOpen(tx, err)
 	}
+	return record(sc, c, v, nil)
+}
+
+// record is Record after its checks. place, if not nil, places the event
+// in an aggregate's stream (Append) before the handlers run.
+func record[T any](sc *txScope, c *DomainEvent[T], v T, place func(e *envelope.Envelope) (store.StreamPos, error)) error {
 	t := sc.t
 	if sc.depth >= t.svc.cfg.maxDepth {
 		return t.fail(fmt.Errorf("%w: recording %s at depth %d", ErrTooDeep, describe(c), sc.depth))
@@ -330,6 +396,18 @@ func Record[T any](tx Tx, c *DomainEvent[T], v T) error {
 	e, err := sc.newEnvelope(c, v, "")
 	if err != nil {
 		return t.fail(err)
+	}
+	if place != nil {
+		pos, err := place(e)
+		if err != nil {
+			return t.fail(err)
+		}
+		if t.logPos == nil {
+			t.logPos = make([]store.StreamPos, len(t.log), len(t.log)+1)
+		}
+		t.logPos = append(t.logPos, pos)
+	} else if t.logPos != nil {
+		t.logPos = append(t.logPos, store.StreamPos{})
 	}
 	t.log = append(t.log, e)
 

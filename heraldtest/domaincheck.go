@@ -19,7 +19,7 @@ import (
 // embeds one).
 type DomainInstance interface {
 	Instance
-	Do(ctx context.Context, fn func(tx herald.Tx) error) error
+	Do(ctx context.Context, fn func(tx herald.Tx) error, opts ...herald.DoOption) error
 }
 
 // DomainCheck describes the guarantee check of the domain handlers of one

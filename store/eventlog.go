@@ -16,6 +16,12 @@ type EventAppendParams struct {
 	Log []*envelope.Envelope
 	// Outbox are the integration and notification events, for the outbox.
 	Outbox []*envelope.Envelope
+	// Streams are domain events of event-sourced aggregates, for the event
+	// log at their place in their streams. A place another transaction took
+	// fails the append with ErrStreamConflict.
+	Streams []StreamEvent
+	// Snapshots replace their streams' older snapshots.
+	Snapshots []Snapshot
 }
 
 // EventAppend writes a transaction's domain events to the event log and its
@@ -25,6 +31,17 @@ type EventAppendParams struct {
 func (s *Engine) EventAppend(ctx context.Context, tx *sql.Tx, p EventAppendParams) error {
 	if err := s.live(); err != nil {
 		return err
+	}
+	if len(p.Streams) > 0 {
+		// First: a conflict fails the transaction before anything else.
+		if err := s.streamAppend(ctx, tx, p.Streams); err != nil {
+			return fmt.Errorf("herald/store: append to streams: %w", err)
+		}
+	}
+	if len(p.Snapshots) > 0 {
+		if err := s.snapshotPut(ctx, tx, p.Snapshots); err != nil {
+			return fmt.Errorf("herald/store: %w", err)
+		}
 	}
 	log, outbox := p.Log, p.Outbox
 	if s.d.Name() == "postgres" && len(log) > 0 && len(outbox) > 0 && len(log)+len(outbox) <= maxRowsPerInsert {
@@ -149,7 +166,8 @@ func (s *Store) EventLogListByCorrelation(ctx context.Context, correlationID str
 }
 
 // EventLogPrune deletes event-log rows recorded before before (retention),
-// to the millisecond.
+// to the millisecond. It keeps the events of aggregates' streams, whatever
+// their age: they are those aggregates' state.
 func (s *Engine) EventLogPrune(ctx context.Context, before time.Time) (int64, error) {
 	if err := s.live(); err != nil {
 		return 0, err

@@ -52,6 +52,10 @@ type Dialect interface {
 	// OutboxPendingList return only rows whose position in commit order is final:
 	// no transaction still in flight can commit a row that sorts before them.
 	PendingCondition() string
+	// UniqueViolation reports whether err is the violation of a unique
+	// constraint: an aggregate's stream version that another transaction
+	// appended first.
+	UniqueViolation(err error) bool
 }
 
 // Listener is implemented by dialects that can tell other processes about
@@ -69,6 +73,7 @@ type Store struct {
 	d       Dialect
 	ownsDB  bool
 	queries queries
+	streamQ streamQueries
 	stmts   stmtCache
 	one     oneRow
 	closed  atomic.Bool
@@ -106,6 +111,7 @@ func New(ctx context.Context, db *sql.DB, d Dialect, opts ...NewOption) (*Store,
 		}
 	}
 	s.queries = buildQueries(d)
+	s.streamQ = buildStreamQueries(d)
 	if err := EngineOf(s).prepareHot(ctx); err != nil {
 		return nil, err
 	}
@@ -169,6 +175,7 @@ type stmtCache map[string]*sql.Stmt
 // does no string work: each is also the key of its prepared statement.
 type oneRow struct {
 	log, outbox, both string
+	stream            string // one event of an aggregate's stream
 	// multi holds, on SQLite, the prepared multi-row inserts by prefix
 	// (event log, outbox), largest first.
 	multi map[string][]multiRow
@@ -191,6 +198,7 @@ func (s *Engine) prepareHot(ctx context.Context) error {
 	s.one = oneRow{
 		log:    s.d.Rebind(s.queries.eventLogInsert + s.values(1, nEventCols)),
 		outbox: s.d.Rebind(s.queries.outboxInsert + s.values(1, nEventCols)),
+		stream: s.d.Rebind(s.streamQ.insert + s.values(1, nStreamCols)),
 	}
 	var multi []string
 	if s.d.Name() != "postgres" {
@@ -203,7 +211,7 @@ func (s *Engine) prepareHot(ctx context.Context) error {
 			}
 		}
 	}
-	qs := []string{s.one.log, s.one.outbox, s.queries.inboxClaim, s.queries.inboxClaimBatch, s.queries.outboxPending, s.queries.outboxMark, s.queries.outboxMarkUpTo, sqlSavepoint, sqlRelease, sqlRollbackTo}
+	qs := []string{s.one.log, s.one.outbox, s.one.stream, s.streamQ.snapPut, s.queries.inboxClaim, s.queries.inboxClaimBatch, s.queries.outboxPending, s.queries.outboxMark, s.queries.outboxMarkUpTo, sqlSavepoint, sqlRelease, sqlRollbackTo}
 	if s.d.Name() == "postgres" {
 		s.one.both = s.appendBoth(1, 1)
 		qs = append(qs, s.one.both)
@@ -268,7 +276,7 @@ func buildQueries(d Dialect) queries {
 		inboxClaim:      r("INSERT INTO herald_inbox (subscription, event_id, processed_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"),
 		inboxClaimBatch: inboxClaimBatch(d),
 		inboxPrune:      r("DELETE FROM herald_inbox WHERE processed_at < ?"),
-		eventLogPrune:   r("DELETE FROM herald_event_log WHERE id < ?"),
+		eventLogPrune:   r("DELETE FROM herald_event_log WHERE id < ? AND aggregate_type IS NULL"),
 		dlInsert: r("INSERT INTO herald_dead_letters (service, subscription, event_id, type, version, reason, last_error, attempts, header, data, created_at, partition_key)" +
 			" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
 		dlGet:          r("SELECT " + dlCols + " FROM herald_dead_letters WHERE id = ?"),

@@ -29,7 +29,8 @@ type Config struct {
 	// the next; the first runs one Interval after Start (default 1 minute).
 	Interval time.Duration
 	// EventLogRetention is how long event-log entries are kept; 0 keeps
-	// them forever.
+	// them forever. The store keeps the events of aggregates' streams
+	// whatever their age.
 	EventLogRetention time.Duration
 	// OutboxRetention is how long published outbox rows are kept (0: they
 	// are pruned at the next pass).

@@ -15,6 +15,7 @@ import (
 
 	"github.com/heraldhq/herald/store"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/stdlib"
 )
 
@@ -111,6 +112,12 @@ func (dialect) Rebind(q string) string {
 
 func (dialect) PendingCondition() string {
 	return "txid < pg_snapshot_xmin(pg_current_snapshot())"
+}
+
+// UniqueViolation: SQLSTATE 23505, unique_violation.
+func (dialect) UniqueViolation(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "23505"
 }
 
 func (d dialect) Migrate(ctx context.Context, db *sql.DB) error {

@@ -72,10 +72,18 @@ func isBusy(err error) bool {
 	return false
 }
 
+// UniqueViolation: SQLITE_CONSTRAINT_UNIQUE (an extended result code).
+func (dialect) UniqueViolation(err error) bool {
+	var se *msqlite.Error
+	return errors.As(err, &se) && se.Code() == sqliteConstraintUnique
+}
+
 // The primary result codes of https://sqlite.org/rescode.html.
 const (
 	sqliteBusy   = 5
 	sqliteLocked = 6
+
+	sqliteConstraintUnique = 2067 // SQLITE_CONSTRAINT | 8<<8
 )
 
 // ErrBusy is returned when a writer waited for the write lock longer than

@@ -153,6 +153,7 @@ type dialect struct{}
 func (dialect) Name() string             { return "sqlite" }
 func (dialect) Rebind(q string) string   { return q }
 func (dialect) PendingCondition() string { return "" }
+
 func (dialect) Migrate(ctx context.Context, db *sql.DB) error {
 	ms, err := store.LoadMigrations(migrationsFS, "migrations")
 	if err != nil {

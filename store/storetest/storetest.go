@@ -93,6 +93,10 @@ func Run(t *testing.T, c Config) {
 		t.Run("LastPublished", h.outboxLastPublished)
 		t.Run("Listen", h.outboxListen)
 	})
+	t.Run("Streams", func(t *testing.T) {
+		t.Run("Versions", h.streamVersions)
+		t.Run("Snapshots", h.streamSnapshots)
+	})
 	t.Run("Append", func(t *testing.T) {
 		t.Run("Both", h.appendBoth)
 		t.Run("Savepoints", h.appendSavepoints)
@@ -386,7 +390,11 @@ func (h *harness) closed(t *testing.T) {
 		"EventAppend": func() error {
 			return eng.EventAppend(ctx, tx, store.EventAppendParams{Log: events("o", "x", 1), Outbox: events("o", "y", 1)})
 		},
-		"InboxRelease":        func() error { return eng.InboxRelease(ctx, "s", "e") },
+		"InboxRelease": func() error { return eng.InboxRelease(ctx, "s", "e") },
+		"StreamRead": func() error {
+			return eng.StreamRead(ctx, tx, store.StreamReadParams{}, func(store.StreamEvent) error { return nil })
+		},
+		"SnapshotGet":         func() error { _, err := eng.SnapshotGet(ctx, tx, "o", "a", "s"); return err },
 		"OutboxLastPublished": func() error { _, err := eng.OutboxLastPublished(ctx, "o"); return err },
 		"OutboxListen":        func() error { return eng.OutboxListen(ctx, func(string) {}) },
 		"OutboxPark":          func() error { _, err := eng.OutboxPark(ctx, "o", nil); return err },
