@@ -130,6 +130,10 @@ type Report struct {
 	Runs int
 	// Faults are the faults the runs injected, each once at least.
 	Faults []Fault
+	// Effect is the effect of the clean run — one delivery of each event,
+	// in order — which every other run was compared with: assert on it to
+	// check the handler does what it should, besides keeping it.
+	Effect any
 	// Violations are the guarantees the handler broke, one per fault at
 	// most; none when it passed.
 	Violations []Violation
@@ -236,6 +240,7 @@ func (ck *checker[T]) examine() *Report {
 	}
 	want, info := ck.cleanEffect(inOrder)
 	ck.report.Subscription = ck.service + "/" + ck.c.Subscription
+	ck.report.Effect = want
 	if info.blocked != "" {
 		ck.report.Violations = append(ck.report.Violations, Violation{Fault: FaultBlocked, Events: positions(inOrder),
 			Want: want, Got: want, Reason: info.blocked})

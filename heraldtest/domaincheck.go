@@ -83,6 +83,7 @@ func ExamineDomain[T any](t testing.TB, c DomainCheck[T]) *Report {
 	}
 	dc := &domainChecker[T]{t: t, c: c, report: &Report{}}
 	want := dc.runOnce(-1)
+	dc.report.Effect = want
 	for i := range c.Events {
 		got := dc.runOnce(i)
 		if reflect.DeepEqual(got, want) {

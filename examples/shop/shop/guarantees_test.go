@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"reflect"
 	"slices"
 	"sync"
 	"testing"
@@ -65,10 +66,10 @@ func query(ctx context.Context, st *store.Store, q string) (any, error) {
 	return out, rows.Err()
 }
 
-// seedOrders writes the orders the shipment events refer to, as placed.
+// seedOrders writes the orders the shipment events refer to, as confirmed.
 func seedOrders(ctx context.Context, st *store.Store) error {
 	for _, id := range []string{"o1", "o2"} {
-		if _, err := st.DB().ExecContext(ctx, st.Rebind(`INSERT INTO orders (id, customer_id, email, status, total_cents) VALUES (?, 'c1', 'c1@example.com', 'placed', 100)`), id); err != nil {
+		if _, err := st.DB().ExecContext(ctx, st.Rebind(`INSERT INTO orders (id, customer_id, email, status, total_cents) VALUES (?, 'c1', 'c1@example.com', 'confirmed', 100)`), id); err != nil {
 			return err
 		}
 	}
@@ -108,10 +109,22 @@ func (m *mailbox) of(st *store.Store) []string {
 	return slices.Sorted(slices.Values(m.sent[st]))
 }
 
+// check runs the guarantee check c, and fails t when the clean run had no
+// effect at all: a check whose effect stays empty compares nothing.
+func check[T any](t *testing.T, c heraldtest.Check[T]) *heraldtest.Report {
+	t.Helper()
+	r := heraldtest.CheckHandler(t, c)
+	if v := reflect.ValueOf(r.Effect); !v.IsValid() || v.Len() == 0 {
+		t.Fatalf("%s: the clean run's effect is empty: %v", r.Subscription, r.Effect)
+	}
+	t.Logf("%s: %d runs, effect %v", r.Subscription, r.Runs, r.Effect)
+	return r
+}
+
 func TestShopHandlersKeepTheGuarantees(t *testing.T) {
 	t.Run("shipping/schedule-shipment", func(t *testing.T) {
 		t.Parallel()
-		heraldtest.CheckHandler(t, heraldtest.Check[contract.OrderConfirmed]{
+		check(t, heraldtest.Check[contract.OrderConfirmed]{
 			Event: contract.OrderConfirmedV1, Subscription: "schedule-shipment", Events: confirmedOrders,
 			Service: func(ctx context.Context, st *store.Store, opts ...herald.Option) (heraldtest.Instance, error) {
 				return shipping.New(ctx, st, time.Hour, opts...) // dispatched in an hour: not in the check
@@ -137,24 +150,30 @@ func TestShopHandlersKeepTheGuarantees(t *testing.T) {
 	}
 	t.Run("orders/track-scheduled", func(t *testing.T) {
 		t.Parallel()
-		heraldtest.CheckHandler(t, heraldtest.Check[contract.ShipmentScheduled]{
+		r := check(t, heraldtest.Check[contract.ShipmentScheduled]{
 			Event: contract.ShipmentScheduledV1, Subscription: "track-scheduled", Events: shipments,
 			Service: newOrders, Seed: seedOrders, Effect: orderStatus,
 		})
+		if want := []string{"id=o1 status=scheduled ", "id=o2 status=scheduled "}; !reflect.DeepEqual(r.Effect, want) {
+			t.Errorf("effect %q, want %q", r.Effect, want)
+		}
 	})
 	t.Run("orders/track-dispatched", func(t *testing.T) {
 		t.Parallel()
-		heraldtest.CheckHandler(t, heraldtest.Check[contract.ShipmentDispatched]{
+		r := check(t, heraldtest.Check[contract.ShipmentDispatched]{
 			Event: contract.ShipmentDispatchedV1, Subscription: "track-dispatched", Events: dispatched,
 			Service: newOrders, Seed: seedOrders, Effect: orderStatus,
 		})
+		if want := []string{"id=o1 status=shipped ", "id=o2 status=shipped "}; !reflect.DeepEqual(r.Effect, want) {
+			t.Errorf("effect %q, want %q", r.Effect, want)
+		}
 	})
 	newReviews := func(ctx context.Context, st *store.Store, opts ...herald.Option) (heraldtest.Instance, error) {
 		return reviews.New(ctx, st, opts...)
 	}
 	t.Run("reviews/verify-buyers", func(t *testing.T) {
 		t.Parallel()
-		heraldtest.CheckHandler(t, heraldtest.Check[contract.OrderConfirmed]{
+		check(t, heraldtest.Check[contract.OrderConfirmed]{
 			Event: contract.OrderConfirmedV1, Subscription: "verify-buyers", Events: confirmedOrders, Service: newReviews,
 			Effect: func(ctx context.Context, st *store.Store) (any, error) {
 				return query(ctx, st, `SELECT customer_id, product_id FROM verified_buyers ORDER BY customer_id, product_id`)
@@ -163,7 +182,7 @@ func TestShopHandlersKeepTheGuarantees(t *testing.T) {
 	})
 	t.Run("reviews/mark-trending", func(t *testing.T) {
 		t.Parallel()
-		heraldtest.CheckHandler(t, heraldtest.Check[contract.ProductTrending]{
+		check(t, heraldtest.Check[contract.ProductTrending]{
 			Event: contract.ProductTrendingV1, Subscription: "mark-trending", Service: newReviews,
 			Events: []contract.ProductTrending{{ProductID: "p-mug", Orders: 3, Threshold: 3}, {ProductID: "p-tee", Orders: 3, Threshold: 3}},
 			Effect: func(ctx context.Context, st *store.Store) (any, error) {
@@ -176,13 +195,21 @@ func TestShopHandlersKeepTheGuarantees(t *testing.T) {
 	// its notifier's routes (subscriptions too) send them; the effect is
 	// what the customers got.
 	mails := &mailbox{sent: map[*store.Store][]string{}}
+	var mu sync.Mutex
+	live := map[*store.Store]*notifications.Service{} // the instance of each run now running
 	newNotifications := func(ctx context.Context, st *store.Store, opts ...herald.Option) (heraldtest.Instance, error) {
-		return notifications.New(ctx, st, notifications.Senders{Email: mails.sender(st)},
+		s, err := notifications.New(ctx, st, notifications.Senders{Email: mails.sender(st)},
 			notifications.Config{DigestWindow: time.Hour}, opts...)
+		if err == nil {
+			mu.Lock()
+			live[st] = s
+			mu.Unlock()
+		}
+		return s, err
 	}
 	t.Run("notifications/confirmation", func(t *testing.T) {
 		t.Parallel()
-		heraldtest.CheckHandler(t, heraldtest.Check[contract.OrderConfirmed]{
+		check(t, heraldtest.Check[contract.OrderConfirmed]{
 			Event: contract.OrderConfirmedV1, Subscription: "confirmation", Events: confirmedOrders, Service: newNotifications,
 			Effect: func(ctx context.Context, st *store.Store) (any, error) {
 				customers, err := query(ctx, st, `SELECT id, email FROM customers ORDER BY id`)
@@ -190,9 +217,30 @@ func TestShopHandlersKeepTheGuarantees(t *testing.T) {
 			},
 		})
 	})
+	t.Run("notifications/shipment-updates", func(t *testing.T) {
+		t.Parallel()
+		// The updates collect into a digest (an hour's window here): the
+		// effect is the delivery log, each update digested once.
+		check(t, heraldtest.Check[contract.ShipmentScheduled]{
+			Event: contract.ShipmentScheduledV1, Subscription: "shipment-updates", Events: shipments, Service: newNotifications,
+			Seed: seedCustomers,
+			Effect: func(ctx context.Context, st *store.Store) (any, error) {
+				mu.Lock()
+				s := live[st]
+				mu.Unlock()
+				ds, err := s.Notifier.Deliveries(ctx, notify.DeliveryFilter{})
+				var out []string
+				for _, d := range ds {
+					out = append(out, fmt.Sprintf("%s %s %s %s", d.Recipient, d.Channel, d.Template, d.State))
+				}
+				slices.Sort(out)
+				return out, err
+			},
+		})
+	})
 	t.Run("notifications/shipped", func(t *testing.T) {
 		t.Parallel()
-		heraldtest.CheckHandler(t, heraldtest.Check[contract.ShipmentDispatched]{
+		check(t, heraldtest.Check[contract.ShipmentDispatched]{
 			Event: contract.ShipmentDispatchedV1, Subscription: "shipped", Events: dispatched, Service: newNotifications,
 			Seed:   seedCustomers,
 			Effect: func(_ context.Context, st *store.Store) (any, error) { return mails.of(st), nil },
