@@ -23,6 +23,7 @@ type runState struct {
 	relay     *relay.Relay // nil without a broker
 	janitor   *janitor.Janitor
 	consumers []*consumer.Consumer // one per partition of each subscription
+	stopAdmin func() error         // ends the admin endpoints (serveAdmin); nil without them
 }
 
 // Start provisions the service's streams and consumers on the broker (once,
@@ -31,7 +32,10 @@ type runState struct {
 // (Handle, Translate, Subscribe, Upcast) must come before Start. When the
 // broker keeps manifests (broker.ManifestStore, as natsjs does), Start
 // publishes the service's Manifest for `herald catalog` and heartbeats this
-// instance until Close; a catalog failure is logged, never fatal.
+// instance until Close; a catalog failure is logged, never fatal. When the
+// broker serves admin requests (broker.AdminServer, as natsjs does), the
+// instance answers them until Close (package admin: dead letters, stats,
+// manifest, for `herald dlq` and the console).
 func (s *Service) Start(ctx context.Context) error {
 	if ctx == nil {
 		return fmt.Errorf("%w: service %s: Start", ErrNilContext, s.name)
@@ -91,6 +95,7 @@ func (s *Service) Start(ctx context.Context) error {
 		if heartbeat := s.announce(ctx, holder); heartbeat != nil {
 			r.wg.Go(func() { heartbeat(runCtx) })
 		}
+		r.stopAdmin = s.serveAdmin(holder)
 		s.outbox.Store(r.relay) // before it starts: no commit's wake is lost
 		_ = r.relay.Start(ctx)  // never fails
 		r.wg.Go(func() {
@@ -137,6 +142,9 @@ func (s *Service) Close() error {
 	s.life.Unlock()
 	s.inDo.Wait()
 	if r != nil {
+		if r.stopAdmin != nil {
+			_ = r.stopAdmin()
+		}
 		r.cancel()
 		var stops sync.WaitGroup // the subscriptions and the janitor stop together
 		for _, c := range r.consumers {
