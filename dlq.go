@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"time"
 
 	"github.com/heraldhq/herald/envelope"
 	"github.com/heraldhq/herald/store"
@@ -136,7 +137,11 @@ func (s *Service) replay(ctx context.Context, d DeadLetter) error {
 	if err := s.engine.InboxRelease(ctx, s.name+"/"+d.Subscription, e.ID); err != nil {
 		return err
 	}
+	ob := Observation{Hop: HopReplay, Subscription: d.Subscription, Event: *e, Start: time.Now(), Outcome: OutcomeOK}
+	s.observe(ctx, ob) // before: its handle hop may come at once
 	if err := s.cfg.broker.Replay(ctx, s.name, d.Subscription, e); err != nil {
+		ob.Outcome, ob.Err = OutcomeError, err
+		s.observe(ctx, ob)
 		return err
 	}
 	_, err = s.cfg.store.DeadLetterDeleteMany(ctx, store.DeadLetterFilter{IDs: []int64{d.ID}})

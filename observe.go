@@ -39,6 +39,13 @@ const (
 	// also reports those as deliver hops, later, once it sees them
 	// committed).
 	HopDecide Hop = "decide"
+	// HopReplay is a dead letter replayed (Service.ReplayDeadLetters):
+	// its event re-delivered to the one subscription named, whose handle
+	// (or dead-letter) hop follows. It is reported before the broker is
+	// asked; a replay the broker refused is reported again, its outcome
+	// error. A replay of a producer-side dead letter is not reported: its
+	// event goes back through the outbox and reports its publish.
+	HopReplay Hop = "replay"
 )
 
 // Outcome is how one hop of an event ended.

@@ -366,7 +366,9 @@ func (f *flowState) observe(o herald.Observation) {
 		if !f.adopting {
 			return
 		}
-		root := e.CausationID == "" && (o.Hop == herald.HopRecord || o.Hop == herald.HopTranslate || o.Hop == herald.HopNotify)
+		// A replayed dead letter joins the flow whose action replayed it.
+		root := e.CausationID == "" && (o.Hop == herald.HopRecord || o.Hop == herald.HopTranslate || o.Hop == herald.HopNotify) ||
+			o.Hop == herald.HopReplay
 		if !root {
 			// Perhaps of a flow the action is starting: a relay may
 			// publish a transaction's events, and a consumer handle them,
@@ -410,6 +412,12 @@ func (f *flowState) apply(o herald.Observation) {
 		default:
 			h.lastErr = errText(o.Err)
 		}
+	case herald.HopReplay:
+		// The replay owes the subscription's hop again, whatever the
+		// event's first delivery did; a replay the broker refused ends it.
+		h := f.hop(hopKey{event: e.ID, stage: stageHandle, service: o.Service, sub: o.Subscription}, e.Type)
+		h.expected, h.done = true, o.Outcome != herald.OutcomeOK
+		h.lastErr = errText(o.Err)
 	case herald.HopDeadLetter:
 		k := hopKey{event: e.ID, stage: stageHandle, service: o.Service, sub: o.Subscription}
 		if o.Subscription == "" {
