@@ -41,7 +41,7 @@ func (f *storeFlags) register(cmd *cobra.Command) {
 	p.StringVar(&f.service, "service", envOr("HERALD_SERVICE", ""), "the `SERVICE` whose dead letters to use (env HERALD_SERVICE)")
 	p.StringVar(&f.db, "db", envOr("HERALD_DB", ""), "the service's SQLite database `FILE` (env HERALD_DB)")
 	p.StringVar(&f.postgres, "postgres", envOr("HERALD_POSTGRES_URL", ""), "the service's PostgreSQL `URL`, instead of --db (env HERALD_POSTGRES_URL)")
-	registerNATS(p, &f.nats, "for replay")
+	registerNATS(p, &f.nats, "where the service's instances answer (without --db/--postgres), and for replay")
 }
 
 func (f *storeFlags) openStore(ctx context.Context) (*store.Store, error) {
@@ -109,7 +109,10 @@ func newDLQ() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "dlq",
 		Short: "List, inspect, replay and purge a service's dead letters",
-		Long: `dlq works on the dead letters of one service, read from its database. A dead
+		Long: `dlq works on the dead letters of one service. By default it asks a running
+instance of the service through the broker (--server), so it needs no database
+credentials; for a service that is down, pass its database (--db, --postgres)
+and dlq reads it directly. A dead
 letter keeps the message exactly as it arrived, the reason (malformed,
 unknown-type, version, exhausted, permanent), the attempts and the last error.
 Replay re-delivers each dead letter to the subscription that gave up on it, and
@@ -124,9 +127,11 @@ parked, and the service's relay publishes them again (no --server needed); a
 key's parked events go back together (selecting one replays all of its key);
 one refused again is parked again. Purge discards them. Either frees the key once
 none of its events is parked.`,
-		Example: `  herald dlq list --service shipping --db shipping.db
+		Example: `  herald dlq list --service shipping                       # a running instance, through herald dev's NATS
+  herald dlq list --service shipping --server nats://10.0.0.5:4222
+  herald dlq replay --service shipping --reason exhausted --dry-run
+  herald dlq list --service shipping --db shipping.db        # a service that is down: its database
   herald dlq show 42 --service shipping --db shipping.db
-  herald dlq replay --service shipping --db shipping.db --reason exhausted --dry-run
   herald dlq replay --service shipping --db shipping.db --all --server nats://127.0.0.1:4333
   herald dlq purge --service shipping --postgres postgres://... --reason malformed
   herald dlq replay --service orders --db orders.db --producer`,
@@ -147,12 +152,12 @@ none of its events is parked.`,
 			if err != nil {
 				return err
 			}
-			svc, closeFn, err := openService(cmd.Context(), &sf, false)
+			src, err := openSource(cmd.Context(), &sf, false)
 			if err != nil {
 				return err
 			}
-			defer closeFn()
-			dls, err := svc.DeadLetters(cmd.Context(), f)
+			defer src.Close()
+			dls, err := src.DeadLetters(cmd.Context(), f)
 			if err != nil {
 				return err
 			}
@@ -180,12 +185,12 @@ none of its events is parked.`,
 			if err != nil {
 				return usageErrorf("dead-letter id %q is not a number", args[0])
 			}
-			svc, closeFn, err := openService(cmd.Context(), &sf, false)
+			src, err := openSource(cmd.Context(), &sf, false)
 			if err != nil {
 				return err
 			}
-			defer closeFn()
-			d, err := svc.DeadLetter(cmd.Context(), id)
+			defer src.Close()
+			d, err := src.DeadLetter(cmd.Context(), id)
 			if err != nil {
 				return err
 			}
@@ -207,31 +212,21 @@ none of its events is parked.`,
 			if err != nil {
 				return err
 			}
-			svc, closeFn, err := openService(cmd.Context(), &sf, false)
+			src, err := openSource(cmd.Context(), &sf, true)
 			if err != nil {
 				return err
 			}
-			defer func() { closeFn() }()
-			dls, err := svc.DeadLetters(cmd.Context(), f)
-			if err != nil {
-				return err
-			}
+			defer src.Close()
+			dls, err := src.Replay(cmd.Context(), f, dry)
 			if dry {
+				if err != nil {
+					return err
+				}
 				fmt.Fprintf(cmd.OutOrStdout(), "would replay %d dead letters:\n", len(dls))
 				printDeadLetters(cmd.OutOrStdout(), dls)
 				return nil
 			}
-			if !allProducerSide(dls) {
-				// Those go through the broker; producer-side ones only
-				// back into the outbox.
-				closeFn()
-				if svc, closeFn, err = openService(cmd.Context(), &sf, true); err != nil {
-					closeFn = func() {}
-					return err
-				}
-			}
-			done, err := svc.ReplayDeadLetters(cmd.Context(), f)
-			fmt.Fprintf(cmd.OutOrStdout(), "replayed %d dead letters\n", len(done))
+			fmt.Fprintf(cmd.OutOrStdout(), "replayed %d dead letters\n", len(dls))
 			return err
 		},
 	}
@@ -251,13 +246,13 @@ none of its events is parked.`,
 			if err != nil {
 				return err
 			}
-			svc, closeFn, err := openService(cmd.Context(), &sf, false)
+			src, err := openSource(cmd.Context(), &sf, false)
 			if err != nil {
 				return err
 			}
-			defer closeFn()
+			defer src.Close()
 			if pdry {
-				dls, err := svc.DeadLetters(cmd.Context(), f)
+				dls, err := src.DeadLetters(cmd.Context(), f)
 				if err != nil {
 					return err
 				}
@@ -265,7 +260,7 @@ none of its events is parked.`,
 				printDeadLetters(cmd.OutOrStdout(), dls)
 				return nil
 			}
-			n, err := svc.PurgeDeadLetters(cmd.Context(), f)
+			n, err := src.Purge(cmd.Context(), f)
 			if err != nil {
 				return err
 			}
