@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/heraldhq/herald/admin"
 	"github.com/heraldhq/herald/broker"
+	"github.com/heraldhq/herald/internal/adminhook"
 	"github.com/heraldhq/herald/store"
 )
 
@@ -24,10 +26,13 @@ func (s *Service) serveAdmin(instance string) func() error {
 	if !ok {
 		return nil
 	}
+	s.mu.RLock()
+	extra := slices.Clone(s.adminExtra)
+	s.mu.RUnlock()
 	stop, err := as.ServeAdmin(broker.AdminService{
 		Service: s.name, Instance: instance, Version: s.cfg.version,
 		Description: "herald service " + s.name + ": dead letters, stats, manifest",
-		Endpoints: []broker.AdminEndpoint{
+		Endpoints: append([]broker.AdminEndpoint{
 			{Name: admin.EndpointManifest, Handle: adminHandler(s.adminManifest)},
 			{Name: admin.EndpointStats, Handle: adminHandler(func(ctx context.Context, _ admin.Request) (admin.Stats, error) {
 				return s.adminStats(ctx, instance)
@@ -36,13 +41,24 @@ func (s *Service) serveAdmin(instance string) func() error {
 			{Name: admin.EndpointShow, Handle: adminHandler(s.adminShow)},
 			{Name: admin.EndpointReplay, Handle: adminHandler(s.adminReplay)},
 			{Name: admin.EndpointPurge, Handle: adminHandler(s.adminPurge)},
-		},
+		}, extra...),
 	})
 	if err != nil {
 		s.log.Warn("admin endpoints not served", "err", err)
 		return nil
 	}
 	return stop
+}
+
+// The notifier adds its delivery log's endpoint by the internal hook.
+func init() {
+	adminhook.Add = func(svc any, e broker.AdminEndpoint) {
+		s := svc.(*Service)
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.adminExtra = slices.DeleteFunc(s.adminExtra, func(x broker.AdminEndpoint) bool { return x.Name == e.Name })
+		s.adminExtra = append(s.adminExtra, e)
+	}
 }
 
 // adminHandler adapts fn to an endpoint: it decodes the request strictly

@@ -33,7 +33,8 @@ type Service struct {
 	notifies     map[Contract]bool
 	subs         []*subscription
 	upcasters    map[upcastKey]upcaster
-	aggregates   map[string]*aggBase // by name
+	aggregates   map[string]*aggBase    // by name
+	adminExtra   []broker.AdminEndpoint // admin endpoints of the packages built on herald (adminhook)
 
 	life    sync.Mutex // guards closed, started and the run state
 	closed  bool

@@ -19,6 +19,7 @@
 //	dlq.show     one dead letter, with its message as it arrived
 //	dlq.replay   replay the dead letters matching a Filter; DryRun: what it would do
 //	dlq.purge    delete the dead letters matching a Filter (All for every one)
+//	deliveries   the notification delivery log, by recipient, event or flow (a notifier's service)
 package admin
 
 import (
@@ -38,6 +39,9 @@ const (
 	EndpointShow     = "dlq.show"
 	EndpointReplay   = "dlq.replay"
 	EndpointPurge    = "dlq.purge"
+	// EndpointDeliveries is the notification delivery log, served by a
+	// service that runs a notifier (package notify).
+	EndpointDeliveries = "deliveries"
 )
 
 // MaxList bounds the dead letters one list returns; DefaultList is a
@@ -159,4 +163,49 @@ type Manifest struct {
 // Request is what every endpoint without parameters takes.
 type Request struct {
 	V int `json:"v"`
+}
+
+// DeliveryQuery is the deliveries endpoint's request: the deliveries of a
+// recipient, of an event, of a flow; empty fields match every one.
+type DeliveryQuery struct {
+	V             int    `json:"v"`
+	Recipient     string `json:"recipient,omitempty"`
+	EventID       string `json:"event_id,omitempty"`
+	CorrelationID string `json:"correlation_id,omitempty"`
+	Channel       string `json:"channel,omitempty"`
+	State         string `json:"state,omitempty"`
+	// Limit bounds the reply (default DefaultList, at most MaxList).
+	Limit int `json:"limit,omitempty"`
+}
+
+// Delivery is one notification delivery in a notifier's log: a recipient
+// on a channel, and what became of it.
+type Delivery struct {
+	ID            string `json:"id"`
+	Route         string `json:"route"`
+	EventID       string `json:"event_id"`
+	EventType     string `json:"event_type"`
+	CorrelationID string `json:"correlation_id,omitempty"`
+	Recipient     string `json:"recipient"`
+	Channel       string `json:"channel"`
+	Category      string `json:"category,omitempty"`
+	Template      string `json:"template,omitempty"`
+	State         string `json:"state"`
+	// Reason says why it was suppressed, throttled, deferred or failed:
+	// a preference, quiet hours, a suppression list, the provider's error.
+	Reason    string    `json:"reason,omitempty"`
+	Attempts  int       `json:"attempts"`
+	Provider  string    `json:"provider,omitempty"`
+	LastError string    `json:"last_error,omitempty"`
+	DigestID  string    `json:"digest_id,omitempty"`
+	Created   time.Time `json:"created"`
+	Updated   time.Time `json:"updated"`
+	Sent      time.Time `json:"sent,omitzero"`
+}
+
+// Deliveries is the deliveries endpoint's reply, oldest first.
+type Deliveries struct {
+	V          int        `json:"v"`
+	Deliveries []Delivery `json:"deliveries"`
+	More       bool       `json:"more,omitempty"`
 }

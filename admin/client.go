@@ -84,6 +84,13 @@ func (c *Client) Manifest(ctx context.Context, service string) (catalog.Manifest
 	return m.Manifest, err
 }
 
+// Deliveries returns the notification deliveries of service's notifier
+// that q selects, oldest first.
+func (c *Client) Deliveries(ctx context.Context, service string, q DeliveryQuery) (Deliveries, error) {
+	q.V = Version
+	return call[Deliveries](ctx, c, service, EndpointDeliveries, q)
+}
+
 // DecodeRequest decodes a request into v, strictly: a request of another
 // protocol version than Version, a field v does not have, or JSON that is
 // not one object is an *broker.AdminError (400) naming it. An empty

@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 
 	"github.com/heraldhq/herald"
+	"github.com/heraldhq/herald/admin"
 	"github.com/heraldhq/herald/heraldtest"
 	"github.com/heraldhq/herald/notify"
 	"github.com/heraldhq/herald/notify/template"
@@ -176,3 +178,30 @@ func (s *notifying) Start(ctx context.Context) error {
 }
 
 func (s *notifying) Close() error { return errors.Join(s.n.Close(), s.Service.Close()) }
+
+// The delivery log answers admin requests through the broker: by
+// recipient, by event; bad requests refused.
+func TestDeliveriesOverTheBroker(t *testing.T) {
+	sys, orders, _, _ := newNotifying(t)
+	flow := sys.Run(t, func(ctx context.Context) error {
+		return orders.Do(ctx, func(tx herald.Tx) error { return herald.Notify(tx, placedNote, placedMail{OrderID: "o1", Buyer: "alice"}) })
+	})
+	ctx := context.Background()
+	c := admin.NewClient(sys.Broker())
+	got, err := c.Deliveries(ctx, "notes", admin.DeliveryQuery{Recipient: "alice"})
+	must(t, err)
+	if len(got.Deliveries) != 1 || got.Deliveries[0].State != "sent" || got.Deliveries[0].Channel != notify.Email || got.More {
+		t.Fatalf("alice's deliveries %+v, want one e-mail sent", got)
+	}
+	byEvent, err := c.Deliveries(ctx, "notes", admin.DeliveryQuery{EventID: got.Deliveries[0].EventID})
+	must(t, err)
+	if len(byEvent.Deliveries) != 1 || byEvent.Deliveries[0].ID != got.Deliveries[0].ID || flow.Sent(notify.Email)[0].ID != got.Deliveries[0].ID {
+		t.Fatalf("the event's deliveries %+v, want alice's", byEvent)
+	}
+	if none, err := c.Deliveries(ctx, "notes", admin.DeliveryQuery{Recipient: "bob"}); err != nil || len(none.Deliveries) != 0 {
+		t.Fatalf("bob's deliveries %+v, %v: want none", none, err)
+	}
+	if _, err := c.Deliveries(ctx, "notes", admin.DeliveryQuery{Limit: admin.MaxList + 1}); err == nil || !strings.Contains(err.Error(), "limit 1001") {
+		t.Fatalf("a limit past MaxList: %v", err)
+	}
+}

@@ -470,6 +470,7 @@ func NewNotifier(svc *herald.Service, dir Directory, opts ...Option) (*Notifier,
 	if err := n.prepare(context.Background()); err != nil {
 		return nil, err
 	}
+	n.serveAdmin() // once the service starts, its delivery log answers admin requests
 	return n, nil
 }
 
