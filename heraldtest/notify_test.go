@@ -184,7 +184,9 @@ func (s *notifying) Close() error { return errors.Join(s.n.Close(), s.Service.Cl
 func TestDeliveriesOverTheBroker(t *testing.T) {
 	sys, orders, _, _ := newNotifying(t)
 	flow := sys.Run(t, func(ctx context.Context) error {
-		return orders.Do(ctx, func(tx herald.Tx) error { return herald.Notify(tx, placedNote, placedMail{OrderID: "o1", Buyer: "alice"}) })
+		return orders.Do(ctx, func(tx herald.Tx) error {
+			return herald.Notify(tx, placedNote, placedMail{OrderID: "o1", Buyer: "alice"})
+		})
 	})
 	ctx := context.Background()
 	c := admin.NewClient(sys.Broker())
