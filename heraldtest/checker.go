@@ -301,7 +301,7 @@ func (ck *checker[T]) effectOf(order []int) (any, runInfo) {
 // as long as the run still breaks (its effect differs from the clean
 // effect of the same events), and describes the smallest.
 func (ck *checker[T]) smallest(r run) Violation {
-	const budget = 24 // runs spent shrinking at most
+	const budget = 16 // runs spent shrinking at most
 	spent := 0
 	for shrunk := true; shrunk && len(r.order) > 1 && spent < budget; {
 		shrunk = false
@@ -600,7 +600,9 @@ func newStore(t testing.TB) *store.Store {
 // producer builds the service that records the check's events, and the
 // function that records one, in a transaction of its own.
 func (ck *checker[T]) producer(b *natsjs.Broker, tr *tracker, inj *injector) (*herald.Service, func(context.Context, T) error, error) {
-	svc, err := herald.New("heraldtest-producer", herald.WithStore(newStore(ck.t)), herald.WithBroker(b),
+	// The producer's store is the checker's own, never the subject of the
+	// check: an SQLite file, whatever EnvPostgres says.
+	svc, err := herald.New("heraldtest-producer", herald.WithStore(testdb.SQLite(ck.t)), herald.WithBroker(b),
 		herald.WithObserver(tr), herald.WithObserver(inj), herald.WithLogger(ck.log))
 	if err != nil {
 		return nil, nil, err
