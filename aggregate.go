@@ -468,8 +468,16 @@ func Append[S, T any](tx Tx, r *Root[S], c *DomainEvent[T], v T) error {
 		return t.fail(fmt.Errorf("%w: service %s: appending %s to %s at version %d: this transaction appended version %d through another Load",
 			ErrConcurrencyConflict, t.svc.name, describe(c), r.describe(), r.version+1, last))
 	}
-	return record(sc, c, v, func(*envelope.Envelope) (store.StreamPos, error) {
-		if err := runGuarded(func() error { ap.apply(&r.state, v); return nil }); err != nil {
+	return record(sc, c, v, func(e *envelope.Envelope) (store.StreamPos, error) {
+		// Apply the event as the stream holds it — decoded from its data,
+		// as Load's replay does — not v: a field its codec drops would
+		// make this transaction's state, and a snapshot taken from it,
+		// differ from a replay.
+		x, err := ap.decode(e.Data)
+		if err != nil {
+			return store.StreamPos{}, fmt.Errorf("service %s: %s: decoding %s as the stream holds it: %w", t.svc.name, r.describe(), describe(c), err)
+		}
+		if err := runGuarded(func() error { ap.apply(&r.state, x); return nil }); err != nil {
 			return store.StreamPos{}, fmt.Errorf("service %s: %s: applying %s: %w", t.svc.name, r.describe(), describe(c), err)
 		}
 		r.version++

@@ -764,3 +764,62 @@ func TestRetryConflictsIsBounded(t *testing.T) {
 		t.Fatalf("%d event-log rows after the conflicts", n)
 	}
 }
+
+// noted is an event with a field its JSON codec drops.
+type noted struct {
+	N    int    `json:"n"`
+	Note string `json:"-"` // never stored: a replay never sees it
+}
+
+type tally struct {
+	Count int    `json:"count"`
+	Notes string `json:"notes"`
+}
+
+// An event applies the same in its own transaction as in a replay: as the
+// stream holds it (decoded from its data), so the state does not depend on
+// whether a snapshot was taken from an Append's state.
+func TestAggregateAppendAppliesWhatTheStreamHolds(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ev := herald.Domain[noted]("tally.noted")
+	states := map[int]tally{}
+	for _, every := range []int{0, 1, 2} {
+		opts := []herald.AggregateOption{}
+		if every > 0 {
+			opts = append(opts, herald.Snapshot(every))
+		}
+		agg := herald.Aggregate[tally]("tally", opts...)
+		must(t, herald.Apply(agg, ev, func(s *tally, e noted) { s.Count += e.N; s.Notes += e.Note }))
+		svc, err := herald.New("tally", herald.WithStore(testdb.SQLite(t)))
+		must(t, err)
+		must(t, svc.RegisterAggregate(agg))
+		var inTx tally
+		for range 3 {
+			must(t, svc.Do(ctx, func(tx herald.Tx) error {
+				r, err := herald.Load(tx, agg, "t")
+				if err != nil {
+					return err
+				}
+				if err := herald.Append(tx, r, ev, noted{N: 1, Note: "n"}); err != nil {
+					return err
+				}
+				inTx = r.State()
+				return nil
+			}))
+		}
+		must(t, svc.Do(ctx, func(tx herald.Tx) error {
+			r, err := herald.Load(tx, agg, "t")
+			if err == nil {
+				states[every] = r.State()
+			}
+			return err
+		}))
+		if inTx != states[every] {
+			t.Errorf("snapshot every %d: state %+v in the appending transaction, %+v loaded", every, inTx, states[every])
+		}
+	}
+	if states[0] != states[1] || states[0] != states[2] || states[0] != (tally{Count: 3}) {
+		t.Fatalf("loaded states by snapshot interval %+v: want {Count:3} for each", states)
+	}
+}
