@@ -3,6 +3,7 @@ package heraldtest_test
 import (
 	"context"
 	"errors"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -36,6 +37,20 @@ func (m *mailbox) Send(_ context.Context, msg notify.Message) (notify.Receipt, e
 	defer m.mu.Unlock()
 	m.sent = append(m.sent, msg)
 	return notify.Receipt{}, nil
+}
+
+// received is what a provider that honours idempotency keys keeps: the
+// address of each message, once per key, sorted. A notifier sends at
+// least once — a send whose outcome it could not record (its process
+// stopped) is sent again — with the same key (notify.Message.Key).
+func (m *mailbox) received() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	seen := map[string]string{}
+	for _, msg := range m.sent {
+		seen[msg.Key] = msg.To
+	}
+	return slices.Sorted(maps.Values(seen))
 }
 
 func (m *mailbox) to() []string {
@@ -162,7 +177,7 @@ func TestCheckNotificationRoute(t *testing.T) {
 		Effect: func(_ context.Context, st *store.Store) (any, error) {
 			mu.Lock()
 			defer mu.Unlock()
-			return slices.Sorted(slices.Values(boxes[st].to())), nil
+			return boxes[st].received(), nil
 		},
 	})
 }

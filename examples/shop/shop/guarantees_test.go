@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"maps"
 	"reflect"
 	"slices"
 	"sync"
@@ -88,17 +89,23 @@ func seedCustomers(ctx context.Context, st *store.Store) error {
 }
 
 // mailbox is what the notifications service's e-mail sender got, per run
-// (per store).
+// (per store), as a provider that honours idempotency keys keeps it: once
+// per notify.Message.Key. A notifier sends at least once — a send whose
+// outcome it could not record as its instance stopped goes again — with
+// the same key.
 type mailbox struct {
 	mu   sync.Mutex
-	sent map[*store.Store][]string
+	sent map[*store.Store]map[string]string // key → "to: subject"
 }
 
 func (m *mailbox) sender(st *store.Store) notify.Sender {
 	return notify.FuncSender(notify.Email, "test-mailbox", func(_ context.Context, msg notify.Message) (notify.Receipt, error) {
 		m.mu.Lock()
 		defer m.mu.Unlock()
-		m.sent[st] = append(m.sent[st], msg.To+": "+msg.Subject)
+		if m.sent[st] == nil {
+			m.sent[st] = map[string]string{}
+		}
+		m.sent[st][msg.Key] = msg.To + ": " + msg.Subject
 		return notify.Receipt{}, nil
 	})
 }
@@ -106,7 +113,7 @@ func (m *mailbox) sender(st *store.Store) notify.Sender {
 func (m *mailbox) of(st *store.Store) []string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return slices.Sorted(slices.Values(m.sent[st]))
+	return slices.Sorted(maps.Values(m.sent[st]))
 }
 
 // check runs the guarantee check c, and fails t when the clean run had no
@@ -194,7 +201,7 @@ func TestShopHandlersKeepTheGuarantees(t *testing.T) {
 	// The notifications service: its subscriptions emit notifications, and
 	// its notifier's routes (subscriptions too) send them; the effect is
 	// what the customers got.
-	mails := &mailbox{sent: map[*store.Store][]string{}}
+	mails := &mailbox{sent: map[*store.Store]map[string]string{}}
 	var mu sync.Mutex
 	live := map[*store.Store]*notifications.Service{} // the instance of each run now running
 	newNotifications := func(ctx context.Context, st *store.Store, opts ...herald.Option) (heraldtest.Instance, error) {
