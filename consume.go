@@ -107,7 +107,7 @@ func (s *Service) handlerOf(sub *subscription) consumer.Handler {
 		return sub.runHandler
 	}
 	return func(ctx context.Context, tx consumer.Tx, e *envelope.Envelope, v any) error {
-		return f.Handle(ctx, sub.name, e, func() error { return sub.runHandler(ctx, tx, e, v) })
+		return f.Handle(ctx, sub.name, sub.cfg.retry.MaxAttempts, e, func() error { return sub.runHandler(ctx, tx, e, v) })
 	}
 }
 

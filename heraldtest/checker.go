@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -51,13 +52,17 @@ type Check[T any] struct {
 	// built and before any event is delivered.
 	Seed func(ctx context.Context, st *store.Store) error
 	// Events are the events the check delivers: in this order in the clean
-	// run, and in every order that keeps the order of the events of each
-	// key (Event's KeyBy) in the others.
+	// run, and in orders that keep the order of the events of each key
+	// (Event's KeyBy) in the others; events without a key (notifications,
+	// an integration event whose key is "") keep none.
 	Events []T
 	// Effect reads what the handler did — the rows of its tables, what an
 	// external system it called received — as a value that the check
 	// compares, with reflect.DeepEqual, to the clean run's. A run makes new
-	// event ids and times, so Effect must not return them.
+	// event ids and times, so Effect must not return them; nor rows in the
+	// order they were inserted (sort them: ORDER BY), nor row ids, or the
+	// order events of different keys were handled in is taken for the
+	// handler's.
 	Effect func(ctx context.Context, st *store.Store) (any, error)
 	// Orders bounds how many orders of the events, besides the given one,
 	// a check tries (default DefaultOrders): all of them when they are
@@ -66,6 +71,10 @@ type Check[T any] struct {
 	// Timeout bounds each run (default DefaultSettleTimeout).
 	Timeout time.Duration
 }
+
+// noKey begins the key the checker gives an event without one: its own,
+// for the consumer keeps no order among keyless events.
+const noKey = "\x00"
 
 // DefaultOrders is how many orders of the events a check tries unless
 // Check.Orders says otherwise.
@@ -91,8 +100,9 @@ const (
 	// back; a new instance gets the event again and runs the handler again.
 	FaultCrashInHandler Fault = "crash inside the handler"
 	// FaultTransient: one event's handler runs, then its run fails with a
-	// transient error (its work rolled back), twice, and the third attempt
-	// commits.
+	// transient error (its work rolled back), twice — or as often as the
+	// subscription's retry policy allows without a dead letter, if fewer —
+	// and the next attempt commits.
 	FaultTransient Fault = "transient errors"
 	// FaultBlocked: a handler's run took longer than its subscription's ack
 	// wait (herald.AckWait): the broker would redeliver the event, to
@@ -223,9 +233,16 @@ func newChecker[T any](t testing.TB, c Check[T]) (*checker[T], error) {
 			keys[i] = ev.Key(e)
 		}
 	case *herald.NotificationEvent[T]:
-		// Notifications have no keys: one queue, delivered in order.
+		// Notifications have no keys.
 	default:
 		return nil, fmt.Errorf("Check.Event %s: want a *herald.IntegrationEvent or *herald.NotificationEvent of the events' type %T", c.Event, *new(T))
+	}
+	for i, k := range keys {
+		if k == "" {
+			// The consumer keeps no order among events without a key:
+			// each is a key of its own for the orders a check tries.
+			keys[i] = noKey + strconv.Itoa(i)
+		}
 	}
 	return &checker[T]{t: t, c: c, keys: keys, log: newTestLogger(t), clean: map[string]any{},
 		report: &Report{}}, nil
@@ -260,12 +277,12 @@ func (ck *checker[T]) examine() *Report {
 		if failed[r.fault] {
 			continue // one violation per fault: the smallest is found below
 		}
-		got, _ := ck.runOnce(r)
+		got, info := ck.runOnce(r)
 		if reflect.DeepEqual(got, want) {
 			continue
 		}
 		failed[r.fault] = true
-		ck.report.Violations = append(ck.report.Violations, ck.smallest(r))
+		ck.report.Violations = append(ck.report.Violations, ck.smallest(r, want, got, info))
 	}
 	return ck.report
 }
@@ -297,10 +314,12 @@ func (ck *checker[T]) effectOf(order []int) (any, runInfo) {
 	return e, info
 }
 
-// smallest shrinks the failing run r: it drops events, one at a time, for
-// as long as the run still breaks (its effect differs from the clean
-// effect of the same events), and describes the smallest.
-func (ck *checker[T]) smallest(r run) Violation {
+// smallest shrinks the failing run r, whose effect got (and info) differed
+// from want: it drops events, one at a time, for as long as the run still
+// breaks (its effect differs from the clean effect of the same events),
+// and describes the smallest with the effect of its failing run — never of
+// a run made again, which a fault that depends on timing may pass.
+func (ck *checker[T]) smallest(r run, want, got any, info runInfo) Violation {
 	const budget = 16 // runs spent shrinking at most
 	spent := 0
 	for shrunk := true; shrunk && len(r.order) > 1 && spent < budget; {
@@ -314,15 +333,13 @@ func (ck *checker[T]) smallest(r run) Violation {
 				continue // in order: a clean run
 			}
 			spent += 2
-			want, _ := ck.cleanEffect(try.order)
-			if got, _ := ck.runOnce(try); !reflect.DeepEqual(got, want) {
-				r, shrunk = try, true
+			tryWant, _ := ck.cleanEffect(try.order)
+			if tryGot, tryInfo := ck.runOnce(try); !reflect.DeepEqual(tryGot, tryWant) {
+				r, want, got, info, shrunk = try, tryWant, tryGot, tryInfo, true
 				break
 			}
 		}
 	}
-	want, _ := ck.cleanEffect(r.order)
-	got, info := ck.runOnce(r)
 	v := Violation{Fault: r.fault, Events: positions(r.order), Want: want, Got: got}
 	if r.target >= 0 {
 		v.Target = r.target + 1
@@ -347,7 +364,7 @@ func (ck *checker[T]) reason(r run, committed []int, reordered bool) string {
 	ev := ""
 	if r.target >= 0 {
 		ev = fmt.Sprintf("event %d (%s", r.target+1, ck.c.Event.Name())
-		if k := ck.keys[r.target]; k != "" {
+		if k := ck.keys[r.target]; !strings.HasPrefix(k, noKey) {
 			ev += " key " + k
 		}
 		ev += ")"
@@ -355,7 +372,11 @@ func (ck *checker[T]) reason(r run, committed []int, reordered bool) string {
 	byKey := func(order []int) string {
 		keys := make([]string, len(order))
 		for i, o := range order {
-			keys[i] = fmt.Sprintf("%d:%q", o+1, ck.keys[o])
+			k := strconv.Quote(ck.keys[o])
+			if strings.HasPrefix(ck.keys[o], noKey) {
+				k = "no key"
+			}
+			keys[i] = fmt.Sprintf("%d:%s", o+1, k)
 		}
 		return strings.Join(keys, ", ")
 	}
@@ -380,8 +401,7 @@ func (ck *checker[T]) reason(r run, committed []int, reordered bool) string {
 			"it wrote outside tx — through its own connection, or by an external call without an idempotency key — or into memory", ev)
 	case FaultTransient:
 		return fmt.Sprintf("the handler's effect ran again when %s was retried after transient errors (its transaction rolled back each time): "+
-			"it wrote outside tx — through its own connection, or by an external call without an idempotency key — or into memory "+
-			"(or its retry policy allows fewer than %d attempts, and the event was dead-lettered)", ev, transientFailures+1)
+			"it wrote outside tx — through its own connection, or by an external call without an idempotency key — or into memory", ev)
 	default:
 		return fmt.Sprintf("the handler's effect depends on the order of events of different keys: delivered in the order %s (event:key), "+
 			"which the per-key guarantee allows, it differed — %s", byKey(r.order), orderOnly)
@@ -402,7 +422,7 @@ func positions(order []int) []int {
 // them when they are at most limit, else limit spread evenly over them.
 func orders(keys []string, limit int) [][]int {
 	var all [][]int
-	const cap = 10000 // orders enumerated at most, before the spread
+	const most = 10000 // orders enumerated at most, before the spread
 	var walk func(prefix []int, next map[string][]int)
 	byKey := map[string][]int{}
 	var keyOrder []string
@@ -413,7 +433,7 @@ func orders(keys []string, limit int) [][]int {
 		byKey[k] = append(byKey[k], i)
 	}
 	walk = func(prefix []int, next map[string][]int) {
-		if len(all) >= cap {
+		if len(all) >= most {
 			return
 		}
 		if len(prefix) == len(keys) {
@@ -472,7 +492,11 @@ func (ck *checker[T]) runOnce(r run) (any, runInfo) {
 
 	// The producer: a translation from a domain event of its own, or a
 	// notification emitted directly.
-	producer, record, err := ck.producer(b, tr, inj)
+	// The producer's store is the checker's own, never the subject of the
+	// check: an SQLite file, whatever EnvPostgres says; closed with the run.
+	pst := testdb.SQLite(t)
+	defer pst.Close()
+	producer, record, err := ck.producer(pst, b, tr, inj)
 	if err != nil {
 		t.Fatalf("heraldtest: check: %v", err)
 	}
@@ -552,8 +576,15 @@ func (ck *checker[T]) runOnce(r run) (any, runInfo) {
 			case <-inj.wake:
 			case <-ctx.Done():
 				fl := tr.result(f, describeOpen(open, nil))
-				t.Fatalf("heraldtest: check: a run (%s, events %v) did not settle within %v: %d hop(s) unfinished:\n  %s\n%s\n%s",
-					r.fault, positions(r.order), ck.c.Timeout, len(fl.Unfinished), strings.Join(fl.Unfinished, "\n  "), inj.describe(), fl)
+				var why []string
+				if len(fl.Unfinished) > 0 {
+					why = append(why, fmt.Sprintf("%d hop(s) unfinished:\n  %s", len(fl.Unfinished), strings.Join(fl.Unfinished, "\n  ")))
+				}
+				if d := inj.describe(); d != "" {
+					why = append(why, d)
+				}
+				t.Fatalf("heraldtest: check: a run (%s, events %v) did not settle within %v: %s\n%s",
+					r.fault, positions(r.order), ck.c.Timeout, strings.Join(why, "; "), fl)
 			}
 		}
 	}
@@ -599,10 +630,8 @@ func newStore(t testing.TB) *store.Store {
 
 // producer builds the service that records the check's events, and the
 // function that records one, in a transaction of its own.
-func (ck *checker[T]) producer(b *natsjs.Broker, tr *tracker, inj *injector) (*herald.Service, func(context.Context, T) error, error) {
-	// The producer's store is the checker's own, never the subject of the
-	// check: an SQLite file, whatever EnvPostgres says.
-	svc, err := herald.New("heraldtest-producer", herald.WithStore(testdb.SQLite(ck.t)), herald.WithBroker(b),
+func (ck *checker[T]) producer(st *store.Store, b *natsjs.Broker, tr *tracker, inj *injector) (*herald.Service, func(context.Context, T) error, error) {
+	svc, err := herald.New("heraldtest-producer", herald.WithStore(st), herald.WithBroker(b),
 		herald.WithObserver(tr), herald.WithObserver(inj), herald.WithLogger(ck.log))
 	if err != nil {
 		return nil, nil, err

@@ -1,9 +1,13 @@
 package heraldtest
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"testing"
+
+	"github.com/heraldhq/herald/envelope"
 )
 
 func TestOrdersKeepEachKeysOrder(t *testing.T) {
@@ -39,5 +43,37 @@ func TestOrdersKeepEachKeysOrder(t *testing.T) {
 	}
 	if got := orders([]string{"a", "b", "c", "a"}, 3); len(got) != 3 {
 		t.Fatalf("limit 3: %d orders", len(got))
+	}
+}
+
+// The consumer can meet an event before the producer reports it (the
+// report comes after the commit, the relay may publish first): the
+// injector then learns it there, as the event being recorded, and the
+// fault hits it all the same.
+func TestInjectorLearnsAnEventTheConsumerMeetsFirst(t *testing.T) {
+	in := newInjector(FaultTransient, "credit")
+	in.expect(0, true)
+	g := in.instance()
+	e := &envelope.Envelope{ID: "not-reported-yet", Type: "test.credited"}
+	ran := 0
+	run := func() error { ran++; return nil }
+	for want := range 3 {
+		err := g.Handle(context.Background(), "credit", 5, e, run)
+		if (want < transientFailures) != errors.Is(err, errTransient) {
+			t.Fatalf("run %d: %v; want the injected error on the first %d runs only", want+1, err, transientFailures)
+		}
+	}
+	if i, ok := in.index(e.ID); !ok || i != 0 || ran != 3 {
+		t.Fatalf("index %d (%v), %d runs: want event 0 learnt, 3 runs", i, ok, ran)
+	}
+	// A policy of 2 attempts gets one injected failure, not a dead letter.
+	in = newInjector(FaultTransient, "credit")
+	in.expect(0, true)
+	g = in.instance()
+	if err := g.Handle(context.Background(), "credit", 2, e, run); !errors.Is(err, errTransient) {
+		t.Fatalf("first run: %v", err)
+	}
+	if err := g.Handle(context.Background(), "credit", 2, e, run); err != nil {
+		t.Fatalf("second of 2 attempts: %v, want it to commit", err)
 	}
 }

@@ -364,3 +364,35 @@ func TestCheckDomainHandlers(t *testing.T) {
 		t.Log(r.Violations[0])
 	})
 }
+
+// Correct handlers the checker must pass: one that dead-letters an event
+// for good (no run of it ever ends to crash in), one whose retry policy
+// allows two attempts (one injected failure, not a dead letter).
+func TestCheckPassesCorrectHandlersWithDeadLettersAndShortRetries(t *testing.T) {
+	refusing := func(st *store.Store) func(ctx context.Context, tx herald.Tx, e credited) error {
+		return func(ctx context.Context, tx herald.Tx, e credited) error {
+			if e.Amount < 0 {
+				return herald.Permanent(fmt.Errorf("a credit of %d", e.Amount))
+			}
+			return insertCredit(ctx, tx, st, e)
+		}
+	}
+	cases := []struct {
+		name    string
+		handler creditHandler
+		opts    []herald.SubscribeOption
+		events  []credited
+	}{
+		{"dead-letters a negative credit", refusing, nil, []credited{{"alice", 10}, {"bob", -5}}},
+		{"two attempts", inTx, []herald.SubscribeOption{herald.Retry(herald.RetryPolicy{MaxAttempts: 2, BaseDelay: 10 * time.Millisecond, MaxDelay: 10 * time.Millisecond})}, credits[:2]},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			heraldtest.CheckHandler(t, heraldtest.Check[credited]{
+				Event: accountCredited, Subscription: "credit", Service: ledgerService(c.handler, c.opts...),
+				Events: c.events, Effect: creditRows, Timeout: 10 * time.Second,
+			})
+		})
+	}
+}

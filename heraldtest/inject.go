@@ -102,7 +102,19 @@ func (in *injector) Observe(_ context.Context, o herald.Observation) {
 	}
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	id := o.Event.ID
+	in.learn(o.Event.ID)
+}
+
+// learn notes id as the event being recorded, unless it is known already;
+// in.mu is held. The producer reports an event after its transaction
+// committed, and its relay and the consumer can be quicker, so the
+// consumer's side learns an id it meets first too: the check's events are
+// recorded one at a time, each reported before the next is recorded, so
+// an id not known yet is the one being recorded.
+func (in *injector) learn(id string) {
+	if _, ok := in.ids[id]; ok {
+		return
+	}
 	in.ids[id] = in.next
 	if !in.target {
 		return
@@ -188,7 +200,7 @@ func (g *instance) die() {
 // nothing; the target's run is followed by a crash (FaultCrashInHandler)
 // or a transient error (FaultTransient). It also notes a run longer than
 // its subscription's ack wait.
-func (g *instance) Handle(_ context.Context, sub string, e *envelope.Envelope, run func() error) error {
+func (g *instance) Handle(_ context.Context, sub string, maxAttempts int, e *envelope.Envelope, run func() error) error {
 	if g.isDead() {
 		return errCrashed
 	}
@@ -197,9 +209,12 @@ func (g *instance) Handle(_ context.Context, sub string, e *envelope.Envelope, r
 	took := time.Since(start)
 	in := g.in
 	in.mu.Lock()
+	if sub == in.sub {
+		in.learn(e.ID)
+	}
 	if w := in.ackWait[sub]; w > 0 && took > w && in.blocked == "" {
 		in.blocked = fmt.Sprintf("the handler ran %v for event %d (%s), past its ack wait of %v: the broker redelivers an event "+
-			"whose ack is that late (to another instance, while the handler still runs, unless herald's heartbeat reaches it first); "+
+			"whose ack is that late, while the handler still runs, unless herald's heartbeat reaches it first; "+
 			"keep handlers short, or raise herald.AckWait", took.Round(time.Millisecond), in.ids[e.ID]+1, e.Type, w)
 	}
 	target := sub == in.sub && in.targets[e.ID] && err == nil
@@ -208,7 +223,9 @@ func (g *instance) Handle(_ context.Context, sub string, e *envelope.Envelope, r
 	case !target:
 	case in.fault == FaultCrashInHandler && !in.fired:
 		inject = errCrashed
-	case in.fault == FaultTransient && in.failures[e.ID] < transientFailures:
+	case in.fault == FaultTransient && in.failures[e.ID] < min(transientFailures, maxAttempts-1):
+		// Fewer than the retry policy's attempts: the event must not be
+		// dead-lettered by the faults alone.
 		in.failures[e.ID]++
 		inject = errTransient
 	}
@@ -325,6 +342,7 @@ func (d *faultyDelivery) lose() bool {
 	}
 	id := d.Header()["ce-id"]
 	in.mu.Lock()
+	in.learn(id)
 	target := in.targets[id]
 	var lost, crash bool
 	switch {
@@ -356,8 +374,15 @@ func (d *faultyDelivery) settled() {
 	in := d.g.in
 	id := d.Header()["ce-id"]
 	in.mu.Lock()
+	in.learn(id)
 	o, ok := in.owed[id]
-	if ok && d.g.gen >= o.gen && d.NumDelivered() >= o.delivered {
+	switch {
+	case !ok:
+	case d.g.gen >= o.gen && d.NumDelivered() >= o.delivered:
+		delete(in.owed, id)
+	case in.fault == FaultCrashInHandler && !in.fired:
+		// Settled before its handler ever ran to its end (a dead letter):
+		// there was no run to crash in.
 		delete(in.owed, id)
 	}
 	in.mu.Unlock()

@@ -18,12 +18,13 @@ import (
 // methods are called on the consumers' goroutines, concurrently for
 // different subscriptions.
 type Faults interface {
-	// Handle runs one run of subscription sub's handler for event e; run
+	// Handle runs one run of subscription sub's handler for event e
+	// (maxAttempts: the subscription's retry policy's); run
 	// runs the handler itself and returns its error. What Handle returns is
 	// the run's outcome: an error makes the run fail (its work is rolled
 	// back to the run's savepoint, and the event retried or dead-lettered
 	// as for any handler error).
-	Handle(ctx context.Context, sub string, e *envelope.Envelope, run func() error) error
+	Handle(ctx context.Context, sub string, maxAttempts int, e *envelope.Envelope, run func() error) error
 	// Commit is called as a transaction of subscription sub is about to
 	// commit; an error fails it: the transaction is rolled back, and every
 	// event of it waits and runs again.
